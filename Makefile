@@ -1,0 +1,70 @@
+# RainMaker-style user-node mapping on ESP32 in MicroPython.
+# `make demo` and `make test` work as the first command on a fresh clone.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+RMKIT   := $(VENV)/bin/rmkit
+STAMP   := $(VENV)/.installed
+ESPCLI_VENV  := .venv-espcli
+ESPCLI_STAMP := $(ESPCLI_VENV)/.installed
+
+# knobs for the long-running targets (see `make help`)
+BOARD   ?= vb1
+FLASH   ?= vboards/$(BOARD)
+SOFTAP  ?=
+PORT    ?=
+CLOUD_PORT ?=
+TIMEOUT ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test demo vboard repl provision cloud sandbox bench espcli clean
+
+help: ## list the targets
+	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 14
+
+setup: $(STAMP) mosquitto ## create .venv, install pinned tools, install mosquitto if missing (idempotent, offline once done)
+
+$(STAMP): requirements-dev.txt tools/pyproject.toml
+	@test -x $(PY) || { echo "setup: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "setup: installing requirements-dev.txt into $(VENV)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+.PHONY: mosquitto
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "setup: installing mosquitto (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else \
+	    echo "setup: mosquitto is missing: run 'sudo apt-get install -y mosquitto' (or your OS's package) and retry"; exit 1; \
+	  fi; }
+
+espcli: $(ESPCLI_STAMP) ## install Espressif's esp-rainmaker-cli 1.14.1 into its own venv (.venv-espcli)
+
+$(ESPCLI_STAMP): requirements-espcli.txt
+	@test -x $(ESPCLI_VENV)/bin/python || $(PYTHON) -m venv $(ESPCLI_VENV)
+	@echo "setup: installing esp-rainmaker-cli into $(ESPCLI_VENV)"
+	@$(ESPCLI_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-espcli.txt
+	@touch $@
+
+test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included
+	$(VENV)/bin/pytest host_tests $(PYTEST_ARGS)
+
+demo: setup ## the whole mapping flow on a virtual board, broker and local cloud
+	$(RMKIT) demo
+
+vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, PORT, SOFTAP)
+	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(PORT),--port $(PORT)) $(if $(SOFTAP),--softap $(SOFTAP))
+
+repl: setup ## open a REPL on the board started by `make vboard` (BOARD)
+	$(RMKIT) repl --name $(BOARD)
+
+bench: setup ## benchmarks: crypto, provisioning handshake, memory
+	$(RMKIT) bench
+
+clean: ## remove venvs, build output and virtual boards' flash
+	rm -rf $(VENV) $(ESPCLI_VENV) build artifacts vboards

@@ -1,0 +1,48 @@
+"""One-line log output in ESP-IDF's shape: `I (uptime_ms) tag: message`.
+
+Never pass secret keys, PoPs, private keys or Wi-Fi passphrases to these functions.
+"""
+
+import time
+
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
+DEBUG = const(4)
+INFO = const(3)
+WARNING = const(2)
+ERROR = const(1)
+
+level = INFO
+_LETTERS = "?EWID"
+_t0 = time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
+
+
+def _uptime_ms():
+    if hasattr(time, "ticks_ms"):
+        return time.ticks_diff(time.ticks_ms(), _t0)
+    return int(time.time() * 1000) - _t0
+
+
+def _emit(severity, tag, msg):
+    if severity <= level:
+        print("%s (%d) %s: %s" % (_LETTERS[severity], _uptime_ms(), tag, msg))
+
+
+def debug(tag, msg):
+    _emit(DEBUG, tag, msg)
+
+
+def info(tag, msg):
+    _emit(INFO, tag, msg)
+
+
+def warning(tag, msg):
+    _emit(WARNING, tag, msg)
+
+
+def error(tag, msg):
+    _emit(ERROR, tag, msg)

@@ -1,0 +1,51 @@
+"""`rmkit` command line: each subcommand lives in the module that does the work.
+
+A command module exposes `register(subparsers)`, which adds its parser and sets
+`func` (taking the parsed args, returning an exit status).
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from rmkit.errors import UserError
+
+# module path of every subcommand, in the order `--help` lists them
+COMMAND_MODULES = [
+    "rmkit.vboard.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmkit",
+        description="RainMaker-style user-node mapping toolkit: virtual ESP32 boards, "
+        "provisioning, local broker and cloud.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug; debug may show protocol bytes)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"rmkit {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rmkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

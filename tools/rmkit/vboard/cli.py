@@ -1,0 +1,5 @@
+"""`rmkit vboard` and `rmkit repl`."""
+
+
+def register(sub):
+    pass
