@@ -14,6 +14,7 @@ from rmkit.errors import UserError
 # module path of every subcommand, in the order `--help` lists them
 COMMAND_MODULES = [
     "rmkit.vboard.cli",
+    "rmkit.cloud.cli",
 ]
 
 

@@ -1,0 +1,140 @@
+"""`rmkit cloud serve|add-user|list-users`: run the local cloud and manage its users."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from rmkit import REPO_ROOT
+from rmkit.errors import UserError
+
+DEFAULT_DB = REPO_ROOT / "build" / "cloud.db"  # build/ is gitignored
+DEFAULT_PKI = REPO_ROOT / "pki"
+
+
+def _serve(args) -> int:
+    from rmkit.cloud.mqtt import MqttSettings
+    from rmkit.cloud.service import CloudService
+    from rmkit.net import port_in_use
+
+    # one line per request and per mapping state change, even without -v
+    for name in ("rmkit.cloud", "rmkit.cloud.api", "rmkit.cloud.mapping", "rmkit.cloud.mqtt",
+                 "rmkit.cloud.accounts"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if args.port and port_in_use(args.port, args.host):
+        raise UserError(f"port {args.port} on {args.host} is in use: pick another --port")
+    mqtt = None
+    if not args.no_mqtt:
+        if not args.broker_port:
+            raise UserError("give --broker-port (and --pki) for the MQTT side, or --no-mqtt")
+        if not Path(args.pki).is_dir():
+            raise UserError(f"no PKI at {args.pki}: run `rmkit pki init` first, or pass --pki DIR")
+        mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
+                                     share_group=None if args.no_shared_subscription else "rmkit-cloud")
+    service = CloudService(args.db, host=args.host, port=args.port, mapping_timeout=args.mapping_timeout,
+                           token_ttl=args.token_ttl, mqtt=mqtt)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        service.start()
+    except ConnectionError as exc:
+        raise UserError(str(exc)) from None
+    print(f"cloud: listening on {service.base_url} (REST under /v1/), db {args.db}"
+          + (f", broker {args.broker_host}:{args.broker_port}" if mqtt else ", no MQTT"), flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+        print("cloud: stopped", flush=True)
+    return 0
+
+
+def _add_user(args) -> int:
+    from rmkit.cloud.accounts import AccountError, Accounts
+    from rmkit.cloud.storage import open_storage
+
+    password = args.password
+    if password is None:
+        password = sys.stdin.readline().rstrip("\n")
+    storage = open_storage(args.db)
+    try:
+        user_id = Accounts(storage).add_user(args.email, password)
+    except AccountError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        storage.close()
+    print(f"cloud: user {args.email} added, user_id {user_id}")
+    return 0
+
+
+def _list_users(args) -> int:
+    from rmkit.cloud.accounts import Accounts
+    from rmkit.cloud.storage import open_storage
+
+    storage = open_storage(args.db)
+    try:
+        users = Accounts(storage).list_users()
+    finally:
+        storage.close()
+    for user in users:
+        print(f"{user.user_id}  {user.email}")
+    if not users:
+        print("cloud: no users (add one with `rmkit cloud add-user EMAIL --password P`)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "cloud", help="local RainMaker-compatible cloud: REST API + MQTT user-node mapping",
+        description="A local stand-in for RainMaker's cloud. Clients (esp-rainmaker-cli with "
+        "`profile add NAME --base-url http://127.0.0.1:PORT`) log in, PUT user/nodes/mapping and poll it; "
+        "nodes publish node/<id>/user/mapping over mutual-TLS MQTT; the cloud confirms a request when "
+        "both agree within the mapping timeout. State lives in a SQLite file.")
+    sub = parser.add_subparsers(dest="cloud_command", metavar="ACTION")
+    sub.required = True
+
+    def db_arg(p):
+        p.add_argument("--db", default=str(DEFAULT_DB),
+                       help=f"SQLite database file (created with its schema if missing; default {DEFAULT_DB})")
+
+    serve = sub.add_parser("serve", help="run the cloud in the foreground (Ctrl-C stops)",
+                           description="Serve the REST API under http://HOST:PORT/v1/ and consume the "
+                           "nodes' mapping publishes. Logs one line per request and per mapping state "
+                           "change; never tokens, passwords or secret keys.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=0, help="TCP port (default: a free one, printed)")
+    db_arg(serve)
+    serve.add_argument("--mapping-timeout", type=float, default=60.0, metavar="S",
+                       help="seconds a mapping request waits for the node's publish (default 60, spec 6)")
+    serve.add_argument("--token-ttl", type=int, default=3600, metavar="S",
+                       help="lifetime of access/id tokens in seconds (default 3600)")
+    serve.add_argument("--broker-host", default="127.0.0.1", help="MQTT broker host (default 127.0.0.1)")
+    serve.add_argument("--broker-port", type=int, default=0, help="MQTT broker TLS port")
+    serve.add_argument("--pki", default=str(DEFAULT_PKI),
+                       help=f"PKI directory with the CA and the 'cloud' client identity (default {DEFAULT_PKI})")
+    serve.add_argument("--no-shared-subscription", action="store_true",
+                       help="subscribe plainly instead of $share/rmkit-cloud/... (every instance sees every publish)")
+    serve.add_argument("--no-mqtt", action="store_true", help="REST only, no broker connection")
+    serve.set_defaults(func=_serve)
+
+    add = sub.add_parser("add-user", help="add a user (email + password)",
+                         description="Add a user who can log in with `esp-rainmaker-cli login`. The password "
+                         "is stored as a salted scrypt hash. Without --password it is read from stdin.")
+    add.add_argument("email", help="the user name (an email address)")
+    add.add_argument("--password", help="at least 8 characters (default: read one line from stdin)")
+    db_arg(add)
+    add.set_defaults(func=_add_user)
+
+    users = sub.add_parser("list-users", help="list users (user id and email)")
+    db_arg(users)
+    users.set_defaults(func=_list_users)

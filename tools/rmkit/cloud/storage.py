@@ -1,0 +1,408 @@
+"""Persistent state of the local cloud: users, sessions, user-node associations, mapping requests, node reports.
+
+`Storage` is the small interface the rest of the cloud talks to; `SqliteStorage` implements it on one
+SQLite file in WAL mode. Every write happens inside `transaction()`, which takes the database's write
+lock up front (BEGIN IMMEDIATE) so that several cloud processes sharing one file serialize their
+read-check-write sequences (a node publish and a client PUT can never both miss each other).
+A PostgreSQL implementation would provide the same two classes (e.g. SERIALIZABLE transactions).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(user_id),
+    refresh_hash TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS user_nodes (
+    user_id TEXT NOT NULL REFERENCES users(user_id),
+    node_id TEXT NOT NULL,
+    added REAL NOT NULL,
+    PRIMARY KEY (user_id, node_id)
+);
+CREATE INDEX IF NOT EXISTS user_nodes_by_node ON user_nodes(node_id);
+CREATE TABLE IF NOT EXISTS mapping_requests (
+    request_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(user_id),
+    node_id TEXT NOT NULL,
+    secret_key TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mapping_requests_by_node ON mapping_requests(node_id, status);
+CREATE TABLE IF NOT EXISTS node_reports (
+    report_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    node_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    secret_key TEXT NOT NULL,
+    reset INTEGER NOT NULL,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS node_reports_by_node ON node_reports(node_id, received);
+"""
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    email: str
+    password_hash: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    user_id: str
+    created: float
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class MappingRequest:
+    request_id: str
+    user_id: str
+    node_id: str
+    secret_key: str
+    operation: str
+    status: str
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    report_id: int
+    node_id: str
+    user_id: str
+    secret_key: str
+    reset: bool
+    received: float
+
+
+class StorageTx(abc.ABC):
+    """The operations available inside one transaction; all or none of its writes persist."""
+
+    # deployment
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> Optional[str]: ...
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    # users
+    @abc.abstractmethod
+    def add_user(self, user_id: str, email: str, password_hash: str, now: float) -> None: ...
+    @abc.abstractmethod
+    def user_by_email(self, email: str) -> Optional[User]: ...
+    @abc.abstractmethod
+    def user_by_id(self, user_id: str) -> Optional[User]: ...
+    @abc.abstractmethod
+    def list_users(self) -> list[User]: ...
+
+    # sessions (one per login; refresh token stored hashed)
+    @abc.abstractmethod
+    def add_session(self, session_id: str, user_id: str, refresh_hash: str, now: float) -> None: ...
+    @abc.abstractmethod
+    def session_by_id(self, session_id: str) -> Optional[Session]: ...
+    @abc.abstractmethod
+    def session_by_refresh_hash(self, refresh_hash: str) -> Optional[Session]: ...
+    @abc.abstractmethod
+    def revoke_session(self, session_id: str) -> None: ...
+    @abc.abstractmethod
+    def revoke_user_sessions(self, user_id: str) -> int: ...
+
+    # user <-> node associations
+    @abc.abstractmethod
+    def add_user_node(self, user_id: str, node_id: str, now: float) -> bool: ...
+    @abc.abstractmethod
+    def remove_user_node(self, user_id: str, node_id: str) -> bool: ...
+    @abc.abstractmethod
+    def remove_node_users(self, node_id: str) -> list[str]: ...
+    @abc.abstractmethod
+    def user_has_node(self, user_id: str, node_id: str) -> bool: ...
+    @abc.abstractmethod
+    def user_nodes_page(self, user_id: str, start_id: Optional[str], limit: int) -> list[str]: ...
+    @abc.abstractmethod
+    def count_user_nodes(self, user_id: str) -> int: ...
+
+    # mapping requests from clients
+    @abc.abstractmethod
+    def add_mapping_request(self, req: MappingRequest) -> None: ...
+    @abc.abstractmethod
+    def mapping_request(self, request_id: str) -> Optional[MappingRequest]: ...
+    @abc.abstractmethod
+    def requested_mappings_for_node(self, node_id: str) -> list[MappingRequest]: ...
+    @abc.abstractmethod
+    def set_request_status(self, request_id: str, status: str, now: float) -> None: ...
+
+    # mapping reports from nodes (MQTT)
+    @abc.abstractmethod
+    def add_node_report(self, node_id: str, user_id: str, secret_key: str, reset: bool, now: float) -> int: ...
+    @abc.abstractmethod
+    def node_reports_since(self, node_id: str, since: float) -> list[NodeReport]: ...
+    @abc.abstractmethod
+    def has_node_report(self, node_id: str, user_id: str, secret_key: str, reset: bool) -> bool: ...
+    @abc.abstractmethod
+    def prune_node_reports(self, before: float) -> int: ...
+
+
+class Storage(abc.ABC):
+    """A cloud database: `transaction()` yields a StorageTx, committed when the block exits cleanly."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[StorageTx]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def deployment_secret(self) -> bytes:
+        """The HMAC key for tokens: made once per database, shared by every process using it."""
+        with self.transaction() as tx:
+            value = tx.get_meta("token_secret")
+            if value is None:
+                value = secrets.token_hex(32)
+                tx.set_meta("token_secret", value)
+            return bytes.fromhex(value)
+
+
+def _user(row) -> Optional[User]:
+    return None if row is None else User(row[0], row[1], row[2], row[3])
+
+
+def _session(row) -> Optional[Session]:
+    return None if row is None else Session(row[0], row[1], row[2], bool(row[3]))
+
+
+def _request(row) -> Optional[MappingRequest]:
+    return None if row is None else MappingRequest(*row)
+
+
+class SqliteTx(StorageTx):
+    def __init__(self, conn: sqlite3.Connection):
+        self._db = conn
+
+    def get_meta(self, key):
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key, value):
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def add_user(self, user_id, email, password_hash, now):
+        self._db.execute("INSERT INTO users(user_id, email, password_hash, created) VALUES (?,?,?,?)",
+                         (user_id, email, password_hash, now))
+
+    def user_by_email(self, email):
+        return _user(self._db.execute(
+            "SELECT user_id, email, password_hash, created FROM users WHERE email=?", (email,)).fetchone())
+
+    def user_by_id(self, user_id):
+        return _user(self._db.execute(
+            "SELECT user_id, email, password_hash, created FROM users WHERE user_id=?", (user_id,)).fetchone())
+
+    def list_users(self):
+        rows = self._db.execute("SELECT user_id, email, password_hash, created FROM users ORDER BY email")
+        return [_user(r) for r in rows]
+
+    def add_session(self, session_id, user_id, refresh_hash, now):
+        self._db.execute("INSERT INTO sessions(session_id, user_id, refresh_hash, created) VALUES (?,?,?,?)",
+                         (session_id, user_id, refresh_hash, now))
+
+    def session_by_id(self, session_id):
+        return _session(self._db.execute(
+            "SELECT session_id, user_id, created, revoked FROM sessions WHERE session_id=?",
+            (session_id,)).fetchone())
+
+    def session_by_refresh_hash(self, refresh_hash):
+        return _session(self._db.execute(
+            "SELECT session_id, user_id, created, revoked FROM sessions WHERE refresh_hash=?",
+            (refresh_hash,)).fetchone())
+
+    def revoke_session(self, session_id):
+        self._db.execute("UPDATE sessions SET revoked=1 WHERE session_id=?", (session_id,))
+
+    def revoke_user_sessions(self, user_id):
+        return self._db.execute("UPDATE sessions SET revoked=1 WHERE user_id=? AND revoked=0",
+                                (user_id,)).rowcount
+
+    def add_user_node(self, user_id, node_id, now):
+        cur = self._db.execute("INSERT OR IGNORE INTO user_nodes(user_id, node_id, added) VALUES (?,?,?)",
+                               (user_id, node_id, now))
+        return cur.rowcount == 1
+
+    def remove_user_node(self, user_id, node_id):
+        return self._db.execute("DELETE FROM user_nodes WHERE user_id=? AND node_id=?",
+                                (user_id, node_id)).rowcount == 1
+
+    def remove_node_users(self, node_id):
+        users = [r[0] for r in self._db.execute("SELECT user_id FROM user_nodes WHERE node_id=?", (node_id,))]
+        self._db.execute("DELETE FROM user_nodes WHERE node_id=?", (node_id,))
+        return users
+
+    def user_has_node(self, user_id, node_id):
+        return self._db.execute("SELECT 1 FROM user_nodes WHERE user_id=? AND node_id=?",
+                                (user_id, node_id)).fetchone() is not None
+
+    def user_nodes_page(self, user_id, start_id, limit):
+        if start_id is None:
+            rows = self._db.execute("SELECT node_id FROM user_nodes WHERE user_id=? ORDER BY node_id LIMIT ?",
+                                    (user_id, limit))
+        else:
+            rows = self._db.execute(
+                "SELECT node_id FROM user_nodes WHERE user_id=? AND node_id>=? ORDER BY node_id LIMIT ?",
+                (user_id, start_id, limit))
+        return [r[0] for r in rows]
+
+    def count_user_nodes(self, user_id):
+        return self._db.execute("SELECT COUNT(*) FROM user_nodes WHERE user_id=?", (user_id,)).fetchone()[0]
+
+    _REQ_COLS = "request_id, user_id, node_id, secret_key, operation, status, created, updated"
+
+    def add_mapping_request(self, req):
+        self._db.execute(f"INSERT INTO mapping_requests({self._REQ_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                         (req.request_id, req.user_id, req.node_id, req.secret_key, req.operation,
+                          req.status, req.created, req.updated))
+
+    def mapping_request(self, request_id):
+        return _request(self._db.execute(
+            f"SELECT {self._REQ_COLS} FROM mapping_requests WHERE request_id=?", (request_id,)).fetchone())
+
+    def requested_mappings_for_node(self, node_id):
+        rows = self._db.execute(
+            f"SELECT {self._REQ_COLS} FROM mapping_requests WHERE node_id=? AND status='requested' "
+            "ORDER BY created", (node_id,))
+        return [_request(r) for r in rows]
+
+    def set_request_status(self, request_id, status, now):
+        self._db.execute("UPDATE mapping_requests SET status=?, updated=? WHERE request_id=?",
+                         (status, now, request_id))
+
+    def add_node_report(self, node_id, user_id, secret_key, reset, now):
+        cur = self._db.execute(
+            "INSERT INTO node_reports(node_id, user_id, secret_key, reset, received) VALUES (?,?,?,?,?)",
+            (node_id, user_id, secret_key, int(reset), now))
+        return cur.lastrowid
+
+    def node_reports_since(self, node_id, since):
+        rows = self._db.execute(
+            "SELECT report_id, node_id, user_id, secret_key, reset, received FROM node_reports "
+            "WHERE node_id=? AND received>=? ORDER BY received", (node_id, since))
+        return [NodeReport(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
+
+    def has_node_report(self, node_id, user_id, secret_key, reset):
+        return self._db.execute(
+            "SELECT 1 FROM node_reports WHERE node_id=? AND user_id=? AND secret_key=? AND reset=?",
+            (node_id, user_id, secret_key, int(reset))).fetchone() is not None
+
+    def prune_node_reports(self, before):
+        return self._db.execute("DELETE FROM node_reports WHERE received<?", (before,)).rowcount
+
+
+class SqliteStorage(Storage):
+    """SQLite file in WAL mode; one connection per thread; schema created on first use."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        conn = self._conn()
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"SQLite at {self.path} refused WAL mode (got {mode!r})")
+        conn.execute("BEGIN IMMEDIATE")  # two processes starting together create the schema once
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        with self.transaction() as tx:
+            version = tx.get_meta("schema_version")
+            if version is None:
+                tx.set_meta("schema_version", str(SCHEMA_VERSION))
+            elif int(version) != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: schema version {version}, this code knows {SCHEMA_VERSION}")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # autocommit mode (isolation_level=None): transactions are explicit BEGIN/COMMIT below
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")  # committed == on disk before we answer
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[StorageTx]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield SqliteTx(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # closing from another thread than the creator is best effort
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def open_storage(url_or_path: str | Path) -> Storage:
+    """A Storage for a path (SQLite) or a URL; only sqlite:///path is implemented."""
+    text = str(url_or_path)
+    if text.startswith("sqlite:///"):
+        return SqliteStorage(text[len("sqlite:///"):])
+    if "://" in text:
+        raise ValueError(f"unsupported database URL {text!r} (only a file path or sqlite:///path)")
+    return SqliteStorage(text)
+
+
+def now() -> float:
+    return time.time()
