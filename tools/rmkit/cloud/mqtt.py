@@ -1,8 +1,8 @@
 """The cloud's MQTT side: receive nodes' user-mapping publishes (spec 5.2, 5.3) and hand them to matching.
 
-Connects with the cloud's client certificate over mutual TLS (verification on), subscribes as a
-*shared* subscription so several cloud processes can consume one broker (each publish goes to one of
-them; they share the database, so any of them can decide), and reconnects by itself (paho's loop
+Connects with the cloud's client certificate over mutual TLS (verification on), subscribes to the
+plain form as a *shared* subscription so several cloud processes can consume one broker (each publish
+goes to one of them; they share the database, so any of them can decide), and reconnects by itself (paho's loop
 with exponential backoff). Both topic forms are consumed: `node/<id>/user/mapping` and the
 basic-ingest form `$aws/rules/esp_user_node_mapping/node/<id>/user/mapping`.
 """
@@ -52,9 +52,13 @@ class MqttSettings:
                    key_pem=Path(identity.key_pem), **kwargs)
 
     def filters(self) -> list[str]:
-        if self.share_group:
-            return [f"$share/{self.share_group}/{t}" for t in TOPIC_FILTERS]
-        return list(TOPIC_FILTERS)
+        plain, basic_ingest = TOPIC_FILTERS
+        if not self.share_group:
+            return [plain, basic_ingest]
+        # mosquitto 2.0.11 never delivers `$`-topics through a $share subscription (measured), so the
+        # basic-ingest form is subscribed plainly: with several instances each gets a copy, and the
+        # duplicate check in MappingService.node_reported makes the second copy a no-op.
+        return [f"$share/{self.share_group}/{plain}", basic_ingest]
 
 
 def node_id_from_topic(topic: str) -> Optional[str]:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from waitress import wasyncore
 from waitress.server import create_server
 
 from rmkit.cloud.accounts import Accounts
@@ -37,6 +38,7 @@ class CloudService:
         self.subscriber: Optional[MappingSubscriber] = None
         self._server = None
         self._thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
 
     @property
     def port(self) -> int:
@@ -57,7 +59,8 @@ class CloudService:
         # waitress: a real WSGI server with a thread pool; binds here, so port 0 resolves now
         self._server = create_server(app, host=self.host, port=self._port, threads=self._threads,
                                      ident="rmkit-cloud", clear_untrusted_proxy_headers=True)
-        self._thread = threading.Thread(target=self._server.run, name="cloud-http", daemon=True)
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._serve, args=(self._server,), name="cloud-http", daemon=True)
         self._thread.start()
         log.info("REST API on %s/v1/ (mapping timeout %.0f s, db %s)", self.base_url,
                  self.mapping.timeout_s, getattr(self.storage, "path", "?"))
@@ -75,11 +78,22 @@ class CloudService:
             self.subscriber.stop()
             self.subscriber = None
         if self._server is not None:
-            self._server.close()
+            self._stopping.set()
+            self._server.pull_trigger()  # wakes the poll loop at once
             if self._thread is not None:
-                self._thread.join(timeout=5)
+                self._thread.join(timeout=10)
             self._server = None
         self.storage.close()
+
+    def _serve(self, server) -> None:
+        # waitress's own run() has no stop; closing its sockets from another thread races its
+        # select() (EBADF). So the loop runs here, one poll at a time, and closes from this thread.
+        try:
+            while not self._stopping.is_set():
+                wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+        finally:
+            server.task_dispatcher.shutdown()
+            wasyncore.close_all(server._map)
 
     def __enter__(self) -> "CloudService":
         return self.start()
