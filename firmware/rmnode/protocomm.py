@@ -1,0 +1,174 @@
+"""Protocomm core: endpoint registry and per-session security, independent of the transport.
+
+A transport (SoftAP HTTP, BLE, console) calls `dispatch(session_id, endpoint, body) -> bytes`
+and `session_closed(session_id)`. Three kinds of endpoint (spec 2.1):
+- the version endpoint: unsecured, request body ignored;
+- the security endpoint: the `prov-session` handshake, which creates the session's security;
+- secured endpoints: request decrypted, handled, response encrypted with that session.
+Every failure leaves `dispatch` as a ProtocommError subclass with the reason; the transport
+answers it with an error status or by closing the connection (spec 1.1).
+"""
+
+from rmnode import log
+from rmnode import pb
+from rmnode import security
+
+_TAG = "protocomm"
+
+
+class ProtocommError(Exception):
+    """A request could not be served; the message says why (no secrets in it)."""
+
+
+class UnknownEndpoint(ProtocommError):
+    pass
+
+
+class SessionError(ProtocommError):
+    """No usable security session: never opened, superseded, or desynchronised."""
+
+
+class HandshakeFailed(ProtocommError):
+    pass
+
+
+class BadRequest(ProtocommError):
+    """The (decrypted) request is malformed or the handler refused it."""
+
+
+class InternalError(ProtocommError):
+    """A handler failed unexpectedly; a bug, reported instead of crashing the node."""
+
+
+class RequestRejected(Exception):
+    """Raised by an endpoint handler for a request it cannot answer with a protobuf status."""
+
+
+class _Session:
+    def __init__(self, session_id, sec):
+        self.session_id = session_id
+        self.sec = sec
+        self.dead = None  # reason string once the CTR stream may be out of step
+
+
+class Protocomm:
+    """`new_security()` returns a fresh security object (see rmnode.security) per session.
+
+    At most `max_sessions` sessions are kept; a handshake on a new session id evicts the
+    oldest (ESP-IDF keeps exactly one: a new client replaces the previous one, spec 1.1).
+    """
+
+    def __init__(self, new_security, max_sessions=1):
+        self._new_security = new_security
+        self._max_sessions = max_sessions
+        self._sessions = []  # oldest first
+        self._version_endpoint = None
+        self._version_handler = None
+        self._security_endpoint = None
+        self._handlers = {}
+
+    # -- registry ------------------------------------------------------------------------------
+    def set_version_endpoint(self, name, handler):
+        """`handler()` returns the version bytes; the request body is ignored (spec 2.2)."""
+        self._version_endpoint = name
+        self._version_handler = handler
+
+    def set_security_endpoint(self, name):
+        self._security_endpoint = name
+
+    def add_endpoint(self, name, handler):
+        """Secured endpoint: `handler(session_id, plaintext) -> plaintext response`."""
+        self._handlers[name] = handler
+
+    def remove_endpoint(self, name):
+        self._handlers.pop(name, None)
+
+    def endpoints(self):
+        names = list(self._handlers)
+        for name in (self._version_endpoint, self._security_endpoint):
+            if name is not None:
+                names.append(name)
+        return names
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _find(self, session_id):
+        for session in self._sessions:
+            if session.session_id == session_id:
+                return session
+        return None
+
+    def _open(self, session_id):
+        self._drop(session_id)
+        while len(self._sessions) >= self._max_sessions:
+            old = self._sessions.pop(0)
+            log.info(_TAG, "session %d replaced by session %d" % (old.session_id, session_id))
+        session = _Session(session_id, self._new_security())
+        self._sessions.append(session)
+        return session
+
+    def _drop(self, session_id):
+        session = self._find(session_id)
+        if session is not None:
+            self._sessions.remove(session)
+
+    def session_closed(self, session_id):
+        """The transport ended this session (connection gone, session replaced)."""
+        self._drop(session_id)
+
+    def session_established(self, session_id):
+        session = self._find(session_id)
+        return session is not None and session.dead is None and session.sec.established
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def dispatch(self, session_id, endpoint, body):
+        """Serve one request; returns the response bytes or raises a ProtocommError."""
+        try:
+            return self._dispatch(session_id, endpoint, body)
+        except ProtocommError as e:
+            log.warning(_TAG, "%s (session %d): %s" % (endpoint, session_id, e))
+            raise
+        except Exception as e:  # a bug must not take the node down (spec 1.1: handler error)
+            log.error(_TAG, "%s (session %d): internal error %s: %s" % (endpoint, session_id, type(e).__name__, e))
+            raise InternalError("internal error in %s: %s" % (endpoint, type(e).__name__))
+
+    def _dispatch(self, session_id, endpoint, body):
+        if endpoint == self._version_endpoint:
+            return self._version_handler()
+        if endpoint == self._security_endpoint:
+            return self._handshake(session_id, body)
+        handler = self._handlers.get(endpoint)
+        if handler is None:
+            raise UnknownEndpoint("unknown endpoint %r" % endpoint)
+        session = self._find(session_id)
+        if session is None:
+            raise SessionError("no security session %d: run the %s handshake first" % (session_id, self._security_endpoint))
+        if session.dead is not None:
+            raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session.dead))
+        try:
+            request = session.sec.decrypt(body)
+        except security.NotEstablished as e:
+            raise SessionError(str(e))
+        # From here on the keystream has advanced: any failure desynchronises the two sides
+        # for good (spec 3.3 step 6), so the session dies with the request.
+        try:
+            response = handler(session_id, request)
+        except pb.DecodeError as e:
+            session.dead = "bad request"
+            raise BadRequest("undecodable request: %s" % e)
+        except RequestRejected as e:
+            session.dead = "request rejected"
+            raise BadRequest(str(e))
+        except Exception:
+            session.dead = "handler failed"
+            raise
+        return session.sec.encrypt(response)
+
+    def _handshake(self, session_id, body):
+        session = self._find(session_id)
+        if session is None or session.dead is not None:
+            session = self._open(session_id)
+        try:
+            return session.sec.handle(body)
+        except security.SecurityError as e:
+            session.dead = "handshake failed"
+            raise HandshakeFailed(str(e))

@@ -1,0 +1,242 @@
+"""Provisioning endpoints (spec 2): proto-ver, prov-session, prov-config, prov-scan, prov-ctrl and
+cloud_user_assoc, wired onto a Protocomm instance.
+
+Handlers dispatch on `msg` (proto3 default 0), never on which oneof member is present: the CLI
+sends ApplyConfig as `08 04` with no sub-message (spec 2.4).
+"""
+
+from rmnode import log
+from rmnode import pb
+from rmnode import protocomm
+from rmnode import security
+
+_TAG = "prov"
+
+EP_VERSION = "proto-ver"
+EP_SESSION = "prov-session"
+EP_CONFIG = "prov-config"
+EP_SCAN = "prov-scan"
+EP_CTRL = "prov-ctrl"
+EP_USER_MAPPING = "cloud_user_assoc"
+
+PROV_VERSION = "v1.1"  # ESP-IDF wifi_provisioning's version string (spec 2.2)
+MAX_SSID = 32
+MAX_PASSPHRASE = 64
+MAX_MAPPING_FIELD = 128  # user id / secret key; the MQTT mapping message must stay small (spec 5.3)
+MAX_SCAN_PAGE = 100  # the CLI's page size on SoftAP (spec 2.3)
+
+
+def version_json(sec_ver, pop):
+    """The proto-ver reply (spec 2.2); never advertises claim or ch_resp."""
+    caps = []
+    if sec_ver == 0:
+        caps.append('"no_sec"')
+    elif not pop:
+        caps.append('"no_pop"')
+    caps.append('"wifi_scan"')
+    return '{"prov":{"ver":"%s","sec_ver":%d,"cap":[%s]}}' % (PROV_VERSION, sec_ver, ",".join(caps))
+
+
+class Provisioning:
+    """The provisioning service of one node.
+
+    config: rmnode.config.NodeConfig (node_id, pop, sec_ver).
+    station: rmnode.wifi.Wifi (or anything with connect/disconnect/status/scan).
+    on_user_mapping(user_id, secret_key): must persist the pending mapping before returning;
+        if it raises, the client gets InvalidState.
+    on_wifi_config_applied(ssid, passphrase): after ApplyConfig started the join (bytes args).
+    on_reset(): after prov-ctrl reset. on_reprov(): after prov-ctrl reprov.
+    """
+
+    def __init__(self, config, station, on_user_mapping, on_wifi_config_applied=None, on_reset=None,
+                 on_reprov=None, max_sessions=1):
+        self.config = config
+        self.station = station
+        self.on_user_mapping = on_user_mapping
+        self.on_wifi_config_applied = on_wifi_config_applied
+        self.on_reset = on_reset
+        self.on_reprov = on_reprov
+        self._wifi_config = None  # (ssid, passphrase, bssid) from SetConfig, until applied
+        self._applied = False
+        self._scan_results = []
+        self._scan_done = False
+        self._version = version_json(config.sec_ver, config.pop).encode()
+
+        sec_ver, pop = config.sec_ver, config.pop
+        pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), max_sessions)
+        pc.set_version_endpoint(EP_VERSION, lambda: self._version)
+        pc.set_security_endpoint(EP_SESSION)
+        pc.add_endpoint(EP_CONFIG, self._config_handler)
+        pc.add_endpoint(EP_SCAN, self._scan_handler)
+        pc.add_endpoint(EP_CTRL, self._ctrl_handler)
+        pc.add_endpoint(EP_USER_MAPPING, self._user_mapping_handler)
+        self.protocomm = pc
+
+    # -- transport contract --------------------------------------------------------------------
+    def dispatch(self, session_id, endpoint, body):
+        """Serve one request (bytes in, bytes out); raises protocomm.ProtocommError on failure."""
+        return self.protocomm.dispatch(session_id, endpoint, body)
+
+    def session_closed(self, session_id):
+        self.protocomm.session_closed(session_id)
+
+    @property
+    def wifi_applied(self):
+        """True once ApplyConfig started a join (until prov-ctrl reset)."""
+        return self._applied
+
+    # -- prov-config ---------------------------------------------------------------------------
+    def _config_handler(self, session_id, request):
+        req = pb.decode(pb.WiFiConfigPayload, request)
+        msg = req["msg"]
+        if msg == pb.CONFIG_CMD_GET_STATUS:
+            return pb.encode(pb.WiFiConfigPayload, {
+                "msg": pb.CONFIG_RESP_GET_STATUS, "resp_get_status": self._get_status()})
+        if msg == pb.CONFIG_CMD_SET_CONFIG:
+            status = self._set_config(req["cmd_set_config"] or {})
+            return pb.encode(pb.WiFiConfigPayload, {
+                "msg": pb.CONFIG_RESP_SET_CONFIG, "resp_set_config": {"status": status}})
+        if msg == pb.CONFIG_CMD_APPLY_CONFIG:
+            status = self._apply_config()
+            return pb.encode(pb.WiFiConfigPayload, {
+                "msg": pb.CONFIG_RESP_APPLY_CONFIG, "resp_apply_config": {"status": status}})
+        raise protocomm.RequestRejected("prov-config: unsupported msg %d" % msg)
+
+    def _get_status(self):
+        if not self._applied:
+            return {"status": pb.STATUS_SUCCESS, "sta_state": pb.STA_DISCONNECTED}
+        st = self.station.status()
+        resp = {"status": pb.STATUS_SUCCESS, "sta_state": st.state}
+        if st.state == pb.STA_CONNECTED:
+            resp["connected"] = {"ip4_addr": st.ip4_addr, "auth_mode": st.auth_mode, "ssid": st.ssid,
+                                 "bssid": st.bssid, "channel": st.channel}
+        elif st.state == pb.STA_CONNECTION_FAILED:
+            resp["fail_reason"] = st.fail_reason
+        return resp
+
+    def _set_config(self, cmd):
+        ssid = cmd.get("ssid", b"")
+        passphrase = cmd.get("passphrase", b"")
+        bssid = cmd.get("bssid", b"")
+        if not 0 < len(ssid) <= MAX_SSID:
+            log.warning(_TAG, "SetConfig refused: SSID of %d bytes (1..%d allowed)" % (len(ssid), MAX_SSID))
+            return pb.STATUS_INVALID_ARGUMENT
+        if len(passphrase) > MAX_PASSPHRASE:
+            log.warning(_TAG, "SetConfig refused: passphrase of %d bytes (max %d)" % (len(passphrase), MAX_PASSPHRASE))
+            return pb.STATUS_INVALID_ARGUMENT
+        if bssid and len(bssid) != 6:
+            log.warning(_TAG, "SetConfig refused: BSSID of %d bytes" % len(bssid))
+            return pb.STATUS_INVALID_ARGUMENT
+        if self._applied and self.station.status().state in (pb.STA_CONNECTING, pb.STA_CONNECTED):
+            # ESP-IDF refuses new credentials while a join is under way; prov-ctrl reset first
+            log.warning(_TAG, "SetConfig refused: a join is already under way")
+            return pb.STATUS_INTERNAL_ERROR
+        self._wifi_config = (ssid, passphrase, bssid)
+        log.info(_TAG, "Wi-Fi credentials received for %r" % (ssid,))
+        return pb.STATUS_SUCCESS
+
+    def _apply_config(self):
+        if self._wifi_config is None:
+            log.warning(_TAG, "ApplyConfig without SetConfig")
+            return pb.STATUS_INTERNAL_ERROR
+        ssid, passphrase, bssid = self._wifi_config
+        try:
+            self.station.connect(ssid, passphrase, bssid or None)
+        except OSError as e:
+            log.error(_TAG, "station connect failed: %s" % e)
+            return pb.STATUS_INTERNAL_ERROR
+        self._applied = True
+        if self.on_wifi_config_applied is not None:
+            self.on_wifi_config_applied(ssid, passphrase)
+        return pb.STATUS_SUCCESS
+
+    # -- prov-scan -----------------------------------------------------------------------------
+    def _scan_handler(self, session_id, request):
+        req = pb.decode(pb.WiFiScanPayload, request)
+        msg = req["msg"]
+        if msg == pb.SCAN_CMD_START:
+            status = pb.STATUS_SUCCESS
+            self._scan_done = False
+            try:
+                # WLAN.scan() blocks until done, so "blocking" and "non-blocking" starts are alike
+                self._scan_results = self.station.scan()
+                self._scan_done = True
+                log.info(_TAG, "scan found %d access points" % len(self._scan_results))
+            except OSError as e:
+                log.error(_TAG, "scan failed: %s" % e)
+                self._scan_results = []
+                status = pb.STATUS_INTERNAL_ERROR
+            return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_START, "status": status,
+                                                  "resp_scan_start": {}})
+        if msg == pb.SCAN_CMD_STATUS:
+            return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_STATUS, "resp_scan_status": {
+                "scan_finished": self._scan_done, "result_count": len(self._scan_results)}})
+        if msg == pb.SCAN_CMD_RESULT:
+            cmd = req["cmd_scan_result"] or {}
+            start, count = cmd.get("start_index", 0), cmd.get("count", 0)
+            total = len(self._scan_results)
+            if not self._scan_done or count > MAX_SCAN_PAGE or start + count > total:
+                return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_RESULT,
+                                                      "status": pb.STATUS_INVALID_ARGUMENT,
+                                                      "resp_scan_result": {}})
+            return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_RESULT, "resp_scan_result": {
+                "entries": self._scan_results[start:start + count]}})
+        raise protocomm.RequestRejected("prov-scan: unsupported msg %d" % msg)
+
+    # -- prov-ctrl -----------------------------------------------------------------------------
+    def _ctrl_handler(self, session_id, request):
+        req = pb.decode(pb.WiFiCtrlPayload, request)
+        msg = req["msg"]
+        if msg == pb.CTRL_CMD_RESET:
+            status = pb.STATUS_SUCCESS
+            if self._applied and self.station.status().state == pb.STA_CONNECTED:
+                # ESP-IDF only resets after a failure; a connected node has nothing to undo
+                log.warning(_TAG, "prov-ctrl reset refused: station is connected")
+                status = pb.STATUS_INTERNAL_ERROR
+            else:
+                self.station.disconnect()
+                self._wifi_config = None
+                self._applied = False
+                log.info(_TAG, "Wi-Fi state reset, waiting for new credentials")
+                if self.on_reset is not None:
+                    self.on_reset()
+            return pb.encode(pb.WiFiCtrlPayload, {"msg": pb.CTRL_RESP_RESET, "status": status,
+                                                  "resp_ctrl_reset": {}})
+        if msg == pb.CTRL_CMD_REPROV:
+            self._wifi_config = None
+            self._applied = False
+            log.info(_TAG, "re-provisioning requested")
+            if self.on_reprov is not None:
+                self.on_reprov()
+            return pb.encode(pb.WiFiCtrlPayload, {"msg": pb.CTRL_RESP_REPROV, "resp_ctrl_reprov": {}})
+        raise protocomm.RequestRejected("prov-ctrl: unsupported msg %d" % msg)
+
+    # -- cloud_user_assoc ----------------------------------------------------------------------
+    def _user_mapping_handler(self, session_id, request):
+        req = pb.decode(pb.RMakerConfigPayload, request)
+        if req["msg"] != pb.MAPPING_CMD_SET_USER_MAPPING:
+            return b""  # spec 4.2: other msg values get an empty OK reply
+        return pb.encode(pb.RMakerConfigPayload, {
+            "msg": pb.MAPPING_RESP_SET_USER_MAPPING,
+            "resp_set_user_mapping": self._set_user_mapping(req["cmd_set_user_mapping"]),
+        })
+
+    def _set_user_mapping(self, cmd):
+        if cmd is None:
+            log.warning(_TAG, "cloud_user_assoc without cmd_set_user_mapping")
+            return {"Status": pb.MAPPING_INVALID_PARAM}
+        user_id, secret_key = cmd["UserID"], cmd["SecretKey"]
+        if not user_id or not secret_key:
+            log.warning(_TAG, "cloud_user_assoc refused: empty %s" % ("user id" if not user_id else "secret key"))
+            return {"Status": pb.MAPPING_INVALID_PARAM}
+        if len(user_id) > MAX_MAPPING_FIELD or len(secret_key) > MAX_MAPPING_FIELD:
+            log.warning(_TAG, "cloud_user_assoc refused: user id or secret key over %d characters" % MAX_MAPPING_FIELD)
+            return {"Status": pb.MAPPING_INVALID_PARAM}
+        try:
+            # persisted before we answer: a reboot after the reply still has the mapping
+            self.on_user_mapping(user_id, secret_key)
+        except Exception as e:
+            log.error(_TAG, "pending mapping not stored (%s: %s)" % (type(e).__name__, e))
+            return {"Status": pb.MAPPING_INVALID_STATE}
+        log.info(_TAG, "pending mapping stored for user %s" % user_id)
+        return {"Status": pb.MAPPING_SUCCESS, "NodeId": self.config.node_id}

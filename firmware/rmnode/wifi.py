@@ -1,0 +1,165 @@
+"""The only module that touches `network.WLAN` (ESP32 API): station join, status, scan, SoftAP.
+
+The `network` module is passed in (default: the board's), so the same code drives an ESP32, the
+virtual board's simulated air, and unit-test fakes.
+"""
+
+from rmnode import log
+from rmnode import pb
+
+_TAG = "wifi"
+
+# ESP32 port status codes, used when the network module lacks the constant
+_STAT_IDLE = 1000
+_STAT_CONNECTING = 1001
+_STAT_GOT_IP = 1010
+_STAT_NO_AP_FOUND = 201
+_STAT_WRONG_PASSWORD = 202
+_STAT_HANDSHAKE_TIMEOUT = 204
+_AUTH_OPEN = 0
+
+
+class StationStatus:
+    """Station state as provisioning reports it (wifi_constants.proto values)."""
+
+    def __init__(self, state, fail_reason=None, ip4_addr="", ssid=b"", bssid=b"", channel=0, auth_mode=0):
+        self.state = state
+        self.fail_reason = fail_reason
+        self.ip4_addr = ip4_addr
+        self.ssid = ssid
+        self.bssid = bssid
+        self.channel = channel
+        self.auth_mode = auth_mode
+
+    def __repr__(self):
+        return "StationStatus(state=%d, fail_reason=%r, ip4_addr=%r)" % (self.state, self.fail_reason, self.ip4_addr)
+
+
+class Wifi:
+    def __init__(self, network=None):
+        if network is None:
+            import network
+        self._net = network
+        self._sta = network.WLAN(network.STA_IF)
+        self._ap = None
+        self._joining = False  # a join was requested and not given up
+        self._ssid = b""
+        self._bssid = b""
+        self._known = {}  # ssid -> (bssid, channel, auth) from the last scan
+        self._stat_got_ip = getattr(network, "STAT_GOT_IP", _STAT_GOT_IP)
+        self._stat_connecting = getattr(network, "STAT_CONNECTING", _STAT_CONNECTING)
+        self._stat_idle = getattr(network, "STAT_IDLE", _STAT_IDLE)
+        self._stat_no_ap = getattr(network, "STAT_NO_AP_FOUND", _STAT_NO_AP_FOUND)
+        self._stat_wrong_password = getattr(network, "STAT_WRONG_PASSWORD", _STAT_WRONG_PASSWORD)
+        self._stat_handshake_timeout = getattr(network, "STAT_HANDSHAKE_TIMEOUT", _STAT_HANDSHAKE_TIMEOUT)
+
+    # -- station -------------------------------------------------------------------------------
+    def mac(self):
+        """Base MAC (the station MAC on an ESP32), 6 bytes."""
+        self._sta.active(True)
+        return bytes(self._sta.config("mac"))
+
+    def connect(self, ssid, passphrase, bssid=None):
+        """Start joining; returns at once, `status()` tells how it goes. ssid/passphrase are bytes."""
+        self._sta.active(True)
+        try:
+            self._sta.disconnect()
+        except OSError:
+            pass
+        self._ssid = bytes(ssid)
+        self._bssid = bytes(bssid) if bssid else b""
+        self._joining = True
+        log.info(_TAG, "joining %r" % (self._ssid,))  # never the passphrase
+        if bssid:
+            self._sta.connect(ssid, passphrase, bssid=bssid)
+        else:
+            self._sta.connect(ssid, passphrase)
+
+    def disconnect(self):
+        self._joining = False
+        try:
+            self._sta.disconnect()
+        except OSError:
+            pass
+
+    def is_connected(self):
+        return self._sta.isconnected()
+
+    def status(self):
+        """A StationStatus from the station's real state."""
+        code = self._sta.status()
+        if code == self._stat_got_ip or (code != self._stat_connecting and self._sta.isconnected()):
+            return self._connected_status()
+        if not self._joining:
+            return StationStatus(pb.STA_DISCONNECTED)
+        if code == self._stat_connecting or code == self._stat_idle:
+            # IDLE right after connect(): the driver has not started yet
+            return StationStatus(pb.STA_CONNECTING)
+        if code == self._stat_wrong_password or code == self._stat_handshake_timeout:
+            # A 4-way handshake timeout is how a wrong WPA2 password usually shows on an ESP32
+            return StationStatus(pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR)
+        # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: as ESP-IDF's manager does
+        return StationStatus(pb.STA_CONNECTION_FAILED, pb.FAIL_NETWORK_NOT_FOUND)
+
+    def _config(self, key, default):
+        try:
+            return self._sta.config(key)
+        except (ValueError, OSError, TypeError):
+            return default
+
+    def _connected_status(self):
+        ip4_addr = self._sta.ifconfig()[0]
+        ssid = self._config("ssid", None)
+        if ssid is None:
+            ssid = self._ssid
+        elif isinstance(ssid, str):
+            ssid = ssid.encode("utf-8")
+        known = self._known.get(ssid)
+        bssid = self._config("bssid", None) or self._bssid or (known[0] if known else b"")
+        channel = self._config("channel", None)
+        if not channel and known:
+            channel = known[1]
+        auth_mode = self._config("security", None)
+        if auth_mode is None:
+            auth_mode = known[2] if known else _AUTH_OPEN
+        return StationStatus(pb.STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
+
+    def scan(self):
+        """Visible access points as dicts (WiFiScanResult field names), strongest first."""
+        self._sta.active(True)
+        results = []
+        for entry in self._sta.scan():
+            # ESP32: (ssid, bssid, channel, RSSI, security, hidden); security uses the
+            # ESP-IDF wifi_auth_mode_t numbering, the same as WifiAuthMode (spec 2.4)
+            ssid, bssid, channel, rssi, auth = bytes(entry[0]), bytes(entry[1]), entry[2], entry[3], entry[4]
+            results.append({"ssid": ssid, "bssid": bssid, "channel": channel, "rssi": rssi, "auth": auth})
+        results.sort(key=lambda r: -r["rssi"])
+        known = {}
+        for r in reversed(results):
+            known[r["ssid"]] = (r["bssid"], r["channel"], r["auth"])
+        self._known = known
+        return results
+
+    # -- SoftAP --------------------------------------------------------------------------------
+    def ap_up(self, essid):
+        """Open access point named `essid` (spec 1.1: open unless a service key is given)."""
+        if self._ap is None:
+            self._ap = self._net.WLAN(self._net.AP_IF)
+        self._ap.active(True)
+        authmode = getattr(self._net, "AUTH_OPEN", _AUTH_OPEN)
+        try:
+            self._ap.config(essid=essid, authmode=authmode, max_clients=5)
+        except (ValueError, TypeError):
+            self._ap.config(essid=essid, authmode=authmode)
+        log.info(_TAG, "access point %s up" % essid)
+
+    def ap_down(self):
+        if self._ap is not None and self._ap.active():
+            self._ap.active(False)
+            log.info(_TAG, "access point down")
+
+    def ap_active(self):
+        return self._ap is not None and bool(self._ap.active())
+
+    def ap_ip(self):
+        return self._ap.ifconfig()[0] if self._ap is not None else None

@@ -1,0 +1,120 @@
+"""rmnode.wifi against a fake of the ESP32 `network` API (status codes, scan tuples, AP config)."""
+
+from rmnode import pb
+from rmnode.wifi import Wifi
+from fwtest import check, equal
+
+
+class FakeWLAN:
+    def __init__(self, net, interface):
+        self.net = net
+        self.interface = interface
+        self._active = False
+        self.code = 1000
+        self.connected = False
+        self.settings = {"mac": b"\x24\x0a\xc4\x1a\x2b\x3c", "channel": 6}
+        self.calls = []
+
+    def active(self, value=None):
+        if value is None:
+            return self._active
+        self._active = value
+
+    def connect(self, ssid, key, bssid=None):
+        self.calls.append(("connect", ssid, key, bssid))
+        self.code = 1001
+
+    def disconnect(self):
+        self.calls.append(("disconnect",))
+        self.code = 1000
+        self.connected = False
+
+    def status(self):
+        return self.code
+
+    def isconnected(self):
+        return self.connected
+
+    def ifconfig(self):
+        return ("198.51.100.7", "255.255.255.0", "198.51.100.1", "198.51.100.1")
+
+    def config(self, *args, **kwargs):
+        if kwargs:
+            self.settings.update(kwargs)
+            return None
+        if args[0] not in self.settings:
+            raise ValueError("unknown config param")
+        return self.settings[args[0]]
+
+    def scan(self):
+        return [(b"weak", b"\x01" * 6, 1, -80, 3, False), (b"home", b"\x02" * 6, 6, -40, 4, False)]
+
+
+class FakeNetwork:
+    STA_IF = 0
+    AP_IF = 1
+    STAT_IDLE = 1000
+    STAT_CONNECTING = 1001
+    STAT_GOT_IP = 1010
+    STAT_NO_AP_FOUND = 201
+    STAT_WRONG_PASSWORD = 202
+    AUTH_OPEN = 0
+
+    def __init__(self):
+        self.interfaces = {}
+
+    def WLAN(self, interface):
+        if interface not in self.interfaces:
+            self.interfaces[interface] = FakeWLAN(self, interface)
+        return self.interfaces[interface]
+
+
+def test_status_mapping():
+    net = FakeNetwork()
+    wifi = Wifi(net)
+    sta = net.WLAN(net.STA_IF)
+    equal(wifi.status().state, pb.STA_DISCONNECTED, "before any join")
+    wifi.connect(b"home", b"pw123456")
+    equal(sta.calls[-1], ("connect", b"home", b"pw123456", None), "connect call")
+    equal(wifi.status().state, pb.STA_CONNECTING, "connecting")
+    sta.code = 202
+    st = wifi.status()
+    equal((st.state, st.fail_reason), (pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR), "wrong password")
+    sta.code = 204
+    equal(wifi.status().fail_reason, pb.FAIL_AUTH_ERROR, "handshake timeout")
+    sta.code = 201
+    equal(wifi.status().fail_reason, pb.FAIL_NETWORK_NOT_FOUND, "no AP")
+    sta.code = 203
+    equal(wifi.status().state, pb.STA_CONNECTION_FAILED, "other codes fail")
+    sta.code = 1010
+    sta.connected = True
+    st = wifi.status()
+    equal((st.state, st.ip4_addr, st.ssid, st.channel), (pb.STA_CONNECTED, "198.51.100.7", b"home", 6), "got IP")
+    wifi.disconnect()
+    equal(wifi.status().state, pb.STA_DISCONNECTED, "after disconnect")
+
+
+def test_connected_details_from_last_scan():
+    net = FakeNetwork()
+    wifi = Wifi(net)
+    results = wifi.scan()
+    equal([r["ssid"] for r in results], [b"home", b"weak"], "strongest first")
+    equal(results[0], {"ssid": b"home", "bssid": b"\x02" * 6, "channel": 6, "rssi": -40, "auth": 4}, "entry")
+    wifi.connect(b"home", b"pw")
+    sta = net.WLAN(net.STA_IF)
+    sta.code, sta.connected = 1010, True
+    st = wifi.status()
+    equal((st.bssid, st.auth_mode), (b"\x02" * 6, 4), "bssid and auth from scan")
+
+
+def test_mac_and_access_point():
+    net = FakeNetwork()
+    wifi = Wifi(net)
+    equal(wifi.mac(), b"\x24\x0a\xc4\x1a\x2b\x3c", "mac")
+    check(not wifi.ap_active(), "AP down at start")
+    wifi.ap_up("PROV_1a2b3c")
+    ap = net.WLAN(net.AP_IF)
+    check(wifi.ap_active(), "AP up")
+    equal((ap.settings["essid"], ap.settings["authmode"]), ("PROV_1a2b3c", 0), "open AP named after the service")
+    wifi.ap_down()
+    check(not wifi.ap_active(), "AP down")
