@@ -15,6 +15,9 @@ from rmkit.errors import UserError
 COMMAND_MODULES = [
     "rmkit.vboard.cli",
     "rmkit.cloud.cli",
+    "rmkit.pki",
+    "rmkit.broker",
+    "rmkit.factory",
 ]
 
 

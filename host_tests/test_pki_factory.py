@@ -1,0 +1,72 @@
+"""Factory data on a board's flash: the files and keys the firmware reads at /factory."""
+
+import json
+import stat
+
+import pytest
+
+from rmkit.__main__ import main as rmkit_main
+from rmkit.errors import UserError
+from rmkit.factory import mpremote_command, write_factory_data
+
+
+def test_factory_data_in_a_virtual_boards_flash(pki, tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    path = write_factory_data(flash, pki, node_id="A1B2C3D4E5F6", pop="abcd1234", sec_ver=1,
+                              mqtt_host="localhost", mqtt_port=18883, topic_prefix="")
+    assert path == flash / "factory" / "factory.json"
+    assert json.loads(path.read_text()) == {
+        "node_id": "A1B2C3D4E5F6", "pop": "abcd1234", "sec_ver": 1, "mqtt_host": "localhost",
+        "mqtt_port": 18883, "topic_prefix": "",
+        "cert": "/factory/node.crt.der", "key": "/factory/node.key.der", "ca": "/factory/ca.crt.der"}
+    node = pki.node_identity("A1B2C3D4E5F6")
+    assert (flash / "factory" / "node.crt.der").read_bytes() == node.cert_der.read_bytes()
+    assert (flash / "factory" / "node.key.der").read_bytes() == node.key_der.read_bytes()
+    assert (flash / "factory" / "ca.crt.der").read_bytes() == pki.ca_der.read_bytes()
+    for secret in ("node.key.der", "factory.json"):
+        assert stat.S_IMODE((flash / "factory" / secret).stat().st_mode) == 0o600
+
+
+def test_without_node_id_the_board_gets_no_certificate(pki, tmp_path):
+    path = write_factory_data(tmp_path, pki, node_id=None, pop="pop", mqtt_port=8883)
+    data = json.loads(path.read_text())
+    assert "node_id" not in data and "cert" not in data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["factory.json"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(mqtt_port=0), "invalid MQTT port"),
+    (dict(sec_ver=3), "sec_ver"),
+    (dict(pop="", sec_ver=1), "PoP is required"),
+])
+def test_bad_factory_settings_are_refused_before_writing(pki, tmp_path, options, message):
+    arguments = dict(node_id="node1", pop="pop", mqtt_port=8883)
+    arguments.update(options)
+    with pytest.raises(UserError, match=message):
+        write_factory_data(tmp_path, pki, **arguments)
+    assert not (tmp_path / "factory" / "factory.json").exists()
+
+
+def test_missing_flash_dir_is_a_user_error(pki, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        write_factory_data(tmp_path / "nope", pki, node_id="n1", pop="p", mqtt_port=1)
+
+
+def test_serial_variant_copies_every_file_with_one_mpremote_call(tmp_path):
+    files = [tmp_path / "factory.json", tmp_path / "node.crt.der"]
+    command = mpremote_command("/dev/ttyUSB0", files)
+    assert command[1:6] == ["-m", "mpremote", "connect", "/dev/ttyUSB0", "resume"]
+    assert command[-3:] == [str(files[0]), str(files[1]), ":/factory/"]
+    assert "fs" in command and "cp" in command
+
+
+def test_cli_writes_flash_and_never_prints_the_pop(pki, tmp_path, capsys):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    status = rmkit_main(["factory", "--flash", str(flash), "--node-id", "node7", "--pop", "s3cr3tpop",
+                         "--mqtt-port", "12345", "--pki-dir", str(pki.directory)])
+    assert status == 0
+    out = capsys.readouterr()
+    assert "s3cr3tpop" not in out.out + out.err
+    assert json.loads((flash / "factory" / "factory.json").read_text())["mqtt_port"] == 12345

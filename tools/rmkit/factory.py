@@ -1,0 +1,149 @@
+"""Write a board's factory data (node id, PoP, DER certificate + key, CA, broker, topic prefix) onto its flash.
+
+The contract with the firmware (see the brief): /factory/factory.json plus the three DER files it
+points at. A virtual board's flash is a host directory, written directly; a real board is written
+through mpremote (`mpremote connect PORT fs cp ...`). The key file is the node's private key:
+it is written with mode 0600 on the host side and never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from rmkit.errors import UserError
+from rmkit.pki import DEFAULT_PKI_DIR, Pki
+
+log = logging.getLogger(__name__)
+
+FACTORY_DIR = "factory"  # /factory on the board
+CERT_FILE, KEY_FILE, CA_FILE = "node.crt.der", "node.key.der", "ca.crt.der"
+DEFAULT_MQTT_HOST = "localhost"
+DEFAULT_MQTT_PORT = 8883
+
+
+def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str, mqtt_port: int,
+                 topic_prefix: str, with_credentials: bool) -> dict:
+    if sec_ver not in (0, 1, 2):
+        raise UserError(f"sec_ver must be 0, 1 or 2, not {sec_ver!r}")
+    if not isinstance(mqtt_port, int) or not 0 < mqtt_port < 65536:
+        raise UserError(f"invalid MQTT port {mqtt_port!r}")
+    if not isinstance(pop, str) or (sec_ver and not pop):
+        raise UserError("a PoP is required for security 1 and 2")
+    data: dict = {}
+    if node_id is not None:
+        data["node_id"] = node_id
+    data.update({"pop": pop, "sec_ver": sec_ver, "mqtt_host": mqtt_host, "mqtt_port": mqtt_port,
+                 "topic_prefix": topic_prefix})
+    if with_credentials:
+        data.update({"cert": f"/{FACTORY_DIR}/{CERT_FILE}", "key": f"/{FACTORY_DIR}/{KEY_FILE}",
+                     "ca": f"/{FACTORY_DIR}/{CA_FILE}"})
+    return data
+
+
+def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str, sec_ver: int = 1,
+                        mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
+                        topic_prefix: str = "") -> list[Path]:
+    """Write factory.json and the DER files into `target` (the board's /factory); returns the files.
+
+    Without a node id there is no certificate to issue (its CN is the node id): the board then gets
+    PoP and broker settings only, and takes its node id from the MAC.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    if node_id is not None:
+        identity = pki.node_identity(node_id)
+        for source, name in ((identity.cert_der, CERT_FILE), (identity.key_der, KEY_FILE), (pki.ca_der, CA_FILE)):
+            destination = target / name
+            shutil.copyfile(source, destination)
+            if name == KEY_FILE:
+                os.chmod(destination, 0o600)
+            files.append(destination)
+    else:
+        log.warning("no node id: factory data without an MQTT client certificate")
+    data = factory_json(node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix, node_id is not None)
+    path = target / "factory.json"
+    tmp = path.with_name("factory.json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.chmod(tmp, 0o600)  # it holds the PoP
+    os.replace(tmp, path)
+    files.insert(0, path)
+    return files
+
+
+def write_factory_data(flash_dir: Path | str, pki: Pki, node_id: Optional[str] = None, pop: str = "",
+                       sec_ver: int = 1, mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
+                       topic_prefix: str = "") -> Path:
+    """Write /factory/... into a virtual board's flash directory; returns the factory.json path."""
+    flash = Path(flash_dir)
+    if not flash.is_dir():
+        raise UserError(f"flash directory {flash} does not exist")
+    files = stage_factory_files(flash / FACTORY_DIR, pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix)
+    return files[0]
+
+
+def mpremote_command(port: str, files: list[Path]) -> list[str]:
+    """One mpremote call: create /factory if needed, then copy every file into it (no soft reset)."""
+    mkdir = f"import os\ntry:\n os.mkdir('/{FACTORY_DIR}')\nexcept OSError:\n pass"
+    command = [sys.executable, "-m", "mpremote", "connect", port, "resume", "exec", mkdir, "+", "fs", "cp"]
+    command += [str(f) for f in files] + [f":/{FACTORY_DIR}/"]
+    return command
+
+
+def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None, pop: str = "", sec_ver: int = 1,
+                              mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
+                              topic_prefix: str = "", timeout: float = 60.0) -> None:
+    """Copy the factory files onto a real (or virtual) board through mpremote on `port`."""
+    with tempfile.TemporaryDirectory(prefix="rmkit-factory-") as tmp:
+        files = stage_factory_files(Path(tmp), pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix)
+        command = mpremote_command(port, files)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"mpremote on {port} did not finish within {timeout:.0f} s") from None
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise UserError(f"mpremote on {port} failed: {detail[-1] if detail else 'exit status %d' % result.returncode}")
+
+
+def _cmd_factory(args) -> int:
+    pki = Pki(args.pki_dir)
+    where = args.flash or args.port
+    print(f"factory: node id {args.node_id or '(from MAC, no certificate)'}, broker {args.mqtt_host}:{args.mqtt_port}"
+          f"{', topic prefix ' + args.topic_prefix if args.topic_prefix else ''} -> {where}")
+    options = dict(node_id=args.node_id, pop=args.pop, sec_ver=args.sec_ver, mqtt_host=args.mqtt_host,
+                   mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix)
+    if args.flash:
+        path = write_factory_data(args.flash, pki, **options)
+        print(f"factory: wrote {path} and the DER files next to it")
+    else:
+        write_factory_data_serial(args.port, pki, **options)
+        print(f"factory: copied factory data to /{FACTORY_DIR} on {args.port}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "factory", help="write a board's factory data (node id, PoP, certificate, broker)",
+        description="Write /factory/factory.json and the node's DER certificate, key and CA onto a board's flash: "
+        "a virtual board's flash directory (--flash) or a real board over its serial port (--port, via mpremote). "
+        "The node certificate is issued by the local PKI (`rmkit pki`) with CN = node id.")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--flash", metavar="DIR", help="a virtual board's flash directory")
+    target.add_argument("--port", metavar="SERIAL", help="a board's serial port (or socket://host:port)")
+    parser.add_argument("--node-id", help="node id (certificate CN); without it the board uses its MAC and gets no certificate")
+    parser.add_argument("--pop", required=True, help="proof of possession for security 1/2 (not printed)")
+    parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1, 2), help="provisioning security (default 1)")
+    parser.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST, help="broker host name, checked against its certificate")
+    parser.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT, help="broker port (see `rmkit broker`)")
+    parser.add_argument("--topic-prefix", default="", help='"" for node/<id>/..., or "$aws/rules/esp_user_node_mapping/" '
+                        "for RainMaker's basic-ingest topics")
+    parser.add_argument("--pki-dir", default=str(DEFAULT_PKI_DIR), help="PKI directory (default: %(default)s)")
+    parser.set_defaults(func=_cmd_factory)
