@@ -80,3 +80,231 @@ def http_echo_server(request, artifacts_dir):
         yield node
     finally:
         stop_process(node)
+
+
+# --- a reference node written with `cryptography` + the generated classes, to test the client alone ---
+
+class ReferenceNode:
+    """Device side of protocomm written independently of the firmware (host crypto, Google protobuf).
+
+    Wi-Fi outcome is scripted: `networks` maps SSID -> passphrase; the right passphrase joins after
+    `connecting_polls` GetStatus answers of Connecting, a wrong one fails with AuthError, an unknown SSID
+    with NetworkNotFound. A user id in `refused_user_ids` gets Status InvalidParam.
+    """
+
+    def __init__(self, sec_ver=1, pop="abcd1234", node_id="NODE0123456789", networks=None,
+                 connecting_polls=2, refused_user_ids=("refuse-me",)):
+        from rmkit.proto import pb
+        self.pb = pb
+        self.sec_ver = sec_ver
+        self.pop = pop
+        self.node_id = node_id
+        self.networks = networks if networks is not None else {"HomeNet": "right-pass"}
+        self.connecting_polls = connecting_polls
+        self.refused_user_ids = set(refused_user_ids)
+        self.sessions = {}  # session_id -> {"cipher": ..., "device_pubkey": ..., "client_pubkey": ..., "ready": bool}
+        self.mapping = None
+        self.wifi_config = None
+        self.wifi_state = None
+        self.polls = 0
+        self.requests = []  # (session_id, endpoint) in arrival order
+
+    # transport callbacks (rmnode.http.ProvHttpServer)
+    def dispatch(self, session_id, endpoint, body):
+        self.requests.append((session_id, endpoint))
+        if endpoint == "proto-ver":
+            caps = ["wifi_scan", "wifi_prov"] + (["no_sec"] if self.sec_ver == 0 else [])
+            if self.sec_ver == 1 and not self.pop:
+                caps.append("no_pop")
+            import json
+            return json.dumps({"prov": {"ver": "netprov-v1.2", "sec_ver": self.sec_ver, "cap": caps}}).encode()
+        if endpoint == "prov-session":
+            return self._session(session_id, body)
+        handlers = {"cloud_user_assoc": self._user_mapping, "prov-config": self._config,
+                    "prov-scan": self._scan, "prov-ctrl": self._ctrl}
+        if endpoint not in handlers:
+            raise LookupError(endpoint)
+        session = self.sessions.get(session_id)
+        if session is None or not session["ready"]:
+            raise PermissionError("no established session %d" % session_id)
+        plain = self._crypt(session, body)
+        return self._crypt(session, handlers[endpoint](plain))
+
+    def session_closed(self, session_id):
+        self.sessions.pop(session_id, None)
+
+    def _crypt(self, session, data):
+        return session["cipher"].update(data) if session["cipher"] is not None else data
+
+    def _session(self, session_id, body):
+        pb = self.pb
+        request = pb.SessionData.FromString(body)
+        if request.sec_ver != self.sec_ver:
+            raise ValueError("security version mismatch")
+        response = pb.SessionData(sec_ver=self.sec_ver)
+        if self.sec_ver == 0:
+            response.sec0.msg = pb.Sec0MsgType.S0_Session_Response
+            response.sec0.sr.status = pb.Status.Success
+            self.sessions[session_id] = {"cipher": None, "ready": True}
+            return response.SerializeToString()
+        import hashlib
+        import os
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        which = request.sec1.WhichOneof("payload")
+        if which == "sc0":
+            client_pubkey = request.sec1.sc0.client_pubkey
+            private_key = X25519PrivateKey.generate()
+            device_pubkey = private_key.public_key().public_bytes_raw()
+            shared = private_key.exchange(X25519PublicKey.from_public_bytes(client_pubkey))
+            if self.pop:
+                digest = hashlib.sha256(self.pop.encode()).digest()
+                shared = bytes(a ^ b for a, b in zip(shared, digest))
+            device_random = os.urandom(16)
+            self.sessions[session_id] = {
+                "cipher": Cipher(algorithms.AES(shared), modes.CTR(device_random)).encryptor(),
+                "device_pubkey": device_pubkey, "client_pubkey": client_pubkey, "ready": False}
+            response.sec1.msg = pb.Sec1MsgType.Session_Response0
+            response.sec1.sr0.device_pubkey = device_pubkey
+            response.sec1.sr0.device_random = device_random
+            return response.SerializeToString()
+        if which == "sc1":
+            session = self.sessions[session_id]
+            if session["cipher"].update(request.sec1.sc1.client_verify_data) != session["device_pubkey"]:
+                del self.sessions[session_id]
+                raise ValueError("key mismatch (wrong PoP)")
+            response.sec1.msg = pb.Sec1MsgType.Session_Response1
+            response.sec1.sr1.device_verify_data = session["cipher"].update(session["client_pubkey"])
+            session["ready"] = True
+            return response.SerializeToString()
+        raise ValueError("unexpected Sec1 payload %r" % which)
+
+    def _user_mapping(self, plain):
+        pb = self.pb
+        request = pb.RMakerConfigPayload.FromString(plain)
+        response = pb.RMakerConfigPayload(msg=pb.RMakerConfigMsgType.TypeRespSetUserMapping)
+        cmd = request.cmd_set_user_mapping
+        if not cmd.UserID or cmd.UserID in self.refused_user_ids:
+            response.resp_set_user_mapping.Status = pb.RMakerConfigStatus.InvalidParam
+        else:
+            self.mapping = (cmd.UserID, cmd.SecretKey)
+            response.resp_set_user_mapping.NodeId = self.node_id
+        return response.SerializeToString()
+
+    def _config(self, plain):
+        pb = self.pb
+        request = pb.WiFiConfigPayload.FromString(plain)
+        if request.msg == pb.WiFiConfigMsgType.TypeCmdSetConfig:
+            self.wifi_config = (request.cmd_set_config.ssid.decode(), request.cmd_set_config.passphrase.decode())
+            response = pb.WiFiConfigPayload(msg=pb.WiFiConfigMsgType.TypeRespSetConfig)
+            response.resp_set_config.status = pb.Status.Success
+        elif request.msg == pb.WiFiConfigMsgType.TypeCmdApplyConfig:
+            self.wifi_state = "Connecting"
+            self.polls = 0
+            response = pb.WiFiConfigPayload(msg=pb.WiFiConfigMsgType.TypeRespApplyConfig)
+            response.resp_apply_config.status = pb.Status.Success
+        elif request.msg == pb.WiFiConfigMsgType.TypeCmdGetStatus:
+            response = pb.WiFiConfigPayload(msg=pb.WiFiConfigMsgType.TypeRespGetStatus)
+            status = response.resp_get_status
+            self.polls += 1
+            ssid, passphrase = self.wifi_config or ("", "")
+            if self.wifi_state is None:
+                status.sta_state = pb.WifiStationState.Disconnected
+            elif self.polls <= self.connecting_polls:
+                status.sta_state = pb.WifiStationState.Connecting
+            elif ssid not in self.networks:
+                status.sta_state = pb.WifiStationState.ConnectionFailed
+                status.fail_reason = pb.WifiConnectFailedReason.NetworkNotFound
+            elif self.networks[ssid] != passphrase:
+                status.sta_state = pb.WifiStationState.ConnectionFailed
+                status.fail_reason = pb.WifiConnectFailedReason.AuthError
+            else:
+                status.sta_state = pb.WifiStationState.Connected
+                status.connected.ip4_addr = "127.0.0.42"
+                status.connected.ssid = ssid.encode()
+                status.connected.bssid = bytes.fromhex("020000000001")
+                status.connected.channel = 6
+                status.connected.auth_mode = pb.WifiAuthMode.WPA2_PSK
+        else:
+            raise ValueError("unexpected prov-config msg %d" % request.msg)
+        return response.SerializeToString()
+
+    def _scan(self, plain):
+        pb = self.pb
+        request = pb.WiFiScanPayload.FromString(plain)
+        response = pb.WiFiScanPayload(msg=request.msg + 1, status=pb.Status.Success)
+        names = sorted(self.networks)
+        if request.msg == pb.WiFiScanMsgType.TypeCmdScanStart:
+            response.resp_scan_start.SetInParent()
+        elif request.msg == pb.WiFiScanMsgType.TypeCmdScanStatus:
+            response.resp_scan_status.scan_finished = True
+            response.resp_scan_status.result_count = len(names)
+        elif request.msg == pb.WiFiScanMsgType.TypeCmdScanResult:
+            first = request.cmd_scan_result.start_index
+            for index, name in enumerate(names[first:first + request.cmd_scan_result.count]):
+                entry = response.resp_scan_result.entries.add()
+                entry.ssid = name.encode()
+                entry.channel = 1 + index
+                entry.rssi = -40 - index
+                entry.bssid = bytes([2, 0, 0, 0, 0, index])
+                entry.auth = pb.WifiAuthMode.WPA2_PSK
+        return response.SerializeToString()
+
+    def _ctrl(self, plain):
+        pb = self.pb
+        request = pb.WiFiCtrlPayload.FromString(plain)
+        if request.msg != pb.WiFiCtrlMsgType.TypeCmdCtrlReset:
+            raise ValueError("unexpected prov-ctrl msg %d" % request.msg)
+        self.wifi_config = None
+        self.wifi_state = None
+        response = pb.WiFiCtrlPayload(msg=pb.WiFiCtrlMsgType.TypeRespCtrlReset, status=pb.Status.Success)
+        response.resp_ctrl_reset.SetInParent()
+        return response.SerializeToString()
+
+
+class ThreadedHttpNode:
+    """A ReferenceNode behind the firmware's own rmnode.http.ProvHttpServer, on an asyncio loop in a thread."""
+
+    def __init__(self, node: ReferenceNode):
+        import asyncio
+        import threading
+        if str(FIRMWARE) not in sys.path:
+            sys.path.insert(0, str(FIRMWARE))
+        from rmnode.http import ProvHttpServer
+        self.node = node
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.server = ProvHttpServer("127.0.0.1", self.port, node.dispatch, session_closed=node.session_closed,
+                                     read_timeout_s=5, idle_timeout_s=10)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=10)
+
+    def close(self) -> None:
+        import asyncio
+
+        async def shutdown():
+            self.server.stop()
+            await asyncio.sleep(0.05)  # let cancelled connection tasks close their sockets
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def reference_node_factory():
+    """Start ReferenceNode(**kwargs) behind ProvHttpServer; returns the ThreadedHttpNode (port, node)."""
+    started = []
+
+    def start(**kwargs) -> ThreadedHttpNode:
+        served = ThreadedHttpNode(ReferenceNode(**kwargs))
+        started.append(served)
+        return served
+
+    try:
+        yield start
+    finally:
+        for served in started:
+            served.close()

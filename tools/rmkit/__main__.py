@@ -13,6 +13,7 @@ from rmkit.errors import UserError
 
 # module path of every subcommand, in the order `--help` lists them
 COMMAND_MODULES = [
+    "rmkit.provision.cli",
     "rmkit.vboard.cli",
     "rmkit.cloud.cli",
     "rmkit.pki",

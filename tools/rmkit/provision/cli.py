@@ -1,0 +1,127 @@
+"""`rmkit provision`: provision a node over SoftAP HTTP (user mapping + Wi-Fi) and print its node id."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+
+from rmkit.errors import UserError
+from rmkit.provision.client import MAX_PASSPHRASE_BYTES, MAX_SSID_BYTES, Provisioner
+from rmkit.provision.errors import (DeviceUnreachable, HandshakeFailed, MappingRefused, ProtocolError,
+                                    ProvisionError, TransportError, WifiJoinFailed)
+from rmkit.provision.transport import HttpTransport, parse_host
+
+log = logging.getLogger(__name__)
+
+# The address of a real ESP32 on its own SoftAP (ESP-IDF default, spec 1.1). Only mentioned in --help and
+# never used as a default: connecting there from a host that has not joined the board's access point would
+# reach whatever else answers on that private address.
+ESP32_SOFTAP_ADDRESS = "192.168.4.1:80"
+
+EXIT_UNREACHABLE = 3
+EXIT_HANDSHAKE = 4
+EXIT_MAPPING_REFUSED = 5
+EXIT_WIFI_FAILED = 6
+EXIT_PROTOCOL = 7
+
+DESCRIPTION = f"""\
+Provision a node like Espressif's esp-rainmaker-cli does (spec 2.3): read its protocol version,
+open a secure session (Security 0 or 1), send the user id and secret key (cloud_user_assoc), which
+returns the node id, then send the Wi-Fi credentials and wait until the node has joined.
+
+The node id is printed on the last line of standard output. Progress lines go to standard error.
+The PoP, the passphrase and the secret key are never printed.
+"""
+
+EPILOG = f"""\
+Addresses: a virtual board serves on 127.0.0.1 at the port it prints. A real ESP32 in provisioning
+mode serves on {ESP32_SOFTAP_ADDRESS}, reachable only after this computer has joined the board's
+access point (PROV_xxxxxx); pass it explicitly with --host {ESP32_SOFTAP_ADDRESS}. There is no default.
+
+Exit status: 0 provisioned; 2 bad arguments; {EXIT_UNREACHABLE} node unreachable; {EXIT_HANDSHAKE} session refused
+(wrong PoP or security version); {EXIT_MAPPING_REFUSED} node refused the user mapping; {EXIT_WIFI_FAILED} node could not
+join Wi-Fi; {EXIT_PROTOCOL} unexpected answer or connection lost.
+"""
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("provision", help="provision a node: user mapping + Wi-Fi, prints the node id",
+                            description=DESCRIPTION, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--transport", choices=["softap"], default="softap",
+                        help="how to reach the node: softap = protocomm over HTTP (the only one so far; BLE later)")
+    parser.add_argument("--host", required=True, metavar="HOST:PORT",
+                        help="the node's HTTP address, e.g. 127.0.0.1:8080 for a virtual board, or "
+                             f"{ESP32_SOFTAP_ADDRESS} for a real ESP32 once you are on its access point "
+                             "(port defaults to 80)")
+    parser.add_argument("--sec", choices=["0", "1", "auto"], default="1",
+                        help="security version: 1 = X25519 + PoP + AES-CTR (default), 0 = no encryption "
+                             "(credentials in clear), auto = whatever the node's proto-ver says. An explicit "
+                             "version is never downgraded")
+    parser.add_argument("--pop", default=None,
+                        help="proof of possession for Security 1 (printed on the board's label / factory data)")
+    parser.add_argument("--ssid", required=True, help=f"Wi-Fi network for the node (1..{MAX_SSID_BYTES} bytes)")
+    parser.add_argument("--passphrase", default="",
+                        help=f"Wi-Fi passphrase (at most {MAX_PASSPHRASE_BYTES} bytes; empty for an open network)")
+    parser.add_argument("--user-id", required=True, help="RainMaker user id the node will be mapped to")
+    parser.add_argument("--secret-key", default=None,
+                        help="secret shared with the cloud for the mapping; default: a fresh random UUID, "
+                             "like Espressif's client")
+    parser.add_argument("--show-secret-key", action="store_true",
+                        help="also print the secret key (needed when you confirm the mapping with the cloud yourself)")
+    parser.add_argument("--scan", action="store_true", help="ask the node to scan Wi-Fi first and list what it sees")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each HTTP answer (default 15)")
+    parser.add_argument("--wifi-timeout", type=float, default=60.0,
+                        help="seconds to wait for the node to join Wi-Fi (default 60)")
+    parser.add_argument("--poll-interval", type=float, default=0.2,
+                        help="seconds between Wi-Fi status polls (default 0.2; Espressif's client uses 5)")
+    parser.set_defaults(func=run)
+
+
+def _progress(line: str) -> None:
+    print(f"provision: {line}", file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    try:
+        host, port = parse_host(args.host)
+    except ValueError as exc:
+        raise UserError(f"--host: {exc}") from None
+    sec = None if args.sec == "auto" else int(args.sec)
+    if sec == 1 and not args.pop:
+        raise UserError("--pop is required with --sec 1 (use --sec auto for a node started without PoP)")
+    secret_key = args.secret_key or str(uuid.uuid4())
+
+    _progress(f"connecting to {host}:{port}")
+    try:
+        with HttpTransport(host, port, timeout=args.timeout) as transport:
+            provisioner = Provisioner(transport, sec=sec, pop=args.pop, poll_interval_s=args.poll_interval,
+                                      wifi_timeout_s=args.wifi_timeout, progress=_progress)
+            result = provisioner.provision(args.ssid, args.passphrase, args.user_id, secret_key, scan=args.scan)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    except DeviceUnreachable as exc:
+        return _fail(f"node unreachable: {exc}", EXIT_UNREACHABLE)
+    except HandshakeFailed as exc:
+        return _fail(f"session refused: {exc}", EXIT_HANDSHAKE)
+    except MappingRefused as exc:
+        return _fail(str(exc), EXIT_MAPPING_REFUSED)
+    except WifiJoinFailed as exc:
+        return _fail(f"{exc} (send a prov-ctrl reset or re-run with the right credentials)", EXIT_WIFI_FAILED)
+    except (ProtocolError, TransportError) as exc:
+        return _fail(f"provisioning failed: {exc}", EXIT_PROTOCOL)
+    except ProvisionError as exc:
+        return _fail(f"provisioning failed: {exc}", EXIT_PROTOCOL)
+
+    _progress(f"done in {result.timings_s.get('total', 0):.2f} s (session {result.timings_s.get('handshake', 0) * 1000:.0f} ms)")
+    if args.show_secret_key:
+        print(f"secret_key {secret_key}")
+    print(f"node_id {result.node_id}")
+    return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"rmkit provision: {message}", file=sys.stderr)
+    return status
