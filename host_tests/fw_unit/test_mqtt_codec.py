@@ -1,0 +1,125 @@
+"""MQTT 3.1.1 packets byte for byte, the reply parser, and the backoff schedule (firmware rmnode.mqtt)."""
+
+import sys
+
+if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
+    sys.path.append(".frozen")  # the runner's MICROPYPATH drops the frozen asyncio package
+import asyncio
+
+from rmnode import mqtt
+from fwtest import raises, check, equal
+
+
+def test_remaining_length_boundaries():
+    # MQTT 3.1.1 §2.2.3, table 2.4
+    equal(mqtt.encode_length(0), b"\x00", "0")
+    equal(mqtt.encode_length(127), b"\x7f", "127")
+    equal(mqtt.encode_length(128), b"\x80\x01", "128")
+    equal(mqtt.encode_length(16383), b"\xff\x7f", "16383")
+    equal(mqtt.encode_length(16384), b"\x80\x80\x01", "16384")
+    equal(mqtt.encode_length(268435455), b"\xff\xff\xff\x7f", "max")
+    raises(ValueError, mqtt.encode_length, 268435456)
+
+
+def test_connect_packet_exact_bytes():
+    equal(mqtt.connect_packet("node1", 120),
+          bytes.fromhex("1011" "00044d515454" "04" "02" "0078" "0005") + b"node1", "CONNECT")
+    packet = mqtt.connect_packet("n", 60, clean_session=False, username="u")
+    equal(packet, bytes.fromhex("101000044d5154540480003c00016e000175"), "CONNECT with user name")
+    raises(ValueError, mqtt.connect_packet, "n", 70000)
+
+
+def test_publish_packet_exact_bytes():
+    equal(mqtt.publish_packet("a/b", b"hi", 1, 1), bytes.fromhex("3209" "0003612f62" "0001" "6869"), "QoS 1")
+    equal(mqtt.publish_packet("a/b", "hi", 1, 258, dup=True), bytes.fromhex("3a090003612f6201026869"), "DUP")
+    equal(mqtt.publish_packet("a/b", b"", 0), bytes.fromhex("30050003612f62"), "QoS 0 empty")
+    equal(mqtt.publish_packet("t", b"x", 0, retain=True), bytes.fromhex("3104000174" "78"), "retain")
+
+
+def test_publish_refuses_wildcards_bad_qos_and_ids():
+    for topic in ("", "node/+/x", "node/#", 5):
+        raises(ValueError, mqtt.publish_packet, topic, b"", 0)
+    raises(ValueError, mqtt.publish_packet, "t", b"", 2, 1)
+    raises(ValueError, mqtt.publish_packet, "t", b"", 1, 0)
+    raises(ValueError, mqtt.publish_packet, "t", b"", 1, 65536)
+
+
+def test_small_packets():
+    equal(mqtt.puback_packet(0x1234), b"\x40\x02\x12\x34", "PUBACK")
+    equal(mqtt.PINGREQ_PACKET, b"\xc0\x00", "PINGREQ")
+    equal(mqtt.DISCONNECT_PACKET, b"\xe0\x00", "DISCONNECT")
+    equal(mqtt.subscribe_packet(5, "a", 1), bytes.fromhex("820600050001" "61" "01"), "SUBSCRIBE")
+
+
+def test_long_payload_uses_multibyte_length():
+    packet = mqtt.publish_packet("t", b"x" * 200, 1, 1)
+    equal(packet[:3], b"\x32\xcd\x01", "header")  # 2+1+2+200 = 205: 0x4d | 0x80, then 0x01
+    equal(len(packet), 3 + 205, "length")
+
+
+class _Bytes:
+    """A StreamReader over fixed bytes (readexactly like asyncio's)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    async def readexactly(self, n):
+        if self.pos + n > len(self.data):
+            raise EOFError("stream ended")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+
+def _read_all(data):
+    reader = _Bytes(data)
+    packets = []
+
+    async def main():
+        while reader.pos < len(reader.data):
+            packets.append(await mqtt.read_packet(reader))
+
+    asyncio.run(main())
+    return packets
+
+
+def test_read_packet_splits_a_stream():
+    stream = b"\x20\x02\x00\x00" + b"\x40\x02\x00\x07" + b"\xd0\x00" + mqtt.publish_packet("x/y", b"z" * 130, 1, 9)
+    packets = _read_all(stream)
+    equal([p[0] for p in packets], [0x20, 0x40, 0xD0, 0x32], "types")
+    equal(mqtt.parse_connack(packets[0][1]), (False, 0), "CONNACK")
+    equal(mqtt.parse_packet_id(packets[1][1]), 7, "PUBACK id")
+    equal(mqtt.parse_publish(packets[3][0], packets[3][1]), ("x/y", b"z" * 130, 1, 9), "PUBLISH")
+
+
+def test_read_packet_rejects_malformed_input():
+    raises(mqtt.MQTTError, _read_all, b"\x20\xff\xff\xff\xff\x01")
+    raises(EOFError, _read_all, b"\x40\x02\x00")
+    raises(mqtt.MQTTError, mqtt.parse_connack, b"\x00")
+    raises(mqtt.MQTTError, mqtt.parse_packet_id, b"\x01")
+
+
+def test_connect_refused_names_the_reason():
+    error = mqtt.ConnectRefused(5)
+    check("not authorized" in str(error), str(error))
+    equal(error.return_code, 5, "code")
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap():
+    lowest = lambda low, high: low
+    highest = lambda low, high: high
+    equal([mqtt.backoff_delay(n, 1000, 60000, lowest) for n in range(8)],
+          [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000], "lower bounds")
+    equal([mqtt.backoff_delay(n, 1000, 60000, highest) for n in range(8)],
+          [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000], "upper bounds")
+    equal(mqtt.backoff_delay(100, 1000, 60000, highest), 60000, "no overflow after many failures")
+    # with real randomness, below the cap the n-th delay never undercuts the (n-1)-th
+    previous = 0
+    for n in range(5):  # 200 << 4 = 3200 < cap
+        delay = mqtt.backoff_delay(n, 200, 5000)
+        check(previous <= delay <= 200 << n, "delay %d after %d failures" % (delay, n))
+        previous = delay
+    for n in range(5, 12):
+        delay = mqtt.backoff_delay(n, 200, 5000)
+        check(2500 <= delay <= 5000, "capped delay %d" % delay)
