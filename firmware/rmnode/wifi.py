@@ -19,6 +19,13 @@ _STAT_HANDSHAKE_TIMEOUT = 204
 _AUTH_OPEN = 0
 
 
+def _text(value):
+    try:
+        return str(bytes(value), "utf-8")
+    except (UnicodeError, ValueError):
+        return bytes(value)
+
+
 class StationStatus:
     """Station state as provisioning reports it (wifi_constants.proto values)."""
 
@@ -36,16 +43,23 @@ class StationStatus:
 
 
 class Wifi:
-    def __init__(self, network=None):
+    """`join_retries`: reconnect attempts while joining, so a failure other than a wrong password
+    or a missing AP (which the ESP32 reports at once) still ends the join; once connected the
+    station retries forever, as ESP32 does by default."""
+
+    def __init__(self, network=None, join_retries=2):
         if network is None:
             import network
         self._net = network
+        self._join_retries = join_retries
+        self._retry_forever = True
         self._sta = network.WLAN(network.STA_IF)
         self._ap = None
         self._joining = False  # a join was requested and not given up
         self._ssid = b""
         self._bssid = b""
         self._known = {}  # ssid -> (bssid, channel, auth) from the last scan
+        self._details = None  # (bssid, channel, auth) of the joined AP, looked up once per join
         self._stat_got_ip = getattr(network, "STAT_GOT_IP", _STAT_GOT_IP)
         self._stat_connecting = getattr(network, "STAT_CONNECTING", _STAT_CONNECTING)
         self._stat_idle = getattr(network, "STAT_IDLE", _STAT_IDLE)
@@ -69,11 +83,22 @@ class Wifi:
         self._ssid = bytes(ssid)
         self._bssid = bytes(bssid) if bssid else b""
         self._joining = True
+        self._details = None
+        self._set_reconnects(self._join_retries)
         log.info(_TAG, "joining %r" % (self._ssid,))  # never the passphrase
+        # str where possible: the usual form for WLAN.connect (the ESP32 port takes bytes too)
+        ssid, passphrase = _text(ssid), _text(passphrase)
         if bssid:
             self._sta.connect(ssid, passphrase, bssid=bssid)
         else:
             self._sta.connect(ssid, passphrase)
+
+    def _set_reconnects(self, count):
+        try:
+            self._sta.config(reconnects=count)
+            self._retry_forever = count < 0
+        except (ValueError, TypeError, OSError):
+            pass  # a port without the setting: its default applies
 
     def disconnect(self):
         self._joining = False
@@ -108,13 +133,15 @@ class Wifi:
             return default
 
     def _connected_status(self):
+        if not self._retry_forever:
+            self._set_reconnects(-1)
         ip4_addr = self._sta.ifconfig()[0]
         ssid = self._config("ssid", None)
         if ssid is None:
             ssid = self._ssid
         elif isinstance(ssid, str):
             ssid = ssid.encode("utf-8")
-        known = self._known.get(ssid)
+        known = self._joined_ap(ssid)
         bssid = self._config("bssid", None) or self._bssid or (known[0] if known else b"")
         channel = self._config("channel", None)
         if not channel and known:
@@ -123,6 +150,20 @@ class Wifi:
         if auth_mode is None:
             auth_mode = known[2] if known else _AUTH_OPEN
         return StationStatus(pb.STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
+
+    def _joined_ap(self, ssid):
+        # The ESP32 port cannot report the joined AP's BSSID or auth mode, so take them from a
+        # scan: the last one if it saw the SSID, else one scan now (once per join).
+        if self._details is None:
+            known = self._known.get(ssid)
+            if known is None:
+                try:
+                    self.scan()
+                except OSError as e:
+                    log.warning(_TAG, "scan for connection details failed: %s" % e)
+                known = self._known.get(ssid)
+            self._details = known or ()
+        return self._details or None
 
     def scan(self):
         """Visible access points as dicts (WiFiScanResult field names), strongest first."""

@@ -75,7 +75,7 @@ def test_status_mapping():
     sta = net.WLAN(net.STA_IF)
     equal(wifi.status().state, pb.STA_DISCONNECTED, "before any join")
     wifi.connect(b"home", b"pw123456")
-    equal(sta.calls[-1], ("connect", b"home", b"pw123456", None), "connect call")
+    equal(sta.calls[-1], ("connect", "home", "pw123456", None), "connect call (str, like most ESP32 code)")
     equal(wifi.status().state, pb.STA_CONNECTING, "connecting")
     sta.code = 202
     st = wifi.status()

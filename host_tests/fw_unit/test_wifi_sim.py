@@ -1,0 +1,111 @@
+"""rmnode.wifi and the provisioning endpoints against the virtual board's simulated ESP32 `network`
+(tools/rmkit/vboard/sim/vb_network.py), driven by an air file.
+# unix-port only: the simulation needs MicroPython's vfs and time.ticks_ms
+The runner sets VBOARD_MAC=24:0a:c4:1a:2b:3c and VBOARD_AIR=<tmp>/air.json before this imports."""
+
+import json
+import os
+import time
+
+from rmnode import pb
+from rmnode.prov import Provisioning
+from rmnode.wifi import Wifi
+from fwtest import check, equal, FakeConfig, sec1_session, secured
+
+AIR = {"aps": [
+    {"ssid": "home", "password": "right-pw", "channel": 11, "rssi": -45, "bssid": "02:00:00:00:00:01",
+     "join_s": 0.05, "ip": "127.0.0.1"},
+    {"ssid": "cafe", "channel": 1, "rssi": -70, "join_s": 0.05},
+    {"ssid": "flaky", "password": "x" * 8, "fail": "handshake", "join_s": 0.05},
+]}
+
+
+def _network():
+    with open(os.getenv("VBOARD_AIR"), "w") as f:
+        f.write(json.dumps(AIR))
+    import vb_network
+    return vb_network
+
+
+def _wait(wifi, states, timeout_s=3):
+    deadline = time.ticks_add(time.ticks_ms(), int(timeout_s * 1000))
+    while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        st = wifi.status()
+        if st.state in states:
+            return st
+        time.sleep_ms(10)
+    raise AssertionError("station stayed in state %d" % wifi.status().state)
+
+
+def test_sim_mac_and_scan():
+    wifi = Wifi(_network())
+    equal(wifi.mac(), bytes([0x24, 0x0A, 0xC4, 0x1A, 0x2B, 0x3C]), "mac")
+    aps = wifi.scan()
+    equal([ap["ssid"] for ap in aps], [b"home", b"flaky", b"cafe"], "strongest first")
+    equal((aps[0]["channel"], aps[0]["auth"], aps[0]["bssid"]), (11, 3, b"\x02\x00\x00\x00\x00\x01"), "home")
+    equal(aps[2]["auth"], 0, "open network")
+
+
+def test_sim_wrong_password_then_right_one():
+    wifi = Wifi(_network())
+    wifi.connect(b"home", b"wrong-pw")
+    st = _wait(wifi, (pb.STA_CONNECTION_FAILED,))
+    equal(st.fail_reason, pb.FAIL_AUTH_ERROR, "AuthError")
+    wifi.connect(b"home", b"right-pw")
+    st = _wait(wifi, (pb.STA_CONNECTED,))
+    equal((st.ip4_addr, st.ssid, st.channel, st.auth_mode, st.bssid),
+          ("127.0.0.1", b"home", 11, 3, b"\x02\x00\x00\x00\x00\x01"), "connected details")
+    wifi.disconnect()
+    equal(wifi.status().state, pb.STA_DISCONNECTED, "after disconnect")
+
+
+def test_sim_network_not_found_and_handshake_failure():
+    wifi = Wifi(_network())
+    wifi.connect(b"nowhere", b"whatever1")
+    equal(_wait(wifi, (pb.STA_CONNECTION_FAILED,)).fail_reason, pb.FAIL_NETWORK_NOT_FOUND, "missing AP")
+    wifi.connect(b"flaky", b"x" * 8)
+    equal(_wait(wifi, (pb.STA_CONNECTION_FAILED,)).fail_reason, pb.FAIL_AUTH_ERROR, "handshake timeout")
+    wifi.connect(b"cafe", b"")
+    equal(_wait(wifi, (pb.STA_CONNECTED,)).auth_mode, 0, "open network joined")
+    wifi.disconnect()
+
+
+def test_sim_access_point():
+    net = _network()
+    wifi = Wifi(net)
+    wifi.ap_up("PROV_1a2b3c")
+    ap = net.WLAN(net.AP_IF)
+    equal((ap.config("essid"), ap.config("authmode"), ap.active()), ("PROV_1a2b3c", 0, True), "AP up")
+    wifi.ap_down()
+    check(not wifi.ap_active(), "AP down")
+
+
+def test_sim_provisioning_wrong_password_reset_retry():
+    wifi = Wifi(_network())
+    prov = Provisioning(FakeConfig(1, "pop1", "node-sim"), wifi, lambda u, k: None)
+    client = sec1_session(prov.dispatch, 1, b"pop1")
+
+    def config(request):
+        return secured(prov.dispatch, client, 1, "prov-config", pb.WiFiConfigPayload, request)
+
+    def status():
+        return config({"cmd_get_status": {}})["resp_get_status"]
+
+    config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"wrong-pw"}})
+    config({"msg": 4})
+    deadline = time.ticks_add(time.ticks_ms(), 3000)
+    while status()["sta_state"] == pb.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        time.sleep_ms(10)
+    st = status()
+    equal((st["sta_state"], st["fail_reason"]), (pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR), "AuthError")
+    reset = secured(prov.dispatch, client, 1, "prov-ctrl", pb.WiFiCtrlPayload, {"msg": 1, "cmd_ctrl_reset": {}})
+    equal(reset["status"], 0, "reset")
+    config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"right-pw"}})
+    config({"msg": 4})
+    while status()["sta_state"] == pb.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        time.sleep_ms(10)
+    st = status()
+    equal(st["sta_state"], pb.STA_CONNECTED, "connected")
+    equal(st["connected"], {"ip4_addr": "127.0.0.1", "auth_mode": 3, "ssid": b"home",
+                            "bssid": b"\x02\x00\x00\x00\x00\x01", "channel": 11}, "connected state")
+    wifi.disconnect()
