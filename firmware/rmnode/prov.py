@@ -81,6 +81,11 @@ class Provisioning:
         self.protocomm.session_closed(session_id)
 
     @property
+    def endpoints(self):
+        """Names served here, for the transport's 404 check (ProvHttpServer(endpoints=...))."""
+        return self.protocomm.endpoints()
+
+    @property
     def wifi_applied(self):
         """True once ApplyConfig started a join (until prov-ctrl reset)."""
         return self._applied

@@ -239,6 +239,8 @@ def test_session_dies_after_a_bad_request():
 
 def test_unknown_endpoint_and_msg():
     node = Node()
+    equal(sorted(node.prov.endpoints), ["cloud_user_assoc", "proto-ver", "prov-config", "prov-ctrl", "prov-scan",
+                                        "prov-session"], "endpoints")
     raises(protocomm.UnknownEndpoint, node.prov.dispatch, 7, "ch_resp", b"")
     raises(protocomm.UnknownEndpoint, node.prov.dispatch, 7, "rmaker_claim", b"")
     client = _sec1(node)
