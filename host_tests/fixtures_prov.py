@@ -308,3 +308,32 @@ def reference_node_factory():
     finally:
         for served in started:
             served.close()
+
+
+# --- the firmware's provisioning service (rmnode.prov + rmnode.http) as a process ---
+
+@pytest.fixture
+def firmware_node_factory(tmp_path, artifacts_dir):
+    """Start host_tests/launch_prov_node.py: start(sec_ver=1, pop=..., node_id=..., networks=..., interpreter=...)
+    returns a NodeProcess whose extra["flash"] is the node's flash folder. Every process is stopped at teardown."""
+    started = []
+
+    def start(sec_ver=1, pop="abcd1234", node_id="VNODE0042", networks=None, interpreter="micropython"):
+        import json
+        flash = tmp_path / f"flash{len(started)}"
+        (flash / "factory").mkdir(parents=True)
+        factory = {"sec_ver": sec_ver, "pop": pop, "node_id": node_id}
+        (flash / "factory" / "factory.json").write_text(json.dumps(factory))
+        (flash / "air.json").write_text(json.dumps(networks if networks is not None else {"HomeNet": "right-pass"}))
+        port = free_port()
+        node = start_process(interpreter, HERE / "launch_prov_node.py", [str(FIRMWARE), str(port), str(flash)],
+                             artifacts_dir / f"prov_node{len(started)}_{interpreter}.log", port)
+        node.extra["flash"] = flash
+        started.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in started:
+            stop_process(node)
