@@ -114,7 +114,7 @@ async def main():
 
     prov = Provisioning(config, wifi, on_user_mapping)
     server = ProvHttpServer("127.0.0.1", port, prov.dispatch, session_closed=prov.session_closed,
-                            endpoints=prov.protocomm.endpoints())
+                            endpoints=prov.endpoints)
     await server.start()
     log.info("launch", "node %s, security %d" % (config.node_id, config.sec_ver))
     while server.running:

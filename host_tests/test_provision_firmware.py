@@ -108,3 +108,44 @@ def test_twenty_sessions_in_a_row(firmware_node_factory, artifacts_dir):
     (artifacts_dir / "timings.json").write_text(json.dumps(report, indent=2))
     print(report)
     assert node.alive()
+
+
+def raw_post(port, endpoint, body, cookie=None):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Cookie": cookie} if cookie else {}
+    try:
+        conn.request("POST", "/" + endpoint, body, headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_bad_requests_cost_one_connection_and_the_node_keeps_serving(firmware_node_factory):
+    import os
+    node = firmware_node_factory(sec_ver=1, pop=POP)
+    assert raw_post(node.port, "no-such-endpoint", b"x") == 404
+    assert raw_post(node.port, "cloud_user_assoc", os.urandom(40)) == 500  # encrypted request before a handshake
+    assert raw_post(node.port, "prov-session", os.urandom(40)) == 500  # random bytes as a handshake
+    assert raw_post(node.port, "prov-session", bytes.fromhex("5203a20100")) == 500  # Sec0 cmd to a Sec1 node
+    transport, client = client_for(node, sec=1, pop=POP)
+    with transport:
+        assert client.provision("HomeNet", "right-pass", "user-1", "secret-1").node_id == "VNODE0042"
+    assert pending_mapping(node) == {"user_id": "user-1", "secret_key": "secret-1"}
+
+
+def test_replaced_session_fails_cleanly_and_a_new_one_works(firmware_node_factory):
+    from rmkit.provision import TransportError
+    node = firmware_node_factory(sec_ver=1, pop=POP)
+    first_transport, first = client_for(node, sec=1, pop=POP)
+    first.start_session()
+    second_transport, second = client_for(node, sec=1, pop=POP)
+    with second_transport:
+        second.start_session()  # a second client replaces the first one's session (spec 1.1)
+        assert second.set_user_mapping("user-2", "secret-2") == "VNODE0042"
+    with first_transport:
+        with pytest.raises(TransportError, match="HTTP 500"):
+            first.set_user_mapping("user-1", "secret-1")  # stale cookie: new session without handshake
+        first.start_session()
+        assert first.set_user_mapping("user-1", "secret-1") == "VNODE0042"
+    assert pending_mapping(node) == {"user_id": "user-1", "secret_key": "secret-1"}
