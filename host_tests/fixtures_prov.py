@@ -285,7 +285,7 @@ class ThreadedHttpNode:
 
         async def shutdown():
             self.server.stop()
-            await asyncio.sleep(0.05)  # let cancelled connection tasks close their sockets
+            await self.server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -189,8 +189,9 @@ class ProvHttpServer:
             return
         self.running = False
         if self._server is not None:
+            # MicroPython closes the listening socket when the cancelled accept task next runs:
+            # await wait_closed() to be sure no new client is accepted
             self._server.close()
-            self._server = None
         for conn in self._conns:
             if conn.task is not None:
                 conn.task.cancel()
@@ -198,6 +199,14 @@ class ProvHttpServer:
                 _close_quietly(conn.writer)
         self._end_session()
         log.info(_TAG, "stopped")
+
+    async def wait_closed(self):
+        """After stop(): returns once the listener and every connection are closed."""
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        while self._conns:
+            await asyncio.sleep(0.01)
 
     # --- sessions (spec 1.1) ---
 
