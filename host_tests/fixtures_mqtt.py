@@ -132,3 +132,128 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+# -- a node running the firmware's online sequence under the MicroPython unix port ----------------
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+from rmkit import FIRMWARE_DIR
+from rmkit.factory import write_factory_data
+
+MICROPYTHON = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "micropython"
+LAUNCHER = Path(__file__).resolve().parent / "mqtt_node_launcher.py"
+# fast schedule for tests: the first retry after 0.1-0.2 s, never more than 2 s
+TEST_SETTINGS = {"mqtt_backoff_ms": [200, 2000], "mqtt_keepalive_s": 10, "mqtt_connect_timeout_ms": 5000}
+
+
+def make_flash(directory: Path, pki: Pki, node_id: str, port: int, pending=None, mapped_user_id=None,
+               topic_prefix: str = "", settings=None) -> Path:
+    """A flash-like dir with factory data, settings and (optionally) a pending mapping in state.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_factory_data(directory, pki, node_id=node_id, pop="abcd1234", sec_ver=1, mqtt_host="localhost",
+                       mqtt_port=port, topic_prefix=topic_prefix)
+    (directory / "settings.json").write_text(json.dumps(settings or TEST_SETTINGS))
+    state = {}
+    if pending is not None:
+        user_id, secret_key = pending
+        state["pending_mapping"] = {"user_id": user_id, "secret_key": secret_key, "reset": mapped_user_id != user_id}
+    if mapped_user_id is not None:
+        state["mapped_user_id"] = mapped_user_id
+    (directory / "state.json").write_text(json.dumps(state))
+    return directory
+
+
+def read_state(flash: Path) -> dict:
+    return json.loads((flash / "state.json").read_text())
+
+
+class NodeProcess:
+    """`micropython mqtt_node_launcher.py` on a flash dir; stdout lines collected by a thread."""
+
+    def __init__(self, flash: Path, log_path: Path, mode: str = "online", env=None, firmware: Path = FIRMWARE_DIR,
+                 heap: Optional[str] = None) -> None:
+        command = [str(MICROPYTHON)]
+        if heap:
+            command += ["-X", f"heapsize={heap}"]
+        command += [str(LAUNCHER), str(firmware), str(flash), mode]
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=dict(os.environ, **(env or {})), start_new_session=True)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._log.write(line)
+            self._log.flush()
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 15.0) -> list[re.Match]:
+        """Block until `pattern` (a regex) matched `count` lines; returns the matches."""
+        regex = re.compile(pattern)
+
+        def matches():
+            return [m for m in (regex.search(line) for line in self.lines) if m]
+
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(matches()) >= count or self.proc.poll() is not None and
+                                     not self._thread.is_alive(), timeout)
+            found = matches()
+        if len(found) < count:
+            tail = "\n".join(self.lines[-15:])
+            raise AssertionError(f"node: {count} x /{pattern}/ not seen within {timeout} s "
+                                 f"({'exited %s' % self.proc.returncode if ok else 'timeout'}); log {self.log_path}:\n{tail}")
+        return found
+
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        self._thread.join(5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, like pulling the board's power."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._thread.join(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._thread.join(5)
+        self._log.close()
+
+
+@pytest.fixture
+def node_runner(artifacts_dir):
+    """Factory: node_runner(flash, mode="online", env=None) -> NodeProcess; all stopped at teardown."""
+    made: list[NodeProcess] = []
+
+    def start(flash: Path, mode: str = "online", env=None, **kwargs) -> NodeProcess:
+        node = NodeProcess(flash, Path(artifacts_dir) / f"node{len(made)}.log", mode, env, **kwargs)
+        made.append(node)
+        return node
+
+    yield start
+    for node in made:
+        node.stop()

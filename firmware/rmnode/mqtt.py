@@ -566,6 +566,7 @@ class MQTTClient:
 
 
 def _describe(exc):
-    text = str(exc)
+    """One-line description; mbedtls messages come wrapped in newlines, which would split log lines."""
+    text = " ".join(str(exc).split())
     name = type(exc).__name__
     return "%s(%s)" % (name, text) if text else name

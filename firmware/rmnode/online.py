@@ -180,9 +180,13 @@ def build(node_config, store, is_network_up=None, on_factory_reset=None):
         raise OnlineConfigError("factory data has no client certificate, key and CA (cert/key/ca)")
     host = node_config.mqtt_host or "localhost"
     backoff = settings.get("mqtt_backoff_ms") or (1000, 60000)
+    try:
+        ssl_context = mqtt.make_ssl_context(node_config.cert_path, node_config.key_path, node_config.ca_path)
+    except (OSError, ValueError) as exc:  # missing file, or PEM/garbage where DER is expected
+        raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (
+            node_config.cert_path, node_config.key_path, node_config.ca_path, mqtt._describe(exc)))
     client = mqtt.MQTTClient(
-        node_config.node_id, host, node_config.mqtt_port,
-        ssl_context=mqtt.make_ssl_context(node_config.cert_path, node_config.key_path, node_config.ca_path),
+        node_config.node_id, host, node_config.mqtt_port, ssl_context=ssl_context,
         server_hostname=host, keepalive_s=settings.get("mqtt_keepalive_s", 120), is_network_up=is_network_up,
         backoff_ms=(backoff[0], backoff[1]), connect_timeout_ms=settings.get("mqtt_connect_timeout_ms", 20000))
     info = {"name": settings.get("node_name", "rmnode"), "type": settings.get("node_type", "Other")}
