@@ -121,6 +121,7 @@ class Broker:
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: Optional[subprocess.Popen] = None
         self._log_file = None
+        self._started_before = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -133,6 +134,9 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.acl_path.write_text(acl_text(self.readers))
         self.config_path.write_text(config_text(self.port, self.pki.ca_pem, self.identity, self.acl_path, self.log_path))
+        if not self._started_before and self.log_path.exists():
+            self.log_path.unlink()  # a fresh log per Broker object; restarts append to it
+        self._started_before = True
         start_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_file = open(self.log_path, "ab")
         self._proc = subprocess.Popen([find_mosquitto(), "-c", str(self.config_path)],
