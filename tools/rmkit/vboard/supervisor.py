@@ -1,0 +1,475 @@
+"""The virtual board's serial port: a pty and a TCP port wired to a restartable MicroPython process.
+
+One thread owns every file descriptor. It pumps bytes between the clients (the host-side pty and
+any TCP connections) and the MicroPython process, which runs on a pty of its own, and restarts that
+process whenever the board "reboots". Why each piece is there (measured facts:
+shared/notes/micropython-unix-port.md section 1):
+
+- The child's pty has iflag=0, oflag=0, lflag=0: no echo, no line editing, no `\\n` -> `\\r\\r\\n`
+  (the port prints `\\r\\n` itself, and mpremote matches "raw REPL; CTRL-B to exit\\r\\n" exactly),
+  and no ISIG, so a 0x03 byte is only ever data.
+- Ctrl-C: the unix port interrupts code only through SIGINT, and installs its SIGINT handler only
+  while code runs (at the REPL SIGINT is fatal). So a 0x03 from a client becomes SIGINT when the
+  child's /proc/PID/status shows SIGINT caught, and is forwarded as a byte otherwise. That also
+  covers code started by raw-paste, where the tty route does not work.
+- Soft reset on the unix port ends the process. The supervisor prints "MPY: soft reboot", starts a
+  new process and, if the client was in the raw REPL, puts the new one back into it (ESP32 runs
+  boot.py but not main.py then), which is what mpremote and ampy wait for.
+- How the process ended says what happened: exit status = soft reset (Ctrl-D, SystemExit),
+  SIGUSR2 = SystemExit in boot.py/main.py, SIGUSR1 = machine.reset(), our SIGKILL = reset() or
+  power_cut(); anything else (a signal, a FATAL error) is a crash, reported in the serial stream
+  and to waiting callers, and followed by a reboot like an ESP32 panic; three crashes within
+  10 s halt the board instead of looping.
+"""
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import termios
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit"
+FRIENDLY_BANNER = b'Type "help()" for more information.'
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+POWER_ON = b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+SW_RESET = b"rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+# machine.reset_cause() values on the ESP32 port
+PWRON_RESET, SOFT_RESET = 1, 5
+CRASH_LIMIT, CRASH_WINDOW_S = 3, 10.0
+SIGINT_COALESCE_S = 0.25   # ampy sends Ctrl-C twice 0.1 s apart; the board sees one interrupt
+MAX_PENDING_INPUT = 1 << 20
+
+# Runs in the child: die with the supervisor thread, SIGINT default (MicroPython installs its own
+# handler around running code), then MicroPython's own main().
+LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # PR_SET_PDEATHSIG
+    "os.getppid() == int(os.environ['VBOARD_PARENT']) or sys.exit(70)\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "from micropython_run import run_main\n"
+    "sys.exit(run_main(['micropython'] + sys.argv[1:]))\n"
+)
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen
+    master: int
+    gen: int
+    ready: bool = False
+    pending: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class Crash:
+    offset: int      # serial log offset where the crash was reported
+    message: str
+
+
+class Supervisor(threading.Thread):
+    """Serial hub + process keeper for one board. Public methods are safe from any thread."""
+
+    def __init__(self, *, name: str, argv: list, env: dict, state_dir: Path, log_path: Path,
+                 tcp_sock: socket.socket, pty_link: Path, boot_mode: str,
+                 on_output: Optional[Callable[[bytes], None]] = None):
+        super().__init__(name=f"vboard-{name}", daemon=True)
+        self.board_name = name
+        self._argv = argv
+        self._env = env
+        self._state_dir = state_dir
+        self._ready_file = state_dir / "ready"
+        self._tcp = tcp_sock
+        self._boot_mode = boot_mode          # "full", or "none" for run_main=False
+        self._on_output = on_output
+        self._log = open(log_path, "wb")
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._requests: list = []
+        self._clients: list = []
+        self._child: Optional[Child] = None
+        self._raw_mode = False
+        self._tail = b""
+        self._last_sigint = 0.0
+        self._expected_kill: Optional[str] = None
+        self._reset_cause = PWRON_RESET
+        self._crash_times: list = []
+        self._stopping = False
+        self.cond = threading.Condition()
+        self.gen = 0                 # number of MicroPython processes started so far
+        self.ready_gen = 0           # latest generation that finished its setup
+        self.log_size = 0
+        self.crashes: list = []
+        self.halted: Optional[str] = None
+        self.pids: list = []
+        self.startup_failure: Optional[str] = None
+
+        self.host_master, self.host_slave = os.openpty()
+        tty.setraw(self.host_slave)  # no echo of the board's own output back into it
+        os.set_blocking(self.host_master, False)
+        self.pty_name = os.ttyname(self.host_slave)
+        self.pty_link = pty_link
+        pty_link.parent.mkdir(parents=True, exist_ok=True)
+        if pty_link.is_symlink():
+            pty_link.unlink()
+        elif pty_link.exists():
+            raise FileExistsError(f"pty link path {pty_link} exists and is not a symlink")
+        pty_link.symlink_to(self.pty_name)
+
+    # ---- requests from other threads -------------------------------------------------------
+
+    def request(self, what: str) -> None:
+        with self.cond:
+            self._requests.append(what)
+        os.write(self._wake_w, b"x")
+
+    def child_pid(self) -> Optional[int]:
+        child = self._child
+        return child.proc.pid if child else None
+
+    # ---- the I/O thread ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._sel.register(self.host_master, selectors.EVENT_READ, "host")
+            self._sel.register(self._tcp, selectors.EVENT_READ, "listen")
+            self._emit(POWER_ON)
+            self._spawn(self._boot_mode)
+            while not self._stopping:
+                child = self._child
+                timeout = 0.005 if child and not child.ready else 0.5
+                for key, events in self._sel.select(timeout):
+                    self._dispatch(key, events)
+                self._check_ready()
+                self._handle_requests()
+        except Exception:  # keep the reason in the log; callers see a halted board
+            log.exception("vboard %s: supervisor failed", self.board_name)
+            with self.cond:
+                self.halted = "supervisor failed (see the host log)"
+                self.cond.notify_all()
+        finally:
+            self._shutdown()
+
+    def _dispatch(self, key, events) -> None:
+        what = key.data
+        if what == "wake":
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        elif what == "host":
+            try:
+                data = os.read(self.host_master, 65536)
+            except (BlockingIOError, OSError):
+                return
+            self._on_input(data)
+        elif what == "listen":
+            conn, _ = self._tcp.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(2.0)
+            self._clients.append(conn)
+            self._sel.register(conn, selectors.EVENT_READ, conn)
+        elif isinstance(what, socket.socket):
+            try:
+                data = what.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                self._on_input(data)
+            else:
+                self._drop_client(what)
+        elif isinstance(what, Child):
+            if events & selectors.EVENT_READ:
+                try:
+                    data = os.read(what.master, 65536)
+                except OSError:  # EIO: every slave fd closed, the process is gone
+                    data = b""
+                if data:
+                    self._on_child_output(data)
+                else:
+                    self._on_child_exit(what)
+                    return
+            if events & selectors.EVENT_WRITE and what is self._child:
+                self._flush_child_input()
+
+    def _drop_client(self, conn: socket.socket) -> None:
+        if conn in self._clients:
+            self._clients.remove(conn)
+            self._sel.unregister(conn)
+        conn.close()
+
+    # ---- output: child -> log, pty, TCP clients -------------------------------------------
+
+    def _on_child_output(self, data: bytes) -> None:
+        window = self._tail[-64:] + data
+        raw_at, friendly_at = window.rfind(RAW_BANNER), window.rfind(FRIENDLY_BANNER)
+        if raw_at != friendly_at:  # both -1 means neither banner
+            self._raw_mode = raw_at > friendly_at
+        self._tail = (self._tail + data)[-512:]
+        self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        self._log.write(data)
+        self._log.flush()
+        if self._on_output:
+            self._on_output(data)
+        self._write_host_pty(data)
+        for conn in list(self._clients):
+            try:
+                conn.sendall(data)
+            except OSError:  # a client that stopped reading is dropped, like a closed terminal
+                self._drop_client(conn)
+        with self.cond:
+            self.log_size += len(data)
+            self.cond.notify_all()
+
+    def _write_host_pty(self, data: bytes) -> None:
+        # Nobody may have the pty open: like a UART with nothing attached, old bytes are lost
+        # rather than blocking the board.
+        view = memoryview(data)
+        for _ in range(2):
+            try:
+                while view:
+                    view = view[os.write(self.host_master, view):]
+                return
+            except BlockingIOError:
+                termios.tcflush(self.host_slave, termios.TCIFLUSH)
+            except OSError:
+                return
+
+    # ---- input: clients -> child -------------------------------------------------------------
+
+    def _on_input(self, data: bytes) -> None:
+        child = self._child
+        if child is None:
+            return  # rebooting: a UART drops what arrives meanwhile
+        start = 0
+        for i, byte in enumerate(data):
+            if byte == 0x03 and self._code_running(child):
+                child.pending += data[start:i]
+                start = i + 1
+                self._last_sigint = time.monotonic()
+                try:
+                    os.kill(child.proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        child.pending += data[start:]
+        if len(child.pending) > MAX_PENDING_INPUT:
+            del child.pending[:-MAX_PENDING_INPUT]
+        self._flush_child_input()
+
+    def _code_running(self, child: Child) -> bool:
+        if time.monotonic() - self._last_sigint < SIGINT_COALESCE_S:
+            return False
+        try:
+            with open(f"/proc/{child.proc.pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"SigCgt:"):
+                        return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+        except OSError:
+            pass
+        return False
+
+    def _flush_child_input(self) -> None:
+        child = self._child
+        if child is None:
+            return
+        while child.pending:
+            try:
+                n = os.write(child.master, child.pending)
+            except BlockingIOError:
+                break
+            except OSError:
+                child.pending.clear()
+                break
+            del child.pending[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if child.pending else 0)
+        self._sel.modify(child.master, events, child)
+
+    # ---- the MicroPython process -------------------------------------------------------------
+
+    def _spawn(self, boot_mode: str) -> None:
+        master, slave = os.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[0] = 0                                   # iflag: no CR/NL mapping, no flow control
+        attrs[1] = 0                                   # oflag: bytes go out as written
+        attrs[2] = attrs[2] | termios.CS8 | termios.CREAD
+        attrs[3] = 0                                   # lflag: no echo, no ICANON, no ISIG
+        attrs[6][termios.VMIN] = 1
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        self.gen += 1
+        env = dict(self._env, VBOARD_GEN=str(self.gen), VBOARD_BOOT=boot_mode,
+                   VBOARD_RESET_CAUSE=str(self._reset_cause), VBOARD_PARENT=str(os.getpid()))
+        try:
+            self._ready_file.unlink()
+        except FileNotFoundError:
+            pass
+        try:
+            proc = subprocess.Popen(self._argv, stdin=slave, stdout=slave, stderr=slave,
+                                    env=env, cwd=self._state_dir, start_new_session=True)
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        child = Child(proc=proc, master=master, gen=self.gen)
+        self.pids.append(proc.pid)
+        self._child = child
+        self._tail = b""
+        self._sel.register(master, selectors.EVENT_READ, child)
+        log.debug("vboard %s: MicroPython pid %d (gen %d, boot %s)", self.board_name, proc.pid,
+                  self.gen, boot_mode)
+
+    def _check_ready(self) -> None:
+        child = self._child
+        if child is None or child.ready:
+            return
+        try:
+            ready = self._ready_file.read_text() == str(child.gen)
+        except OSError:
+            return
+        if ready:
+            child.ready = True
+            with self.cond:
+                self.ready_gen = child.gen
+                self.cond.notify_all()
+
+    def _on_child_exit(self, child: Child) -> None:
+        self._sel.unregister(child.master)
+        os.close(child.master)
+        try:
+            rc = child.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            rc = child.proc.wait()
+        if child is self._child:
+            self._child = None
+        if self._stopping:
+            return
+        kind, note = self._classify(rc, child)
+        self._expected_kill = None
+        log.debug("vboard %s: gen %d ended with %s -> %s", self.board_name, child.gen, rc, kind)
+        if kind == "soft":
+            if note:
+                self._emit(b"\r\n[vboard] " + note.encode() + b"\r\n")
+            self._emit(SOFT_REBOOT)
+            raw = self._raw_mode
+            self._spawn("boot" if raw and self._boot_mode != "none" else self._boot_mode)
+            if raw:  # back into the raw REPL, where the client waits for its banner
+                self._child.pending += b"\x01"
+                self._flush_child_input()
+            return
+        self._raw_mode = False
+        if kind == "crash":
+            self._report_crash(note)
+            if self.halted:
+                return
+            self._reset_cause = SOFT_RESET  # ESP_RST_PANIC reads as SOFT_RESET on the ESP32 port
+            self._emit(SW_RESET)
+        elif kind == "hard":
+            self._reset_cause = SOFT_RESET  # ESP_RST_SW
+            self._emit(SW_RESET)
+        else:  # power
+            self._reset_cause = PWRON_RESET
+            self._emit(POWER_ON)
+        self._spawn(self._boot_mode)
+
+    def _classify(self, rc: int, child: Child):
+        if self._expected_kill and rc == -signal.SIGKILL:
+            return self._expected_kill, None
+        if rc == -signal.SIGUSR1:
+            return "hard", None
+        if rc == -signal.SIGUSR2:
+            return "soft", None
+        if rc == -signal.SIGINT and time.monotonic() - self._last_sigint < 2.0:
+            # Ctrl-C landed just as code finished and SIGINT was fatal again
+            return "soft", "Ctrl-C arrived as the code finished; soft reboot"
+        if rc < 0:
+            return "crash", f"MicroPython process crashed: killed by {signal.Signals(-rc).name}"
+        if b"FATAL: " in self._tail:
+            return "crash", f"MicroPython process crashed: fatal error, exit status {rc}"
+        if not child.ready:
+            return "crash", f"MicroPython process exited with status {rc} while booting"
+        return "soft", None
+
+    def _report_crash(self, message: str) -> None:
+        now = time.monotonic()
+        self._crash_times = [t for t in self._crash_times if now - t < CRASH_WINDOW_S] + [now]
+        offset = self.log_size
+        self._emit(b"\r\n[vboard] " + message.encode() + b"\r\n")
+        halt = len(self._crash_times) >= CRASH_LIMIT or self.ready_gen == 0
+        if halt:
+            reason = (f"{message} (during the first boot)" if self.ready_gen == 0 else
+                      f"crashed {CRASH_LIMIT} times within {CRASH_WINDOW_S:.0f} s; not restarting")
+            self._emit(b"[vboard] board halted: " + reason.encode() + b"\r\n")
+        with self.cond:
+            self.crashes.append(Crash(offset, message))
+            if halt:
+                self.halted = reason
+                if self.ready_gen == 0:
+                    self.startup_failure = message
+            self.cond.notify_all()
+        log.warning("vboard %s: %s", self.board_name, message)
+
+    def _handle_requests(self) -> None:
+        with self.cond:
+            requests, self._requests = self._requests, []
+        for what in requests:
+            if what == "stop":
+                self._stopping = True
+                return
+            # reset / power: restart the process; a halted board powers up again too
+            child = self._child
+            if child is not None:
+                self._expected_kill = "hard" if what == "reset" else "power"
+                child.proc.kill()
+            else:
+                with self.cond:
+                    self.halted = None
+                self._crash_times.clear()
+                self._raw_mode = False
+                self._reset_cause = PWRON_RESET if what == "power" else SOFT_RESET
+                self._emit(POWER_ON if what == "power" else SW_RESET)
+                self._spawn(self._boot_mode)
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        child, self._child = self._child, None
+        if child is not None:
+            child.proc.kill()
+            child.proc.wait()
+            try:
+                self._sel.unregister(child.master)
+            except (KeyError, ValueError):
+                pass
+            os.close(child.master)
+        for conn in list(self._clients):
+            self._drop_client(conn)
+        for fd in (self.host_master, self.host_slave, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._tcp.close()
+        self._sel.close()
+        self._log.close()
+        try:
+            if self.pty_link.is_symlink() and os.readlink(self.pty_link) == self.pty_name:
+                self.pty_link.unlink()
+        except OSError:
+            pass
+        with self.cond:
+            self._stopping = True
+            if self.halted is None:
+                self.halted = "stopped"
+            self.cond.notify_all()
