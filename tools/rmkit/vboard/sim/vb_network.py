@@ -15,8 +15,8 @@
 # - the AP interface reports VBOARD_AP_IP (the --softap host) in ifconfig(); a real ESP32 uses
 #   192.168.4.1 (its SoftAP default).
 #
-# The air file (JSON; path in VBOARD_AIR, re-read whenever it changes; a file that does not parse
-# leaves the previous air in force) - rmkit/vboard/air.py validates it on the host:
+# The air file (JSON; path in VBOARD_AIR, re-read whenever it changes - replace it atomically,
+# new file + rename, as mtime has 1 s steps; a file that does not parse keeps the previous air) - rmkit/vboard/air.py validates it on the host:
 #   {"aps": [{"ssid": "home", "password": "secret123", "authmode": "WPA2_PSK", "rssi": -50,
 #             "channel": 6, "bssid": "02:00:00:00:00:01", "hidden": false, "join_s": 0.3,
 #             "ip": "127.0.0.1", "netmask": "255.0.0.0", "gateway": "127.0.0.1", "dns": "127.0.0.1",
@@ -77,8 +77,8 @@ def _now():
     return time.ticks_ms()
 
 
-def _since(t):
-    return time.ticks_diff(time.ticks_ms(), t) / 1000
+def _after(t, seconds):
+    return time.ticks_add(t, int(seconds * 1000))
 
 
 class _Air:
@@ -98,7 +98,7 @@ class _Air:
             return
         try:
             st = self._fs.stat(self._name)
-            stamp = (st[6], st[8])
+            stamp = (st[1], st[6], st[8])  # inode too: mtime has 1 s steps
             if stamp == self._stamp:
                 return
             f = self._fs.open(self._name, "r")
@@ -112,8 +112,9 @@ class _Air:
         self._stamp = stamp
         self.aps = aps
 
-    def find(self, ssid, bssid=None):
-        self.refresh()
+    def find(self, ssid, bssid=None, refresh=True):
+        if refresh:
+            self.refresh()
         for ap in self.aps:
             if ap["ssid"] == ssid and (bssid is None or ap["bssid"] == bssid):
                 return ap
@@ -168,25 +169,38 @@ class _Station:
         self.static = None
         self.channel = 1
 
-    def start_attempt(self):
-        self.attempt_at = _now()
+    def start_attempt(self, at=None):
+        self.attempt_at = _now() if at is None else at
 
     def update(self):
+        # Replays every transition that fell due since the last call, at the time it fell due.
+        _air.refresh()
+        for _ in range(200):
+            if not self._step():
+                return
+
+    def _step(self):
+        now = _now()
         if self.connected:
-            ap = _air.find(self.ssid, self.bssid)
-            drop = ap and ap["drop_after_s"]
-            if ap is None or (drop and _since(self.up_at) >= drop):
-                self.connected = False
-                self.reason = STAT_BEACON_TIMEOUT
-                self.ap = None
-                self.start_attempt()  # ESP32 reconnects on its own
-            return
+            ap = _air.find(self.ssid, self.bssid, refresh=False)
+            drop = ap["drop_after_s"] if ap else None
+            if ap is None:
+                dropped_at = now
+            elif drop is not None and time.ticks_diff(now, _after(self.up_at, drop)) >= 0:
+                dropped_at = _after(self.up_at, drop)
+            else:
+                return False
+            self.connected = False
+            self.reason = STAT_BEACON_TIMEOUT
+            self.ap = None
+            self.start_attempt(dropped_at)  # ESP32 reconnects on its own
+            return True
         if not self.requested or self.attempt_at is None:
-            return
-        ap = _air.find(self.ssid, self.bssid)
-        join_s = ap["join_s"] if ap else 0.5  # scanning all channels for a missing AP
-        if _since(self.attempt_at) < join_s:
-            return
+            return False
+        ap = _air.find(self.ssid, self.bssid, refresh=False)
+        done_at = _after(self.attempt_at, ap["join_s"] if ap else 0.5)  # no AP: a full channel scan
+        if time.ticks_diff(now, done_at) < 0:
+            return False
         if ap is None:
             reason = STAT_NO_AP_FOUND
         elif ap["fail"]:
@@ -197,17 +211,18 @@ class _Station:
             self.connected = True
             self.reason = 0
             self.attempts = 0
-            self.up_at = _now()
+            self.up_at = done_at
             self.ap = ap
             self.channel = ap["channel"]
             self.attempt_at = None
-            return
+            return True
         self.reason = reason
         self.attempts += 1
         if self.max_attempts and self.attempts >= self.max_attempts:
             self.attempt_at = None  # gave up
-        else:
-            self.start_attempt()
+            return False
+        self.start_attempt(done_at)
+        return True
 
     def status(self):
         self.update()
