@@ -223,7 +223,11 @@ class Supervisor(threading.Thread):
         self._log.write(data)
         self._log.flush()
         if self._on_output:
-            self._on_output(data)
+            try:
+                self._on_output(data)
+            except Exception:  # a broken echo (closed stdout) must not take the board down
+                log.exception("vboard %s: output callback failed; disabling it", self.board_name)
+                self._on_output = None
         self._write_host_pty(data)
         for conn in list(self._clients):
             try:
