@@ -33,11 +33,12 @@ class Subscriber:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
+        self.subacks = 0  # SUBACKs so far: one per (re)connect
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{identity}-{id(self):x}")
         self.client.tls_set(ca_certs=str(pki.ca_pem), certfile=str(ident.cert_pem), keyfile=str(ident.key_pem))
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *args: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.connect(host, broker.port, keepalive=30)
         self.client.loop_start()
@@ -49,6 +50,12 @@ class Subscriber:
         if not reason_code.is_failure:
             self._subscribed.clear()
             client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_subscribe(self, *args):
+        with self._cond:
+            self.subacks += 1
+            self._cond.notify_all()
+        self._subscribed.set()
 
     def _on_message(self, client, userdata, message):
         with self._cond:
@@ -70,10 +77,11 @@ class Subscriber:
         with self._cond:
             return [p for t, p in self.messages if t == topic]
 
-    def wait_resubscribed(self, timeout: float = 15.0) -> None:
-        """After a broker restart: block until the subscription is back."""
-        if not self._subscribed.wait(timeout):
-            raise TimeoutError("subscriber did not re-subscribe")
+    def wait_resubscribed(self, subacks_before: int, timeout: float = 15.0) -> None:
+        """After a broker restart: block until a SUBACK newer than `subacks_before` arrived."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.subacks > subacks_before, timeout):
+                raise TimeoutError("subscriber did not re-subscribe")
 
     def close(self) -> None:
         self.client.disconnect()

@@ -291,12 +291,17 @@ class Connection:
             raise ConnectRefused(return_code)
         return session_present
 
-    async def close(self):
+    async def close(self, graceful=False):
+        """Close the stream; unless graceful, do not wait on the peer (a dead link never answers a TLS close)."""
+        transport = getattr(self.writer, "transport", None)  # CPython only; MicroPython closes at once
         try:
             self.writer.close()
-            await self.writer.wait_closed()
-        except Exception:  # already broken: nothing more to do
-            pass
+            if transport is not None and not graceful:
+                transport.abort()
+            await asyncio.wait_for(self.writer.wait_closed(), 1)
+        except Exception:  # already broken, or the peer did not answer in time
+            if transport is not None:
+                transport.abort()
 
 
 # -- resilience layer ---------------------------------------------------------------------------
@@ -499,7 +504,7 @@ class MQTTClient:
         self._conn = None
         for task in (reader_task, keepalive_task):
             task.cancel()
-        await conn.close()
+        await conn.close(graceful=self._lost_reason == "closed")
         return self._lost_reason
 
     def _lose(self, reason):
