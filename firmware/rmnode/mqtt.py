@@ -23,6 +23,7 @@ try:
 except ImportError:
     random = None
 
+import gc
 import time
 
 from rmnode import log
@@ -241,6 +242,7 @@ def make_ssl_context(cert_path, key_path, ca_path):
     ssl wants PEM, so host tests pass PEM paths to this same function.
     """
     import ssl
+    gc.collect()  # mbedtls contexts need a few KB in one piece; defragment first
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # MicroPython's ssl.SSLContext() sets CERT_NONE even for PROTOCOL_TLS_CLIENT: a wrong CA and a
     # wrong host name would connect fine. Never ship that (notes §2, pitfall 1).
@@ -470,6 +472,7 @@ class MQTTClient:
         await sleep_ms(delay)
 
     async def _open(self):
+        gc.collect()  # the handshake allocates records and certificates: start from a compact heap
         reader, writer = await open_stream(self.host, self.port, self.ssl_context, self.server_hostname)
         conn = Connection(reader, writer)
         try:

