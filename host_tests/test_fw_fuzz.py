@@ -33,7 +33,7 @@ def quiet_log(monkeypatch):
     monkeypatch.setattr(log, "level", log.ERROR)  # thousands of expected warnings otherwise
 
 
-def _bodies(rng: random.Random, schema: pb.Schema, rounds: int):
+def _bodies(rng: random.Random, schema: str, rounds: int):
     valid = [pb.encode(schema, _random_message(rng, schema)) for _ in range(50)]
     for i in range(rounds):
         choice = i % 3

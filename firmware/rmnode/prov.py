@@ -5,10 +5,52 @@ Handlers dispatch on `msg` (proto3 default 0), never on which oneof member is pr
 sends ApplyConfig as `08 04` with no sub-message (spec 2.4).
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
 from rmnode import log
 from rmnode import pb
 from rmnode import protocomm
 from rmnode import security
+
+# Enum values of the protos (shared/spec/protos.txt), as const()s: inlined, no heap.
+# constants.proto Status
+_STATUS_SUCCESS = const(0)
+_STATUS_INVALID_ARGUMENT = const(4)
+_STATUS_INTERNAL_ERROR = const(5)
+# wifi_constants.proto WifiStationState
+_STA_CONNECTED = const(0)
+_STA_CONNECTING = const(1)
+_STA_DISCONNECTED = const(2)
+_STA_CONNECTION_FAILED = const(3)
+# wifi_config.proto WiFiConfigMsgType
+_CONFIG_CMD_GET_STATUS = const(0)
+_CONFIG_RESP_GET_STATUS = const(1)
+_CONFIG_CMD_SET_CONFIG = const(2)
+_CONFIG_RESP_SET_CONFIG = const(3)
+_CONFIG_CMD_APPLY_CONFIG = const(4)
+_CONFIG_RESP_APPLY_CONFIG = const(5)
+# wifi_scan.proto WiFiScanMsgType
+_SCAN_CMD_START = const(0)
+_SCAN_RESP_START = const(1)
+_SCAN_CMD_STATUS = const(2)
+_SCAN_RESP_STATUS = const(3)
+_SCAN_CMD_RESULT = const(4)
+_SCAN_RESP_RESULT = const(5)
+# wifi_ctrl.proto WiFiCtrlMsgType
+_CTRL_CMD_RESET = const(1)
+_CTRL_RESP_RESET = const(2)
+_CTRL_CMD_REPROV = const(3)
+_CTRL_RESP_REPROV = const(4)
+# esp_rmaker_user_mapping.proto RMakerConfigMsgType and RMakerConfigStatus
+_MAPPING_CMD_SET_USER_MAPPING = const(0)
+_MAPPING_RESP_SET_USER_MAPPING = const(1)
+_MAPPING_SUCCESS = const(0)
+_MAPPING_INVALID_PARAM = const(1)
+_MAPPING_INVALID_STATE = const(2)
 
 _TAG = "prov"
 
@@ -94,28 +136,28 @@ class Provisioning:
     def _config_handler(self, session_id, request):
         req = pb.decode(pb.WiFiConfigPayload, request)
         msg = req["msg"]
-        if msg == pb.CONFIG_CMD_GET_STATUS:
+        if msg == _CONFIG_CMD_GET_STATUS:
             return pb.encode(pb.WiFiConfigPayload, {
-                "msg": pb.CONFIG_RESP_GET_STATUS, "resp_get_status": self._get_status()})
-        if msg == pb.CONFIG_CMD_SET_CONFIG:
+                "msg": _CONFIG_RESP_GET_STATUS, "resp_get_status": self._get_status()})
+        if msg == _CONFIG_CMD_SET_CONFIG:
             status = self._set_config(req["cmd_set_config"] or {})
             return pb.encode(pb.WiFiConfigPayload, {
-                "msg": pb.CONFIG_RESP_SET_CONFIG, "resp_set_config": {"status": status}})
-        if msg == pb.CONFIG_CMD_APPLY_CONFIG:
+                "msg": _CONFIG_RESP_SET_CONFIG, "resp_set_config": {"status": status}})
+        if msg == _CONFIG_CMD_APPLY_CONFIG:
             status = self._apply_config()
             return pb.encode(pb.WiFiConfigPayload, {
-                "msg": pb.CONFIG_RESP_APPLY_CONFIG, "resp_apply_config": {"status": status}})
+                "msg": _CONFIG_RESP_APPLY_CONFIG, "resp_apply_config": {"status": status}})
         raise protocomm.RequestRejected("prov-config: unsupported msg %d" % msg)
 
     def _get_status(self):
         if not self._applied:
-            return {"status": pb.STATUS_SUCCESS, "sta_state": pb.STA_DISCONNECTED}
+            return {"status": _STATUS_SUCCESS, "sta_state": _STA_DISCONNECTED}
         st = self.station.status()
-        resp = {"status": pb.STATUS_SUCCESS, "sta_state": st.state}
-        if st.state == pb.STA_CONNECTED:
+        resp = {"status": _STATUS_SUCCESS, "sta_state": st.state}
+        if st.state == _STA_CONNECTED:
             resp["connected"] = {"ip4_addr": st.ip4_addr, "auth_mode": st.auth_mode, "ssid": st.ssid,
                                  "bssid": st.bssid, "channel": st.channel}
-        elif st.state == pb.STA_CONNECTION_FAILED:
+        elif st.state == _STA_CONNECTION_FAILED:
             resp["fail_reason"] = st.fail_reason
         return resp
 
@@ -125,42 +167,42 @@ class Provisioning:
         bssid = cmd.get("bssid", b"")
         if not 0 < len(ssid) <= MAX_SSID:
             log.warning(_TAG, "SetConfig refused: SSID of %d bytes (1..%d allowed)" % (len(ssid), MAX_SSID))
-            return pb.STATUS_INVALID_ARGUMENT
+            return _STATUS_INVALID_ARGUMENT
         if len(passphrase) > MAX_PASSPHRASE:
             log.warning(_TAG, "SetConfig refused: passphrase of %d bytes (max %d)" % (len(passphrase), MAX_PASSPHRASE))
-            return pb.STATUS_INVALID_ARGUMENT
+            return _STATUS_INVALID_ARGUMENT
         if bssid and len(bssid) != 6:
             log.warning(_TAG, "SetConfig refused: BSSID of %d bytes" % len(bssid))
-            return pb.STATUS_INVALID_ARGUMENT
-        if self._applied and self.station.status().state in (pb.STA_CONNECTING, pb.STA_CONNECTED):
+            return _STATUS_INVALID_ARGUMENT
+        if self._applied and self.station.status().state in (_STA_CONNECTING, _STA_CONNECTED):
             # ESP-IDF refuses new credentials while a join is under way; prov-ctrl reset first
             log.warning(_TAG, "SetConfig refused: a join is already under way")
-            return pb.STATUS_INTERNAL_ERROR
+            return _STATUS_INTERNAL_ERROR
         self._wifi_config = (ssid, passphrase, bssid)
         log.info(_TAG, "Wi-Fi credentials received for %r" % (ssid,))
-        return pb.STATUS_SUCCESS
+        return _STATUS_SUCCESS
 
     def _apply_config(self):
         if self._wifi_config is None:
             log.warning(_TAG, "ApplyConfig without SetConfig")
-            return pb.STATUS_INTERNAL_ERROR
+            return _STATUS_INTERNAL_ERROR
         ssid, passphrase, bssid = self._wifi_config
         try:
             self.station.connect(ssid, passphrase, bssid or None)
         except OSError as e:
             log.error(_TAG, "station connect failed: %s" % e)
-            return pb.STATUS_INTERNAL_ERROR
+            return _STATUS_INTERNAL_ERROR
         self._applied = True
         if self.on_wifi_config_applied is not None:
             self.on_wifi_config_applied(ssid, passphrase)
-        return pb.STATUS_SUCCESS
+        return _STATUS_SUCCESS
 
     # -- prov-scan -----------------------------------------------------------------------------
     def _scan_handler(self, session_id, request):
         req = pb.decode(pb.WiFiScanPayload, request)
         msg = req["msg"]
-        if msg == pb.SCAN_CMD_START:
-            status = pb.STATUS_SUCCESS
+        if msg == _SCAN_CMD_START:
+            status = _STATUS_SUCCESS
             self._scan_done = False
             try:
                 # WLAN.scan() blocks until done, so "blocking" and "non-blocking" starts are alike
@@ -170,21 +212,21 @@ class Provisioning:
             except OSError as e:
                 log.error(_TAG, "scan failed: %s" % e)
                 self._scan_results = []
-                status = pb.STATUS_INTERNAL_ERROR
-            return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_START, "status": status,
+                status = _STATUS_INTERNAL_ERROR
+            return pb.encode(pb.WiFiScanPayload, {"msg": _SCAN_RESP_START, "status": status,
                                                   "resp_scan_start": {}})
-        if msg == pb.SCAN_CMD_STATUS:
-            return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_STATUS, "resp_scan_status": {
+        if msg == _SCAN_CMD_STATUS:
+            return pb.encode(pb.WiFiScanPayload, {"msg": _SCAN_RESP_STATUS, "resp_scan_status": {
                 "scan_finished": self._scan_done, "result_count": len(self._scan_results)}})
-        if msg == pb.SCAN_CMD_RESULT:
+        if msg == _SCAN_CMD_RESULT:
             cmd = req["cmd_scan_result"] or {}
             start, count = cmd.get("start_index", 0), cmd.get("count", 0)
             total = len(self._scan_results)
             if not self._scan_done or count > MAX_SCAN_PAGE or start + count > total:
-                return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_RESULT,
-                                                      "status": pb.STATUS_INVALID_ARGUMENT,
+                return pb.encode(pb.WiFiScanPayload, {"msg": _SCAN_RESP_RESULT,
+                                                      "status": _STATUS_INVALID_ARGUMENT,
                                                       "resp_scan_result": {}})
-            return pb.encode(pb.WiFiScanPayload, {"msg": pb.SCAN_RESP_RESULT, "resp_scan_result": {
+            return pb.encode(pb.WiFiScanPayload, {"msg": _SCAN_RESP_RESULT, "resp_scan_result": {
                 "entries": self._scan_results[start:start + count]}})
         raise protocomm.RequestRejected("prov-scan: unsupported msg %d" % msg)
 
@@ -192,12 +234,12 @@ class Provisioning:
     def _ctrl_handler(self, session_id, request):
         req = pb.decode(pb.WiFiCtrlPayload, request)
         msg = req["msg"]
-        if msg == pb.CTRL_CMD_RESET:
-            status = pb.STATUS_SUCCESS
-            if self._applied and self.station.status().state == pb.STA_CONNECTED:
+        if msg == _CTRL_CMD_RESET:
+            status = _STATUS_SUCCESS
+            if self._applied and self.station.status().state == _STA_CONNECTED:
                 # ESP-IDF only resets after a failure; a connected node has nothing to undo
                 log.warning(_TAG, "prov-ctrl reset refused: station is connected")
-                status = pb.STATUS_INTERNAL_ERROR
+                status = _STATUS_INTERNAL_ERROR
             else:
                 self.station.disconnect()
                 self._wifi_config = None
@@ -205,43 +247,43 @@ class Provisioning:
                 log.info(_TAG, "Wi-Fi state reset, waiting for new credentials")
                 if self.on_reset is not None:
                     self.on_reset()
-            return pb.encode(pb.WiFiCtrlPayload, {"msg": pb.CTRL_RESP_RESET, "status": status,
+            return pb.encode(pb.WiFiCtrlPayload, {"msg": _CTRL_RESP_RESET, "status": status,
                                                   "resp_ctrl_reset": {}})
-        if msg == pb.CTRL_CMD_REPROV:
+        if msg == _CTRL_CMD_REPROV:
             self._wifi_config = None
             self._applied = False
             log.info(_TAG, "re-provisioning requested")
             if self.on_reprov is not None:
                 self.on_reprov()
-            return pb.encode(pb.WiFiCtrlPayload, {"msg": pb.CTRL_RESP_REPROV, "resp_ctrl_reprov": {}})
+            return pb.encode(pb.WiFiCtrlPayload, {"msg": _CTRL_RESP_REPROV, "resp_ctrl_reprov": {}})
         raise protocomm.RequestRejected("prov-ctrl: unsupported msg %d" % msg)
 
     # -- cloud_user_assoc ----------------------------------------------------------------------
     def _user_mapping_handler(self, session_id, request):
         req = pb.decode(pb.RMakerConfigPayload, request)
-        if req["msg"] != pb.MAPPING_CMD_SET_USER_MAPPING:
+        if req["msg"] != _MAPPING_CMD_SET_USER_MAPPING:
             return b""  # spec 4.2: other msg values get an empty OK reply
         return pb.encode(pb.RMakerConfigPayload, {
-            "msg": pb.MAPPING_RESP_SET_USER_MAPPING,
+            "msg": _MAPPING_RESP_SET_USER_MAPPING,
             "resp_set_user_mapping": self._set_user_mapping(req["cmd_set_user_mapping"]),
         })
 
     def _set_user_mapping(self, cmd):
         if cmd is None:
             log.warning(_TAG, "cloud_user_assoc without cmd_set_user_mapping")
-            return {"Status": pb.MAPPING_INVALID_PARAM}
+            return {"Status": _MAPPING_INVALID_PARAM}
         user_id, secret_key = cmd["UserID"], cmd["SecretKey"]
         if not user_id or not secret_key:
             log.warning(_TAG, "cloud_user_assoc refused: empty %s" % ("user id" if not user_id else "secret key"))
-            return {"Status": pb.MAPPING_INVALID_PARAM}
+            return {"Status": _MAPPING_INVALID_PARAM}
         if len(user_id) > MAX_MAPPING_FIELD or len(secret_key) > MAX_MAPPING_FIELD:
             log.warning(_TAG, "cloud_user_assoc refused: user id or secret key over %d characters" % MAX_MAPPING_FIELD)
-            return {"Status": pb.MAPPING_INVALID_PARAM}
+            return {"Status": _MAPPING_INVALID_PARAM}
         try:
             # persisted before we answer: a reboot after the reply still has the mapping
             self.on_user_mapping(user_id, secret_key)
         except Exception as e:
             log.error(_TAG, "pending mapping not stored (%s: %s)" % (type(e).__name__, e))
-            return {"Status": pb.MAPPING_INVALID_STATE}
+            return {"Status": _MAPPING_INVALID_STATE}
         log.info(_TAG, "pending mapping stored for user %s" % user_id)
-        return {"Status": pb.MAPPING_SUCCESS, "NodeId": self.config.node_id}
+        return {"Status": _MAPPING_SUCCESS, "NodeId": self.config.node_id}

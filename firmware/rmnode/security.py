@@ -6,11 +6,26 @@ secured endpoints. Failures raise SecurityError subclasses carrying the reason.
 """
 
 import hashlib
+import os
+
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
 
 from rmnode import pb
 from rmnode import x25519
 from rmnode.aes_ctr import AESCTR
-import os
+
+# sec0.proto / sec1.proto message types, constants.proto Status
+_SEC0_SESSION_COMMAND = const(0)
+_SEC0_SESSION_RESPONSE = const(1)
+_SEC1_SESSION_COMMAND0 = const(0)
+_SEC1_SESSION_RESPONSE0 = const(1)
+_SEC1_SESSION_COMMAND1 = const(2)
+_SEC1_SESSION_RESPONSE1 = const(3)
+_STATUS_SUCCESS = const(0)
 
 
 class SecurityError(Exception):
@@ -53,12 +68,12 @@ class Security0:
         if req["sec_ver"] != 0:
             raise SecurityVersionMismatch("security version mismatch: client sent %d, node uses 0" % req["sec_ver"])
         sec0 = req["sec0"]
-        if sec0 is None or sec0["msg"] != pb.SEC0_SESSION_COMMAND:
+        if sec0 is None or sec0["msg"] != _SEC0_SESSION_COMMAND:
             raise HandshakeError("expected a Security 0 session command")
         self.established = True
         return pb.encode(pb.SessionData, {
             "sec_ver": 0,
-            "sec0": {"msg": pb.SEC0_SESSION_RESPONSE, "sr": {"status": pb.STATUS_SUCCESS}},
+            "sec0": {"msg": _SEC0_SESSION_RESPONSE, "sr": {"status": _STATUS_SUCCESS}},
         })
 
     def encrypt(self, data):
@@ -69,9 +84,9 @@ class Security0:
     decrypt = encrypt
 
 
-_FRESH = 0
-_WAIT_CMD1 = 1
-_ESTABLISHED = 2
+_FRESH = const(0)
+_WAIT_CMD1 = const(1)
+_ESTABLISHED = const(2)
 
 
 class Security1:
@@ -101,11 +116,11 @@ class Security1:
         if sec1 is None:
             raise HandshakeError("no Security 1 payload in SessionData")
         msg = sec1["msg"]  # the client leaves msg out on Cmd0: proto3 default 0 (spec 3.1)
-        if msg == pb.SEC1_SESSION_COMMAND0:
+        if msg == _SEC1_SESSION_COMMAND0:
             # spec 3.3: a Cmd0 in any state restarts the session
             self._restart()
             return self._command0(sec1["sc0"])
-        if msg == pb.SEC1_SESSION_COMMAND1:
+        if msg == _SEC1_SESSION_COMMAND1:
             if self._state != _WAIT_CMD1:
                 self._restart()
                 raise HandshakeError("session command 1 without a command 0 first")
@@ -136,8 +151,8 @@ class Security1:
         self._state = _WAIT_CMD1
         return pb.encode(pb.SessionData, {
             "sec_ver": 1,
-            "sec1": {"msg": pb.SEC1_SESSION_RESPONSE0, "sr0": {
-                "status": pb.STATUS_SUCCESS,
+            "sec1": {"msg": _SEC1_SESSION_RESPONSE0, "sr0": {
+                "status": _STATUS_SUCCESS,
                 "device_pubkey": device_pubkey,
                 "device_random": device_random,
             }},
@@ -159,8 +174,8 @@ class Security1:
         self._state = _ESTABLISHED
         return pb.encode(pb.SessionData, {
             "sec_ver": 1,
-            "sec1": {"msg": pb.SEC1_SESSION_RESPONSE1, "sr1": {
-                "status": pb.STATUS_SUCCESS,
+            "sec1": {"msg": _SEC1_SESSION_RESPONSE1, "sr1": {
+                "status": _STATUS_SUCCESS,
                 "device_verify_data": device_verify_data,
             }},
         })

@@ -4,19 +4,33 @@ The `network` module is passed in (default: the board's), so the same code drive
 virtual board's simulated air, and unit-test fakes.
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
 from rmnode import log
-from rmnode import pb
 
 _TAG = "wifi"
 
 # ESP32 port status codes, used when the network module lacks the constant
-_STAT_IDLE = 1000
-_STAT_CONNECTING = 1001
-_STAT_GOT_IP = 1010
-_STAT_NO_AP_FOUND = 201
-_STAT_WRONG_PASSWORD = 202
-_STAT_HANDSHAKE_TIMEOUT = 204
-_AUTH_OPEN = 0
+_STAT_IDLE = const(1000)
+_STAT_CONNECTING = const(1001)
+_STAT_GOT_IP = const(1010)
+_STAT_NO_AP_FOUND = const(201)
+_STAT_WRONG_PASSWORD = const(202)
+_STAT_HANDSHAKE_TIMEOUT = const(204)
+_AUTH_OPEN = const(0)
+
+# wifi_constants.proto WifiStationState and WifiConnectFailedReason: what StationStatus reports.
+# Here, not in rmnode.pb, so the always-loaded station code does not pull in the codec.
+_STA_CONNECTED = const(0)
+_STA_CONNECTING = const(1)
+_STA_DISCONNECTED = const(2)
+_STA_CONNECTION_FAILED = const(3)
+_FAIL_AUTH_ERROR = const(0)
+_FAIL_NETWORK_NOT_FOUND = const(1)
 
 
 def _text(value):
@@ -116,15 +130,15 @@ class Wifi:
         if code == self._stat_got_ip or (code != self._stat_connecting and self._sta.isconnected()):
             return self._connected_status()
         if not self._joining:
-            return StationStatus(pb.STA_DISCONNECTED)
+            return StationStatus(_STA_DISCONNECTED)
         if code == self._stat_connecting or code == self._stat_idle:
             # IDLE right after connect(): the driver has not started yet
-            return StationStatus(pb.STA_CONNECTING)
+            return StationStatus(_STA_CONNECTING)
         if code == self._stat_wrong_password or code == self._stat_handshake_timeout:
             # A 4-way handshake timeout is how a wrong WPA2 password usually shows on an ESP32
-            return StationStatus(pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR)
+            return StationStatus(_STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR)
         # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: as ESP-IDF's manager does
-        return StationStatus(pb.STA_CONNECTION_FAILED, pb.FAIL_NETWORK_NOT_FOUND)
+        return StationStatus(_STA_CONNECTION_FAILED, _FAIL_NETWORK_NOT_FOUND)
 
     def _config(self, key, default):
         try:
@@ -149,7 +163,7 @@ class Wifi:
         auth_mode = self._config("security", None)
         if auth_mode is None:
             auth_mode = known[2] if known else _AUTH_OPEN
-        return StationStatus(pb.STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
+        return StationStatus(_STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
 
     def _joined_ap(self, ssid):
         # The ESP32 port cannot report the joined AP's BSSID or auth mode, so take them from a

@@ -4,6 +4,20 @@ import os
 
 from rmnode import pb
 
+# Enum values of the protos (shared/spec/protos.txt), written down here independently of the firmware,
+# which keeps its own copies as const()s.
+STATUS_INVALID_ARGUMENT = 4
+STATUS_INTERNAL_ERROR = 5
+STA_CONNECTED = 0
+STA_CONNECTING = 1
+STA_DISCONNECTED = 2
+STA_CONNECTION_FAILED = 3
+FAIL_AUTH_ERROR = 0
+FAIL_NETWORK_NOT_FOUND = 1
+CTRL_RESP_RESET = 2
+MAPPING_INVALID_PARAM = 1
+MAPPING_INVALID_STATE = 2
+
 HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 
 
@@ -95,16 +109,16 @@ class FakeStation:
         self.StationStatus = StationStatus
         self.joins = []
         self.disconnects = 0
-        self.current = StationStatus(pb.STA_DISCONNECTED)
+        self.current = StationStatus(STA_DISCONNECTED)
         self.scan_results = scan_results or []
 
     def connect(self, ssid, passphrase, bssid=None):
         self.joins.append((ssid, passphrase, bssid))
-        self.current = self.StationStatus(pb.STA_CONNECTING)
+        self.current = self.StationStatus(STA_CONNECTING)
 
     def disconnect(self):
         self.disconnects += 1
-        self.current = self.StationStatus(pb.STA_DISCONNECTED)
+        self.current = self.StationStatus(STA_DISCONNECTED)
 
     def status(self):
         return self.current

@@ -7,6 +7,7 @@ from rmnode import pb
 from rmnode import protocomm
 from rmnode.prov import Provisioning, version_json
 from rmnode.store import Store
+import fwtest
 from fwtest import (raises, check, equal, FakeStation, FakeConfig, Sec1Client, sec1_session, secured,
                     tmpdir)
 
@@ -72,11 +73,11 @@ def test_full_sec1_sequence_reaches_connected():
     equal(apply_reply["resp_apply_config"]["status"], 0, "ApplyConfig")
     equal(node.station.joins, [(b"home", b"pw123456", None)], "station joined")
     status = _config(node, client, {"cmd_get_status": {}})["resp_get_status"]
-    equal(status["sta_state"], pb.STA_CONNECTING, "connecting")
-    node.station.current = node.station.StationStatus(pb.STA_CONNECTED, None, "198.51.100.7", b"home",
+    equal(status["sta_state"], fwtest.STA_CONNECTING, "connecting")
+    node.station.current = node.station.StationStatus(fwtest.STA_CONNECTED, None, "198.51.100.7", b"home",
                                                       b"\x01\x02\x03\x04\x05\x06", 6, 3)
     status = _config(node, client, {"cmd_get_status": {}})["resp_get_status"]
-    equal(status["sta_state"], pb.STA_CONNECTED, "connected")
+    equal(status["sta_state"], fwtest.STA_CONNECTED, "connected")
     equal(status["connected"], {"ip4_addr": "198.51.100.7", "auth_mode": 3, "ssid": b"home",
                                 "bssid": b"\x01\x02\x03\x04\x05\x06", "channel": 6}, "connected state")
     equal(node.events, ["mapping stored", ("applied", b"home")], "callbacks")
@@ -104,7 +105,7 @@ def test_mapping_store_failure_is_invalid_state():
     client = _sec1(node)
     resp = secured(node.prov.dispatch, client, 7, "cloud_user_assoc", pb.RMakerConfigPayload,
                    {"cmd_set_user_mapping": {"UserID": "user-9", "SecretKey": "sk-9"}})
-    equal(resp["resp_set_user_mapping"], {"Status": pb.MAPPING_INVALID_STATE, "NodeId": ""}, "InvalidState, no id")
+    equal(resp["resp_set_user_mapping"], {"Status": fwtest.MAPPING_INVALID_STATE, "NodeId": ""}, "InvalidState, no id")
 
 
 def test_empty_user_id_or_secret_is_invalid_param():
@@ -113,9 +114,9 @@ def test_empty_user_id_or_secret_is_invalid_param():
     for cmd in ({"UserID": "", "SecretKey": "k"}, {"UserID": "u", "SecretKey": ""}, {"UserID": "u" * 129, "SecretKey": "k"}):
         resp = secured(node.prov.dispatch, client, 7, "cloud_user_assoc", pb.RMakerConfigPayload,
                        {"cmd_set_user_mapping": cmd})
-        equal(resp["resp_set_user_mapping"]["Status"], pb.MAPPING_INVALID_PARAM, "InvalidParam for %r" % cmd)
+        equal(resp["resp_set_user_mapping"]["Status"], fwtest.MAPPING_INVALID_PARAM, "InvalidParam for %r" % cmd)
     resp = secured(node.prov.dispatch, client, 7, "cloud_user_assoc", pb.RMakerConfigPayload, {"msg": 0})
-    equal(resp["resp_set_user_mapping"]["Status"], pb.MAPPING_INVALID_PARAM, "no command")
+    equal(resp["resp_set_user_mapping"]["Status"], fwtest.MAPPING_INVALID_PARAM, "no command")
     equal(node.store.get("pending_mapping"), None, "nothing stored")
     equal(node.events, [], "callback never called")
 
@@ -135,8 +136,8 @@ def test_ssid_and_passphrase_limits():
 def test_apply_without_set_config_fails():
     node = Node()
     client = _sec1(node)
-    equal(_config(node, client, {"msg": 4})["resp_apply_config"]["status"], pb.STATUS_INTERNAL_ERROR, "apply")
-    equal(_config(node, client, {"cmd_get_status": {}})["resp_get_status"]["sta_state"], pb.STA_DISCONNECTED, "idle")
+    equal(_config(node, client, {"msg": 4})["resp_apply_config"]["status"], fwtest.STATUS_INTERNAL_ERROR, "apply")
+    equal(_config(node, client, {"cmd_get_status": {}})["resp_get_status"]["sta_state"], fwtest.STA_DISCONNECTED, "idle")
 
 
 def test_failed_join_then_ctrl_reset_then_retry():
@@ -144,13 +145,13 @@ def test_failed_join_then_ctrl_reset_then_retry():
     client = _sec1(node)
     _config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"wrong-pw"}})
     _config(node, client, {"msg": 4})
-    node.station.current = node.station.StationStatus(pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR)
+    node.station.current = node.station.StationStatus(fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR)
     status = _config(node, client, {"cmd_get_status": {}})["resp_get_status"]
-    equal((status["sta_state"], status["fail_reason"]), (pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR), "AuthError")
+    equal((status["sta_state"], status["fail_reason"]), (fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR), "AuthError")
     raw = node.prov.dispatch(7, "prov-config", client.crypt(b"\x52\x00"))
     check(b"\x50\x00" in client.crypt(raw), "fail_reason AuthError written although 0")
     reset = secured(node.prov.dispatch, client, 7, "prov-ctrl", pb.WiFiCtrlPayload, {"msg": 1, "cmd_ctrl_reset": {}})
-    equal((reset["msg"], reset["status"]), (pb.CTRL_RESP_RESET, 0), "reset reply")
+    equal((reset["msg"], reset["status"]), (fwtest.CTRL_RESP_RESET, 0), "reset reply")
     equal(node.events[-1], "reset", "on_reset called")
     _config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"right-pw"}})
     equal(_config(node, client, {"msg": 4})["resp_apply_config"]["status"], 0, "apply again")
@@ -162,9 +163,9 @@ def test_network_not_found_reported():
     client = _sec1(node)
     _config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"gone", "passphrase": b"x" * 8}})
     _config(node, client, {"msg": 4})
-    node.station.current = node.station.StationStatus(pb.STA_CONNECTION_FAILED, pb.FAIL_NETWORK_NOT_FOUND)
+    node.station.current = node.station.StationStatus(fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_NETWORK_NOT_FOUND)
     status = _config(node, client, {"cmd_get_status": {}})["resp_get_status"]
-    equal(status["fail_reason"], pb.FAIL_NETWORK_NOT_FOUND, "NetworkNotFound")
+    equal(status["fail_reason"], fwtest.FAIL_NETWORK_NOT_FOUND, "NetworkNotFound")
 
 
 def test_scan_start_status_and_pages():
@@ -184,7 +185,7 @@ def test_scan_start_status_and_pages():
         got.extend(page["resp_scan_result"]["entries"])
     equal(got, aps, "all entries in order")
     bad = scan({"msg": 4, "cmd_scan_result": {"start_index": 8, "count": 4}})
-    equal((bad["status"], bad["resp_scan_result"]["entries"]), (pb.STATUS_INVALID_ARGUMENT, []), "page past end")
+    equal((bad["status"], bad["resp_scan_result"]["entries"]), (fwtest.STATUS_INVALID_ARGUMENT, []), "page past end")
 
 
 def test_secured_request_before_handshake_is_refused():

@@ -1,7 +1,7 @@
 """rmnode.wifi against a fake of the ESP32 `network` API (status codes, scan tuples, AP config)."""
 
-from rmnode import pb
 from rmnode.wifi import Wifi
+import fwtest
 from fwtest import check, equal
 
 
@@ -73,25 +73,25 @@ def test_status_mapping():
     net = FakeNetwork()
     wifi = Wifi(net)
     sta = net.WLAN(net.STA_IF)
-    equal(wifi.status().state, pb.STA_DISCONNECTED, "before any join")
+    equal(wifi.status().state, fwtest.STA_DISCONNECTED, "before any join")
     wifi.connect(b"home", b"pw123456")
     equal(sta.calls[-1], ("connect", "home", "pw123456", None), "connect call (str, like most ESP32 code)")
-    equal(wifi.status().state, pb.STA_CONNECTING, "connecting")
+    equal(wifi.status().state, fwtest.STA_CONNECTING, "connecting")
     sta.code = 202
     st = wifi.status()
-    equal((st.state, st.fail_reason), (pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR), "wrong password")
+    equal((st.state, st.fail_reason), (fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR), "wrong password")
     sta.code = 204
-    equal(wifi.status().fail_reason, pb.FAIL_AUTH_ERROR, "handshake timeout")
+    equal(wifi.status().fail_reason, fwtest.FAIL_AUTH_ERROR, "handshake timeout")
     sta.code = 201
-    equal(wifi.status().fail_reason, pb.FAIL_NETWORK_NOT_FOUND, "no AP")
+    equal(wifi.status().fail_reason, fwtest.FAIL_NETWORK_NOT_FOUND, "no AP")
     sta.code = 203
-    equal(wifi.status().state, pb.STA_CONNECTION_FAILED, "other codes fail")
+    equal(wifi.status().state, fwtest.STA_CONNECTION_FAILED, "other codes fail")
     sta.code = 1010
     sta.connected = True
     st = wifi.status()
-    equal((st.state, st.ip4_addr, st.ssid, st.channel), (pb.STA_CONNECTED, "198.51.100.7", b"home", 6), "got IP")
+    equal((st.state, st.ip4_addr, st.ssid, st.channel), (fwtest.STA_CONNECTED, "198.51.100.7", b"home", 6), "got IP")
     wifi.disconnect()
-    equal(wifi.status().state, pb.STA_DISCONNECTED, "after disconnect")
+    equal(wifi.status().state, fwtest.STA_DISCONNECTED, "after disconnect")
 
 
 def test_connected_details_from_last_scan():

@@ -10,6 +10,7 @@ import time
 from rmnode import pb
 from rmnode.prov import Provisioning
 from rmnode.wifi import Wifi
+import fwtest
 from fwtest import check, equal, FakeConfig, sec1_session, secured
 
 AIR = {"aps": [
@@ -49,24 +50,24 @@ def test_sim_mac_and_scan():
 def test_sim_wrong_password_then_right_one():
     wifi = Wifi(_network())
     wifi.connect(b"home", b"wrong-pw")
-    st = _wait(wifi, (pb.STA_CONNECTION_FAILED,))
-    equal(st.fail_reason, pb.FAIL_AUTH_ERROR, "AuthError")
+    st = _wait(wifi, (fwtest.STA_CONNECTION_FAILED,))
+    equal(st.fail_reason, fwtest.FAIL_AUTH_ERROR, "AuthError")
     wifi.connect(b"home", b"right-pw")
-    st = _wait(wifi, (pb.STA_CONNECTED,))
+    st = _wait(wifi, (fwtest.STA_CONNECTED,))
     equal((st.ip4_addr, st.ssid, st.channel, st.auth_mode, st.bssid),
           ("127.0.0.1", b"home", 11, 3, b"\x02\x00\x00\x00\x00\x01"), "connected details")
     wifi.disconnect()
-    equal(wifi.status().state, pb.STA_DISCONNECTED, "after disconnect")
+    equal(wifi.status().state, fwtest.STA_DISCONNECTED, "after disconnect")
 
 
 def test_sim_network_not_found_and_handshake_failure():
     wifi = Wifi(_network())
     wifi.connect(b"nowhere", b"whatever1")
-    equal(_wait(wifi, (pb.STA_CONNECTION_FAILED,)).fail_reason, pb.FAIL_NETWORK_NOT_FOUND, "missing AP")
+    equal(_wait(wifi, (fwtest.STA_CONNECTION_FAILED,)).fail_reason, fwtest.FAIL_NETWORK_NOT_FOUND, "missing AP")
     wifi.connect(b"flaky", b"x" * 8)
-    equal(_wait(wifi, (pb.STA_CONNECTION_FAILED,)).fail_reason, pb.FAIL_AUTH_ERROR, "handshake timeout")
+    equal(_wait(wifi, (fwtest.STA_CONNECTION_FAILED,)).fail_reason, fwtest.FAIL_AUTH_ERROR, "handshake timeout")
     wifi.connect(b"cafe", b"")
-    equal(_wait(wifi, (pb.STA_CONNECTED,)).auth_mode, 0, "open network joined")
+    equal(_wait(wifi, (fwtest.STA_CONNECTED,)).auth_mode, 0, "open network joined")
     wifi.disconnect()
 
 
@@ -94,18 +95,18 @@ def test_sim_provisioning_wrong_password_reset_retry():
     config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"wrong-pw"}})
     config({"msg": 4})
     deadline = time.ticks_add(time.ticks_ms(), 3000)
-    while status()["sta_state"] == pb.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+    while status()["sta_state"] == fwtest.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
         time.sleep_ms(10)
     st = status()
-    equal((st["sta_state"], st["fail_reason"]), (pb.STA_CONNECTION_FAILED, pb.FAIL_AUTH_ERROR), "AuthError")
+    equal((st["sta_state"], st["fail_reason"]), (fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR), "AuthError")
     reset = secured(prov.dispatch, client, 1, "prov-ctrl", pb.WiFiCtrlPayload, {"msg": 1, "cmd_ctrl_reset": {}})
     equal(reset["status"], 0, "reset")
     config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"right-pw"}})
     config({"msg": 4})
-    while status()["sta_state"] == pb.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+    while status()["sta_state"] == fwtest.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
         time.sleep_ms(10)
     st = status()
-    equal(st["sta_state"], pb.STA_CONNECTED, "connected")
+    equal(st["sta_state"], fwtest.STA_CONNECTED, "connected")
     equal(st["connected"], {"ip4_addr": "127.0.0.1", "auth_mode": 3, "ssid": b"home",
                             "bssid": b"\x02\x00\x00\x00\x00\x01", "channel": 11}, "connected state")
     wifi.disconnect()
