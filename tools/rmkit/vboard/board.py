@@ -28,7 +28,7 @@ from rmkit.vboard.supervisor import LAUNCHER, Supervisor
 log = logging.getLogger(__name__)
 
 SIM_DIR = Path(__file__).resolve().parent / "sim"
-SIM_MODULES = ("vb_machine.py", "vb_network.py")
+SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py")
 ESPRESSIF_OUI = "24:0a:c4"
 # The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
 # process gets this much GC heap on top of `heap` so firmware still has `heap` to itself.

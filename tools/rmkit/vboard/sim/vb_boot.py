@@ -24,8 +24,11 @@ def _vboard_power_on():
     del sys.modules["vb_machine"]
     del sys.modules["vb_network"]
 
+    import vb_flash  # VfsPosix plus a fix for atomic renames (see vb_flash.py)
+
     vfs.umount("/")
-    vfs.mount(vfs.VfsPosix(os.getenv("VBOARD_FLASH")), "/")
+    vfs.mount(vb_flash.Flash(os.getenv("VBOARD_FLASH")), "/")
+    del sys.modules["vb_flash"]
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]  # ESP32 port's default
 
@@ -51,7 +54,14 @@ def _vboard_run(name):
     except SystemExit:
         sys.modules["machine"]._vboard_exit("USR2")  # soft reboot, done by the host
     except BaseException as exc:  # noqa: B036 - KeyboardInterrupt included, as on the board
-        sys.print_exception(exc)
+        # printed as the ESP32 prints it: without this file's frame
+        import io
+
+        text = io.StringIO()
+        sys.print_exception(exc, text)
+        for line in text.getvalue().split("\n"):
+            if line and 'vb_boot.py"' not in line:
+                print(line)
 
 
 _vboard_mode = _vboard_power_on()

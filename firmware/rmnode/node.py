@@ -1,0 +1,241 @@
+"""Node lifecycle: provisioning (SoftAP + protocomm) -> joining Wi-Fi -> online (MQTT); factory reset.
+
+States, one log line each: `provisioning` (no stored Wi-Fi credentials: access point and HTTP
+service up), `connecting` (joining the stored or just-received network), `online` (station up,
+MQTT running). The pending mapping is persisted by cloud_user_assoc the moment it arrives and is
+published by the online sequence, so no state change can lose it.
+"""
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+import gc
+import sys
+
+import rmnode
+from rmnode import VERSION, log
+from rmnode.config import NodeConfig
+from rmnode.mapping import MappingState
+from rmnode.store import Store
+from rmnode.wifi import Wifi
+
+_TAG = "node"
+
+WIFI_KEY = "wifi"  # {"ssid": str, "passphrase": str}; on flash like ESP-IDF keeps it in NVS
+# wifi_constants.proto WifiStationState
+_STA_DISCONNECTED = 2
+_STA_CONNECTION_FAILED = 3
+# Loaded only while provisioning and dropped before TLS: together they are most of the heap a
+# 110 KiB board has (design.md: memory is a feature).
+_PROVISIONING_MODULES = ("prov", "http", "protocomm", "security", "pb", "x25519", "aes_ctr")
+_RESET_TIMEOUT_MS = 5000
+_POLL_MS = 100
+_REJOIN_FIRST_MS = 2000
+_REJOIN_CAP_MS = 60000
+
+
+def _unload(names):
+    """Forget modules so the GC can take their code and tables back."""
+    for name in names:
+        sys.modules.pop("rmnode." + name, None)
+        if hasattr(rmnode, name):
+            delattr(rmnode, name)
+    gc.collect()
+
+
+def _reboot():
+    import machine
+    machine.reset()
+
+
+def _text(value):
+    return value.decode() if isinstance(value, (bytes, bytearray)) else value
+
+
+class Node:
+    """One node. `root` is where the board's flash is mounted ("/" on a board)."""
+
+    def __init__(self, root="/", network=None, reboot=_reboot):
+        self.wifi = Wifi(network)
+        self.config = NodeConfig(self.wifi.mac(), root)
+        self.state_store = Store(self.config.path("/state.json"))
+        self.mapping = MappingState(self.state_store)
+        self.reboot = reboot
+        self.state = None
+        self.online = None
+        self._joining = None  # (ssid, passphrase) applied through provisioning, persisted once joined
+
+    def _enter(self, state, detail=""):
+        self.state = state
+        log.info(_TAG, "state: %s%s" % (state, (" (" + detail + ")") if detail else ""))
+
+    # -- the whole life ----------------------------------------------------------------------------
+
+    async def run(self):
+        cfg = self.config
+        log.info(_TAG, "rmnode %s, node id %s (from %s)" % (VERSION, cfg.node_id, cfg.node_id_source))
+        credentials = self._stored_credentials()
+        provisioning = None
+        if credentials is None:
+            provisioning = asyncio.create_task(self._provision())
+            while not self._joined_through_provisioning():
+                if provisioning.done():
+                    await provisioning  # it only ends early on an error: raise it here
+                await asyncio.sleep(_POLL_MS / 1000)
+        else:
+            self._enter("connecting", credentials["ssid"])
+            self.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
+        keeper = asyncio.create_task(self._keep_station_up())
+        try:
+            await self._go_online()
+        finally:
+            keeper.cancel()
+            if provisioning is not None:
+                provisioning.cancel()
+
+    def _stored_credentials(self):
+        wifi = self.state_store.get(WIFI_KEY)
+        if isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str) and wifi["ssid"] \
+                and isinstance(wifi.get("passphrase"), str):
+            return wifi
+        if wifi is not None:
+            log.warning(_TAG, "stored Wi-Fi credentials are malformed, provisioning again")
+        return None
+
+    # -- provisioning ------------------------------------------------------------------------------
+
+    async def _provision(self):
+        """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
+        from rmnode.http import ProvHttpServer
+        from rmnode.prov import Provisioning
+
+        cfg = self.config
+        self.wifi.ap_up(cfg.service_name)
+        prov = Provisioning(cfg, self.wifi, self._on_user_mapping,
+                            on_wifi_config_applied=self._on_wifi_config_applied, on_reset=self._on_prov_reset)
+        server = ProvHttpServer(self.wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
+                                endpoints=prov.endpoints)
+        await server.start()
+        self._enter("provisioning", "service %s, security %d" % (cfg.service_name, cfg.sec_ver))
+        try:
+            while not self._joined_through_provisioning():
+                await asyncio.sleep(_POLL_MS / 1000)
+            # ESP-IDF's manager also keeps the service up for a while after the station got its IP
+            await asyncio.sleep(cfg.prov_linger_s)
+        finally:
+            server.stop()
+            await server.wait_closed()
+            self.wifi.ap_down()
+            del prov, server, Provisioning, ProvHttpServer
+            _unload(_PROVISIONING_MODULES)
+            log.info(_TAG, "provisioning stopped")
+
+    def _on_user_mapping(self, user_id, secret_key):
+        # persisted before cloud_user_assoc answers (spec 4.2 keeps it in RAM only; we do not)
+        self.mapping.set_pending(_text(user_id), _text(secret_key))
+        if self.online is not None:
+            self.online.mapping_changed()
+
+    def _on_wifi_config_applied(self, ssid, passphrase):
+        self._joining = (_text(ssid), _text(passphrase))
+        self._enter("connecting", self._joining[0])
+
+    def _on_prov_reset(self):
+        self._joining = None
+        self._enter("provisioning", "after prov-ctrl reset")
+
+    def _joined_through_provisioning(self):
+        if self._joining is None or not self.wifi.is_connected():
+            return False
+        if self.state_store.get(WIFI_KEY) is None:
+            ssid, passphrase = self._joining
+            self.state_store.set(WIFI_KEY, {"ssid": ssid, "passphrase": passphrase})
+            log.info(_TAG, "joined %s; credentials stored" % ssid)
+        return True
+
+    # -- station -----------------------------------------------------------------------------------
+
+    async def _keep_station_up(self):
+        """Rejoin with backoff when the station failed or was dropped (the driver retries a lost link itself)."""
+        delay = _REJOIN_FIRST_MS
+        while True:
+            await asyncio.sleep(1)
+            if self.wifi.is_connected():
+                delay = _REJOIN_FIRST_MS
+                continue
+            state = self.wifi.status().state
+            if state in (_STA_CONNECTION_FAILED, _STA_DISCONNECTED):
+                credentials = self._stored_credentials()
+                if credentials is None:
+                    continue
+                log.info(_TAG, "station down; rejoining %s in %d ms" % (credentials["ssid"], delay))
+                await asyncio.sleep(delay / 1000)
+                self.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
+                delay = min(delay * 2, _REJOIN_CAP_MS)
+
+    # -- online ------------------------------------------------------------------------------------
+
+    async def _go_online(self):
+        from rmnode import online as online_seq
+
+        try:
+            self.online = online_seq.build(self.config, self.state_store, is_network_up=self.wifi.is_connected,
+                                           on_factory_reset=self._erase_and_reboot)
+        except online_seq.OnlineConfigError as exc:
+            log.error(_TAG, "cannot go online: %s; the pending mapping stays stored" % exc)
+            while True:
+                await asyncio.sleep(3600)
+        self._enter("online", "%s:%d" % (self.config.mqtt_host, self.config.mqtt_port))
+        await self.online.run()
+
+    # -- factory reset -----------------------------------------------------------------------------
+
+    def request_factory_reset(self):
+        """Hook for a reset button (safe from an IRQ handler): report when online, erase, reboot."""
+        if self.online is not None:
+            self.online.request_factory_reset()
+        else:
+            self._erase_and_reboot(False)
+
+    def _erase_and_reboot(self, reported):
+        self.mapping.erase()
+        self.state_store.clear()
+        log.info(_TAG, "factory reset done (%s); rebooting into provisioning"
+                 % ("reported to the cloud" if reported else "cloud not told"))
+        self.reboot()
+
+
+async def _factory_reset(root, timeout_ms):
+    from rmnode import online as online_seq
+
+    node = Node(root, reboot=lambda: None)
+    reported = False
+    credentials = node._stored_credentials()
+    if credentials is not None:
+        node.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
+        try:
+            node.online = online_seq.build(node.config, node.state_store, is_network_up=node.wifi.is_connected)
+        except online_seq.OnlineConfigError as exc:
+            log.warning(_TAG, "factory reset: %s" % exc)
+        if node.online is not None:
+            client_task = asyncio.create_task(node.online.client.run())
+            try:
+                await node.online.client.wait_connected(timeout_ms)
+                reported = await node.online.factory_reset(timeout_ms)
+            except Exception as exc:  # offline or broker away: reset anyway, as Espressif's node does
+                log.warning(_TAG, "factory reset not reported: %s" % exc)
+            await node.online.client.close()
+            client_task.cancel()
+    node._erase_and_reboot(reported)
+    return reported
+
+
+def factory_reset(root="/", timeout_ms=_RESET_TIMEOUT_MS, reboot=True):
+    """Factory reset from the REPL or a script: report it to the cloud if the node can get online
+    within `timeout_ms`, erase Wi-Fi credentials and mapping state, then reboot into provisioning."""
+    reported = asyncio.run(_factory_reset(root, timeout_ms))
+    if reboot:
+        _reboot()
+    return reported

@@ -1,0 +1,133 @@
+"""The whole bench in one object: PKI, mosquitto, the local cloud and virtual boards, started and
+stopped together. `make demo`, `make sandbox` and the end-to-end tests are built on it.
+
+Everything lives under one work directory: pki/, broker/ (config and log), cloud.db, cloud.log,
+air.json (the simulated Wi-Fi), boards/<name>/ (each board's flash) and <name>.log (serial logs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Optional
+
+from rmkit.broker import Broker
+from rmkit.cloud.mqtt import MqttSettings
+from rmkit.cloud.service import CloudService
+from rmkit.deploy import deploy_to_flash_dir
+from rmkit.factory import write_factory_data
+from rmkit.pki import Pki
+from rmkit.vboard import VirtualBoard
+from rmkit.vboard.board import mac_for_name
+
+log = logging.getLogger(__name__)
+
+LAB_SSID = "rmkit-lab"
+
+
+def node_id_for_mac(mac: str) -> str:
+    """spec 7.3: the base MAC as 12 upper-case hex digits (what a board without factory node_id uses)."""
+    return mac.replace(":", "").upper()
+
+
+class Stack:
+    """Start with start(); add boards with add_board(); stop() ends every process it started."""
+
+    def __init__(self, workdir: Path, mapping_timeout: float = 60.0, cloud_port: int = 0,
+                 heap: str = "110K", passphrase: Optional[str] = None):
+        self.workdir = Path(workdir)
+        self.mapping_timeout = mapping_timeout
+        self.cloud_port = cloud_port
+        self.heap = heap
+        self.ssid = LAB_SSID
+        self.passphrase = passphrase or secrets.token_hex(8)
+        self.pki: Optional[Pki] = None
+        self.broker: Optional[Broker] = None
+        self.cloud: Optional[CloudService] = None
+        self.boards: dict[str, VirtualBoard] = {}
+        self._cloud_log_handler: Optional[logging.Handler] = None
+
+    @property
+    def air_path(self) -> Path:
+        return self.workdir / "air.json"
+
+    @property
+    def cloud_log(self) -> Path:
+        return self.workdir / "cloud.log"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> "Stack":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pki = Pki(self.workdir / "pki")
+            self.broker = Broker(self.pki, self.workdir / "broker").start()
+            self._capture_cloud_log()
+            mqtt = MqttSettings.from_pki(self.pki.directory, self.broker.host, self.broker.port)
+            self.cloud = CloudService(self.workdir / "cloud.db", port=self.cloud_port,
+                                      mapping_timeout=self.mapping_timeout, mqtt=mqtt).start()
+            self.write_air()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for board in self.boards.values():
+            board.stop()
+        if self.cloud is not None:
+            self.cloud.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self._cloud_log_handler is not None:
+            logging.getLogger("rmkit.cloud").removeHandler(self._cloud_log_handler)
+            self._cloud_log_handler.close()
+            self._cloud_log_handler = None
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def write_air(self, aps: Optional[list] = None) -> None:
+        """The simulated Wi-Fi: by default one WPA2 network, `ssid`/`passphrase`. Boards re-read it live."""
+        if aps is None:
+            aps = [{"ssid": self.ssid, "password": self.passphrase, "rssi": -48, "channel": 6}]
+        tmp = self.air_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"aps": aps}, indent=1))
+        tmp.replace(self.air_path)
+
+    def add_user(self, email: str, password: str) -> str:
+        return self.cloud.add_user(email, password)
+
+    def add_board(self, name: str, pop: Optional[str] = None, softap: Optional[str] = None,
+                  heap: Optional[str] = None, start: bool = True, sec_ver: int = 1) -> VirtualBoard:
+        """A virtual board with the firmware deployed and factory data (node certificate, broker) written."""
+        flash = self.workdir / "boards" / name
+        flash.mkdir(parents=True, exist_ok=True)
+        deploy_to_flash_dir(flash)
+        mac = mac_for_name(name)
+        pop = pop if pop is not None else secrets.token_hex(4)
+        write_factory_data(flash, self.pki, node_id=node_id_for_mac(mac), pop=pop, sec_ver=sec_ver,
+                           mqtt_host="localhost", mqtt_port=self.broker.port)
+        board = VirtualBoard(name, flash, mac=mac, air=self.air_path, heap=heap or self.heap, softap=softap,
+                             log_path=self.workdir / f"{name}.log")
+        board.pop = pop  # what a client needs to open a session; kept with the board, never logged
+        board.node_id = node_id_for_mac(mac)
+        self.boards[name] = board
+        if start:
+            board.start()
+        return board
+
+    def _capture_cloud_log(self) -> None:
+        handler = logging.FileHandler(self.cloud_log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        cloud_logger = logging.getLogger("rmkit.cloud")
+        cloud_logger.addHandler(handler)
+        cloud_logger.setLevel(logging.INFO)
+        self._cloud_log_handler = handler
