@@ -43,56 +43,43 @@ _MAX_LINE = const(512)  # request line or one header line, CRLF included
 _MAX_HEADERS = const(24)
 _MAX_CONNECTIONS = const(2)
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    411: "Length Required",
-    413: "Payload Too Large",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-}
+# reason phrases of the statuses we send, looked up by their "NNN " prefix (a string, not a dict: less heap)
+_REASONS = ("200 OK\n400 Bad Request\n404 Not Found\n405 Method Not Allowed\n408 Request Timeout\n"
+            "411 Length Required\n413 Payload Too Large\n431 Request Header Fields Too Large\n"
+            "500 Internal Server Error\n501 Not Implemented\n")
 
 
 class HttpError(Exception):
-    """A request we refuse: `status` is the HTTP status sent back before the connection is closed."""
-
-    def __init__(self, status, reason):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+    """A request we refuse: HttpError(status, reason); the status is sent back before the connection is closed."""
 
 
-class _Request:
-    def __init__(self, method, path, version, headers):
-        self.method = method
-        self.path = path
-        self.version = version
-        self.headers = headers  # lower-case name -> value (str)
-        self.body = b""
+def _reason(status):
+    start = _REASONS.find("%d " % status)
+    if start < 0:
+        return "Error"
+    return _REASONS[start + 4:_REASONS.find("\n", start)]
 
-    def keep_alive(self):
-        connection = self.headers.get("connection", "").lower()
-        if self.version == "HTTP/1.0":
-            return connection == "keep-alive"
-        return connection != "close"
 
-    def session_cookie(self):
-        """The u32 in `Cookie: session=<n>`, -1 for a malformed one, None when there is no session cookie."""
-        cookie = self.headers.get("cookie")
-        if cookie is None:
-            return None
-        for part in cookie.split(";"):
-            part = part.strip()
-            if part.startswith("session="):
-                try:
-                    return int(part[8:])
-                except ValueError:
-                    return -1
+def _keep_alive(version, headers):
+    connection = headers.get("connection", "").lower()
+    if version == "HTTP/1.0":
+        return connection == "keep-alive"
+    return connection != "close"
+
+
+def _session_cookie(headers):
+    """The u32 in `Cookie: session=<n>`, -1 for a malformed one, None when there is no session cookie."""
+    cookie = headers.get("cookie")
+    if cookie is None:
         return None
+    for part in cookie.split(";"):
+        part = part.strip()
+        if part.startswith("session="):
+            try:
+                return int(part[8:])
+            except ValueError:
+                return -1
+    return None
 
 
 class _Connection:
@@ -220,9 +207,9 @@ class ProvHttpServer:
             except Exception as exc:  # a failing callback must not take the server down
                 log.error(_TAG, "session_closed(%d) failed: %r" % (old, exc))
 
-    def _resolve_session(self, conn, request):
+    def _resolve_session(self, conn, headers):
         """Return (session_id, is_new) for this request, replacing the current session when needed."""
-        cookie = request.session_cookie()
+        cookie = _session_cookie(headers)
         if cookie is not None:
             if self.session_id is not None and cookie == self.session_id:
                 return self.session_id, False
@@ -264,8 +251,9 @@ class ProvHttpServer:
                 if not await self._handle(conn, request):
                     break
         except HttpError as exc:
-            log.warning(_TAG, "conn %d: %d %s" % (conn.number, exc.status, exc.reason))
-            await self._send_error(conn, exc.status)
+            status, reason = exc.args
+            log.warning(_TAG, "conn %d: %d %s" % (conn.number, status, reason))
+            await self._send_error(conn, status)
         except EOFError:
             pass  # the client closed between or in the middle of requests
         except asyncio.CancelledError:
@@ -326,7 +314,6 @@ class ProvHttpServer:
             except UnicodeError:
                 raise HttpError(400, "header is not ASCII")
             headers[name] = value
-        request = _Request(method, path, version, headers)
         if method != "POST":
             raise HttpError(405, "method %s" % method[:16])
         if "transfer-encoding" in headers:
@@ -345,23 +332,23 @@ class ProvHttpServer:
             raise HttpError(400, "Content-Length %d" % length)
         if length > self.max_body:
             raise HttpError(413, "Content-Length %d over %d" % (length, self.max_body))
-        request.body = await conn.readexactly(length)
-        return request
+        return path, version, headers, await conn.readexactly(length)
 
     async def _handle(self, conn, request):
-        """Dispatch one request and answer it; returns False when the connection must close."""
-        if not request.path.startswith("/") or len(request.path) < 2:
+        """Dispatch one request (path, version, headers, body) and answer it; returns False when the connection must close."""
+        path, version, headers, body = request
+        if not path.startswith("/") or len(path) < 2:
             raise HttpError(404, "bad path")
-        endpoint = request.path[1:]
-        session_id, is_new = self._resolve_session(conn, request)
+        endpoint = path[1:]
+        session_id, is_new = self._resolve_session(conn, headers)
         try:
-            response = self._dispatch(session_id, endpoint, request.body)
+            response = self._dispatch(session_id, endpoint, body)
         except LookupError:
             raise HttpError(404, "unknown endpoint %s" % endpoint[:64])
         except Exception as exc:
             # ESP-IDF closes the socket when a handler fails (spec 1.1); 500 is equally fatal to clients
             raise HttpError(500, "%s failed in session %d: %s" % (endpoint, session_id, type(exc).__name__))
-        keep_alive = request.keep_alive()
+        keep_alive = _keep_alive(version, headers)
         head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n" % len(response)
         if is_new:
             # spec 1.1: exact spelling `Set-Cookie`, no attributes; Espressif's client compares case-sensitively
@@ -373,7 +360,7 @@ class ProvHttpServer:
         return keep_alive
 
     async def _send_error(self, conn, status):
-        head = "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n" % (status, _REASONS.get(status, "Error"))
+        head = "HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n" % (status, _reason(status))
         if status == 405:
             head += "Allow: POST\r\n"
         try:

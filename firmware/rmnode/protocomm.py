@@ -44,80 +44,45 @@ class RequestRejected(Exception):
     """Raised by an endpoint handler for a request it cannot answer with a protobuf status."""
 
 
-class _Session:
-    def __init__(self, session_id, sec):
-        self.session_id = session_id
-        self.sec = sec
-        self.dead = None  # reason string once the CTR stream may be out of step
-
-
 class Protocomm:
     """`new_security()` returns a fresh security object (see rmnode.security) per session.
 
+    `version` is (endpoint name, handler() -> version bytes; the request body is ignored, spec 2.2);
+    `security_endpoint` names the handshake endpoint; `handlers` maps each secured endpoint to
+    `handler(session_id, plaintext) -> plaintext response`.
     At most `max_sessions` sessions are kept; a handshake on a new session id evicts the
     oldest (ESP-IDF keeps exactly one: a new client replaces the previous one, spec 1.1).
     """
 
-    def __init__(self, new_security, max_sessions=1):
+    def __init__(self, new_security, version, security_endpoint, handlers, max_sessions=1):
         self._new_security = new_security
+        self._version_endpoint, self._version_handler = version
+        self._security_endpoint = security_endpoint
+        self._handlers = handlers
         self._max_sessions = max_sessions
-        self._sessions = []  # oldest first
-        self._version_endpoint = None
-        self._version_handler = None
-        self._security_endpoint = None
-        self._handlers = {}
-
-    # -- registry ------------------------------------------------------------------------------
-    def set_version_endpoint(self, name, handler):
-        """`handler()` returns the version bytes; the request body is ignored (spec 2.2)."""
-        self._version_endpoint = name
-        self._version_handler = handler
-
-    def set_security_endpoint(self, name):
-        self._security_endpoint = name
-
-    def add_endpoint(self, name, handler):
-        """Secured endpoint: `handler(session_id, plaintext) -> plaintext response`."""
-        self._handlers[name] = handler
-
-    def remove_endpoint(self, name):
-        self._handlers.pop(name, None)
+        # [session_id, security, dead], oldest first; dead is the reason string once the CTR
+        # stream may be out of step. Lists, not objects: no class to keep in RAM.
+        self._sessions = []
 
     def endpoints(self):
-        names = list(self._handlers)
-        for name in (self._version_endpoint, self._security_endpoint):
-            if name is not None:
-                names.append(name)
-        return names
+        return list(self._handlers) + [self._version_endpoint, self._security_endpoint]
 
     # -- sessions ------------------------------------------------------------------------------
     def _find(self, session_id):
         for session in self._sessions:
-            if session.session_id == session_id:
+            if session[0] == session_id:
                 return session
         return None
 
-    def _open(self, session_id):
-        self._drop(session_id)
-        while len(self._sessions) >= self._max_sessions:
-            old = self._sessions.pop(0)
-            log.info(_TAG, "session %d replaced by session %d" % (old.session_id, session_id))
-        session = _Session(session_id, self._new_security())
-        self._sessions.append(session)
-        return session
-
-    def _drop(self, session_id):
+    def session_closed(self, session_id):
+        """The transport ended this session (connection gone, session replaced)."""
         session = self._find(session_id)
         if session is not None:
             self._sessions.remove(session)
 
-    def session_closed(self, session_id):
-        """The transport ended this session (connection gone, session replaced)."""
-        self._drop(session_id)
-
     def session_established(self, session_id):
         session = self._find(session_id)
-        return session is not None and session.dead is None and session.sec.established
+        return session is not None and session[2] is None and session[1].established
 
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, session_id, endpoint, body):
@@ -142,10 +107,10 @@ class Protocomm:
         session = self._find(session_id)
         if session is None:
             raise SessionError("no security session %d: run the %s handshake first" % (session_id, self._security_endpoint))
-        if session.dead is not None:
-            raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session.dead))
+        if session[2] is not None:
+            raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session[2]))
         try:
-            request = session.sec.decrypt(body)
+            request = session[1].decrypt(body)
         except security.NotEstablished as e:
             raise SessionError(str(e))
         # From here on the keystream has advanced: any failure desynchronises the two sides
@@ -153,22 +118,28 @@ class Protocomm:
         try:
             response = handler(session_id, request)
         except pb.DecodeError as e:
-            session.dead = "bad request"
+            session[2] = "bad request"
             raise BadRequest("undecodable request: %s" % e)
         except RequestRejected as e:
-            session.dead = "request rejected"
+            session[2] = "request rejected"
             raise BadRequest(str(e))
         except Exception:
-            session.dead = "handler failed"
+            session[2] = "handler failed"
             raise
-        return session.sec.encrypt(response)
+        return session[1].encrypt(response)
 
     def _handshake(self, session_id, body):
         session = self._find(session_id)
-        if session is None or session.dead is not None:
-            session = self._open(session_id)
+        if session is None or session[2] is not None:
+            # a new session: drop a dead one under this id, evict the oldest beyond the limit
+            self.session_closed(session_id)
+            while len(self._sessions) >= self._max_sessions:
+                old = self._sessions.pop(0)
+                log.info(_TAG, "session %d replaced by session %d" % (old[0], session_id))
+            session = [session_id, self._new_security(), None]
+            self._sessions.append(session)
         try:
-            return session.sec.handle(body)
+            return session[1].handle(body)
         except security.SecurityError as e:
-            session.dead = "handshake failed"
+            session[2] = "handshake failed"
             raise HandshakeFailed(str(e))

@@ -105,13 +105,10 @@ class Provisioning:
         self._version = version_json(config.sec_ver, config.pop).encode()
 
         sec_ver, pop = config.sec_ver, config.pop
-        pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), max_sessions)
-        pc.set_version_endpoint(EP_VERSION, lambda: self._version)
-        pc.set_security_endpoint(EP_SESSION)
-        pc.add_endpoint(EP_CONFIG, self._config_handler)
-        pc.add_endpoint(EP_SCAN, self._scan_handler)
-        pc.add_endpoint(EP_CTRL, self._ctrl_handler)
-        pc.add_endpoint(EP_USER_MAPPING, self._user_mapping_handler)
+        pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), (EP_VERSION, lambda: self._version),
+                                 EP_SESSION, {EP_CONFIG: self._config_handler, EP_SCAN: self._scan_handler,
+                                              EP_CTRL: self._ctrl_handler,
+                                              EP_USER_MAPPING: self._user_mapping_handler}, max_sessions)
         self.protocomm = pc
 
     # -- transport contract --------------------------------------------------------------------
