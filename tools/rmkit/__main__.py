@@ -13,12 +13,15 @@ from rmkit.errors import UserError
 
 # module path of every subcommand, in the order `--help` lists them
 COMMAND_MODULES = [
-    "rmkit.provision.cli",
+    "rmkit.demo",
+    "rmkit.sandbox",
     "rmkit.vboard.cli",
-    "rmkit.cloud.cli",
+    "rmkit.deploy",
+    "rmkit.provision.cli",
     "rmkit.pki",
-    "rmkit.broker",
     "rmkit.factory",
+    "rmkit.broker",
+    "rmkit.cloud.cli",
 ]
 
 

@@ -83,6 +83,7 @@ class Stack:
             self.broker.stop()
         if self._cloud_log_handler is not None:
             logging.getLogger("rmkit.cloud").removeHandler(self._cloud_log_handler)
+            logging.getLogger("rmkit.cloud").propagate = self._cloud_propagate
             self._cloud_log_handler.close()
             self._cloud_log_handler = None
 
@@ -130,4 +131,6 @@ class Stack:
         cloud_logger = logging.getLogger("rmkit.cloud")
         cloud_logger.addHandler(handler)
         cloud_logger.setLevel(logging.INFO)
+        self._cloud_propagate = cloud_logger.propagate
+        cloud_logger.propagate = False  # its lines go to cloud.log, not into the demo's output
         self._cloud_log_handler = handler

@@ -88,6 +88,11 @@ class Provisioner:
         self.version_info: dict | None = None
         self.timings_s: dict[str, float] = {}
 
+    @property
+    def security_version(self) -> int | None:
+        """The security scheme of the established session, None before start_session()."""
+        return self._security.version if self._security is not None else None
+
     # --- proto-ver and session ---
 
     def proto_ver(self) -> dict:

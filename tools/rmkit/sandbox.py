@@ -1,0 +1,80 @@
+"""`rmkit sandbox`: mosquitto, the local cloud and one unprovisioned virtual board, kept running for any
+client to try (our CLI, Espressif's esp-rainmaker-cli, a phone app's logic in a script).
+
+Prints what a client needs, then, for scripts, the same once as one line:
+`SANDBOX {"softap": ..., "pop": ..., "sec": ..., "ssid": ..., "passphrase": ..., "cloud_url": ...,
+"user": ..., "password": ...}` when everything is ready. Ctrl-C (or SIGTERM) stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from rmkit import REPO_ROOT
+from rmkit.stack import Stack
+
+DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
+SANDBOX_USER = "sandbox@example.com"
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir)
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    password = args.password or secrets.token_hex(6)
+    with Stack(workdir, mapping_timeout=args.mapping_timeout, cloud_port=args.cloud_port, heap=args.heap) as stack:
+        stack.add_user(SANDBOX_USER, password)
+        board = stack.add_board(args.board, softap=args.softap)
+        board.wait_for_log(r"state: provisioning", timeout=30)
+        host, port = board.softap
+        info = {"softap": f"{host}:{port}", "pop": board.pop, "sec": 1, "ssid": stack.ssid,
+                "passphrase": stack.passphrase, "cloud_url": stack.cloud.base_url, "user": SANDBOX_USER,
+                "password": password}
+        print(f"sandbox ready (everything on this machine; logs in {workdir}):")
+        print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
+              f"PoP {board.pop}")
+        print(f"  serial      mpremote connect {board.url} resume repl")
+        print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
+        print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
+        print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS, CA {stack.pki.ca_pem})")
+        print("  try:        rmkit provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
+              "                --cloud-url %s --email %s --password %s"
+              % (host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url, SANDBOX_USER, password))
+        print("SANDBOX " + json.dumps(info), flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        try:
+            while not stop.wait(0.5):
+                if not board.running:
+                    print("sandbox: the board's MicroPython process is gone; see", board.serial_log, flush=True)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+    print("sandbox: stopped", flush=True)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sandbox", help="broker + cloud + one unprovisioned virtual board, until Ctrl-C (make sandbox)",
+        description="Start mosquitto, the local cloud (with a ready user) and one unprovisioned virtual board, "
+                    "print how any client reaches them, and keep running until Ctrl-C. The sandbox is a "
+                    "development aid: it prints the test user's password and the board's PoP on purpose. "
+                    "Inside a private network namespace, --softap 192.168.4.1:80 puts the node where "
+                    "Espressif's esp-rainmaker-cli looks for a SoftAP node.")
+    p.add_argument("--softap", metavar="HOST:PORT",
+                   help="where the node serves provisioning (default 127.0.0.1 and a free port)")
+    p.add_argument("--cloud-port", type=int, default=0, help="the cloud's port (default: a free one)")
+    p.add_argument("--mapping-timeout", type=float, default=60.0, help="seconds before a request times out")
+    p.add_argument("--password", help="the test user's password (default: random, printed)")
+    p.add_argument("--board", default="vb-sandbox", help="the board's name (its MAC and node id derive from it)")
+    p.add_argument("--heap", default="110K", help="the board's MicroPython heap")
+    p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where logs go (emptied first)")
+    p.set_defaults(func=_cmd_sandbox)
