@@ -208,11 +208,15 @@ class CloudProcess:
 @pytest.fixture
 def cloud_process_factory(tmp_path, artifacts_dir):
     """make(**CloudProcess options) -> started CloudProcess; logs go to <artifacts>/cloud.log."""
-    started = []
+    started, logs = [], set()
 
     def make(**options) -> CloudProcess:
         options.setdefault("db_path", tmp_path / "cloud.db")
         options.setdefault("log_path", artifacts_dir / "cloud.log")
+        log_path = Path(options["log_path"])
+        if log_path not in logs:  # a re-run of the test starts a fresh log; restarts append
+            logs.add(log_path)
+            log_path.write_text("")
         cloud = CloudProcess(**options)
         started.append(cloud)
         return cloud.start()

@@ -19,7 +19,6 @@ DEFAULT_PKI = REPO_ROOT / "pki"
 def _serve(args) -> int:
     from rmkit.cloud.mqtt import MqttSettings
     from rmkit.cloud.service import CloudService
-    from rmkit.net import port_in_use
 
     # one line per request and per mapping state change, even without -v
     for name in ("rmkit.cloud", "rmkit.cloud.api", "rmkit.cloud.mapping", "rmkit.cloud.mqtt",
@@ -28,8 +27,6 @@ def _serve(args) -> int:
     root = logging.getLogger()
     for handler in root.handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    if args.port and port_in_use(args.port, args.host):
-        raise UserError(f"port {args.port} on {args.host} is in use: pick another --port")
     mqtt = None
     if not args.no_mqtt:
         if not args.broker_port:
@@ -46,6 +43,8 @@ def _serve(args) -> int:
         service.start()
     except ConnectionError as exc:
         raise UserError(str(exc)) from None
+    except OSError as exc:  # bind failed. No pre-check: a restart must reuse a port left in TIME_WAIT
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
     print(f"cloud: listening on {service.base_url} (REST under /v1/), db {args.db}"
           + (f", broker {args.broker_host}:{args.broker_port}" if mqtt else ", no MQTT"), flush=True)
     try:
