@@ -24,4 +24,5 @@ pytest_plugins = [
     "fixtures_mqtt",
     "fixtures_cloud",
     "fixtures_prov",
+    "fixtures_stack",
 ]
