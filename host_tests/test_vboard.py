@@ -306,3 +306,26 @@ def test_no_process_outlives_the_board(vboard_factory):
     assert not link.exists() and not link.is_symlink()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", board.tcp_port), timeout=1)
+
+
+def test_main_py_errors_print_like_on_the_esp32(vboard_factory, tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text("x = 1\nraise ValueError('bad config')\n")
+    board = vboard_factory(flash_dir=flash)
+    match = board.wait_for_log(r"Traceback \(most recent call last\):\n(.*\n)*?ValueError: bad config\n")
+    assert match.group(0).splitlines()[1:] == ['  File "main.py", line 2, in <module>', "ValueError: bad config"]
+    # the REPL comes up afterwards with main.py's globals, as on the board
+    assert board.exec("print(x)").strip() == "1"
+
+
+def test_flash_supports_atomic_replace_by_rename(vboard):
+    # temp file + rename is how firmware (rmnode.store) replaces a file on littlefs
+    out = vboard.exec("import os\n"
+                      "open('/state.json', 'w').write('old')\n"
+                      "open('/state.json.tmp', 'w').write('new')\n"
+                      "os.rename('/state.json.tmp', '/state.json')\n"
+                      "open('a.txt', 'w').write('rel'); os.rename('a.txt', 'b.txt')\n"
+                      "print(open('/state.json').read(), sorted(os.listdir('/')))\n")
+    assert out.strip() == "new ['b.txt', 'settings.json', 'state.json']"
+    assert (vboard.flash_dir / "state.json").read_text() == "new"

@@ -260,7 +260,7 @@ class Supervisor(threading.Thread):
             return  # rebooting: a UART drops what arrives meanwhile
         start = 0
         for i, byte in enumerate(data):
-            if byte == 0x03 and self._code_running(child):
+            if byte == 0x03 and child.ready and self._code_running(child):
                 child.pending += data[start:i]
                 start = i + 1
                 self._last_sigint = time.monotonic()
