@@ -30,11 +30,14 @@ PRELOADED = ("asyncio", "os", "time", "hashlib", "json", "cryptolib", "rmnode")
 ALWAYS_LOADED = ("log", "store", "config", "wifi")
 PROVISIONING = ("pb", "x25519", "aes_ctr", "security", "protocomm", "prov", "http")
 
-# Measured (bytes of GC heap, 64-bit unix port): always-loaded 17.9 KB, provisioning set 41.5 KB.
-ALWAYS_LOADED_BUDGET = 22_500
+# Measured (bytes of GC heap, 64-bit unix port): always-loaded 17.4 KB, provisioning set 41.5 KB
+# (per module: log 1.1, store 2.9, config 6.9, wifi 6.5 | pb 8.2, x25519 2.1, aes_ctr 1.4, security 5.0,
+# protocomm 8.4, prov 7.6, http 8.9; qstr pools grow in steps, so one module may carry the next one's share).
+ALWAYS_LOADED_BUDGET = 22_000
 PROVISIONING_BUDGET = 52_000
-# Smallest round heap (8 KiB steps) a full Sec1 session with scan runs in, launcher included.
-SESSION_HEAP = "96K"
+# Smallest round heap (4 KiB steps) a full Sec1 session with scan runs in, launcher included: 88K works,
+# 84K fails while importing.
+SESSION_HEAP = "88K"
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,20 @@ never stops the node.
 
 import json
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
 from rmnode import log
 
 _TAG = "config"
 
-DEFAULT_PROV_PORT = 80
-DEFAULT_PROV_LINGER_S = 5
-DEFAULT_MQTT_PORT = 8883
+# const()s: inlined by the compiler, no heap on the always-loaded path
+_DEFAULT_PROV_PORT = const(80)
+_DEFAULT_PROV_LINGER_S = const(5)
+_DEFAULT_MQTT_PORT = const(8883)
 
 _CN_OID = b"\x55\x04\x03"  # 2.5.4.3 commonName
 _STRING_TAGS = (0x0C, 0x13, 0x16, 0x14)  # UTF8String, PrintableString, IA5String, T61String
@@ -133,12 +140,12 @@ class NodeConfig:
         self.key_path = self._factory_path("key")
         self.ca_path = self._factory_path("ca")
         self.mqtt_host = self._factory_str("mqtt_host", None)
-        self.mqtt_port = self._int(self.factory, "mqtt_port", DEFAULT_MQTT_PORT, 1, 65535, "factory")
+        self.mqtt_port = self._int(self.factory, "mqtt_port", _DEFAULT_MQTT_PORT, 1, 65535, "factory")
         self.topic_prefix = self._factory_str("topic_prefix", "")
         self.sec_ver = self._sec_ver()
         self.pop = self._pop()
-        self.prov_port = self._int(self.settings, "prov_port", DEFAULT_PROV_PORT, 1, 65535, "settings")
-        self.prov_linger_s = self._int(self.settings, "prov_linger_s", DEFAULT_PROV_LINGER_S, 0, 3600, "settings")
+        self.prov_port = self._int(self.settings, "prov_port", _DEFAULT_PROV_PORT, 1, 65535, "settings")
+        self.prov_linger_s = self._int(self.settings, "prov_linger_s", _DEFAULT_PROV_LINGER_S, 0, 3600, "settings")
         self.node_id, self.node_id_source = self._node_id()
         # spec 7.4: PROV_ + last three MAC bytes, lower-case hex
         self.service_name = "PROV_" + "".join("%02x" % b for b in self.mac[3:])

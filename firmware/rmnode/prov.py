@@ -54,18 +54,11 @@ _MAPPING_INVALID_STATE = const(2)
 
 _TAG = "prov"
 
-EP_VERSION = "proto-ver"
-EP_SESSION = "prov-session"
-EP_CONFIG = "prov-config"
-EP_SCAN = "prov-scan"
-EP_CTRL = "prov-ctrl"
-EP_USER_MAPPING = "cloud_user_assoc"
-
-PROV_VERSION = "v1.1"  # ESP-IDF wifi_provisioning's version string (spec 2.2)
-MAX_SSID = 32
-MAX_PASSPHRASE = 64
-MAX_MAPPING_FIELD = 128  # user id / secret key; the MQTT mapping message must stay small (spec 5.3)
-MAX_SCAN_PAGE = 100  # the CLI's page size on SoftAP (spec 2.3)
+# const()s: inlined, no heap
+_MAX_SSID = const(32)
+_MAX_PASSPHRASE = const(64)
+_MAX_MAPPING_FIELD = const(128)  # user id / secret key; the MQTT mapping message must stay small (spec 5.3)
+_MAX_SCAN_PAGE = const(100)  # the CLI's page size on SoftAP (spec 2.3)
 
 
 def version_json(sec_ver, pop):
@@ -76,7 +69,8 @@ def version_json(sec_ver, pop):
     elif not pop:
         caps.append('"no_pop"')
     caps.append('"wifi_scan"')
-    return '{"prov":{"ver":"%s","sec_ver":%d,"cap":[%s]}}' % (PROV_VERSION, sec_ver, ",".join(caps))
+    # "v1.1": ESP-IDF wifi_provisioning's version string (spec 2.2)
+    return '{"prov":{"ver":"v1.1","sec_ver":%d,"cap":[%s]}}' % (sec_ver, ",".join(caps))
 
 
 class Provisioning:
@@ -105,10 +99,10 @@ class Provisioning:
         self._version = version_json(config.sec_ver, config.pop).encode()
 
         sec_ver, pop = config.sec_ver, config.pop
-        pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), (EP_VERSION, lambda: self._version),
-                                 EP_SESSION, {EP_CONFIG: self._config_handler, EP_SCAN: self._scan_handler,
-                                              EP_CTRL: self._ctrl_handler,
-                                              EP_USER_MAPPING: self._user_mapping_handler}, max_sessions)
+        pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), ("proto-ver", lambda: self._version),
+                                 "prov-session", {"prov-config": self._config_handler, "prov-scan": self._scan_handler,
+                                                  "prov-ctrl": self._ctrl_handler,
+                                                  "cloud_user_assoc": self._user_mapping_handler}, max_sessions)
         self.protocomm = pc
 
     # -- transport contract --------------------------------------------------------------------
@@ -162,11 +156,11 @@ class Provisioning:
         ssid = cmd.get("ssid", b"")
         passphrase = cmd.get("passphrase", b"")
         bssid = cmd.get("bssid", b"")
-        if not 0 < len(ssid) <= MAX_SSID:
-            log.warning(_TAG, "SetConfig refused: SSID of %d bytes (1..%d allowed)" % (len(ssid), MAX_SSID))
+        if not 0 < len(ssid) <= _MAX_SSID:
+            log.warning(_TAG, "SetConfig refused: SSID of %d bytes (1..%d allowed)" % (len(ssid), _MAX_SSID))
             return _STATUS_INVALID_ARGUMENT
-        if len(passphrase) > MAX_PASSPHRASE:
-            log.warning(_TAG, "SetConfig refused: passphrase of %d bytes (max %d)" % (len(passphrase), MAX_PASSPHRASE))
+        if len(passphrase) > _MAX_PASSPHRASE:
+            log.warning(_TAG, "SetConfig refused: passphrase of %d bytes (max %d)" % (len(passphrase), _MAX_PASSPHRASE))
             return _STATUS_INVALID_ARGUMENT
         if bssid and len(bssid) != 6:
             log.warning(_TAG, "SetConfig refused: BSSID of %d bytes" % len(bssid))
@@ -219,7 +213,7 @@ class Provisioning:
             cmd = req["cmd_scan_result"] or {}
             start, count = cmd.get("start_index", 0), cmd.get("count", 0)
             total = len(self._scan_results)
-            if not self._scan_done or count > MAX_SCAN_PAGE or start + count > total:
+            if not self._scan_done or count > _MAX_SCAN_PAGE or start + count > total:
                 return pb.encode(pb.WiFiScanPayload, {"msg": _SCAN_RESP_RESULT,
                                                       "status": _STATUS_INVALID_ARGUMENT,
                                                       "resp_scan_result": {}})
@@ -273,8 +267,8 @@ class Provisioning:
         if not user_id or not secret_key:
             log.warning(_TAG, "cloud_user_assoc refused: empty %s" % ("user id" if not user_id else "secret key"))
             return {"Status": _MAPPING_INVALID_PARAM}
-        if len(user_id) > MAX_MAPPING_FIELD or len(secret_key) > MAX_MAPPING_FIELD:
-            log.warning(_TAG, "cloud_user_assoc refused: user id or secret key over %d characters" % MAX_MAPPING_FIELD)
+        if len(user_id) > _MAX_MAPPING_FIELD or len(secret_key) > _MAX_MAPPING_FIELD:
+            log.warning(_TAG, "cloud_user_assoc refused: user id or secret key over %d characters" % _MAX_MAPPING_FIELD)
             return {"Status": _MAPPING_INVALID_PARAM}
         try:
             # persisted before we answer: a reboot after the reply still has the mapping

@@ -52,9 +52,6 @@ class StationStatus:
         self.channel = channel
         self.auth_mode = auth_mode
 
-    def __repr__(self):
-        return "StationStatus(state=%d, fail_reason=%r, ip4_addr=%r)" % (self.state, self.fail_reason, self.ip4_addr)
-
 
 class Wifi:
     """`join_retries`: reconnect attempts while joining, so a failure other than a wrong password
