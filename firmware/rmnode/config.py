@@ -19,7 +19,7 @@ _TAG = "config"
 
 # const()s: inlined by the compiler, no heap on the always-loaded path
 _DEFAULT_PROV_PORT = const(80)
-_DEFAULT_PROV_LINGER_S = const(5)
+_DEFAULT_PROV_LINGER_S = const(30)  # the longest wait for a client to read "Connected"
 _DEFAULT_MQTT_PORT = const(8883)
 
 _CN_OID = b"\x55\x04\x03"  # 2.5.4.3 commonName

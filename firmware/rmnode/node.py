@@ -31,6 +31,7 @@ _STA_CONNECTION_FAILED = 3
 # 110 KiB board has (design.md: memory is a feature).
 _PROVISIONING_MODULES = ("prov", "http", "protocomm", "security", "pb", "x25519", "aes_ctr")
 _RESET_TIMEOUT_MS = 5000
+_GRACE_MS = 500
 _POLL_MS = 100
 _REJOIN_FIRST_MS = 2000
 _REJOIN_CAP_MS = 60000
@@ -77,13 +78,14 @@ class Node:
         cfg = self.config
         log.info(_TAG, "rmnode %s, node id %s (from %s)" % (VERSION, cfg.node_id, cfg.node_id_source))
         credentials = self._stored_credentials()
-        provisioning = None
         if credentials is None:
-            provisioning = asyncio.create_task(self._provision())
-            while not self._joined_through_provisioning():
-                if provisioning.done():
-                    await provisioning  # it only ends early on an error: raise it here
-                await asyncio.sleep(_POLL_MS / 1000)
+            await self._provision()
+            # Provisioning and the MQTT/TLS phase never share the heap: a 110 KiB board cannot hold
+            # both, and a reboot also returns the heap unfragmented. Credentials and the pending
+            # mapping are on flash, so the next boot goes straight to station mode and publishes.
+            log.info(_TAG, "provisioned; rebooting into station mode")
+            self.reboot()
+            return
         else:
             self._enter("connecting", credentials["ssid"])
             self.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
@@ -92,8 +94,6 @@ class Node:
             await self._go_online()
         finally:
             keeper.cancel()
-            if provisioning is not None:
-                provisioning.cancel()
 
     def _stored_credentials(self):
         wifi = self.state_store.get(WIFI_KEY)
@@ -122,8 +122,13 @@ class Node:
         try:
             while not self._joined_through_provisioning():
                 await asyncio.sleep(_POLL_MS / 1000)
-            # ESP-IDF's manager also keeps the service up for a while after the station got its IP
-            await asyncio.sleep(cfg.prov_linger_s)
+            # Keep serving until the client has read "Connected" (Espressif's client polls every
+            # 5 s), at most prov_linger_s, then a moment more so that last answer reaches it.
+            waited_ms = 0
+            while not prov.connected_reported and waited_ms < cfg.prov_linger_s * 1000:
+                await asyncio.sleep(_POLL_MS / 1000)
+                waited_ms += _POLL_MS
+            await asyncio.sleep(_GRACE_MS / 1000)
         finally:
             server.stop()
             await server.wait_closed()

@@ -94,6 +94,8 @@ class Provisioning:
         self.on_reprov = on_reprov
         self._wifi_config = None  # (ssid, passphrase, bssid) from SetConfig, until applied
         self._applied = False
+        # True once a client was told "Connected": the node may then stop provisioning
+        self.connected_reported = False
         self._scan_results = []
         self._scan_done = False
         self._version = version_json(config.sec_ver, config.pop).encode()
@@ -148,6 +150,7 @@ class Provisioning:
         if st.state == _STA_CONNECTED:
             resp["connected"] = {"ip4_addr": st.ip4_addr, "auth_mode": st.auth_mode, "ssid": st.ssid,
                                  "bssid": st.bssid, "channel": st.channel}
+            self.connected_reported = True
         elif st.state == _STA_CONNECTION_FAILED:
             resp["fail_reason"] = st.fail_reason
         return resp

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import uuid
 
+from rmkit.cloud_client import CloudClient, CloudError
 from rmkit.errors import UserError
 from rmkit.provision.client import MAX_PASSPHRASE_BYTES, MAX_SSID_BYTES, Provisioner
 from rmkit.provision.errors import (DeviceUnreachable, HandshakeFailed, MappingRefused, ProtocolError,
@@ -25,14 +27,21 @@ EXIT_HANDSHAKE = 4
 EXIT_MAPPING_REFUSED = 5
 EXIT_WIFI_FAILED = 6
 EXIT_PROTOCOL = 7
+EXIT_NOT_CONFIRMED = 8
+EXIT_CLOUD = 9
 
 DESCRIPTION = f"""\
 Provision a node like Espressif's esp-rainmaker-cli does (spec 2.3): read its protocol version,
 open a secure session (Security 0 or 1), send the user id and secret key (cloud_user_assoc), which
 returns the node id, then send the Wi-Fi credentials and wait until the node has joined.
 
-The node id is printed on the last line of standard output. Progress lines go to standard error.
-The PoP, the passphrase and the secret key are never printed.
+With --cloud-url, --email and --password it also does the client's cloud steps of the mapping
+(seed steps 2 and 4): logs in (the user id then comes from the login), sends the node id and secret
+key to the cloud, and polls the request every 0.2 s until it is confirmed or timed out.
+
+The node id is printed on standard output (then `request_status <status>` with a cloud).
+Progress lines go to standard error. The PoP, the passphrase, the password and the secret key are
+never printed.
 """
 
 EPILOG = f"""\
@@ -42,7 +51,8 @@ access point (PROV_xxxxxx); pass it explicitly with --host {ESP32_SOFTAP_ADDRESS
 
 Exit status: 0 provisioned; 2 bad arguments; {EXIT_UNREACHABLE} node unreachable; {EXIT_HANDSHAKE} session refused
 (wrong PoP or security version); {EXIT_MAPPING_REFUSED} node refused the user mapping; {EXIT_WIFI_FAILED} node could not
-join Wi-Fi; {EXIT_PROTOCOL} unexpected answer or connection lost.
+join Wi-Fi; {EXIT_PROTOCOL} unexpected answer or connection lost; {EXIT_NOT_CONFIRMED} the cloud did not confirm
+the mapping; {EXIT_CLOUD} the cloud refused or could not be reached.
 """
 
 
@@ -65,7 +75,15 @@ def register(sub) -> None:
     parser.add_argument("--ssid", required=True, help=f"Wi-Fi network for the node (1..{MAX_SSID_BYTES} bytes)")
     parser.add_argument("--passphrase", default="",
                         help=f"Wi-Fi passphrase (at most {MAX_PASSPHRASE_BYTES} bytes; empty for an open network)")
-    parser.add_argument("--user-id", required=True, help="RainMaker user id the node will be mapped to")
+    parser.add_argument("--user-id", help="RainMaker user id the node will be mapped to "
+                        "(not needed with --cloud-url: it comes from the login)")
+    cloud = parser.add_argument_group("cloud steps (optional)")
+    cloud.add_argument("--cloud-url", metavar="URL",
+                       help="base URL of a RainMaker-compatible cloud, e.g. the local one: http://127.0.0.1:PORT")
+    cloud.add_argument("--email", help="the account to map the node to")
+    cloud.add_argument("--password", help="its password (or set RMKIT_PASSWORD)")
+    cloud.add_argument("--mapping-wait", type=float, default=90.0,
+                       help="seconds to keep polling the mapping request (default 90; the cloud times out at 60)")
     parser.add_argument("--secret-key", default=None,
                         help="secret shared with the cloud for the mapping; default: a fresh random UUID, "
                              "like Espressif's client")
@@ -93,13 +111,30 @@ def run(args) -> int:
     if sec == 1 and not args.pop:
         raise UserError("--pop is required with --sec 1 (use --sec auto for a node started without PoP)")
     secret_key = args.secret_key or str(uuid.uuid4())
+    cloud = None
+    user_id = args.user_id
+    if args.cloud_url:
+        password = args.password or os.environ.get("RMKIT_PASSWORD")
+        if not args.email or not password:
+            raise UserError("--cloud-url needs --email and --password (or RMKIT_PASSWORD)")
+        cloud = CloudClient(args.cloud_url)
+        _progress(f"logging in to {args.cloud_url} as {args.email}")
+        try:
+            cloud_user = cloud.login(args.email, password)
+        except CloudError as exc:
+            return _fail(str(exc), EXIT_CLOUD)
+        if user_id and user_id != cloud_user:
+            raise UserError(f"--user-id {user_id} is not the logged-in user ({cloud_user}); leave it out")
+        user_id = cloud_user
+    if not user_id:
+        raise UserError("no user id: give --user-id, or --cloud-url with --email and --password")
 
     _progress(f"connecting to {host}:{port}")
     try:
         with HttpTransport(host, port, timeout=args.timeout) as transport:
             provisioner = Provisioner(transport, sec=sec, pop=args.pop, poll_interval_s=args.poll_interval,
                                       wifi_timeout_s=args.wifi_timeout, progress=_progress)
-            result = provisioner.provision(args.ssid, args.passphrase, args.user_id, secret_key, scan=args.scan)
+            result = provisioner.provision(args.ssid, args.passphrase, user_id, secret_key, scan=args.scan)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     except DeviceUnreachable as exc:
@@ -118,7 +153,21 @@ def run(args) -> int:
     _progress(f"done in {result.timings_s.get('total', 0):.2f} s (session {result.timings_s.get('handshake', 0) * 1000:.0f} ms)")
     if args.show_secret_key:
         print(f"secret_key {secret_key}")
-    print(f"node_id {result.node_id}")
+    print(f"node_id {result.node_id}", flush=True)
+    if cloud is None:
+        return 0
+    try:
+        request_id = cloud.request_mapping(result.node_id, secret_key)
+        _progress(f"mapping requested (request {request_id[:8]}...), polling every 0.2 s")
+        outcome = cloud.wait_for_mapping(request_id, give_up_s=args.mapping_wait,
+                                         on_status=lambda status: _progress(f"request_status {status}"))
+    except CloudError as exc:
+        return _fail(str(exc), EXIT_CLOUD)
+    print(f"request_status {outcome.status}")
+    if outcome.status != "confirmed":
+        return _fail(f"the cloud did not confirm the mapping ({outcome.status} after {outcome.elapsed_s:.1f} s)",
+                     EXIT_NOT_CONFIRMED)
+    _progress(f"node {result.node_id} added to {args.email}'s account in {outcome.elapsed_s:.2f} s")
     return 0
 
 
