@@ -220,6 +220,7 @@ class VirtualBoard:
         """
         sup = self._supervisor()
         with self._exec_lock:
+            self._wait_booted(sup, timeout)
             gen = sup.gen
             since = self.log_offset()
 
@@ -323,6 +324,17 @@ class VirtualBoard:
             why = halted or f"MicroPython did not finish booting within {timeout:g} s"
             raise BoardError(f"board {self.name}: {why}" + self._log_tail()
                              + f"\n(serial log: {self.serial_log})")
+
+    def _wait_booted(self, sup: Supervisor, timeout: float) -> None:
+        # a reboot may be under way (reset, crash): talk to the new process, not the old one
+        deadline = time.monotonic() + timeout
+        with sup.cond:
+            while sup.rebooting and not sup.halted and time.monotonic() < deadline:
+                sup.cond.wait(deadline - time.monotonic())
+        if sup.halted:
+            raise BoardError(f"board {self.name} is halted: {sup.halted}")
+        if sup.rebooting:
+            raise BoardError(f"board {self.name}: MicroPython did not finish rebooting within {timeout:g} s")
 
     def _prepare_flash(self) -> None:
         if self.flash_dir is None:

@@ -108,6 +108,7 @@ class Supervisor(threading.Thread):
         self.cond = threading.Condition()
         self.gen = 0                 # number of MicroPython processes started so far
         self.ready_gen = 0           # latest generation that finished its setup
+        self.rebooting = True        # from a process's end until the next one finished its setup
         self.log_size = 0
         self.crashes: list = []
         self.halted: Optional[str] = None
@@ -346,9 +347,12 @@ class Supervisor(threading.Thread):
             child.ready = True
             with self.cond:
                 self.ready_gen = child.gen
+                self.rebooting = False
                 self.cond.notify_all()
 
     def _on_child_exit(self, child: Child) -> None:
+        with self.cond:
+            self.rebooting = True
         self._sel.unregister(child.master)
         os.close(child.master)
         try:
