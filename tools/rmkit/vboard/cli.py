@@ -66,8 +66,9 @@ def run_vboard(args: argparse.Namespace) -> int:
                              run_main=not args.no_main, echo=echo)
     except BoardError as exc:
         raise UserError(str(exc)) from None
-    # `kill` (SIGTERM) and a closed terminal stop the board as cleanly as Ctrl-C
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # Ctrl-C (even when started with SIGINT ignored, as `cmd &` does), `kill` and a closed
+    # terminal all stop the board and everything it started
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
     print(f"vboard {args.name}: starting (flash {args.flash}, heap {args.heap})", flush=True)
     try:
