@@ -1,10 +1,71 @@
 """The seed's user-node mapping scenarios, end to end: virtual board running the firmware, real
 mosquitto with mutual TLS, the local cloud, and our client (shared/seeds/user-node-mapping.txt)."""
 
+import json
+import re
+import socket
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from rmkit.flow import map_node, provision_node
+from rmkit.vboard.errors import BoardError
 
+SHORT_TIMEOUT_S = 2.0  # the cloud's mapping timeout in the `timedout` scenarios (RainMaker: 60 s)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+def wait_for_cloud_log(bench, pattern: str, timeout: float = 10.0) -> re.Match:
+    """Wait until the cloud logs a line matching `pattern` (its log is written as events happen)."""
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = Path(bench.stack.cloud_log).read_text(errors="replace")
+        match = regex.search(text)
+        if match:
+            return match
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cloud never logged {pattern!r} within {timeout:g} s; log tail:\n"
+                                 + "\n".join(text.splitlines()[-15:]))
+        time.sleep(0.02)
+
+
+def poll_until_final(client, request_id: str, give_up_s: float = 30.0) -> list:
+    """Every status the cloud returns, polling every 0.1 s until a final one (the last in the list)."""
+    statuses = []
+    deadline = time.monotonic() + give_up_s
+    while time.monotonic() < deadline:
+        statuses.append(client.mapping_status(request_id))
+        if statuses[-1] in ("confirmed", "timedout", "discarded"):
+            return statuses
+        time.sleep(0.1)
+    raise AssertionError(f"request {request_id} not final after {give_up_s:g} s: {statuses[-5:]}")
+
+
+def start_session_and_assoc(provisioner, user_id: str, secret_key: str) -> str:
+    """Seed step 1 up to the Wi-Fi credentials: session and cloud_user_assoc; returns the node id."""
+    provisioner.proto_ver()
+    provisioner.start_session()
+    return provisioner.set_user_mapping(user_id, secret_key)
+
+
+def softap_listening(board) -> bool:
+    try:
+        with socket.create_connection(board.softap, timeout=1):
+            return True
+    except ConnectionRefusedError:
+        return False
+
+
+def acked_line(user_id: str) -> str:
+    """The node's log line once the broker's PUBACK for the user's mapping arrived."""
+    return rf"mapping: mapping for user {re.escape(user_id)} acknowledged"
+
+
+# -- the seed's scenarios ---------------------------------------------------------------------------
 
 def test_client_first_then_node_requested_then_confirmed(bench):
     """Seed steps 1, 2, 3, 4 in order: the cloud says `requested` until the node's publish arrives."""
@@ -24,3 +85,234 @@ def test_client_first_then_node_requested_then_confirmed(bench):
     assert outcome.status == "confirmed"
     assert alice.nodes() == [node_id]
     assert node_id == board.node_id
+
+
+def test_node_first_then_client_confirmed(bench):
+    """Steps 2 and 3 reversed (the seed allows it): the node's publish is in before the client's PUT."""
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    board = bench.add_board("vb-s2")
+    secret_key = str(uuid.uuid4())
+    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
+                             bench.ssid, bench.passphrase)
+    board.wait_for_log(acked_line(alice.user_id), timeout=20)
+    wait_for_cloud_log(bench, rf"node {node_id} reported a mapping for user {alice.user_id}")
+
+    outcome = map_node(alice, bench.timeline, node_id, secret_key, poll_interval_s=0.1)
+    assert outcome.status == "confirmed"
+    assert outcome.polls == 1  # the PUT itself matched the earlier report
+    assert alice.nodes() == [node_id]
+
+
+def test_node_never_online_times_out_never_confirmed(bench_factory):
+    """The node gets the mapping but can never join Wi-Fi: `timedout` after the timeout, never `confirmed`."""
+    bench = bench_factory(mapping_timeout=SHORT_TIMEOUT_S)
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    board = bench.add_board("vb-s3")
+    bench.stack.write_air([{"ssid": "someone-else", "password": "not-ours-123"}])  # the lab AP is gone
+    secret_key = str(uuid.uuid4())
+    provisioner = bench.provisioner(board)
+    node_id = start_session_and_assoc(provisioner, alice.user_id, secret_key)
+    board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
+    provisioner.set_wifi_config(bench.ssid, bench.passphrase)
+    provisioner.apply_wifi_config()
+
+    before_put = time.monotonic()
+    request_id = alice.request_mapping(node_id, secret_key)
+    statuses = poll_until_final(alice, request_id)
+    waited = time.monotonic() - before_put
+
+    assert statuses[-1] == "timedout"
+    assert "confirmed" not in statuses
+    assert set(statuses[:-1]) == {"requested"}
+    assert waited >= SHORT_TIMEOUT_S  # not before the window closed
+    assert alice.nodes() == []
+    assert "mqtt: connected" not in board.read_log()  # it really never came online
+
+
+def test_node_publishes_another_secret_key_never_confirmed(bench_factory):
+    """The client gives the node key A and the cloud key B: the node's report does not match, `timedout`."""
+    bench = bench_factory(mapping_timeout=SHORT_TIMEOUT_S)
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    board = bench.add_board("vb-s4")
+    key_for_node, key_for_cloud = str(uuid.uuid4()), str(uuid.uuid4())
+    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, key_for_node,
+                             bench.ssid, bench.passphrase)
+    request_id = alice.request_mapping(node_id, key_for_cloud)
+    board.wait_for_log(acked_line(alice.user_id), timeout=20)
+    # the cloud did get the node's report (so it compared the keys), and still did not confirm
+    wait_for_cloud_log(bench, rf"node {node_id} reported a mapping for user {alice.user_id}")
+
+    statuses = poll_until_final(alice, request_id)
+    assert statuses[-1] == "timedout"
+    assert "confirmed" not in statuses
+    assert alice.nodes() == []
+
+
+def test_poll_while_node_joins_wifi_is_requested_then_confirmed(bench):
+    """While the node is still joining Wi-Fi, a poll returns `requested`; once it is online, `confirmed`."""
+    bench.stack.write_air([{"ssid": bench.ssid, "password": bench.passphrase, "join_s": 3}])
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    board = bench.add_board("vb-s5")
+    secret_key = str(uuid.uuid4())
+    provisioner = bench.provisioner(board)
+    node_id = start_session_and_assoc(provisioner, alice.user_id, secret_key)
+    provisioner.set_wifi_config(bench.ssid, bench.passphrase)
+    provisioner.apply_wifi_config()
+
+    request_id = alice.request_mapping(node_id, secret_key)
+    assert provisioner.wifi_status().state == "Connecting"
+    assert alice.mapping_status(request_id) == "requested"
+    assert provisioner.wifi_status().state == "Connecting"  # so the poll above was mid-join
+
+    assert provisioner.wait_for_wifi(bench.ssid).state == "Connected"
+    outcome = alice.wait_for_mapping(request_id, poll_interval_s=0.1)
+    assert outcome.status == "confirmed"
+    assert alice.nodes() == [node_id]
+
+
+def test_factory_reset_then_another_user_takes_the_node(bench):
+    """After a factory reset the board is provisioned for bob: bob has the node, alice no longer does."""
+    for email in ("alice@example.com", "bob@example.com"):
+        bench.add_user(email)
+    alice, bob = bench.login("alice@example.com"), bench.login("bob@example.com")
+    board = bench.add_board("vb-s6")
+    alice_key = str(uuid.uuid4())
+    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, alice_key,
+                             bench.ssid, bench.passphrase)
+    assert map_node(alice, bench.timeline, node_id, alice_key, poll_interval_s=0.1).status == "confirmed"
+    assert alice.nodes() == [node_id]
+
+    since = board.log_offset()
+    try:
+        board.exec("import rmnode.node\nrmnode.node.factory_reset()", timeout=20)
+    except BoardError as exc:  # factory_reset() ends in machine.reset(): the REPL session ends with it
+        assert "rebooted" in str(exc)
+    board.wait_for_log(r"online: factory reset reported", since=since)
+    board.wait_for_log(r"node: state: provisioning", timeout=30, since=since)
+    # the reset report alone removed alice's association (before anyone provisions the node again)
+    wait_for_cloud_log(bench, rf"node {node_id} reset: associations of 1 user\(s\) removed \({alice.user_id}\)")
+    assert alice.nodes() == []
+
+    bob_key = str(uuid.uuid4())
+    assert provision_node(bench.provisioner(board), bench.timeline, bob.user_id, bob_key,
+                          bench.ssid, bench.passphrase) == node_id
+    assert map_node(bob, bench.timeline, node_id, bob_key, poll_interval_s=0.1).status == "confirmed"
+    assert bob.nodes() == [node_id]
+    assert alice.nodes() == []
+
+
+def test_two_boards_two_users_at_the_same_time(bench):
+    """Two boards provisioned concurrently for two users: each user gets exactly their node."""
+    emails = ("alice@example.com", "bob@example.com")
+    for email in emails:
+        bench.add_user(email)
+    clients = [bench.login(email) for email in emails]
+    boards = [bench.add_board("vb-s7a"), bench.add_board("vb-s7b")]
+    start_together = threading.Barrier(2)
+
+    def provision_and_map(client, board):
+        secret_key = str(uuid.uuid4())
+        provisioner = bench.provisioner(board)
+        start_together.wait(timeout=10)
+        node_id = provision_node(provisioner, bench.timeline, client.user_id, secret_key,
+                                 bench.ssid, bench.passphrase)
+        return node_id, map_node(client, bench.timeline, node_id, secret_key, poll_interval_s=0.1).status
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(provision_and_map, clients, boards))
+
+    assert results == [(boards[0].node_id, "confirmed"), (boards[1].node_id, "confirmed")]
+    assert clients[0].nodes() == [boards[0].node_id]
+    assert clients[1].nodes() == [boards[1].node_id]
+
+
+def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(bench):
+    """Power cut after the mapping is stored but before it is published: the node publishes it after
+    the reboot, straight from its stored Wi-Fi credentials, and the request is `confirmed`."""
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    board = bench.add_board("vb-s8")
+    secret_key = str(uuid.uuid4())
+    bench.stack.broker.pause()  # holds the node's MQTT connect: the publish cannot happen before the cut
+    try:
+        node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
+                                 bench.ssid, bench.passphrase)
+        board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
+        board.wait_for_log(r"node: joined \S+; credentials stored")
+        request_id = alice.request_mapping(node_id, secret_key)
+        assert alice.mapping_status(request_id) == "requested"
+        assert not re.search(r"published \S+/user/mapping", board.read_log())
+
+        since = board.log_offset()
+        board.power_cut()
+    finally:
+        bench.stack.broker.resume()
+
+    board.wait_for_log(r"node: state: connecting", since=since)
+    board.wait_for_log(acked_line(alice.user_id), timeout=30, since=since)
+    assert "state: provisioning" not in board.read_log(since)
+    outcome = alice.wait_for_mapping(request_id, poll_interval_s=0.1)
+    assert outcome.status == "confirmed"
+    assert alice.nodes() == [node_id]
+
+
+# -- what provisioning leaves behind ----------------------------------------------------------------
+
+def test_access_point_stops_after_provisioning(bench):
+    """Once the client has read Connected, the provisioning service closes and stays closed."""
+    board = bench.add_board("vb-ap")
+    assert softap_listening(board)
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    provision_node(bench.provisioner(board), bench.timeline, alice.user_id, str(uuid.uuid4()),
+                   bench.ssid, bench.passphrase)
+    stopped = board.wait_for_log(r"node: provisioning stopped", timeout=10)
+    assert not softap_listening(board)
+    board.wait_for_log(r"node: state: online", since=stopped.end())  # station mode, not provisioning
+    assert not softap_listening(board)
+    assert "http: serving" not in board.read_log(stopped.end())
+
+
+def test_access_point_stops_after_the_linger_when_the_client_never_reads_connected(bench):
+    """A client that applies Wi-Fi and goes away: the node stops its service after prov_linger_s anyway."""
+    board = bench.add_board("vb-linger", start=False)
+    (Path(board.flash_dir) / "settings.json").write_text(json.dumps({"prov_linger_s": 2}))
+    board.start()
+    board.wait_for_log(r"node: state: provisioning", timeout=30)
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    provisioner = bench.provisioner(board)
+    start_session_and_assoc(provisioner, alice.user_id, str(uuid.uuid4()))
+    provisioner.set_wifi_config(bench.ssid, bench.passphrase)
+    provisioner.apply_wifi_config()  # and never asks for the status
+    board.wait_for_log(r"node: joined \S+; credentials stored", timeout=10)
+    assert softap_listening(board)  # still lingering for the client
+    board.wait_for_log(r"node: provisioning stopped", timeout=10)
+    assert not softap_listening(board)
+
+
+def test_credentials_persist_across_a_reset(bench):
+    """After a reset the node joins the stored network and goes online without provisioning again."""
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    board = bench.add_board("vb-cred")
+    secret_key = str(uuid.uuid4())
+    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
+                             bench.ssid, bench.passphrase)
+    assert map_node(alice, bench.timeline, node_id, secret_key, poll_interval_s=0.1).status == "confirmed"
+    board.wait_for_log(acked_line(alice.user_id))
+
+    since = board.log_offset()
+    board.reset()
+    board.wait_for_log(rf"node: state: connecting \({re.escape(bench.ssid)}\)", since=since)
+    board.wait_for_log(r"node: state: online", since=since)
+    board.wait_for_log(r"online: config reported", timeout=20, since=since)
+    after_reset = board.read_log(since)
+    assert "state: provisioning" not in after_reset
+    assert "http: serving" not in after_reset
+    assert not re.search(r"published \S+/user/mapping", after_reset)  # nothing pending any more
+    assert alice.nodes() == [node_id]
