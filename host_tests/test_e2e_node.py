@@ -1,0 +1,222 @@
+"""Issue 3 and issue 4 acceptance on a whole node: the firmware on a virtual board (main.py, boot, flash,
+simulated Wi-Fi), real mosquitto with mutual TLS, our provisioning client over the board's SoftAP HTTP
+port, and a paho subscriber with the harness identity watching the node's topics.
+
+Unlike the launcher tests (test_provision_firmware.py, test_online_node.py) nothing here is wired by
+hand: the board boots its own node, which provisions, stops its access point, reboots into station
+mode and publishes.
+"""
+
+import json
+import socket
+import time
+import uuid
+
+import pytest
+
+from fixtures_mqtt import Subscriber
+from rmkit.provision.errors import HandshakeFailed, WifiJoinFailed
+from rmkit.vboard.errors import BoardError
+
+RESET_USER_ID = "esp-rmaker"  # spec 5.3: the factory-reset report's dummy user and key
+RESET_SECRET_KEY = "failed"
+
+
+@pytest.fixture
+def harness(bench):
+    """Factory: a subscriber on node/# with the harness identity on the bench's broker; closed at teardown."""
+    made = []
+
+    def make() -> Subscriber:
+        sub = Subscriber(bench.stack.pki, bench.stack.broker, "harness")
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
+def add_board(bench, name, settings=None, **options):
+    """A started board in provisioning; `settings` are merged into /settings.json before it boots."""
+    if not settings:
+        return bench.add_board(name, **options)
+    board = bench.add_board(name, start=False, **options)
+    path = board.flash_dir / "settings.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(settings)
+    path.write_text(json.dumps(merged))
+    board.start()
+    board.wait_for_log(r"state: provisioning", timeout=30)
+    return board
+
+
+def read_state(board) -> dict:
+    path = board.flash_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def port_closed(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def wait_port_closed(board, timeout: float) -> float:
+    """Seconds until nothing accepts on the board's provisioning port; AssertionError on timeout."""
+    host, port = board.softap
+    started = time.monotonic()
+    while not port_closed(host, port):
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{host}:{port} still accepts connections after {timeout} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def mapping_json(node_id: str, user_id: str, secret_key: str, reset: bool) -> bytes:
+    """spec 5.3 as the node sends it: compact, Espressif's key order, "reset" only when true."""
+    text = '{"node_id":"%s","user_id":"%s","secret_key":"%s"' % (node_id, user_id, secret_key)
+    return (text + (',"reset":true}' if reset else "}")).encode()
+
+
+def full_sequence(bench, board, sec: int, user_id: str, secret_key: str):
+    """Spec 2.3 step by step: proto-ver, session, cloud_user_assoc, prov-config set/apply/status."""
+    client = bench.provisioner(board, sec=sec)
+    info = client.proto_ver()
+    assert info["prov"]["sec_ver"] == sec
+    client.start_session()
+    assert client.security_version == sec
+    assert client.set_user_mapping(user_id, secret_key) == board.node_id
+    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.apply_wifi_config()
+    status = client.wait_for_wifi(bench.ssid)
+    assert status.state == "Connected" and status.ssid == bench.ssid and status.ip4_addr
+    return client
+
+
+@pytest.mark.parametrize("sec", [1, 0])
+def test_full_sequence_then_service_stops_and_node_publishes_the_exact_mapping(bench, harness, sec):
+    """Issue 3: the whole sequence reaching Connected, then the AP/HTTP service stops; issue 4: a harness
+    subscriber gets the node's config and then the exact mapping JSON on the node's topic."""
+    watcher = harness()
+    board = bench.add_board(f"vb-e2e-sec{sec}", sec_ver=sec)
+    user_id, secret_key = f"user-sec{sec}", str(uuid.uuid4())
+    client = full_sequence(bench, board, sec, user_id, secret_key)
+    assert read_state(board)["pending_mapping"] == {"user_id": user_id, "secret_key": secret_key, "reset": True}
+    wait_port_closed(board, timeout=10)  # read Connected -> service down within the grace time
+    client.transport.close()
+    board.wait_for_log(r"access point down", timeout=5)
+    board.wait_for_log(r"provisioning stopped", timeout=5)
+    mapping_topic = f"node/{board.node_id}/user/mapping"
+    watcher.wait_for_topic(mapping_topic, timeout=30)
+    topics = [t for t, _ in watcher.messages if t.startswith(f"node/{board.node_id}/")]
+    assert topics[:2] == [f"node/{board.node_id}/config", mapping_topic]
+    config = json.loads(watcher.payloads(f"node/{board.node_id}/config")[0])
+    assert config["node_id"] == board.node_id
+    assert watcher.payloads(mapping_topic) == [mapping_json(board.node_id, user_id, secret_key, reset=True)]
+    board.wait_for_log(r"acknowledged", timeout=10)
+    state = read_state(board)
+    assert "pending_mapping" not in state and state["mapped_user_id"] == user_id
+    assert state["wifi"]["ssid"] == bench.ssid
+    assert secret_key not in board.read_log() and bench.passphrase not in board.read_log()
+
+
+def test_linger_bounds_the_service_when_the_client_never_reads_connected(bench):
+    """prov_linger_s from /settings.json: a client that applies Wi-Fi and walks away does not keep the
+    access point and HTTP server up beyond it."""
+    board = add_board(bench, "vb-e2e-linger", settings={"prov_linger_s": 1})
+    client = bench.provisioner(board)
+    client.start_session()
+    client.set_user_mapping("user-linger", str(uuid.uuid4()))
+    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.apply_wifi_config()
+    joined = board.wait_for_log(r"credentials stored", timeout=10)
+    assert not port_closed(*board.softap)  # still lingering for the client's status request
+    wait_port_closed(board, timeout=5)
+    stopped = board.wait_for_log(r"provisioning stopped", since=joined.end(), timeout=1)
+    assert stopped
+    board.wait_for_log(r"state: online", timeout=20)
+
+
+def test_wrong_pop_is_refused_and_a_correct_session_right_after_succeeds(bench):
+    board = bench.add_board("vb-e2e-pop")
+    wrong = bench.provisioner(board, pop="not-the-pop")
+    with pytest.raises(HandshakeFailed):
+        wrong.start_session()
+    wrong.transport.close()
+    client = bench.provisioner(board)
+    client.start_session()
+    assert client.set_user_mapping("user-pop", str(uuid.uuid4())) == board.node_id
+    assert board.running and board.crashes == []
+
+
+def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_retry(bench):
+    board = bench.add_board("vb-e2e-wifi")
+    client = bench.provisioner(board)
+    client.start_session()
+    client.set_user_mapping("user-wifi", str(uuid.uuid4()))
+    client.set_wifi_config(bench.ssid, "not-the-passphrase")
+    client.apply_wifi_config()
+    with pytest.raises(WifiJoinFailed) as failed:
+        client.wait_for_wifi(bench.ssid)
+    assert (failed.value.state, failed.value.reason) == ("ConnectionFailed", "AuthError")
+    assert "wifi" not in read_state(board)  # a failed join stores nothing
+    client.reset_wifi()
+    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.apply_wifi_config()
+    assert client.wait_for_wifi(bench.ssid).state == "Connected"
+    board.wait_for_log(r"state: online", timeout=20)
+    assert read_state(board)["wifi"] == {"ssid": bench.ssid, "passphrase": bench.passphrase}
+
+
+def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_publishes_it(bench, harness):
+    """The node persists the mapping the moment it arrives (issue 3, beyond Espressif's node): a power cut
+    before any Wi-Fi data loses nothing, and the next provisioning publishes that mapping."""
+    watcher = harness()
+    board = bench.add_board("vb-e2e-cut")
+    user_id, secret_key = "user-cut", str(uuid.uuid4())
+    client = bench.provisioner(board)
+    client.start_session()
+    assert client.set_user_mapping(user_id, secret_key) == board.node_id
+    client.transport.close()
+    board.power_cut()
+    assert read_state(board) == {"pending_mapping": {"user_id": user_id, "secret_key": secret_key, "reset": True}}
+    since = board.log_offset()
+    board.wait_for_log(r"state: provisioning", since=since, timeout=20)
+    # the client comes back for Wi-Fi only (no second cloud_user_assoc)
+    again = bench.provisioner(board)
+    again.start_session()
+    again.set_wifi_config(bench.ssid, bench.passphrase)
+    again.apply_wifi_config()
+    assert again.wait_for_wifi(bench.ssid).state == "Connected"
+    mapping_topic = f"node/{board.node_id}/user/mapping"
+    assert watcher.wait_for_topic(mapping_topic, timeout=30) == [
+        mapping_json(board.node_id, user_id, secret_key, reset=True)]
+
+
+def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_again(bench, harness):
+    """Issue 4: factory reset while online reports the reset mapping (spec 5.3), then the board is back in
+    provisioning with no credentials."""
+    watcher = harness()
+    board = bench.add_board("vb-e2e-freset")
+    user_id, secret_key = "user-freset", str(uuid.uuid4())
+    full_sequence(bench, board, 1, user_id, secret_key)
+    board.wait_for_log(r"acknowledged", timeout=30)
+    mapping_topic = f"node/{board.node_id}/user/mapping"
+    assert watcher.payloads(mapping_topic) == [mapping_json(board.node_id, user_id, secret_key, reset=True)]
+    since = board.log_offset()
+    try:
+        out = board.exec("import rmnode.node as n\nprint('REPORTED', n.factory_reset())", timeout=30)
+    except BoardError as exc:  # factory_reset() ends in machine.reset(), which ends the REPL session too
+        assert "rebooted" in str(exc), exc
+        out = ""
+    assert "REPORTED False" not in out
+    payloads = watcher.wait_for_topic(mapping_topic, count=2, timeout=15)
+    assert payloads[1] == json.dumps({"node_id": board.node_id, "user_id": RESET_USER_ID,
+                                      "secret_key": RESET_SECRET_KEY, "reset": True},
+                                     separators=(",", ":")).encode()
+    board.wait_for_log(r"state: provisioning", since=since, timeout=20)
+    assert read_state(board) == {}
+    assert not port_closed(*board.softap)  # the provisioning service is back
