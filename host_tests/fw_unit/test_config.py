@@ -36,7 +36,7 @@ def test_no_factory_data_uses_mac_identity_and_defaults():
     equal(cfg.service_name, "PROV_1a2b3c", "service name")
     equal(cfg.sec_ver, 1, "sec_ver")
     equal(cfg.pop, "c41a2b3c", "MAC-derived PoP (spec 7.4)")
-    equal((cfg.prov_port, cfg.prov_linger_s), (80, 5), "settings defaults")
+    equal((cfg.prov_port, cfg.prov_linger_s), (80, 30), "settings defaults")
     equal((cfg.mqtt_host, cfg.mqtt_port, cfg.topic_prefix, cfg.cert_path), (None, 8883, "", None), "mqtt defaults")
 
 
@@ -84,7 +84,7 @@ def test_bad_files_and_values_fall_back():
         cfg = config.NodeConfig(MAC, _board(factory, '{"prov_port": 70000, "prov_linger_s": "soon"}'))
         equal(cfg.node_id, "240AC41A2B3C", "node id for %r" % factory)
         equal((cfg.sec_ver, cfg.pop, cfg.mqtt_port), (1, "c41a2b3c", 8883), "defaults for %r" % factory)
-        equal((cfg.prov_port, cfg.prov_linger_s), (80, 5), "settings defaults")
+        equal((cfg.prov_port, cfg.prov_linger_s), (80, 30), "settings defaults")
 
 
 def test_node_id_validation():
