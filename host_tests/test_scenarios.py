@@ -168,6 +168,7 @@ def test_poll_while_node_joins_wifi_is_requested_then_confirmed(bench):
     assert alice.mapping_status(request_id) == "requested"
     assert provisioner.wifi_status().state == "Connecting"  # so the poll above was mid-join
 
+    bench.stack.write_air()  # the network answers at its usual speed from now on (also after the reboot)
     assert provisioner.wait_for_wifi(bench.ssid).state == "Connected"
     outcome = alice.wait_for_mapping(request_id, poll_interval_s=0.1)
     assert outcome.status == "confirmed"
@@ -243,6 +244,7 @@ def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(ben
                                  bench.ssid, bench.passphrase)
         board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
         board.wait_for_log(r"node: joined \S+; credentials stored")
+        board.wait_for_log(r"mqtt: connecting to", timeout=20)  # in station mode, held at the TLS handshake
         request_id = alice.request_mapping(node_id, secret_key)
         assert alice.mapping_status(request_id) == "requested"
         assert not re.search(r"published \S+/user/mapping", board.read_log())
