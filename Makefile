@@ -16,10 +16,16 @@ SOFTAP  ?=
 PORT    ?=
 CLOUD_PORT ?=
 TIMEOUT ?=
+HOST    ?=
+POP     ?=
+SSID    ?=
+PASSPHRASE ?=
+CLOUD_URL ?=
+EMAIL   ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo vboard repl provision cloud sandbox bench espcli clean
+.PHONY: help setup test demo vboard repl deploy provision cloud sandbox bench espcli clean
 
 help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
@@ -62,6 +68,21 @@ vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, PORT, 
 
 repl: setup ## open a REPL on the board started by `make vboard` (BOARD)
 	$(RMKIT) repl --name $(BOARD)
+
+deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyUSB0 (real), as .mpy
+	$(RMKIT) deploy $(if $(PORT),--port $(PORT),--flash $(FLASH))
+
+provision: setup ## provision a node: HOST=ip:port POP= SSID= PASSPHRASE= [CLOUD_URL= EMAIL=, password in RMKIT_PASSWORD]
+	$(RMKIT) provision --host $(HOST) --pop "$(POP)" --ssid "$(SSID)" --passphrase "$(PASSPHRASE)" \
+	  $(if $(CLOUD_URL),--cloud-url $(CLOUD_URL) --email $(EMAIL),--user-id "$(USER_ID)")
+
+cloud: setup ## mosquitto (mutual TLS) + the local cloud with a test user, until Ctrl-C (CLOUD_PORT, TIMEOUT)
+	$(RMKIT) sandbox --no-board --workdir build/cloud $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT))
+
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (SOFTAP, CLOUD_PORT, TIMEOUT)
+	$(RMKIT) sandbox $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT))
 
 bench: setup ## benchmarks: crypto, provisioning handshake, memory
 	$(RMKIT) bench

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rmkit.factory",
     "rmkit.broker",
     "rmkit.cloud.cli",
+    "rmkit.bench",
 ]
 
 

@@ -32,27 +32,33 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     password = args.password or secrets.token_hex(6)
     with Stack(workdir, mapping_timeout=args.mapping_timeout, cloud_port=args.cloud_port, heap=args.heap) as stack:
         stack.add_user(SANDBOX_USER, password)
-        board = stack.add_board(args.board, softap=args.softap)
-        board.wait_for_log(r"state: provisioning", timeout=30)
-        host, port = board.softap
-        info = {"softap": f"{host}:{port}", "pop": board.pop, "sec": 1, "ssid": stack.ssid,
-                "passphrase": stack.passphrase, "cloud_url": stack.cloud.base_url, "user": SANDBOX_USER,
-                "password": password}
+        info = {"cloud_url": stack.cloud.base_url, "user": SANDBOX_USER, "password": password,
+                "broker": f"{stack.broker.host}:{stack.broker.port}", "ca": str(stack.pki.ca_pem),
+                "pki": str(stack.pki.directory)}
+        board = None
+        if not args.no_board:
+            board = stack.add_board(args.board, softap=args.softap)
+            board.wait_for_log(r"state: provisioning", timeout=30)
+            host, port = board.softap
+            info.update({"softap": f"{host}:{port}", "pop": board.pop, "sec": 1, "ssid": stack.ssid,
+                         "passphrase": stack.passphrase})
         print(f"sandbox ready (everything on this machine; logs in {workdir}):")
-        print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
-              f"PoP {board.pop}")
-        print(f"  serial      mpremote connect {board.url} resume repl")
-        print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
         print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
-        print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS, CA {stack.pki.ca_pem})")
-        print("  try:        rmkit provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
-              "                --cloud-url %s --email %s --password %s"
-              % (host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url, SANDBOX_USER, password))
+        print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS; PKI in {stack.pki.directory})")
+        if board is not None:
+            print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
+                  f"PoP {board.pop}")
+            print(f"  serial      mpremote connect {board.url} resume repl")
+            print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
+            print("  try:        rmkit provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
+                  "                --cloud-url %s --email %s --password %s"
+                  % (host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url, SANDBOX_USER,
+                     password))
         print("SANDBOX " + json.dumps(info), flush=True)
         print("Ctrl-C stops everything.", flush=True)
         try:
             while not stop.wait(0.5):
-                if not board.running:
+                if board is not None and not board.running:
                     print("sandbox: the board's MicroPython process is gone; see", board.serial_log, flush=True)
                     return 1
         except KeyboardInterrupt:
@@ -76,5 +82,6 @@ def register(subparsers) -> None:
     p.add_argument("--password", help="the test user's password (default: random, printed)")
     p.add_argument("--board", default="vb-sandbox", help="the board's name (its MAC and node id derive from it)")
     p.add_argument("--heap", default="110K", help="the board's MicroPython heap")
+    p.add_argument("--no-board", action="store_true", help="only the broker and the cloud (make cloud)")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where logs go (emptied first)")
     p.set_defaults(func=_cmd_sandbox)

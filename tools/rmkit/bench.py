@@ -1,0 +1,140 @@
+"""`rmkit bench` (make bench): benchmarks, not tests. Prints medians; nothing here asserts a time.
+
+1. provisioning on a virtual board: Security 1 handshake and cloud_user_assoc round trip as the client
+   sees them (proto-ver + prov-session + cloud_user_assoc), median of N sessions;
+2. the whole mapping flow (the demo's steps): elapsed time to node id, Connected, PUT, confirmed,
+   median of N runs, each on a fresh stack;
+3. the smallest virtual-board heap at which the whole flow still confirms (firmware as .mpy);
+4. the device-side Security 1 cost and the MQTT/TLS heap floor, from the firmware benches in host_tests/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from rmkit import REPO_ROOT
+from rmkit.flow import run_flow
+from rmkit.provision.client import Provisioner
+from rmkit.provision.transport import HttpTransport
+from rmkit.stack import Stack
+from rmkit.timeline import Timeline
+
+EMAIL, PASSWORD = "bench@example.com", "bench-password-1"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def bench_sessions(runs: int, heap: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp, Stack(Path(tmp), heap=heap) as stack:
+        board = stack.add_board("vb-bench")
+        board.wait_for_log(r"state: provisioning", timeout=30)
+        host, port = board.softap
+        handshake, assoc = [], []
+        for _ in range(runs):
+            with HttpTransport(host, port) as transport:
+                client = Provisioner(transport, sec=1, pop=board.pop)
+                client.proto_ver()
+                started = time.perf_counter()
+                client.start_session()
+                handshake.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                client.set_user_mapping("bench-user", str(uuid.uuid4()))
+                assoc.append(time.perf_counter() - started)
+        print(f"provisioning over HTTP, virtual board ({heap} heap), median of {runs} sessions:")
+        print(f"  Security 1 handshake (2 round trips)   {_ms(statistics.median(handshake))}"
+              f"  (min {_ms(min(handshake))}, max {_ms(max(handshake))})")
+        print(f"  cloud_user_assoc round trip (persisted) {_ms(statistics.median(assoc))}"
+              f"  (min {_ms(min(assoc))}, max {_ms(max(assoc))})")
+
+
+def _flow_once(heap: str, workdir: Path) -> dict:
+    with Stack(workdir, heap=heap) as stack:
+        stack.add_user(EMAIL, PASSWORD)
+        board = stack.add_board("vb-bench")
+        board.wait_for_log(r"state: provisioning", timeout=30)
+        host, port = board.softap
+        timeline = Timeline()
+        result = run_flow(host, port, board.pop, 1, stack.ssid, stack.passphrase, stack.cloud.base_url,
+                          EMAIL, PASSWORD, timeline)
+        marks = {"status": result.status}
+        for label, prefix in (("node id", "node_id "), ("Connected", "prov-config status: Connected"),
+                              ("PUT", "PUT user/nodes/mapping"), ("confirmed", "request_status: confirmed")):
+            event = timeline.first(prefix)
+            if event is not None:
+                marks[label] = event.t
+        return marks
+
+
+def bench_flow(runs: int, heap: str) -> None:
+    samples = []
+    for i in range(runs):
+        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
+            samples.append(_flow_once(heap, Path(tmp)))
+    confirmed = [s for s in samples if s["status"] == "confirmed"]
+    print(f"whole mapping flow (demo steps, {heap} heap), {len(confirmed)}/{runs} confirmed; "
+          f"median elapsed since login:")
+    for label in ("node id", "Connected", "PUT", "confirmed"):
+        values = [s[label] for s in confirmed if label in s]
+        if values:
+            print(f"  {label:<10} {statistics.median(values):6.3f} s  (min {min(values):.3f}, max {max(values):.3f})")
+
+
+def bench_heap_floor(low_kib: int = 64, high_kib: int = 256, step_kib: int = 8) -> None:
+    """Smallest heap (multiple of step) at which the flow confirms, by bisection."""
+    def works(kib: int) -> bool:
+        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
+            try:
+                return _flow_once(f"{kib}K", Path(tmp))["status"] == "confirmed"
+            except Exception:
+                return False
+
+    if not works(high_kib):
+        print(f"heap floor: the flow does not confirm even at {high_kib}K")
+        return
+    low, high = low_kib // step_kib, high_kib // step_kib  # in steps; high works
+    while high - low > 1:
+        mid = (low + high) // 2
+        if works(mid * step_kib):
+            high = mid
+        else:
+            low = mid
+    print(f"smallest virtual-board heap at which the whole flow confirms: {high * step_kib}K "
+          f"(fails at {low * step_kib}K; firmware as .mpy)")
+
+
+def run_firmware_benches() -> None:
+    env_py = sys.executable
+    micropython = str(Path(env_py).with_name("micropython"))
+    print("device-side Security 1 on the unix port (host_tests/fw_unit/bench_sec1.py):", flush=True)
+    subprocess.run([micropython, "host_tests/fw_unit/bench_sec1.py"], cwd=REPO_ROOT,
+                   env={"MICROPYPATH": "firmware:host_tests/fw_unit", "PATH": "/usr/bin:/bin"})
+    print("MQTT/TLS on the unix port (host_tests/bench_mqtt_heap.py):", flush=True)
+    subprocess.run([env_py, "host_tests/bench_mqtt_heap.py"], cwd=REPO_ROOT)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    bench_sessions(args.sessions, args.heap)
+    bench_flow(args.runs, args.heap)
+    if not args.quick:
+        bench_heap_floor()
+        run_firmware_benches()
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks: provisioning timings, flow timings, heap floor (make bench)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=20, help="provisioning sessions to time (default 20)")
+    p.add_argument("--runs", type=int, default=5, help="whole-flow runs to time (default 5)")
+    p.add_argument("--heap", default="110K", help="virtual board heap for the timings (default 110K)")
+    p.add_argument("--quick", action="store_true", help="timings only: skip the heap search and firmware benches")
+    p.set_defaults(func=_cmd_bench)
