@@ -37,9 +37,10 @@ def _require_user_namespaces() -> None:
                     "namespace for Espressif's CLI; install them")
     probe = subprocess.run(UNSHARE + ["ip", "link", "set", "lo", "up"], capture_output=True, text=True, timeout=20)
     if probe.returncode != 0:
-        pytest.fail("unprivileged user + network namespaces are unavailable here (`unshare -rn` failed: "
-                    f"{probe.stderr.strip()}); enable them (sysctl kernel.unprivileged_userns_clone=1 and "
-                    "user.max_user_namespaces > 0) to run Espressif's CLI against the stack")
+        pytest.fail("unprivileged user + network + pid namespaces are unavailable here (`%s` failed: %s); "
+                    "enable them (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0; in a "
+                    "container, allow unshare/mount of proc) to run Espressif's CLI against the stack"
+                    % (" ".join(UNSHARE), probe.stderr.strip() or f"exit {probe.returncode}"))
 
 
 def _processes_in_net_namespace(net_ns: str) -> list:
