@@ -2,8 +2,10 @@
 
 - `cloud_service`      CloudService in this process, REST only (fast; feed node publishes with
                        `cloud_service.mapping.ingest(node_id, payload)`).
-- `cloud_process_factory(**opts)` -> CloudProcess: `rmkit cloud serve` as a subprocess, its log in the
-                       test's artifacts dir (cloud.log), restartable; stopped at teardown.
+- `cloud_process_factory(**opts)` -> CloudProcess: `rmkit cloud serve` as a subprocess, restartable,
+                       stopped at teardown; its log (`.log_text()`) is copied to the test's artifacts
+                       dir (cloud.log) whenever it stops.
+- `cloud_process`     the same with defaults, REST only.
 - `cloud_broker`       mosquitto with mutual TLS from rmkit.broker, PKI in a temp dir (CloudBroker:
                        .broker, .pki, .pki_dir, .publish_mapping(node_id, payload, topic=None)).
 - `ApiClient(base_url)` small JSON client for the REST API (status + parsed body).
@@ -136,9 +138,11 @@ class CloudProcess:
     """`rmkit cloud serve` in a child process; the same port and database across restart()."""
 
     def __init__(self, db_path: Path, log_path: Path, mapping_timeout: float = 60.0, token_ttl: int = 3600,
-                 broker_port: Optional[int] = None, pki_dir: Optional[Path] = None):
+                 broker_port: Optional[int] = None, pki_dir: Optional[Path] = None,
+                 artifact_path: Optional[Path] = None):
         self.db_path = Path(db_path)
-        self.log_path = Path(log_path)
+        self.log_path = Path(log_path)  # live log, private to this test run
+        self.artifact_path = artifact_path  # where stop() copies it for the humans
         self.mapping_timeout = mapping_timeout
         self.token_ttl = token_ttl
         self.broker_port = broker_port
@@ -183,6 +187,9 @@ class CloudProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        finally:
+            if self.artifact_path is not None and self.log_path.exists():
+                shutil.copy(self.log_path, self.artifact_path)
 
     def restart(self) -> "CloudProcess":
         self.stop()
@@ -207,16 +214,16 @@ class CloudProcess:
 
 @pytest.fixture
 def cloud_process_factory(tmp_path, artifacts_dir):
-    """make(**CloudProcess options) -> started CloudProcess; logs go to <artifacts>/cloud.log."""
-    started, logs = [], set()
+    """make(**CloudProcess options) -> started CloudProcess; its log is copied to <artifacts>/<log name> at stop.
 
-    def make(**options) -> CloudProcess:
+    Give `log_name` to tell several processes of one test apart (default cloud.log).
+    """
+    started = []
+
+    def make(log_name: str = "cloud.log", **options) -> CloudProcess:
         options.setdefault("db_path", tmp_path / "cloud.db")
-        options.setdefault("log_path", artifacts_dir / "cloud.log")
-        log_path = Path(options["log_path"])
-        if log_path not in logs:  # a re-run of the test starts a fresh log; restarts append
-            logs.add(log_path)
-            log_path.write_text("")
+        options.setdefault("log_path", tmp_path / log_name)
+        options.setdefault("artifact_path", artifacts_dir / log_name)
         cloud = CloudProcess(**options)
         started.append(cloud)
         return cloud.start()
@@ -297,3 +304,9 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def cloud_process(cloud_process_factory):
+    """`rmkit cloud serve --no-mqtt` in a subprocess (60 s mapping timeout); see cloud_process_factory."""
+    return cloud_process_factory()

@@ -99,11 +99,11 @@ def test_restart_between_put_and_node_publish_still_confirms(cloud_process_facto
     assert "-> confirmed (node report)" in cloud.log_text()
 
 
-def test_two_instances_share_one_database_and_one_subscription(cloud_process_factory, cloud_broker, artifacts_dir):
+def test_two_instances_share_one_database_and_one_subscription(cloud_process_factory, cloud_broker):
     first = cloud_process_factory(broker_port=cloud_broker.port, pki_dir=cloud_broker.pki_dir,
-                                  log_path=artifacts_dir / "cloud-1.log")
+                                  log_name="cloud-1.log")
     second = cloud_process_factory(broker_port=cloud_broker.port, pki_dir=cloud_broker.pki_dir,
-                                   log_path=artifacts_dir / "cloud-2.log")
+                                   log_name="cloud-2.log")
     user_id = first.add_user("user@example.com")
     api_one, api_two = ApiClient(first.base_url), ApiClient(second.base_url)
     token = api_one.login("user@example.com")["accesstoken"]  # a token from one works on the other

@@ -145,6 +145,7 @@ class MappingService:
                         timedout.append(self._time_out(tx, req))
                     elif req.user_id == user_id and req.secret_key == secret_key and req.operation == "add":
                         confirmed.append(self._confirm(tx, req, now))
+        log.info("node %s reported a mapping for user %s%s", node_id, user_id, " (reset)" if reset else "")
         if removed:
             log.info("node %s reset: associations of %d user(s) removed (%s)", node_id, len(removed),
                      ", ".join(removed))

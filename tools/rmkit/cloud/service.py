@@ -79,7 +79,10 @@ class CloudService:
             self.subscriber = None
         if self._server is not None:
             self._stopping.set()
-            self._server.pull_trigger()  # wakes the poll loop at once
+            try:
+                self._server.pull_trigger()  # wakes the poll loop at once
+            except OSError:  # the loop has already ended (and closed the trigger)
+                pass
             if self._thread is not None:
                 self._thread.join(timeout=10)
             self._server = None
@@ -91,6 +94,9 @@ class CloudService:
         try:
             while not self._stopping.is_set():
                 wasyncore.loop(timeout=1.0, map=server._map, use_poll=True, count=1)
+        except Exception:
+            log.exception("HTTP server loop failed")
+            raise
         finally:
             server.task_dispatcher.shutdown()
             wasyncore.close_all(server._map)
