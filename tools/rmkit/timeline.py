@@ -96,10 +96,12 @@ def render_svg(events: list[Event], title: str = "User-node mapping") -> str:
         out.append(f"<text x='8' y='{y + 4}' {_FONT} font-size='11' fill='#666'>{event.t:.3f} s</text>")
         label = escape(event.text if len(event.text) <= 60 else event.text[:57] + "...")
         if event.source == event.target:
-            cx = x[event.source]
-            out.append(f"<rect x='{cx + 6}' y='{y - 12}' width='{min(_COL_W - 20, 7 * len(label) + 12)}' height='18' "
+            box_w = min(_COL_W - 20, 7 * len(event.text) + 12)
+            # a note sits right of its lifeline, except on the last one, where it would leave the picture
+            left = x[event.source] + 6 if event.source != ACTORS[-1] else x[event.source] - 6 - box_w
+            out.append(f"<rect x='{left}' y='{y - 12}' width='{box_w}' height='18' "
                        "fill='#fff8c4' stroke='#c9b600'/>")
-            out.append(f"<text x='{cx + 12}' y='{y + 1}' {_FONT} font-size='11'>{label}</text>")
+            out.append(f"<text x='{left + 6}' y='{y + 1}' {_FONT} font-size='11'>{label}</text>")
             continue
         x1, x2 = x[event.source], x[event.target]
         out.append(f"<line x1='{x1}' y1='{y}' x2='{x2}' y2='{y}' stroke='#333' marker-end='url(#arrow)'/>")
