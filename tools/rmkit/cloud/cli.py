@@ -72,7 +72,7 @@ def _add_user(args) -> int:
         raise UserError(str(exc)) from None
     finally:
         storage.close()
-    print(f"cloud: user {args.email} added, user_id {user_id}")
+    print(f"cloud: user {args.email.lower()} added, user_id {user_id}")  # user names are case-insensitive
     return 0
 
 
