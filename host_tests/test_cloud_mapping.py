@@ -180,6 +180,15 @@ def test_repeated_identical_publishes_are_harmless(flow):
     assert flow.nodes() == [NODE]
 
 
+def test_republish_with_reset_of_the_same_run_keeps_the_new_association(flow):
+    request_id = flow.client_requests("key-1")
+    flow.node_publishes("key-1")
+    again = flow.node_publishes("key-1", reset=True)  # same provisioning run, reset flag now set
+    assert again.duplicate and again.removed_users == []
+    assert flow.status(request_id) == "confirmed"
+    assert flow.nodes() == [NODE]
+
+
 def test_second_client_request_for_same_node_publish_also_confirms(flow):
     flow.node_publishes("key-1")
     first, second = flow.client_requests("key-1"), flow.client_requests("key-1")

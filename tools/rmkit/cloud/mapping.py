@@ -131,9 +131,10 @@ class MappingService:
         dummy = user_id == RESET_USER_ID
         confirmed, timedout, removed = [], [], []
         with self.storage.transaction() as tx:
-            # A QoS1 redelivery or a re-publish of the same provisioning run (same secret_key) must not
-            # run `reset` again: that would drop the association its first copy just confirmed.
-            if not dummy and tx.has_node_report(node_id, user_id, secret_key, reset):
+            # A QoS1 redelivery or a re-publish of the same provisioning run (same user and secret_key,
+            # with or without `reset`) must not run `reset` again: that would drop the association its
+            # first copy just confirmed.
+            if not dummy and tx.has_node_report(node_id, user_id, secret_key):
                 return ReportOutcome(node_id, True, [], [], [])
             if reset or dummy:
                 removed = tx.remove_node_users(node_id)

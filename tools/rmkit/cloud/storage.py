@@ -171,7 +171,7 @@ class StorageTx(abc.ABC):
     @abc.abstractmethod
     def node_reports_since(self, node_id: str, since: float) -> list[NodeReport]: ...
     @abc.abstractmethod
-    def has_node_report(self, node_id: str, user_id: str, secret_key: str, reset: bool) -> bool: ...
+    def has_node_report(self, node_id: str, user_id: str, secret_key: str) -> bool: ...
     @abc.abstractmethod
     def prune_node_reports(self, before: float) -> int: ...
 
@@ -319,10 +319,10 @@ class SqliteTx(StorageTx):
             "WHERE node_id=? AND received>=? ORDER BY received", (node_id, since))
         return [NodeReport(r[0], r[1], r[2], r[3], bool(r[4]), r[5]) for r in rows]
 
-    def has_node_report(self, node_id, user_id, secret_key, reset):
+    def has_node_report(self, node_id, user_id, secret_key):
         return self._db.execute(
-            "SELECT 1 FROM node_reports WHERE node_id=? AND user_id=? AND secret_key=? AND reset=?",
-            (node_id, user_id, secret_key, int(reset))).fetchone() is not None
+            "SELECT 1 FROM node_reports WHERE node_id=? AND user_id=? AND secret_key=?",
+            (node_id, user_id, secret_key)).fetchone() is not None
 
     def prune_node_reports(self, before):
         return self._db.execute("DELETE FROM node_reports WHERE received<?", (before,)).rowcount
