@@ -1,15 +1,21 @@
-"""Runs INSIDE a private user + network + pid namespace (`unshare -rn -p -f -m --mount-proc`): the sandbox
-with its node at 192.168.4.1:80 (the ESP32 SoftAP default, on this namespace's loopback only), then
-Espressif's unmodified esp-rainmaker-cli against it (issue 6 acceptance 1).
+"""Runs INSIDE a private user + network + mount + pid namespace (`unshare -rn -p -f -m --mount-proc`): the
+sandbox with its node at 192.168.4.1:80 (the ESP32 SoftAP default, on this namespace's loopback only),
+then Espressif's unmodified esp-rainmaker-cli against it (issue 6 acceptance 1).
 
-Usage: e2e_netns_driver.py OUT_DIR RMKIT ESPCLI [extra sandbox args...]
+Usage: e2e_netns_driver.py OUT_DIR --repo REPO --espcli ESPCLI [--heap 512K]
+
+The sandbox is started as a user would: `make sandbox SOFTAP=192.168.4.1:80` in REPO, with a private
+REPO/build bind-mounted from OUT_DIR so a developer's own sandbox or demo files are never touched.
+`--heap` (a local memory investigation only) runs `rmkit sandbox --heap` directly instead, as the
+Makefile has no heap knob.
 
 Writes OUT_DIR/report.json: the namespace's net inode, the SANDBOX info (minus secrets), each CLI
-command's argv/exit code/stdout/stderr, whether the sandbox stopped on SIGTERM and which processes were
-left in the namespace afterwards. Progress goes to stderr. Everything it starts is stopped before it
-exits; being the namespace's pid 1, its exit also kills anything that would have been left.
+command's argv/exit code/stdout/stderr, whether the sandbox stopped by itself on SIGTERM and which
+processes were left in the namespace afterwards. Progress goes to stderr. Everything it starts is
+stopped before it exits; being the namespace's pid 1, its exit also kills anything that would remain.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -35,11 +41,23 @@ def setup_network():
     subprocess.run(["ip", "addr", "add", SOFTAP_IP + "/32", "dev", "lo"], check=True)
 
 
-def start_sandbox(rmkit, out, extra):
-    argv = [rmkit, "sandbox", "--softap", SOFTAP, "--workdir", str(out / "sandbox")] + extra
+def start_sandbox(repo, out, heap):
+    if heap:
+        argv = [str(repo / ".venv" / "bin" / "rmkit"), "sandbox", "--softap", SOFTAP, "--heap", heap,
+                "--workdir", str(out / "build" / "sandbox")]
+    else:
+        # the sandbox writes REPO/build/sandbox (emptied first): give this namespace its own build/
+        private_build = out / "build"
+        private_build.mkdir(parents=True, exist_ok=True)
+        (repo / "build").mkdir(exist_ok=True)
+        subprocess.run(["mount", "--bind", str(private_build), str(repo / "build")], check=True)
+        # -o: never reinstall the venv in here (no network); `make test` ran setup already
+        argv = ["make", "-s", "-C", str(repo), "-o", ".venv/.installed", "sandbox", "SOFTAP=" + SOFTAP]
     say("starting " + " ".join(argv))
-    log = open(out / "sandbox.out", "w")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+    log = open(out / "sandbox.stderr", "w")
+    # the boards' runtime files (pty links, compiled simulator modules) private to this run as well
+    env = dict(os.environ, RMKIT_RUNTIME_DIR=str(out / "run"))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1, env=env)
     return proc, log
 
 
@@ -86,21 +104,19 @@ def run_cli(espcli, env, args, out, stdin_text="", timeout=CLI_TIMEOUT_S):
     return result
 
 
-def stop_sandbox(proc, log):
-    """SIGTERM, as Ctrl-C would; True if it ended by itself within 30 s."""
-    if proc.poll() is not None:
-        log.close()
-        return proc.returncode == 0
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-        clean = proc.returncode == 0
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        clean = False
+def stop_sandbox(proc, log, stdout_file):
+    """SIGTERM to the sandbox (make passes it on to `rmkit sandbox`); True if the sandbox said it stopped
+    everything (its "sandbox: stopped" line) within 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     log.close()
-    return clean
+    time.sleep(0.2)  # the stdout pump's last lines
+    return "sandbox: stopped" in Path(stdout_file).read_text()
 
 
 def reap_orphans():
@@ -136,19 +152,26 @@ def namespace_processes():
 
 
 def main():
-    out = Path(sys.argv[1])
-    rmkit, espcli = sys.argv[2], sys.argv[3]
-    extra = sys.argv[4:]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--espcli", required=True)
+    parser.add_argument("--heap")
+    args = parser.parse_args()
+    out, espcli = args.out, args.espcli
     out.mkdir(parents=True, exist_ok=True)
     report = {"net_ns": os.readlink("/proc/self/ns/net"), "pid": os.getpid(), "commands": {}}
     # pid 1 of a pid namespace ignores signals it has no handler for: make SIGTERM end the run cleanly
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     setup_network()
-    sandbox, sandbox_log = start_sandbox(rmkit, out, extra)
+    stdout_file = out / "sandbox.stdout"
+    sandbox, sandbox_log = start_sandbox(args.repo, out, args.heap)
     try:
-        info = wait_for_sandbox_line(sandbox, out / "sandbox.stdout")
+        info = wait_for_sandbox_line(sandbox, stdout_file)
         if info is None:
-            report["error"] = "no SANDBOX line within %d s (sandbox exit %s)" % (SANDBOX_READY_S, sandbox.poll())
+            code = sandbox.poll()
+            report["error"] = ("sandbox exited with status %s before its SANDBOX line" % code if code is not None
+                               else "no SANDBOX line within %d s" % SANDBOX_READY_S) + "; see sandbox.stderr"
             return
         report["sandbox"] = {k: v for k, v in info.items() if k not in ("password", "pop", "passphrase")}
         home = out / "espcli"
@@ -172,8 +195,7 @@ def main():
         commands["getnodes"] = run_cli(espcli, env, ["getnodes"], out)
     finally:
         report["sandbox_alive_before_stop"] = sandbox.poll() is None
-        report["sandbox_stopped_cleanly"] = stop_sandbox(sandbox, sandbox_log)
-        time.sleep(0.2)
+        report["sandbox_stopped_cleanly"] = stop_sandbox(sandbox, sandbox_log, stdout_file)
         report["zombies_seen"] = [p for p in namespace_processes() if p["state"] == "Z"]
         report["orphans_reaped"] = reap_orphans()
         report["leftovers"] = namespace_processes()

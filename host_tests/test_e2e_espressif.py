@@ -1,11 +1,11 @@
 """Espressif's unmodified esp-rainmaker-cli 1.14.1 against our whole stack (issue 6 acceptance 1, issue 3's
 Espressif acceptance): inside a private user + network namespace where 192.168.4.1 (the ESP32 SoftAP
-default its softap transport hard-codes) lives on loopback, `rmkit sandbox --softap 192.168.4.1:80`
-(what `make sandbox SOFTAP=192.168.4.1:80` runs) serves a virtual board, mosquitto and the local cloud;
+default its softap transport hard-codes) lives on loopback, `make sandbox SOFTAP=192.168.4.1:80` (with a
+private build/ mounted over the repo's) serves a virtual board, mosquitto and the local cloud;
 the CLI logs in to the printed cloud URL with the printed user through a custom profile, provisions the
 node over SoftAP with Security 1 and its PoP, sees the node added to the account, and `getnodes` lists it.
 
-The namespace also has its own pid space (host_tests/e2e_netns_driver.py is its init), so whatever the
+The namespace also has its own mount and pid space (host_tests/e2e_netns_driver.py is its init), so whatever the
 run leaves behind dies with the driver; the test still checks that nothing was left.
 """
 
@@ -23,7 +23,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ESPCLI = REPO_ROOT / ".venv-espcli" / "bin" / "esp-rainmaker-cli"
-RMKIT = Path(sys.executable).parent / "rmkit"
 DRIVER = Path(__file__).resolve().parent / "e2e_netns_driver.py"
 UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount", "--mount-proc",
            "--kill-child"]
@@ -56,8 +55,8 @@ def _processes_in_net_namespace(net_ns: str) -> list:
 
 
 def _copy_logs(out: Path, artifacts: Path) -> None:
-    for path in [*out.glob("*.log"), *out.glob("*.out"), *out.glob("*.stdout"), out / "report.json",
-                 *(out / "sandbox").glob("*.log"), out / "sandbox" / "broker" / "mosquitto.log"]:
+    for path in [*out.glob("*.log"), *out.glob("sandbox.std*"), out / "report.json",
+                 *(out / "build" / "sandbox").glob("*.log"), out / "build" / "sandbox" / "broker" / "mosquitto.log"]:
         if path.is_file():
             shutil.copy(path, artifacts / path.name)
 
@@ -66,11 +65,14 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
     if not ESPCLI.exists():
         pytest.fail(f"{ESPCLI} is missing: run `make espcli` (make test does) to install esp-rainmaker-cli 1.14.1")
     _require_user_namespaces()
+    for old in artifacts_dir.iterdir():  # this test's own folder: no file from an earlier run may mislead
+        if old.is_file():
+            old.unlink()
     out = tmp_path / "netns"
     extra = []
     if os.environ.get("RMKIT_TEST_HEAP"):  # a local investigation only, as in fixtures_stack
         extra = ["--heap", os.environ["RMKIT_TEST_HEAP"]]
-    argv = UNSHARE + [sys.executable, str(DRIVER), str(out), str(RMKIT), str(ESPCLI)] + extra
+    argv = UNSHARE + [sys.executable, str(DRIVER), str(out), "--repo", str(REPO_ROOT), "--espcli", str(ESPCLI)] + extra
     driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:
@@ -101,7 +103,7 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
     assert "error" not in report, report["error"] + "\n" + driver_output
     assert report["sandbox"]["softap"] == "192.168.4.1:80"  # the ESP32 SoftAP default, inside the namespace
     assert report["sandbox_alive_before_stop"], "the sandbox died during the run; see sandbox.out"
-    assert report["sandbox_stopped_cleanly"], "the sandbox did not stop with exit 0 on SIGTERM; see sandbox.out"
+    assert report["sandbox_stopped_cleanly"], "the sandbox did not say it stopped on SIGTERM; see sandbox.stdout"
 
     commands = report["commands"]
     # the CLI's exit codes are unreliable (esp-rainmaker-cli.md section 4): assert on its own texts
@@ -110,7 +112,7 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
         assert "[ERROR]" not in run["stdout"] + run["stderr"], f"{name}:\n{run['stdout']}{run['stderr']}"
     assert "Login successful!" in commands["login"]["stdout"]
     provision = commands["provision"]["stdout"]
-    serial = "".join(p.read_text(errors="replace") for p in (out / "sandbox").glob("vb-*.log"))
+    serial = "".join(p.read_text(errors="replace") for p in (out / "build" / "sandbox").glob("vb-*.log"))
     node_ids = re.findall(r"node id (\w+)", serial)
     assert node_ids, "no node id in the board's serial log (vb-*.log in the artifacts)"
     node_id = node_ids[0]
