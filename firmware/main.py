@@ -1,5 +1,6 @@
 """Entry point on the board: build the node from its flash and run it until reset."""
 
+import gc
 import sys
 
 try:
@@ -9,6 +10,11 @@ except ImportError:
 
 from rmnode import log
 from rmnode.node import Node
+
+# Collect after every 4 KiB allocated instead of only when the heap is full: the X25519 and TLS
+# work leaves short-lived garbage between long-lived objects, and a heap that is only collected
+# when exhausted ends up with ~35 KB free in pieces of under 1 KB (measured with mem_info(1)).
+gc.threshold(4096)
 
 try:
     asyncio.run(Node().run())

@@ -108,8 +108,10 @@ class Node:
 
     async def _provision(self):
         """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
+        gc.collect()  # load the provisioning code into an unfragmented heap
         from rmnode.http import ProvHttpServer
         from rmnode.prov import Provisioning
+        gc.collect()
 
         cfg = self.config
         self.wifi.ap_up(cfg.service_name)
