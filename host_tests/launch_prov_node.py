@@ -8,6 +8,7 @@ The air knows the networks in FLASH_DIR/air.json ({"ssid": "passphrase", ...}); 
 CONNECTING for two status reads, then GOT_IP, WRONG_PASSWORD or NO_AP_FOUND.
 """
 
+import gc
 import json
 import sys
 
@@ -27,6 +28,9 @@ from rmnode.http import ProvHttpServer
 from rmnode.prov import Provisioning
 from rmnode.store import Store
 from rmnode.wifi import Wifi
+
+if hasattr(gc, "threshold"):  # MicroPython only
+    gc.threshold(4096)  # as firmware/main.py does: collect early so the heap does not fragment
 
 FLASH = sys.argv[3]
 

@@ -29,7 +29,11 @@ def _uptime_ms():
 
 def _emit(severity, tag, msg):
     if severity <= level:
-        print("%s (%d) %s: %s" % (_LETTERS[severity], _uptime_ms(), tag, msg))
+        try:
+            print("%s (%d) %s: %s" % (_LETTERS[severity], _uptime_ms(), tag, msg))
+        except MemoryError:
+            # a log line must never be what takes the node down; say so without allocating
+            print("log: line dropped (out of memory)")
 
 
 def debug(tag, msg):

@@ -242,6 +242,9 @@ async def _factory_reset(root, timeout_ms):
 def factory_reset(root="/", timeout_ms=_RESET_TIMEOUT_MS, reboot=True):
     """Factory reset from the REPL or a script: report it to the cloud if the node can get online
     within `timeout_ms`, erase Wi-Fi credentials and mapping state, then reboot into provisioning."""
+    # MicroPython keeps one task queue: without a new loop, the tasks of a main.py that Ctrl-C
+    # interrupted would run again here (and its MQTT client would fight ours for the session)
+    asyncio.new_event_loop()
     reported = asyncio.run(_factory_reset(root, timeout_ms))
     if reboot:
         _reboot()

@@ -96,7 +96,7 @@ class Wifi:
         self._joining = True
         self._details = None
         self._set_reconnects(self._join_retries)
-        log.info(_TAG, "joining %r" % (self._ssid,))  # never the passphrase
+        log.info(_TAG, "joining %s" % (_text(self._ssid),))  # never the passphrase
         # str where possible: the usual form for WLAN.connect (the ESP32 port takes bytes too)
         ssid, passphrase = _text(ssid), _text(passphrase)
         if bssid:
