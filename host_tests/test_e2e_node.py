@@ -182,9 +182,9 @@ def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_pu
     client.start_session()
     assert client.set_user_mapping(user_id, secret_key) == board.node_id
     client.transport.close()
+    since = board.log_offset()  # before the cut: the new boot may reach provisioning before power_cut returns
     board.power_cut()
     assert read_state(board) == {"pending_mapping": {"user_id": user_id, "secret_key": secret_key, "reset": True}}
-    since = board.log_offset()
     board.wait_for_log(r"state: provisioning", since=since, timeout=20)
     # the client comes back for Wi-Fi only (no second cloud_user_assoc)
     again = bench.provisioner(board)
