@@ -33,20 +33,26 @@ def _serve(args) -> int:
             raise UserError("give --broker-port (and --pki) for the MQTT side, or --no-mqtt")
         if not Path(args.pki).is_dir():
             raise UserError(f"no PKI at {args.pki}: run `rmkit pki init` first, or pass --pki DIR")
+        if args.session_expiry < 0 or args.session_expiry > 0xFFFFFFFF:
+            raise UserError(f"--session-expiry {args.session_expiry} is out of range (0 .. 4294967295 s)")
+        if args.client_id is not None and not 0 < len(args.client_id.encode()) <= 65535:
+            raise UserError(f"--client-id {args.client_id!r} must be 1 to 65535 bytes")
         mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
-                                     share_group=None if args.no_shared_subscription else "rmkit-cloud")
+                                     share_group=None if args.no_shared_subscription else "rmkit-cloud",
+                                     client_id=args.client_id, session_expiry_s=args.session_expiry)
     service = CloudService(args.db, host=args.host, port=args.port, mapping_timeout=args.mapping_timeout,
                            token_ttl=args.token_ttl, mqtt=mqtt)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         service.start()
-    except ConnectionError as exc:
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # broker unreachable, no free session slot
         raise UserError(str(exc)) from None
     except OSError as exc:  # bind failed. No pre-check: a restart must reuse a port left in TIME_WAIT
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
     print(f"cloud: listening on {service.base_url} (REST under /v1/), db {args.db}"
-          + (f", broker {args.broker_host}:{args.broker_port}" if mqtt else ", no MQTT"), flush=True)
+          + (f", broker {args.broker_host}:{args.broker_port} as {service.client_id}" if mqtt else ", no MQTT"),
+          flush=True)
     try:
         while not stop.wait(0.5):
             pass
@@ -123,6 +129,16 @@ def register(subparsers) -> None:
                        help=f"PKI directory with the CA and the 'cloud' client identity (default {DEFAULT_PKI})")
     serve.add_argument("--no-shared-subscription", action="store_true",
                        help="subscribe plainly instead of $share/rmkit-cloud/... (every instance sees every publish)")
+    serve.add_argument("--client-id", metavar="ID",
+                       help="MQTT client id = the name of the cloud's persistent session at the broker, which "
+                       "queues node publishes while the cloud is down. Default: rmkit-cloud-<id stored in the "
+                       "database>-<slot>, where the slot is the lowest one free among instances sharing --db, "
+                       "so a restart resumes its session and parallel instances never share one. Give each "
+                       "instance its own id if you set it")
+    serve.add_argument("--session-expiry", type=int, default=7 * 24 * 3600, metavar="S",
+                       help="seconds the broker keeps the session and its queued publishes after the cloud "
+                       "disconnects (default 604800 = 7 days; 0 = no persistent session, publishes sent "
+                       "while the cloud is down are lost)")
     serve.add_argument("--no-mqtt", action="store_true", help="REST only, no broker connection")
     serve.set_defaults(func=_serve)
 

@@ -5,6 +5,14 @@ plain form as a *shared* subscription so several cloud processes can consume one
 goes to one of them; they share the database, so any of them can decide), and reconnects by itself (paho's loop
 with exponential backoff). Both topic forms are consumed: `node/<id>/user/mapping` and the
 basic-ingest form `$aws/rules/esp_user_node_mapping/node/<id>/user/mapping`.
+
+Nothing is lost while the cloud is down: a node forgets its pending mapping as soon as the broker
+acknowledges its QoS 1 publish, so the cloud keeps a *persistent* MQTT 5 session (clean_start=False,
+a session expiry, a stable client id, QoS 1 subscriptions) and the broker queues the publishes for
+it until it reconnects. Each publish is acknowledged to the broker only after MappingService has
+committed it (manual acks): a crash before the commit leaves it unacknowledged, and the broker
+delivers it again (DUP) on the next connect. Measured on mosquitto 2.0.11: an offline persistent
+member of a `$share` group still gets its round-robin turn, queued until it returns.
 """
 
 from __future__ import annotations
@@ -12,12 +20,13 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from rmkit.cloud.mapping import MappingService
 
@@ -27,6 +36,11 @@ MAPPING_SUFFIX = "user/mapping"
 BASIC_INGEST_PREFIX = "$aws/rules/esp_user_node_mapping/"  # spec 5.2
 TOPIC_FILTERS = ("node/+/" + MAPPING_SUFFIX, BASIC_INGEST_PREFIX + "node/+/" + MAPPING_SUFFIX)
 MAX_PAYLOAD = 1024  # the firmware's buffer is 200 bytes (spec 5.3); anything far bigger is not a mapping
+# How long the broker keeps the session (and queues publishes) of a cloud that stays away. Long enough
+# for a weekend outage; finite so that the session of an instance that never comes back (scale-down,
+# a deleted deployment) does not hold messages forever (spec-free choice, see MqttSettings).
+DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
+RETRY_DELAYS_S = (0.5, 1, 2, 5)  # between attempts to apply a publish the storage refused; then every 5 s
 
 
 @dataclass
@@ -39,7 +53,10 @@ class MqttSettings:
     cert_pem: Path
     key_pem: Path
     share_group: Optional[str] = "rmkit-cloud"  # None: plain subscriptions (every instance gets every publish)
-    client_id: str = field(default_factory=lambda: "cloud-" + uuid.uuid4().hex[:12])
+    # The MQTT client id names the broker-side session. None: CloudService derives a stable one per
+    # deployment and instance (see rmkit.cloud.service.session_client_id); a given one is used as is.
+    client_id: Optional[str] = None
+    session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S  # 0: no persistent session (publishes while down are lost)
     keepalive_s: int = 30
 
     @classmethod
@@ -72,15 +89,25 @@ def node_id_from_topic(topic: str) -> Optional[str]:
 
 
 class MappingSubscriber:
-    """paho client feeding MappingService.ingest; start() returns once subscribed (or raises)."""
+    """paho client feeding MappingService.ingest; start() returns once subscribed (or raises).
 
-    def __init__(self, settings: MqttSettings, mapping: MappingService):
+    `client_id` overrides settings.client_id (CloudService passes the derived one); one of them is needed.
+    """
+
+    def __init__(self, settings: MqttSettings, mapping: MappingService, client_id: Optional[str] = None):
         self.settings = settings
         self.mapping = mapping
+        self.client_id = client_id or settings.client_id
+        if not self.client_id:
+            raise ValueError("MappingSubscriber needs a client id (the name of the broker-side session)")
         self._subscribed = threading.Event()
+        self._stopping = threading.Event()
         self._connect_error: Optional[str] = None
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
+        self.session_present: Optional[bool] = None  # of the latest connect: did the broker keep our session?
+        # MQTT 5 (not 3.1.1) for the session expiry: a 3.1.1 persistent session lives until the broker
+        # forgets it. manual_ack: paho would send the PUBACK after on_message even when applying failed.
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.ca_pem))
         context.load_cert_chain(str(settings.cert_pem), str(settings.key_pem))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -93,7 +120,13 @@ class MappingSubscriber:
         self._client = client
 
     def start(self, timeout: float = 10.0) -> None:
-        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
+        self._stopping.clear()
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        # clean_start=False on *every* connect: paho's default (MQTT_CLEAN_START_FIRST_ONLY) would
+        # discard on the first connect exactly the session that queued publishes while we were down
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s,
+                                   clean_start=self.settings.session_expiry_s == 0, properties=properties)
         self._client.loop_start()
         if not self._subscribed.wait(timeout):
             self.stop()
@@ -101,6 +134,8 @@ class MappingSubscriber:
                                   f" within {timeout:.0f} s ({self._connect_error or 'no answer'})")
 
     def stop(self) -> None:
+        """Disconnect; the broker keeps the session (and queues) for session_expiry_s."""
+        self._stopping.set()  # ends a retry loop in _on_message; its publish stays unacknowledged
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -115,9 +150,12 @@ class MappingSubscriber:
             self._connect_error = str(reason_code)
             log.warning("broker refused the cloud's connection: %s", reason_code)
             return
-        log.info("connected to broker %s:%d as %s", self.settings.host, self.settings.port,
-                 self.settings.client_id)
-        # subscribe on every (re)connect: the session is clean
+        self.session_present = bool(flags.session_present)
+        log.info("connected to broker %s:%d as %s (%s)", self.settings.host, self.settings.port, self.client_id,
+                 "resumed session" if self.session_present else "new session")
+        # Subscribe on every connect: the broker may have lost the session (restart without persistence,
+        # expiry). Re-subscribing an existing subscription only replaces it; QoS 1 so that publishes
+        # are queued for us and redelivered until acknowledged.
         client.subscribe([(topic, 1) for topic in self.settings.filters()])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
@@ -130,19 +168,40 @@ class MappingSubscriber:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._subscribed.clear()
-        if reason_code.is_failure:
+        if reason_code == "Session taken over":
+            # another process connected with our client id: two instances derived the same id (a
+            # copied database?) or --client-id was given twice. They would keep kicking each other out.
+            log.error("broker handed session %s to another connection: give each cloud instance its own "
+                      "--client-id", self.client_id)
+        elif reason_code.is_failure:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message):
+        if self._apply(message):
+            # only now: the report (and any confirmation) is committed, so the broker may forget it
+            client.ack(message.mid, message.qos)
+
+    def _apply(self, message) -> bool:
+        """True once the publish is committed or deliberately dropped; False if we are stopping first."""
         node_id = node_id_from_topic(message.topic)
         if node_id is None:
             log.warning("dropped publish on unexpected topic %r", message.topic)
-            return
+            return True
         if len(message.payload) > MAX_PAYLOAD:
             log.warning("dropped mapping publish for node %r: payload of %d bytes", node_id,
                         len(message.payload))
-            return
-        try:
-            self.mapping.ingest(node_id, message.payload)
-        except Exception:  # a database hiccup must not kill paho's thread
-            log.exception("mapping publish for node %r not applied", node_id)
+            return True
+        attempt = 0
+        while True:
+            try:
+                self.mapping.ingest(node_id, message.payload)  # bad payloads are logged and dropped inside
+                return True
+            except Exception:  # storage refused (locked, disk full): keep the publish, never ack it unapplied
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                log.exception("mapping publish for node %r not applied yet; retrying in %.1f s", node_id, delay)
+                attempt += 1
+            # Waiting here holds paho's thread: later publishes stay queued at the broker, in order.
+            if self._stopping.wait(delay):
+                log.warning("stopping with node %r's mapping publish unapplied; the broker redelivers it "
+                            "on the next connect", node_id)
+                return False

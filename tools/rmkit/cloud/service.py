@@ -1,8 +1,29 @@
-"""CloudService: the whole local cloud in one object (storage, REST API on waitress, MQTT subscriber)."""
+"""CloudService: the whole local cloud in one object (storage, REST API on waitress, MQTT subscriber).
+
+The MQTT client id names the cloud's persistent session at the broker (rmkit.cloud.mqtt), so it must
+be the same after a restart of the same deployment and differ between instances running together:
+
+- the deployment part is a random id stored once in the database (meta `mqtt_deployment_id`): it moves
+  with the data, and two deployments on one broker never collide even if their files share a path;
+- the instance part is a *slot*: the lowest n for which this process holds the lock file
+  `<db>.mqtt-slot-<n>.lock` (flock, released by the kernel even on SIGKILL). One instance always gets
+  slot 0; two instances sharing one database (scale-out; SQLite in WAL mode means one host, so a
+  lock file next to it is seen by all of them) get 0 and 1, and a restarted instance takes the free
+  slot back with its queued publishes.
+
+Multi-instance caveat (measured on mosquitto 2.0.11): `$share` delivery is round-robin over every
+member *including offline persistent ones*, so while instance 1 is down, every other publish waits in
+its session until a process takes slot 1 again. If the deployment shrinks for good, what was queued
+for the missing slot is lost when its session expires (MqttSettings.session_expiry_s); start an
+instance on that database once more (it takes the slot) to drain it. `--client-id` overrides all this.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import secrets
 import threading
 from pathlib import Path
 from typing import Optional
@@ -17,6 +38,50 @@ from rmkit.cloud.mqtt import MappingSubscriber, MqttSettings
 from rmkit.cloud.storage import Storage, open_storage
 
 log = logging.getLogger("rmkit.cloud")
+
+DEPLOYMENT_ID_KEY = "mqtt_deployment_id"
+CLIENT_ID_PREFIX = "rmkit-cloud-"
+MAX_SLOTS = 64  # more instances than this on one database is surely a leak of lock files or processes
+
+
+def deployment_id(storage: Storage) -> str:
+    """This database's deployment id, created on first use (also by two instances starting together)."""
+    with storage.transaction() as tx:  # BEGIN IMMEDIATE: the second starter reads the first one's value
+        value = tx.get_meta(DEPLOYMENT_ID_KEY)
+        if value is None:
+            value = secrets.token_hex(6)
+            tx.set_meta(DEPLOYMENT_ID_KEY, value)
+    return value
+
+
+class SessionSlot:
+    """An exclusive flock on `<db>.mqtt-slot-<n>.lock`, held while the instance runs; release() frees it."""
+
+    def __init__(self, db_path: Path, max_slots: int = MAX_SLOTS):
+        self.number: Optional[int] = None
+        self._fd: Optional[int] = None
+        for n in range(max_slots):
+            path = db_path.with_name(f"{db_path.name}.mqtt-slot-{n}.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                # flock, not lockf: POSIX locks belong to the process, so two services in one process
+                # (tests) would both "get" slot 0, and closing any descriptor would drop them
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.number, self._fd = n, fd
+            return
+        raise RuntimeError(f"all {max_slots} MQTT session slots of {db_path} are taken by running instances")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the flock; the file stays so the slot keeps its number
+            self._fd = None
+
+
+def session_client_id(storage: Storage, slot: int) -> str:
+    return f"{CLIENT_ID_PREFIX}{deployment_id(storage)}-{slot}"
 
 
 class CloudService:
@@ -36,6 +101,7 @@ class CloudService:
         self._threads = threads
         self._mqtt_settings = mqtt
         self.subscriber: Optional[MappingSubscriber] = None
+        self._slot: Optional[SessionSlot] = None
         self._server = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
@@ -65,18 +131,37 @@ class CloudService:
         log.info("REST API on %s/v1/ (mapping timeout %.0f s, db %s)", self.base_url,
                  self.mapping.timeout_s, getattr(self.storage, "path", "?"))
         if self._mqtt_settings is not None:
-            self.subscriber = MappingSubscriber(self._mqtt_settings, self.mapping)
             try:
+                self.subscriber = MappingSubscriber(self._mqtt_settings, self.mapping, self._client_id())
                 self.subscriber.start()
             except Exception:
                 self.stop()
                 raise
         return self
 
+    def _client_id(self) -> str:
+        """The given client id, else the deployment's id plus the slot this instance holds."""
+        if self._mqtt_settings.client_id:
+            return self._mqtt_settings.client_id
+        db_path = getattr(self.storage, "path", None)
+        if db_path is None:
+            raise ValueError("this storage has no local file to hold an MQTT session slot: give a client id "
+                             "(--client-id) per instance")
+        self._slot = SessionSlot(Path(db_path))
+        return session_client_id(self.storage, self._slot.number)
+
+    @property
+    def client_id(self) -> Optional[str]:
+        """The MQTT client id (the broker-side session's name) while subscribed, else None."""
+        return self.subscriber.client_id if self.subscriber is not None else None
+
     def stop(self) -> None:
         if self.subscriber is not None:
             self.subscriber.stop()
             self.subscriber = None
+        if self._slot is not None:  # only after the subscriber is gone: the next holder resumes its session
+            self._slot.release()
+            self._slot = None
         if self._server is not None:
             self._stopping.set()
             try:
