@@ -12,6 +12,7 @@ Mode "reset": once connected, press the factory-reset "button" (Online.request_f
 the reset callback clears state.json and exits, as a reboot into provisioning would.
 """
 
+import gc
 import os
 import sys
 
@@ -20,6 +21,11 @@ if ".frozen" not in sys.path:
     sys.path.append(".frozen")
 
 import asyncio
+
+# As firmware/main.py does before the node loads mqtt/online: collect after every 4 KiB allocated, so
+# the TLS handshake's short-lived garbage does not fragment the heap (measured with mem_info(1)).
+if hasattr(gc, "threshold"):  # MicroPython only
+    gc.threshold(4096)
 
 from rmnode import log, mqtt, online
 from rmnode.config import NodeConfig
