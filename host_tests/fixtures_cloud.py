@@ -2,12 +2,13 @@
 
 - `cloud_service`      CloudService in this process, REST only (fast; feed node publishes with
                        `cloud_service.mapping.ingest(node_id, payload)`).
-- `cloud_process_factory(**opts)` -> CloudProcess: `rmkit cloud serve` as a subprocess, restartable,
-                       stopped at teardown; its log (`.log_text()`) is copied to the test's artifacts
+- `cloud_process_factory(**opts)` -> CloudProcess: `rmkit cloud serve` as a subprocess, restartable
+                       (also after kill(), a SIGKILL crash), stopped at teardown; its log (`.log_text()`) is copied to the test's artifacts
                        dir (cloud.log) whenever it stops.
 - `cloud_process`     the same with defaults, REST only.
 - `cloud_broker`       mosquitto with mutual TLS from rmkit.broker, PKI in a temp dir (CloudBroker:
-                       .broker, .pki, .pki_dir, .publish_mapping(node_id, payload, topic=None)).
+                       .broker, .pki, .pki_dir, .publish_mapping(node_id, payload, topic=None),
+                       .sent_to(client_id) = the PUBLISH packets mosquitto logged sending to a client).
 - `ApiClient(base_url)` small JSON client for the REST API (status + parsed body).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -139,7 +141,7 @@ class CloudProcess:
 
     def __init__(self, db_path: Path, log_path: Path, mapping_timeout: float = 60.0, token_ttl: int = 3600,
                  broker_port: Optional[int] = None, pki_dir: Optional[Path] = None,
-                 artifact_path: Optional[Path] = None):
+                 artifact_path: Optional[Path] = None, extra_args: tuple = ()):
         self.db_path = Path(db_path)
         self.log_path = Path(log_path)  # live log, private to this test run
         self.artifact_path = artifact_path  # where stop() copies it for the humans
@@ -147,6 +149,7 @@ class CloudProcess:
         self.token_ttl = token_ttl
         self.broker_port = broker_port
         self.pki_dir = pki_dir
+        self.extra_args = tuple(extra_args)  # more `cloud serve` options, e.g. ("--client-id", "x")
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
 
@@ -161,7 +164,7 @@ class CloudProcess:
             cmd.append("--no-mqtt")
         else:
             cmd += ["--broker-port", str(self.broker_port), "--pki", str(self.pki_dir)]
-        return cmd
+        return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 15.0) -> "CloudProcess":
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -190,6 +193,21 @@ class CloudProcess:
         finally:
             if self.artifact_path is not None and self.log_path.exists():
                 shutil.copy(self.log_path, self.artifact_path)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean MQTT DISCONNECT, nothing flushed or acknowledged on the way out."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+        if self.artifact_path is not None and self.log_path.exists():
+            shutil.copy(self.log_path, self.artifact_path)
+
+    @property
+    def client_id(self) -> Optional[str]:
+        """The MQTT client id the latest start printed (`... as <id>`), None without MQTT."""
+        found = re.findall(r"cloud: listening on .* as (\S+)", self.log_text())
+        return found[-1] if found else None
 
     def restart(self) -> "CloudProcess":
         self.stop()
@@ -277,6 +295,10 @@ class CloudBroker:
         finally:
             client.disconnect()
             client.loop_stop()
+
+    def sent_to(self, client_id: str) -> list:
+        """mosquitto's log lines for PUBLISH packets it sent to `client_id` (log_type all), oldest first."""
+        return [line for line in self.broker.log_text().splitlines() if f"Sending PUBLISH to {client_id} (" in line]
 
     def stop(self) -> None:
         self.broker.stop()
