@@ -24,8 +24,8 @@ def test_remaining_length_boundaries():
 def test_connect_packet_exact_bytes():
     equal(mqtt.connect_packet("node1", 120),
           bytes.fromhex("1011" "00044d515454" "04" "02" "0078" "0005") + b"node1", "CONNECT")
-    packet = mqtt.connect_packet("n", 60, clean_session=False, username="u")
-    equal(packet, bytes.fromhex("101000044d5154540480003c00016e000175"), "CONNECT with user name")
+    packet = mqtt.connect_packet("n", 60, clean_session=False)
+    equal(packet, bytes.fromhex("100d00044d5154540400003c00016e"), "CONNECT keeping the session")
     raises(ValueError, mqtt.connect_packet, "n", 70000)
 
 
@@ -48,7 +48,12 @@ def test_small_packets():
     equal(mqtt.puback_packet(0x1234), b"\x40\x02\x12\x34", "PUBACK")
     equal(mqtt.PINGREQ_PACKET, b"\xc0\x00", "PINGREQ")
     equal(mqtt.DISCONNECT_PACKET, b"\xe0\x00", "DISCONNECT")
-    equal(mqtt.subscribe_packet(5, "a", 1), bytes.fromhex("820600050001" "61" "01"), "SUBSCRIBE")
+
+
+def test_resend_sets_dup_in_place():
+    packet = mqtt.publish_packet("a/b", b"hi", 1, 258)
+    packet[0] |= 8  # what the client does before a resend after reconnect (§4.4)
+    equal(packet, mqtt.publish_packet("a/b", b"hi", 1, 258, dup=True), "DUP resend")
 
 
 def test_long_payload_uses_multibyte_length():
@@ -88,9 +93,9 @@ def test_read_packet_splits_a_stream():
     stream = b"\x20\x02\x00\x00" + b"\x40\x02\x00\x07" + b"\xd0\x00" + mqtt.publish_packet("x/y", b"z" * 130, 1, 9)
     packets = _read_all(stream)
     equal([p[0] for p in packets], [0x20, 0x40, 0xD0, 0x32], "types")
-    equal(mqtt.parse_connack(packets[0][1]), (False, 0), "CONNACK")
+    equal(mqtt.parse_connack(packets[0][1]), False, "CONNACK")
     equal(mqtt.parse_packet_id(packets[1][1]), 7, "PUBACK id")
-    equal(mqtt.parse_publish(packets[3][0], packets[3][1]), ("x/y", b"z" * 130, 1, 9), "PUBLISH")
+    equal(packets[3][1], b"\x00\x03x/y\x00\x09" + b"z" * 130, "PUBLISH body (2-byte length)")
 
 
 def test_read_packet_rejects_malformed_input():
@@ -101,9 +106,11 @@ def test_read_packet_rejects_malformed_input():
 
 
 def test_connect_refused_names_the_reason():
-    error = mqtt.ConnectRefused(5)
-    check("not authorized" in str(error), str(error))
-    equal(error.return_code, 5, "code")
+    error = raises(mqtt.MQTTError, mqtt.parse_connack, b"\x00\x05")
+    check("return code 5 (not authorized)" in str(error), str(error))
+    error = raises(mqtt.MQTTError, mqtt.parse_connack, b"\x00\x09")
+    check("return code 9 (?)" in str(error), str(error))
+    equal(mqtt.parse_connack(b"\x01\x00"), True, "session present")
 
 
 def test_backoff_grows_with_jitter_up_to_the_cap():
