@@ -36,20 +36,16 @@ class MappingError(ValueError):
 
 
 def json_string(value):
-    """A JSON string literal, identical on MicroPython and CPython (non-ASCII kept as UTF-8)."""
-    out = ['"']
+    """A JSON string literal, identical on MicroPython and CPython (non-ASCII kept as UTF-8).
+
+    The usual value (no quote, backslash or control character) costs one new string.
+    """
+    value = value.replace("\\", "\\\\").replace('"', '\\"')  # no copy when there is nothing to escape
     for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif code < 0x20:
-            out.append("\\u%04x" % code)
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+        if ch < " ":  # rare: rebuild with \u escapes
+            value = "".join("\\u%04x" % ord(ch) if ch < " " else ch for ch in value)
+            break
+    return '"%s"' % value
 
 
 def mapping_payload(node_id, user_id, secret_key, reset=False):
@@ -57,11 +53,8 @@ def mapping_payload(node_id, user_id, secret_key, reset=False):
 
     Built by hand: MicroPython's dict order and json.dumps separators differ from CPython's.
     """
-    text = '{"node_id":%s,"user_id":%s,"secret_key":%s' % (json_string(node_id), json_string(user_id),
-                                                            json_string(secret_key))
-    if reset:
-        text += ',"reset":true'
-    return text + "}"
+    return '{"node_id":%s,"user_id":%s,"secret_key":%s%s}' % (
+        json_string(node_id), json_string(user_id), json_string(secret_key), ',"reset":true' if reset else "")
 
 
 def reset_payload(node_id):

@@ -23,18 +23,7 @@ from rmnode.mapping import MappingState, json_string, reset_payload
 
 _TAG = "online"
 
-CONFIG_VERSION = "2020-03-20"  # spec 5.4
-BASIC_INGEST_PREFIX = "$aws/rules/"
-# spec 5.2: the basic-ingest rule of each topic suffix
-_RULES = {
-    "user/mapping": "esp_user_node_mapping",
-    "config": "esp_node_config",
-    "params/local": "esp_set_params",
-    "params/local/init": "esp_init_params",
-    "alert": "esp_node_alert",
-}
-
-DEFAULT_RESET_TIMEOUT_MS = 5000
+_BASIC_INGEST = "$aws/rules/"
 
 
 class OnlineConfigError(ValueError):
@@ -42,68 +31,72 @@ class OnlineConfigError(ValueError):
 
 
 def topic(prefix, node_id, suffix):
-    """The publish topic of `suffix` (spec 5.2).
+    """The publish topic of `suffix`, "config" or "user/mapping" (spec 5.2).
 
     prefix "" gives `node/<id>/<suffix>`; any prefix starting with "$aws/rules/" (for example
     "$aws/rules/esp_user_node_mapping/") selects RainMaker's basic-ingest form, where each message
     kind has its own rule: `$aws/rules/<rule>/node/<id>/<suffix>`. Other prefixes are prepended as is.
     """
     path = "node/%s/%s" % (node_id, suffix)
-    if prefix.startswith(BASIC_INGEST_PREFIX):
-        return "%s%s/%s" % (BASIC_INGEST_PREFIX, _RULES[suffix], path)
+    if prefix.startswith(_BASIC_INGEST):
+        # spec 5.2: the basic-ingest rule of each topic suffix the node publishes on
+        rule = {"config": "esp_node_config", "user/mapping": "esp_user_node_mapping"}[suffix]
+        return "%s%s/%s" % (_BASIC_INGEST, rule, path)
     return prefix + path
 
 
 def node_config(node_id, name="rmnode", node_type="Other", fw_version=VERSION, platform=None):
-    """Minimal RainMaker node config (spec 5.4), compact, keys in Espressif's order."""
-    if platform is None:
-        platform = sys.platform
-    return ('{"node_id":%s,"config_version":%s,"info":{"name":%s,"fw_version":%s,"type":%s,"platform":%s},'
-            '"devices":[]}' % (json_string(node_id), json_string(CONFIG_VERSION), json_string(name),
-                               json_string(fw_version), json_string(node_type), json_string(platform)))
+    """Minimal RainMaker node config (spec 5.4, config_version 2020-03-20), compact, keys in Espressif's order."""
+    return ('{"node_id":%s,"config_version":"2020-03-20","info":{"name":%s,"fw_version":%s,"type":%s,'
+            '"platform":%s},"devices":[]}' % (json_string(node_id), json_string(name), json_string(fw_version),
+                                              json_string(node_type), json_string(platform or sys.platform)))
 
 
 class Online:
-    """Runs the online sequence over an MQTTClient; `run()` is a task for the node's whole online life."""
+    """Runs the online sequence over an MQTTClient; `run()` is a task for the node's whole online life.
+
+    node_info (optional keys name, type, fw_version, platform) goes into the node config.
+    """
 
     def __init__(self, client, mapping_state, node_id, topic_prefix="", node_info=None, on_factory_reset=None,
-                 reset_timeout_ms=DEFAULT_RESET_TIMEOUT_MS):
+                 reset_timeout_ms=5000):
         self.client = client
         self.mapping = mapping_state
         self.node_id = node_id
-        self.topic_prefix = topic_prefix or ""
         self.node_info = node_info or {}
         self.on_factory_reset = on_factory_reset  # callable(reported: bool): erase state, reboot
         self.reset_timeout_ms = reset_timeout_ms
-        self.config_topic = topic(self.topic_prefix, node_id, "config")
-        self.mapping_topic = topic(self.topic_prefix, node_id, "user/mapping")
+        self.config_topic = topic(topic_prefix or "", node_id, "config")
+        self.mapping_topic = topic(topic_prefix or "", node_id, "user/mapping")
         self._wake = asyncio.Event()
         # a button handler may run outside the event loop (scheduled IRQ on the board)
         self._reset_flag = asyncio.ThreadSafeFlag() if hasattr(asyncio, "ThreadSafeFlag") else asyncio.Event()
-        self._reset_running = False
-        self._tasks = []
         client.on_connect = self._wake.set
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def run(self):
         """Start the MQTT client and report on every connect; runs until cancelled."""
-        self._tasks = [asyncio.create_task(self.client.run()), asyncio.create_task(self._reset_watcher())]
+        tasks = (asyncio.create_task(self.client.run()), asyncio.create_task(self._reset_watcher()))
         try:
             await self._report_loop()
         finally:
-            for task in self._tasks:
+            for task in tasks:
                 task.cancel()
 
     async def report_once(self):
         """Wait for a connection, publish config then the pending mapping; True if a mapping was acked."""
-        await self.client.wait_connected()
-        await self.client.publish(self.config_topic, self._config_payload())
+        client = self.client
+        await client.wait_connected()
+        info = self.node_info
+        await client.publish(self.config_topic, node_config(
+            self.node_id, info.get("name", "rmnode"), info.get("type", "Other"), info.get("fw_version", VERSION),
+            info.get("platform")))
         log.info(_TAG, "config reported")
         entry = self.mapping.pending()
         if entry is None:
             return False
-        await self.client.publish(self.mapping_topic, self.mapping.payload(self.node_id, entry))
+        await client.publish(self.mapping_topic, self.mapping.payload(self.node_id, entry))
         self.mapping.acknowledged(entry)
         return True
 
@@ -122,16 +115,16 @@ class Online:
 
         Returns True if the cloud acknowledged the report. Never raises on network errors.
         """
-        timeout_ms = self.reset_timeout_ms if timeout_ms is None else timeout_ms
         reported = False
         if self.client.connected:
             log.info(_TAG, "factory reset: reporting to the cloud")
             try:
-                await self.client.publish(self.mapping_topic, reset_payload(self.node_id), timeout_ms=timeout_ms)
+                await self.client.publish(self.mapping_topic, reset_payload(self.node_id),
+                                          timeout_ms=self.reset_timeout_ms if timeout_ms is None else timeout_ms)
                 reported = True
                 log.info(_TAG, "factory reset reported")
             except Exception as exc:
-                log.warning(_TAG, "factory reset not reported: %s" % mqtt._describe(exc))
+                log.warning(_TAG, "factory reset not reported: " + mqtt._describe(exc))
         else:
             log.warning(_TAG, "factory reset while offline: the cloud is not told")
         self.mapping.erase()
@@ -145,27 +138,21 @@ class Online:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _config_payload(self):
-        info = self.node_info
-        return node_config(self.node_id, info.get("name", "rmnode"), info.get("type", "Other"),
-                           info.get("fw_version", VERSION), info.get("platform"))
-
     async def _report_loop(self):
+        client = self.client
         seen_connects = 0
         while True:
             self._wake.clear()
             try:
-                if self.client.connected and self.client.connects != seen_connects:
-                    seen_connects = self.client.connects
+                if client.connected and (client.connects != seen_connects or self.mapping.pending() is not None):
+                    seen_connects = client.connects
                     await self.report_once()  # config on every connect (spec 5.4), then the mapping
-                elif self.client.connected and self.mapping.pending() is not None:
-                    await self.report_once()
                 elif not self._wake.is_set():
                     await self._wake.wait()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the node never crashes on a failed report; the next connect retries
-                log.error(_TAG, "report failed: %s" % mqtt._describe(exc))
+                log.error(_TAG, "report failed: " + mqtt._describe(exc))
                 await mqtt.sleep_ms(1000)
 
 
@@ -176,15 +163,15 @@ def build(node_config, store, is_network_up=None, on_factory_reset=None):
     mqtt_connect_timeout_ms (20000), node_name ("rmnode"), node_type ("Other").
     """
     settings = node_config.settings
-    if not node_config.cert_path or not node_config.key_path or not node_config.ca_path:
+    cert, key, ca = node_config.cert_path, node_config.key_path, node_config.ca_path
+    if not cert or not key or not ca:
         raise OnlineConfigError("factory data has no client certificate, key and CA (cert/key/ca)")
     host = node_config.mqtt_host or "localhost"
     backoff = settings.get("mqtt_backoff_ms") or (1000, 60000)
     try:
-        ssl_context = mqtt.make_ssl_context(node_config.cert_path, node_config.key_path, node_config.ca_path)
+        ssl_context = mqtt.make_ssl_context(cert, key, ca)
     except (OSError, ValueError) as exc:  # missing file, or PEM/garbage where DER is expected
-        raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (
-            node_config.cert_path, node_config.key_path, node_config.ca_path, mqtt._describe(exc)))
+        raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (cert, key, ca, mqtt._describe(exc)))
     client = mqtt.MQTTClient(
         node_config.node_id, host, node_config.mqtt_port, ssl_context=ssl_context,
         server_hostname=host, keepalive_s=settings.get("mqtt_keepalive_s", 120), is_network_up=is_network_up,
