@@ -22,6 +22,8 @@ SSID    ?=
 PASSPHRASE ?=
 CLOUD_URL ?=
 EMAIL   ?=
+WORKDIR ?=
+HEAP    ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -80,9 +82,9 @@ cloud: setup ## mosquitto (mutual TLS) + the local cloud with a test user, until
 	$(RMKIT) sandbox --no-board --workdir build/cloud $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT))
 
-sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (SOFTAP, CLOUD_PORT, TIMEOUT)
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
 	$(RMKIT) sandbox $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
-	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT))
+	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP))
 
 bench: setup ## benchmarks: crypto, provisioning handshake, memory
 	$(RMKIT) bench

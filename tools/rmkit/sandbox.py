@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -17,6 +18,7 @@ import threading
 from pathlib import Path
 
 from rmkit import REPO_ROOT
+from rmkit.errors import UserError
 from rmkit.stack import Stack
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
@@ -25,8 +27,31 @@ SANDBOX_USER = "sandbox@example.com"
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
+    lock = workdir.with_name(workdir.name + ".pid")
+    if lock.exists() and _alive(lock):
+        raise UserError(f"a sandbox is already running in {workdir} (pid {lock.read_text().strip()}); "
+                        "stop it, or give another --workdir (make sandbox WORKDIR=...)")
     if workdir.exists():
         shutil.rmtree(workdir)
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(str(os.getpid()))
+    try:
+        return _run_sandbox(args, workdir)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(lock: Path) -> bool:
+    try:
+        os.kill(int(lock.read_text().strip()), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     password = args.password or secrets.token_hex(6)

