@@ -268,3 +268,18 @@ def test_shared_group_member_that_is_down_gets_its_share_when_back(cloud_process
         poll_status(api, token, request_id, "confirmed")
     assert second.log_text()[offset:].count("-> confirmed (node report)") >= 1
     assert sorted(api.nodes(token)) == nodes
+
+
+def test_two_instances_given_one_client_id_say_so(tmp_path, cloud_broker, caplog):
+    caplog.set_level(logging.INFO, logger="rmkit.cloud")
+    settings = cloud_broker.mqtt_settings(client_id="same-cloud")
+    first = CloudService(tmp_path / "cloud.db", port=0, mqtt=settings).start()
+    try:
+        second = CloudService(tmp_path / "cloud.db", port=0, mqtt=settings).start()
+        try:
+            wait_until(lambda: "keeps dropping session same-cloud" in caplog.text, timeout=20,
+                       what="the session takeover to be logged")
+        finally:
+            second.stop()
+    finally:
+        first.stop()

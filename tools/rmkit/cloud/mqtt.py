@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,6 +41,8 @@ MAX_PAYLOAD = 1024  # the firmware's buffer is 200 bytes (spec 5.3); anything fa
 # for a weekend outage; finite so that the session of an instance that never comes back (scale-down,
 # a deleted deployment) does not hold messages forever (spec-free choice, see MqttSettings).
 DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
+QUICK_DROP_S = 5.0  # a connection that ends sooner than this after CONNACK counts as a quick drop
+QUICK_DROPS_TO_WARN = 3
 RETRY_DELAYS_S = (0.5, 1, 2, 5)  # between attempts to apply a publish the storage refused; then every 5 s
 
 
@@ -104,6 +107,8 @@ class MappingSubscriber:
         self._stopping = threading.Event()
         self._connect_error: Optional[str] = None
         self.session_present: Optional[bool] = None  # of the latest connect: did the broker keep our session?
+        self._connected_at = 0.0
+        self._quick_drops = 0
         # MQTT 5 (not 3.1.1) for the session expiry: a 3.1.1 persistent session lives until the broker
         # forgets it. manual_ack: paho would send the PUBACK after on_message even when applying failed.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -151,6 +156,7 @@ class MappingSubscriber:
             log.warning("broker refused the cloud's connection: %s", reason_code)
             return
         self.session_present = bool(flags.session_present)
+        self._connected_at = time.monotonic()
         log.info("connected to broker %s:%d as %s (%s)", self.settings.host, self.settings.port, self.client_id,
                  "resumed session" if self.session_present else "new session")
         # Subscribe on every connect: the broker may have lost the session (restart without persistence,
@@ -168,13 +174,18 @@ class MappingSubscriber:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._subscribed.clear()
-        if reason_code == "Session taken over":
-            # another process connected with our client id: two instances derived the same id (a
-            # copied database?) or --client-id was given twice. They would keep kicking each other out.
-            log.error("broker handed session %s to another connection: give each cloud instance its own "
-                      "--client-id", self.client_id)
-        elif reason_code.is_failure:
+        if reason_code.is_failure:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
+        # Two connections with one client id kick each other out, each reconnecting a second later
+        # (--client-id given twice, or a copied database). mosquitto 2.0.11 just closes the older
+        # socket (measured: no DISCONNECT "Session taken over" reaches paho), so notice the pattern.
+        if self._connected_at and time.monotonic() - self._connected_at < QUICK_DROP_S:
+            self._quick_drops += 1
+        else:
+            self._quick_drops = 0
+        if reason_code == "Session taken over" or self._quick_drops == QUICK_DROPS_TO_WARN:
+            log.error("broker keeps dropping session %s right after connecting: is another process using "
+                      "this client id? give each cloud instance its own --client-id", self.client_id)
 
     def _on_message(self, client, userdata, message):
         if self._apply(message):
