@@ -224,3 +224,29 @@ def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_
     board.wait_for_log(r"state: provisioning", since=since, timeout=20)
     assert read_state(board) == {}
     assert accepts(*board.softap)  # the provisioning service is back
+
+
+def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then_publishes(bench, harness):
+    """Issue 4: the broker is down when the node comes online; the node retries with growing delays
+    (exponential backoff with jitter) and publishes the mapping once the broker is back."""
+    board = bench.add_board("vb-e2e-nobroker")
+    user_id, secret_key = "user-nobroker", str(uuid.uuid4())
+    bench.stack.broker.stop()
+    since = board.log_offset()
+    client = full_sequence(bench, board, 1, user_id, secret_key)
+    client.transport.close()
+    delays = []
+    for _ in range(3):
+        match = board.wait_for_log(r"connect failed: [^\n]*; retry in (\d+) ms", since=since, timeout=20)
+        delays.append(int(match.group(1)))
+        since = match.end()
+    # with equal jitter the n-th wait lies in [d/2, d] for d = first * 2**n: the third exceeds the first
+    assert delays[2] > delays[0], delays
+    assert read_state(board)["pending_mapping"]["user_id"] == user_id  # nothing lost meanwhile
+    bench.stack.broker.start()
+    watcher = harness()
+    mapping_topic = f"node/{board.node_id}/user/mapping"
+    assert watcher.wait_for_topic(mapping_topic, timeout=30) == [
+        mapping_json(board.node_id, user_id, secret_key, reset=True)]
+    board.wait_for_log(r"acknowledged", since=since, timeout=10)
+    assert "pending_mapping" not in read_state(board)
