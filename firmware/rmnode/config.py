@@ -146,6 +146,19 @@ class NodeConfig:
         self.pop = self._pop()
         self.prov_port = self._int(self.settings, "prov_port", _DEFAULT_PROV_PORT, 1, 65535, "settings")
         self.prov_linger_s = self._int(self.settings, "prov_linger_s", _DEFAULT_PROV_LINGER_S, 0, 3600, "settings")
+        # MQTT settings (online.build): checked here so a bad value costs one log line, not a boot loop
+        st = self.settings
+        self.mqtt_keepalive_s = self._int(st, "mqtt_keepalive_s", 120, 10, 65535, "settings")
+        self.mqtt_connect_timeout_ms = self._int(st, "mqtt_connect_timeout_ms", 20000, 1000, 600000, "settings")
+        backoff = st.get("mqtt_backoff_ms", None)
+        if backoff is not None and not (isinstance(backoff, list) and len(backoff) == 2
+                                        and all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 3600000
+                                                for v in backoff) and backoff[0] <= backoff[1]):
+            log.warning(_TAG, "settings mqtt_backoff_ms must be [first, cap] in ms, using [1000, 60000]")
+            backoff = None
+        self.mqtt_backoff_ms = tuple(backoff) if backoff else (1000, 60000)
+        self.node_name = self._str(st, "node_name", "rmnode")
+        self.node_type = self._str(st, "node_type", "Other")
         self.node_id, self.node_id_source = self._node_id()
         # spec 7.4: PROV_ + last three MAC bytes, lower-case hex
         self.service_name = "PROV_" + "".join("%02x" % b for b in self.mac[3:])
@@ -176,9 +189,16 @@ class NodeConfig:
             return default
         return value
 
+    def _str(self, source, key, default):
+        value = source.get(key, default)
+        if not isinstance(value, str) or not 0 < len(value) <= 64:
+            log.warning(_TAG, "settings %s must be a string of 1..64 characters, using %r" % (key, default))
+            return default
+        return value
+
     def _sec_ver(self):
         value = self.factory.get("sec_ver", 1)
-        if value not in (0, 1) or isinstance(value, bool):
+        if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1):
             # Security 2 (SRP6a 3072-bit) is too slow in pure MicroPython (notes 3): not offered.
             log.warning(_TAG, "factory sec_ver=%r not supported, using Security 1" % (value,))
             return 1

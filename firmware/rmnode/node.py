@@ -13,6 +13,7 @@ except ImportError:
 
 import gc
 import sys
+from binascii import hexlify, unhexlify
 
 import rmnode
 from rmnode import VERSION, log
@@ -55,6 +56,30 @@ def _text(value):
     return value.decode() if isinstance(value, (bytes, bytearray)) else value
 
 
+def _shown(ssid):
+    """An SSID for a log line: text when it is UTF-8, else its hex."""
+    try:
+        return bytes(ssid).decode()
+    except UnicodeError:
+        return hexlify(bytes(ssid)).decode()
+
+
+def _to_flash(value):
+    """bytes -> a JSON value: the text when it is UTF-8 (readable state.json), else hex with a marker."""
+    try:
+        return bytes(value).decode()
+    except UnicodeError:
+        return {"hex": hexlify(bytes(value)).decode()}
+
+
+def _from_flash(value):
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict) and isinstance(value.get("hex"), str):
+        return unhexlify(value["hex"])
+    raise ValueError("not a stored byte string")
+
+
 class Node:
     """One node. `root` is where the board's flash is mounted ("/" on a board)."""
 
@@ -87,8 +112,8 @@ class Node:
             self.reboot()
             return
         else:
-            self._enter("connecting", credentials["ssid"])
-            self.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
+            self._enter("connecting", _shown(credentials[0]))
+            self.wifi.connect(credentials[0], credentials[1])
         keeper = asyncio.create_task(self._keep_station_up())
         try:
             await self._go_online()
@@ -96,12 +121,17 @@ class Node:
             keeper.cancel()
 
     def _stored_credentials(self):
+        """(ssid, passphrase) as bytes from flash, or None (none stored, or malformed: provision again)."""
         wifi = self.state_store.get(WIFI_KEY)
-        if isinstance(wifi, dict) and isinstance(wifi.get("ssid"), str) and wifi["ssid"] \
-                and isinstance(wifi.get("passphrase"), str):
-            return wifi
-        if wifi is not None:
-            log.warning(_TAG, "stored Wi-Fi credentials are malformed, provisioning again")
+        if wifi is None:
+            return None
+        try:
+            ssid, passphrase = _from_flash(wifi["ssid"]), _from_flash(wifi["passphrase"])
+            if ssid:
+                return ssid, passphrase
+        except (KeyError, TypeError, ValueError):
+            pass
+        log.warning(_TAG, "stored Wi-Fi credentials are malformed, provisioning again")
         return None
 
     # -- provisioning ------------------------------------------------------------------------------
@@ -146,8 +176,8 @@ class Node:
             self.online.mapping_changed()
 
     def _on_wifi_config_applied(self, ssid, passphrase):
-        self._joining = (_text(ssid), _text(passphrase))
-        self._enter("connecting", self._joining[0])
+        self._joining = (bytes(ssid), bytes(passphrase))  # SSIDs need not be UTF-8: kept as bytes
+        self._enter("connecting", _shown(ssid))
 
     def _on_prov_reset(self):
         self._joining = None
@@ -158,8 +188,8 @@ class Node:
             return False
         if self.state_store.get(WIFI_KEY) is None:
             ssid, passphrase = self._joining
-            self.state_store.set(WIFI_KEY, {"ssid": ssid, "passphrase": passphrase})
-            log.info(_TAG, "joined %s; credentials stored" % ssid)
+            self.state_store.set(WIFI_KEY, {"ssid": _to_flash(ssid), "passphrase": _to_flash(passphrase)})
+            log.info(_TAG, "joined %s; credentials stored" % _shown(ssid))
         return True
 
     # -- station -----------------------------------------------------------------------------------
@@ -177,9 +207,9 @@ class Node:
                 credentials = self._stored_credentials()
                 if credentials is None:
                     continue
-                log.info(_TAG, "station down; rejoining %s in %d ms" % (credentials["ssid"], delay))
+                log.info(_TAG, "station down; rejoining %s in %d ms" % (_shown(credentials[0]), delay))
                 await asyncio.sleep(delay / 1000)
-                self.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
+                self.wifi.connect(credentials[0], credentials[1])
                 delay = min(delay * 2, _REJOIN_CAP_MS)
 
     # -- online ------------------------------------------------------------------------------------
@@ -190,7 +220,7 @@ class Node:
         try:
             self.online = online_seq.build(self.config, self.state_store, is_network_up=self.wifi.is_connected,
                                            on_factory_reset=self._erase_and_reboot)
-        except online_seq.OnlineConfigError as exc:
+        except Exception as exc:  # OnlineConfigError, or a bug: either way no boot loop, nothing lost
             log.error(_TAG, "cannot go online: %s; the pending mapping stays stored" % exc)
             while True:
                 await asyncio.sleep(3600)
@@ -221,7 +251,7 @@ async def _factory_reset(root, timeout_ms):
     reported = False
     credentials = node._stored_credentials()
     if credentials is not None:
-        node.wifi.connect(credentials["ssid"].encode(), credentials["passphrase"].encode())
+        node.wifi.connect(credentials[0], credentials[1])
         try:
             node.online = online_seq.build(node.config, node.state_store, is_network_up=node.wifi.is_connected)
         except online_seq.OnlineConfigError as exc:

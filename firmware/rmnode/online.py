@@ -159,22 +159,21 @@ class Online:
 def build(node_config, store, is_network_up=None, on_factory_reset=None):
     """An Online with its MQTTClient from a rmnode.config.NodeConfig (factory data + settings).
 
-    settings keys (all optional): mqtt_keepalive_s (120), mqtt_backoff_ms ([1000, 60000]),
-    mqtt_connect_timeout_ms (20000), node_name ("rmnode"), node_type ("Other").
+    The MQTT settings (mqtt_keepalive_s, mqtt_backoff_ms, mqtt_connect_timeout_ms, node_name,
+    node_type) are read and checked by NodeConfig.
     """
-    settings = node_config.settings
-    cert, key, ca = node_config.cert_path, node_config.key_path, node_config.ca_path
+    cfg = node_config
+    cert, key, ca = cfg.cert_path, cfg.key_path, cfg.ca_path
     if not cert or not key or not ca:
         raise OnlineConfigError("factory data has no client certificate, key and CA (cert/key/ca)")
-    host = node_config.mqtt_host or "localhost"
-    backoff = settings.get("mqtt_backoff_ms") or (1000, 60000)
+    host = cfg.mqtt_host or "localhost"
     try:
         ssl_context = mqtt.make_ssl_context(cert, key, ca)
     except (OSError, ValueError) as exc:  # missing file, or PEM/garbage where DER is expected
         raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (cert, key, ca, mqtt._describe(exc)))
     client = mqtt.MQTTClient(
-        node_config.node_id, host, node_config.mqtt_port, ssl_context=ssl_context,
-        server_hostname=host, keepalive_s=settings.get("mqtt_keepalive_s", 120), is_network_up=is_network_up,
-        backoff_ms=(backoff[0], backoff[1]), connect_timeout_ms=settings.get("mqtt_connect_timeout_ms", 20000))
-    info = {"name": settings.get("node_name", "rmnode"), "type": settings.get("node_type", "Other")}
+        cfg.node_id, host, cfg.mqtt_port, ssl_context=ssl_context, server_hostname=host,
+        keepalive_s=cfg.mqtt_keepalive_s, is_network_up=is_network_up, backoff_ms=cfg.mqtt_backoff_ms,
+        connect_timeout_ms=cfg.mqtt_connect_timeout_ms)
+    info = {"name": cfg.node_name, "type": cfg.node_type}
     return Online(client, MappingState(store), node_config.node_id, node_config.topic_prefix, info, on_factory_reset)

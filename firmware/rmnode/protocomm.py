@@ -93,7 +93,8 @@ class Protocomm:
             log.warning(_TAG, "%s (session %d): %s" % (endpoint, session_id, e))
             raise
         except Exception as e:  # a bug must not take the node down (spec 1.1: handler error)
-            log.error(_TAG, "%s (session %d): internal error %s: %s" % (endpoint, session_id, type(e).__name__, e))
+            # the type only: a message could quote request bytes (a passphrase)
+            log.error(_TAG, "%s (session %d): internal error %s" % (endpoint, session_id, type(e).__name__))
             raise InternalError("internal error in %s: %s" % (endpoint, type(e).__name__))
 
     def _dispatch(self, session_id, endpoint, body):

@@ -187,9 +187,14 @@ class Provisioning:
         except OSError as e:
             log.error(_TAG, "station connect failed: %s" % e)
             return _STATUS_INTERNAL_ERROR
-        self._applied = True
         if self.on_wifi_config_applied is not None:
-            self.on_wifi_config_applied(ssid, passphrase)
+            try:
+                self.on_wifi_config_applied(ssid, passphrase)
+            except Exception as e:  # the node could not take the credentials: undo the join
+                log.error(_TAG, "ApplyConfig refused by the node: %s" % type(e).__name__)
+                self.station.disconnect()
+                return _STATUS_INTERNAL_ERROR
+        self._applied = True
         return _STATUS_SUCCESS
 
     # -- prov-scan -----------------------------------------------------------------------------

@@ -95,3 +95,23 @@ def test_node_id_validation():
 
 def test_mac_must_be_six_bytes():
     raises(ValueError, config.NodeConfig, b"\x01\x02", _board())
+
+
+def test_mqtt_settings_are_checked_not_trusted():
+    """A bad MQTT setting costs a log line and the default, never a boot loop (online.build uses these)."""
+    cfg = config.NodeConfig(MAC, _board(settings='{"mqtt_keepalive_s": "60", "mqtt_backoff_ms": [1000], '
+                                                 '"mqtt_connect_timeout_ms": -1, "node_name": 5, "node_type": ""}'))
+    equal((cfg.mqtt_keepalive_s, cfg.mqtt_backoff_ms, cfg.mqtt_connect_timeout_ms), (120, (1000, 60000), 20000),
+          "MQTT defaults after bad values")
+    equal((cfg.node_name, cfg.node_type), ("rmnode", "Other"), "name/type defaults after bad values")
+    cfg = config.NodeConfig(MAC, _board(settings='{"mqtt_keepalive_s": 30, "mqtt_backoff_ms": [200, 2000], '
+                                                 '"node_name": "kitchen"}'))
+    equal((cfg.mqtt_keepalive_s, cfg.mqtt_backoff_ms, cfg.node_name), (30, (200, 2000), "kitchen"), "good values kept")
+    for bad in ('[2000, 200]', '"ab"', '[true, 5000]'):
+        cfg = config.NodeConfig(MAC, _board(settings='{"mqtt_backoff_ms": %s}' % bad))
+        equal(cfg.mqtt_backoff_ms, (1000, 60000), "backoff %s refused" % bad)
+
+
+def test_a_float_sec_ver_is_refused():
+    cfg = config.NodeConfig(MAC, _board(factory='{"sec_ver": 0.0}'))
+    equal(cfg.sec_ver, 1, "0.0 is not Security 0")
