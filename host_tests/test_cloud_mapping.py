@@ -200,6 +200,7 @@ def test_second_client_request_for_same_node_publish_also_confirms(flow):
 
 BAD_NODE_PAYLOADS = {
     "not_json": b"node_id=NODE0A1B2C",
+    "nested_past_the_recursion_limit": b"[" * 1024,
     "not_utf8": b"\xff\xfe{}",
     "not_an_object": b'["NODE0A1B2C", "user", "key"]',
     "missing_node_id": {"user_id": "{user}", "secret_key": "key-1"},

@@ -46,7 +46,7 @@ def parse_node_report(topic_node_id: str, payload: bytes) -> tuple[str, str, str
     """(node_id, user_id, secret_key, reset) from a mapping publish, or NodeReportRejected."""
     try:
         doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # "[[[[..." nests past the recursion limit
         raise NodeReportRejected("payload is not JSON") from exc
     if not isinstance(doc, dict):
         raise NodeReportRejected("payload is not a JSON object")

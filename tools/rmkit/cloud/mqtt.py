@@ -18,6 +18,7 @@ member of a `$share` group still gets its round-robin turn, queued until it retu
 from __future__ import annotations
 
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -207,10 +208,13 @@ class MappingSubscriber:
             try:
                 self.mapping.ingest(node_id, message.payload)  # bad payloads are logged and dropped inside
                 return True
-            except Exception:  # storage refused (locked, disk full): keep the publish, never ack it unapplied
+            except (sqlite3.Error, OSError):  # storage refused (locked, disk full): keep it, never ack it unapplied
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 log.exception("mapping publish for node %r not applied yet; retrying in %.1f s", node_id, delay)
                 attempt += 1
+            except Exception:  # not a storage refusal: retrying cannot help, and other nodes must not wait
+                log.exception("dropped mapping publish for node %r: it could not be processed", node_id)
+                return True
             # Waiting here holds paho's thread: later publishes stay queued at the broker, in order.
             if self._stopping.wait(delay):
                 log.warning("stopping with node %r's mapping publish unapplied; the broker redelivers it "
