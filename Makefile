@@ -22,6 +22,7 @@ SSID    ?=
 PASSPHRASE ?=
 CLOUD_URL ?=
 EMAIL   ?=
+USER_ID ?=
 WORKDIR ?=
 HEAP    ?=
 PYTEST_ARGS ?=
@@ -74,9 +75,9 @@ repl: setup ## open a REPL on the board started by `make vboard` (BOARD)
 deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyUSB0 (real), as .mpy
 	$(RMKIT) deploy $(if $(PORT),--port $(PORT),--flash $(FLASH))
 
-provision: setup ## provision a node: HOST=ip:port POP= SSID= PASSPHRASE= [CLOUD_URL= EMAIL=, password in RMKIT_PASSWORD]
-	$(RMKIT) provision --host $(HOST) --pop "$(POP)" --ssid "$(SSID)" --passphrase "$(PASSPHRASE)" \
-	  $(if $(CLOUD_URL),--cloud-url $(CLOUD_URL) --email $(EMAIL),--user-id "$(USER_ID)")
+provision: setup ## provision a node: HOST=ip:port POP= SSID= PASSPHRASE= and CLOUD_URL= EMAIL= (password in RMKIT_PASSWORD) or USER_ID=
+	@RMKIT_POP="$(POP)" RMKIT_PASSPHRASE="$(PASSPHRASE)" $(RMKIT) provision --host "$(HOST)" --ssid "$(SSID)" \
+	  $(if $(CLOUD_URL),--cloud-url "$(CLOUD_URL)" --email "$(EMAIL)",--user-id "$(USER_ID)")
 
 cloud: setup ## mosquitto (mutual TLS) + the local cloud with a test user, until Ctrl-C (CLOUD_PORT, TIMEOUT)
 	$(RMKIT) sandbox --no-board --workdir build/cloud $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \

@@ -139,8 +139,8 @@ def register(subparsers) -> None:
     target.add_argument("--flash", metavar="DIR", help="a virtual board's flash directory")
     target.add_argument("--port", metavar="SERIAL", help="a board's serial port (or socket://host:port)")
     parser.add_argument("--node-id", help="node id (certificate CN); without it the board uses its MAC and gets no certificate")
-    parser.add_argument("--pop", required=True, help="proof of possession for security 1/2 (not printed)")
-    parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1, 2), help="provisioning security (default 1)")
+    parser.add_argument("--pop", default="", help="proof of possession, required for security 1 (not printed)")
+    parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1), help="provisioning security: 1 (default) or 0")
     parser.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST, help="broker host name, checked against its certificate")
     parser.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT, help="broker port (see `rmkit broker`)")
     parser.add_argument("--topic-prefix", default="", help='"" for node/<id>/..., or "$aws/rules/esp_user_node_mapping/" '

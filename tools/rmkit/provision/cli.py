@@ -70,11 +70,13 @@ def register(sub) -> None:
                         help="security version: 1 = X25519 + PoP + AES-CTR (default), 0 = no encryption "
                              "(credentials in clear), auto = whatever the node's proto-ver says. An explicit "
                              "version is never downgraded")
-    parser.add_argument("--pop", default=None,
-                        help="proof of possession for Security 1 (printed on the board's label / factory data)")
+    parser.add_argument("--pop", default=os.environ.get("RMKIT_POP"),
+                        help="proof of possession for Security 1 (on the board's label / factory data); "
+                             "or set RMKIT_POP, which keeps it out of shell history and `ps`")
     parser.add_argument("--ssid", required=True, help=f"Wi-Fi network for the node (1..{MAX_SSID_BYTES} bytes)")
-    parser.add_argument("--passphrase", default="",
-                        help=f"Wi-Fi passphrase (at most {MAX_PASSPHRASE_BYTES} bytes; empty for an open network)")
+    parser.add_argument("--passphrase", default=os.environ.get("RMKIT_PASSPHRASE", ""),
+                        help=f"Wi-Fi passphrase (at most {MAX_PASSPHRASE_BYTES} bytes; empty for an open network); "
+                             "or set RMKIT_PASSPHRASE")
     parser.add_argument("--user-id", help="RainMaker user id the node will be mapped to "
                         "(not needed with --cloud-url: it comes from the login)")
     cloud = parser.add_argument_group("cloud steps (optional)")
