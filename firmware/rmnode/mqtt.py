@@ -271,7 +271,7 @@ class MQTTClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                await self._backoff("connect failed: " + _describe(exc))
+                await self._backoff("connect failed: " + describe(exc))
                 continue
             self.last_connect_ms = ticks_diff(ticks_ms(), started)
             self.connects += 1
@@ -314,7 +314,7 @@ class MQTTClient:
                 try:
                     await self._send_entry(packet_id, entry)
                 except Exception as exc:  # the link broke under us: the entry is resent on reconnect
-                    self._lose("send failed: " + _describe(exc))
+                    self._lose("send failed: " + describe(exc))
             if timeout_ms is None:
                 await entry[0].wait()
             else:
@@ -409,7 +409,7 @@ class MQTTClient:
                 if entry is not None and not entry[0].is_set():
                     await self._send_entry(packet_id, entry)
         except Exception as exc:
-            self._lose("send failed: " + _describe(exc))
+            self._lose("send failed: " + describe(exc))
         await self._lost.wait()
         self._up.clear()
         self.connected = False
@@ -446,7 +446,7 @@ class MQTTClient:
         except EOFError:
             self._lose("closed by broker")
         except Exception as exc:
-            self._lose(_describe(exc))
+            self._lose(describe(exc))
 
     async def _keepalive(self):
         """PINGREQ when idle for half the keepalive; a missing PINGRESP means a dead link (§3.1.2.10)."""
@@ -469,10 +469,10 @@ class MQTTClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._lose("ping failed: " + _describe(exc))
+            self._lose("ping failed: " + describe(exc))
 
 
-def _describe(exc):
+def describe(exc):
     """One-line description; mbedtls messages come wrapped in newlines, which would split log lines."""
     text = " ".join(str(exc).split())
     name = type(exc).__name__

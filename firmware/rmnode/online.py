@@ -124,7 +124,7 @@ class Online:
                 reported = True
                 log.info(_TAG, "factory reset reported")
             except Exception as exc:
-                log.warning(_TAG, "factory reset not reported: " + mqtt._describe(exc))
+                log.warning(_TAG, "factory reset not reported: " + mqtt.describe(exc))
         else:
             log.warning(_TAG, "factory reset while offline: the cloud is not told")
         self.mapping.erase()
@@ -152,7 +152,7 @@ class Online:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the node never crashes on a failed report; the next connect retries
-                log.error(_TAG, "report failed: " + mqtt._describe(exc))
+                log.error(_TAG, "report failed: " + mqtt.describe(exc))
                 await mqtt.sleep_ms(1000)
 
 
@@ -170,7 +170,7 @@ def build(node_config, store, is_network_up=None, on_factory_reset=None):
     try:
         ssl_context = mqtt.make_ssl_context(cert, key, ca)
     except (OSError, ValueError) as exc:  # missing file, or PEM/garbage where DER is expected
-        raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (cert, key, ca, mqtt._describe(exc)))
+        raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (cert, key, ca, mqtt.describe(exc)))
     client = mqtt.MQTTClient(
         cfg.node_id, host, cfg.mqtt_port, ssl_context=ssl_context, server_hostname=host,
         keepalive_s=cfg.mqtt_keepalive_s, is_network_up=is_network_up, backoff_ms=cfg.mqtt_backoff_ms,

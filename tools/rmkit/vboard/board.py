@@ -150,19 +150,19 @@ class VirtualBoard:
             tcp.close()
             raise BoardError(f"TCP port {self.tcp_port} on 127.0.0.1 is already in use "
                              f"(pick another --port, or omit it for a free one)") from None
-        tcp.listen(8)
-        self.tcp_port = tcp.getsockname()[1]
-        self._state_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-vboard-{self.name}-"))
-        sim_dir = self._compile_sim()
-        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
-                   VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
-                   VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0])
-        env.pop("MICROPYPATH", None)
-        env.pop("MICROPYTHONINSPECT", None)
-        argv = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={self.heap_bytes + SIM_HEAP_ALLOWANCE}",
-                "-i", str(SIM_DIR / "vb_boot.py")]
-        try:
+        try:  # from here on, any failure closes the port and removes the state dir
+            tcp.listen(8)
+            self.tcp_port = tcp.getsockname()[1]
+            self._state_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-vboard-{self.name}-"))
+            sim_dir = self._compile_sim()
+            self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
+                       VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
+                       VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0])
+            env.pop("MICROPYPATH", None)
+            env.pop("MICROPYTHONINSPECT", None)
+            argv = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={self.heap_bytes + SIM_HEAP_ALLOWANCE}",
+                    "-i", str(SIM_DIR / "vb_boot.py")]
             self._sup = Supervisor(name=self.name, argv=argv, env=env, state_dir=self._state_dir,
                                    log_path=self.serial_log, tcp_sock=tcp, pty_link=self.pty_link,
                                    boot_mode="full" if self.run_main else "none", on_output=self._echo)
@@ -170,6 +170,10 @@ class VirtualBoard:
             tcp.close()
             self._cleanup_state()
             raise BoardError(f"board {self.name}: {exc}") from None
+        except BaseException:
+            tcp.close()
+            self._cleanup_state()
+            raise
         _live_boards.add(self)
         self._sup.start()
         try:
