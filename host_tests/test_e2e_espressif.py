@@ -1,6 +1,6 @@
 """Espressif's unmodified esp-rainmaker-cli 1.14.1 against our whole stack (issue 6 acceptance 1, issue 3's
 Espressif acceptance): inside a private user + network namespace where 192.168.4.1 (the ESP32 SoftAP
-default its softap transport hard-codes) lives on loopback, `make sandbox SOFTAP=192.168.4.1:80` (with a
+default its softap transport hard-codes) lives on the namespace's loopback, `make sandbox SOFTAP=192.168.4.1:80` (with a
 private build/ mounted over the repo's) serves a virtual board, mosquitto and the local cloud;
 the CLI logs in to the printed cloud URL with the printed user through a custom profile, provisions the
 node over SoftAP with Security 1 and its PoP, sees the node added to the account, and `getnodes` lists it.

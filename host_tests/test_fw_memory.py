@@ -52,14 +52,15 @@ def flash(tmp_path_factory) -> Path:
     return flash
 
 
-def _import_costs(flash: Path) -> dict[str, int]:
-    """Heap growth per module, importing PRELOADED, then ALWAYS_LOADED, then PROVISIONING in order."""
-    lines = ["import gc, sys"] + [f"import {name}" for name in PRELOADED]
+def _measure_imports(flash: Path, setup: list, measured: list, loaded_after: str) -> dict:
+    """Heap growth per module of `measured` (imported in order after `setup`, which is not counted);
+    costs["loaded"] lists the rmnode modules present once `loaded_after` is imported."""
+    lines = ["import gc, sys"] + [f"import {name}" for name in list(PRELOADED) + list(setup)]
     lines += ["gc.collect()", "prev = gc.mem_alloc()"]
-    for name in ALWAYS_LOADED + PROVISIONING:
+    for name in measured:
         lines += [f"import rmnode.{name}", "gc.collect()", "now = gc.mem_alloc()",
                   f"print('COST {name}', now - prev)", "prev = now"]
-        if name == ALWAYS_LOADED[-1]:
+        if name == loaded_after:
             lines.append("print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('rmnode.'))))")
     proc = subprocess.run([str(MICROPYTHON), "-X", "heapsize=2M", "-c", "\n".join(lines)], cwd=flash,
                           capture_output=True, text=True, timeout=60)
@@ -72,6 +73,11 @@ def _import_costs(flash: Path) -> dict[str, int]:
         elif line.startswith("LOADED "):
             costs["loaded"] = line.split()[1:]
     return costs
+
+
+def _import_costs(flash: Path) -> dict:
+    """Heap growth per module, importing PRELOADED, then ALWAYS_LOADED, then PROVISIONING in order."""
+    return _measure_imports(flash, [], ALWAYS_LOADED + PROVISIONING, ALWAYS_LOADED[-1])
 
 
 def test_always_loaded_modules_fit_their_budget_and_leave_the_codec_out(flash):
@@ -132,26 +138,9 @@ ONLINE_HEAP = "64K"
 ONLINE_NODE = "MEMTEST00001"
 
 
-def _online_import_costs(flash: Path) -> dict[str, int]:
+def _online_import_costs(flash: Path) -> dict:
     """Heap growth per module: PRELOADED and ALWAYS_LOADED first (not counted), then ONLINE in order."""
-    lines = ["import gc, sys"] + [f"import {name}" for name in PRELOADED]
-    lines += [f"import rmnode.{name}" for name in ALWAYS_LOADED]
-    lines += ["gc.collect()", "prev = gc.mem_alloc()"]
-    for name in ONLINE:
-        lines += [f"import rmnode.{name}", "gc.collect()", "now = gc.mem_alloc()",
-                  f"print('COST {name}', now - prev)", "prev = now"]
-    lines.append("print('LOADED', ' '.join(sorted(m for m in sys.modules if m.startswith('rmnode.'))))")
-    proc = subprocess.run([str(MICROPYTHON), "-X", "heapsize=2M", "-c", "\n".join(lines)], cwd=flash,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    costs = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("COST "):
-            _, name, value = line.split()
-            costs[name] = int(value)
-        elif line.startswith("LOADED "):
-            costs["loaded"] = line.split()[1:]
-    return costs
+    return _measure_imports(flash, [f"rmnode.{name}" for name in ALWAYS_LOADED], ONLINE, ONLINE[-1])
 
 
 def test_online_modules_fit_their_budget_and_leave_provisioning_out(flash):

@@ -107,7 +107,7 @@ def test_help_explains_the_esp32_address_and_requires_host():
     for option in ("--host", "--sec", "--pop", "--ssid", "--passphrase", "--user-id", "--secret-key",
                    "--transport", "--timeout", "--wifi-timeout", "--poll-interval", "--scan"):
         assert option in help_text
-    assert "192.168.4.1:80" in help_text and "There is no default" in help_text
+    assert "192.168.4.1:80" in help_text and "There is no default" in help_text  # the ESP32 default, in --help only
     missing = subprocess.run([sys.executable, "-m", "rmkit", "provision", "--ssid", "S", "--user-id", "u"],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "--host" in missing.stderr

@@ -57,7 +57,8 @@ def test_golden_vectors_mean_what_the_spec_says():
 
     status = parse("WiFiConfigPayload", "08015a0c5a0a0a0831302e302e302e32").resp_get_status
     assert status.sta_state == pb.WifiStationState.Connected
-    assert status.WhichOneof("state") == "connected" and status.connected.ip4_addr == "10.0.0.2"
+    # the address is data from the spec's golden vector (what a node reports), never connected to
+    assert status.WhichOneof("state") == "connected" and status.connected.ip4_addr == "10.0.0.2"  # golden vector
 
     assert parse("RMakerChRespPayload", "52050a03616263").cmdChallengeResponsePayload.payload == b"abc"
 
