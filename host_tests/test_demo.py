@@ -1,0 +1,86 @@
+"""`make demo` / `rmkit demo`: exits 0 only when confirmed, writes the picture, leaves no process behind
+(also when interrupted with Ctrl-C)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+RMKIT = [sys.executable, "-m", "rmkit"]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process whose ancestry leads to pid (via /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == current]
+        found += children
+        frontier += children
+    return found
+
+
+def _processes_using(workdir: Path) -> list[str]:
+    """Command lines that mention the demo's work directory (its mosquitto, its board)."""
+    hits = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                environ = (entry / "environ").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(workdir) in cmdline or str(workdir) in environ:
+                hits.append(f"{entry.name}: {cmdline[:120]}")
+    return hits
+
+
+def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path):
+    workdir = tmp_path / "demo"
+    run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "confirmed" in run.stdout
+    picture = workdir / "user-node-mapping.svg"
+    texts = [t.text for t in ET.parse(picture).getroot().iter("{http://www.w3.org/2000/svg}text")]
+    for step in ("cloud_user_assoc {user_id, secret_key}", "PUT user/nodes/mapping {node_id, secret_key}",
+                 "MQTT user/mapping {node_id, user_id, secret_key}", "request_status: confirmed"):
+        assert step in texts, step
+    assert str(picture) in run.stdout
+    assert _processes_using(workdir) == []
+
+
+def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
+    workdir = tmp_path / "demo"
+    demo = subprocess.Popen(RMKIT + ["demo", "--workdir", str(workdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        for line in demo.stdout:  # interrupt once the board is up and the flow is under way
+            if "booting virtual ESP32" in line:
+                break
+            assert time.monotonic() < deadline, "the demo never booted its board"
+        children = _descendants(demo.pid)
+        assert children, "the demo should have started mosquitto and a board by now"
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=30)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    assert demo.returncode != 0
+    deadline = time.monotonic() + 5  # the board's launcher dies with its parent (PR_SET_PDEATHSIG)
+    while (alive := [pid for pid in children if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert alive == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in alive]
+    assert _processes_using(workdir) == []
