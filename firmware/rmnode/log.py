@@ -11,26 +11,25 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
+# public: tests and the REPL set `log.level = log.ERROR` (or DEBUG); as const()s they cost no heap
+# wherever this module uses them, only their entries in the module's globals
 DEBUG = const(4)
 INFO = const(3)
 WARNING = const(2)
 ERROR = const(1)
 
 level = INFO
-_LETTERS = "?EWID"
 _t0 = time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
-
-
-def _uptime_ms():
-    if hasattr(time, "ticks_ms"):
-        return time.ticks_diff(time.ticks_ms(), _t0)
-    return int(time.time() * 1000) - _t0
 
 
 def _emit(severity, tag, msg):
     if severity <= level:
+        if hasattr(time, "ticks_ms"):
+            uptime_ms = time.ticks_diff(time.ticks_ms(), _t0)
+        else:  # CPython
+            uptime_ms = int(time.time() * 1000) - _t0
         try:
-            print("%s (%d) %s: %s" % (_LETTERS[severity], _uptime_ms(), tag, msg))
+            print("%s (%d) %s: %s" % ("?EWID"[severity], uptime_ms, tag, msg))
         except MemoryError:
             # a log line must never be what takes the node down; say so without allocating
             print("log: line dropped (out of memory)")

@@ -11,49 +11,34 @@ try:
 except ImportError:
     import uasyncio as asyncio
 
-import gc
-import sys
 from binascii import hexlify, unhexlify
 
-import rmnode
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
 from rmnode import VERSION, log
 from rmnode.config import NodeConfig
 from rmnode.mapping import MappingState
 from rmnode.store import Store
 from rmnode.wifi import Wifi
 
-_TAG = "node"
+_TAG = const("node")
 
 WIFI_KEY = "wifi"  # {"ssid": str, "passphrase": str}; on flash like ESP-IDF keeps it in NVS
 # wifi_constants.proto WifiStationState
-_STA_DISCONNECTED = 2
-_STA_CONNECTION_FAILED = 3
-# Loaded only while provisioning and dropped before TLS: together they are most of the heap a
-# 110 KiB board has (design.md: memory is a feature).
-_PROVISIONING_MODULES = ("prov", "http", "protocomm", "security", "pb", "x25519", "aes_ctr")
-_RESET_TIMEOUT_MS = 5000
-_GRACE_MS = 500
-_POLL_MS = 100
-_REJOIN_FIRST_MS = 2000
-_REJOIN_CAP_MS = 60000
-
-
-def _unload(names):
-    """Forget modules so the GC can take their code and tables back."""
-    for name in names:
-        sys.modules.pop("rmnode." + name, None)
-        if hasattr(rmnode, name):
-            delattr(rmnode, name)
-    gc.collect()
+_STA_DISCONNECTED = const(2)
+_STA_CONNECTION_FAILED = const(3)
+_RESET_TIMEOUT_MS = const(5000)
+_REJOIN_FIRST_MS = const(2000)
+_REJOIN_CAP_MS = const(60000)
 
 
 def _reboot():
     import machine
     machine.reset()
-
-
-def _text(value):
-    return value.decode() if isinstance(value, (bytes, bytearray)) else value
 
 
 def _shown(ssid):
@@ -91,7 +76,6 @@ class Node:
         self.reboot = reboot
         self.state = None
         self.online = None
-        self._joining = None  # (ssid, passphrase) applied through provisioning, persisted once joined
 
     def _enter(self, state, detail=""):
         self.state = state
@@ -104,7 +88,10 @@ class Node:
         log.info(_TAG, "rmnode %s, node id %s (from %s)" % (VERSION, cfg.node_id, cfg.node_id_source))
         credentials = self._stored_credentials()
         if credentials is None:
-            await self._provision()
+            # the provisioning phase's code is loaded only for it (rmnode.node_prov)
+            from rmnode.node_prov import provision
+
+            await provision(self)
             # Provisioning and the MQTT/TLS phase never share the heap: a 110 KiB board cannot hold
             # both, and a reboot also returns the heap unfragmented. Credentials and the pending
             # mapping are on flash, so the next boot goes straight to station mode and publishes.
@@ -133,64 +120,6 @@ class Node:
             pass
         log.warning(_TAG, "stored Wi-Fi credentials are malformed, provisioning again")
         return None
-
-    # -- provisioning ------------------------------------------------------------------------------
-
-    async def _provision(self):
-        """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
-        gc.collect()  # load the provisioning code into an unfragmented heap
-        from rmnode.http import ProvHttpServer
-        from rmnode.prov import Provisioning
-        gc.collect()
-
-        cfg = self.config
-        self.wifi.ap_up(cfg.service_name)
-        prov = Provisioning(cfg, self.wifi, self._on_user_mapping,
-                            on_wifi_config_applied=self._on_wifi_config_applied, on_reset=self._on_prov_reset)
-        server = ProvHttpServer(self.wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
-                                endpoints=prov.endpoints)
-        await server.start()
-        self._enter("provisioning", "service %s, security %d" % (cfg.service_name, cfg.sec_ver))
-        try:
-            while not self._joined_through_provisioning():
-                await asyncio.sleep(_POLL_MS / 1000)
-            # Keep serving until the client has read "Connected" (Espressif's client polls every
-            # 5 s), at most prov_linger_s, then a moment more so that last answer reaches it.
-            waited_ms = 0
-            while not prov.connected_reported and waited_ms < cfg.prov_linger_s * 1000:
-                await asyncio.sleep(_POLL_MS / 1000)
-                waited_ms += _POLL_MS
-            await asyncio.sleep(_GRACE_MS / 1000)
-        finally:
-            server.stop()
-            await server.wait_closed()
-            self.wifi.ap_down()
-            del prov, server, Provisioning, ProvHttpServer
-            _unload(_PROVISIONING_MODULES)
-            log.info(_TAG, "provisioning stopped")
-
-    def _on_user_mapping(self, user_id, secret_key):
-        # persisted before cloud_user_assoc answers (spec 4.2 keeps it in RAM only; we do not)
-        self.mapping.set_pending(_text(user_id), _text(secret_key))
-        if self.online is not None:
-            self.online.mapping_changed()
-
-    def _on_wifi_config_applied(self, ssid, passphrase):
-        self._joining = (bytes(ssid), bytes(passphrase))  # SSIDs need not be UTF-8: kept as bytes
-        self._enter("connecting", _shown(ssid))
-
-    def _on_prov_reset(self):
-        self._joining = None
-        self._enter("provisioning", "after prov-ctrl reset")
-
-    def _joined_through_provisioning(self):
-        if self._joining is None or not self.wifi.is_connected():
-            return False
-        if self.state_store.get(WIFI_KEY) is None:
-            ssid, passphrase = self._joining
-            self.state_store.set(WIFI_KEY, {"ssid": _to_flash(ssid), "passphrase": _to_flash(passphrase)})
-            log.info(_TAG, "joined %s; credentials stored" % _shown(ssid))
-        return True
 
     # -- station -----------------------------------------------------------------------------------
 
@@ -244,38 +173,9 @@ class Node:
         self.reboot()
 
 
-async def _factory_reset(root, timeout_ms):
-    from rmnode import online as online_seq
-
-    node = Node(root, reboot=lambda: None)
-    reported = False
-    credentials = node._stored_credentials()
-    if credentials is not None:
-        node.wifi.connect(credentials[0], credentials[1])
-        try:
-            node.online = online_seq.build(node.config, node.state_store, is_network_up=node.wifi.is_connected)
-        except online_seq.OnlineConfigError as exc:
-            log.warning(_TAG, "factory reset: %s" % exc)
-        if node.online is not None:
-            client_task = asyncio.create_task(node.online.client.run())
-            try:
-                await node.online.client.wait_connected(timeout_ms)
-                reported = await node.online.factory_reset(timeout_ms)
-            except Exception as exc:  # offline or broker away: reset anyway, as Espressif's node does
-                log.warning(_TAG, "factory reset not reported: %s" % exc)
-            await node.online.client.close()
-            client_task.cancel()
-    node._erase_and_reboot(reported)
-    return reported
-
-
 def factory_reset(root="/", timeout_ms=_RESET_TIMEOUT_MS, reboot=True):
     """Factory reset from the REPL or a script: report it to the cloud if the node can get online
     within `timeout_ms`, erase Wi-Fi credentials and mapping state, then reboot into provisioning."""
-    # MicroPython keeps one task queue: without a new loop, the tasks of a main.py that Ctrl-C
-    # interrupted would run again here (and its MQTT client would fight ours for the session)
-    asyncio.new_event_loop()
-    reported = asyncio.run(_factory_reset(root, timeout_ms))
-    if reboot:
-        _reboot()
-    return reported
+    from rmnode.reset import factory_reset as reset  # loaded only when a reset is asked for
+
+    return reset(root, timeout_ms, reboot)

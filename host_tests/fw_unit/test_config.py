@@ -2,7 +2,7 @@
 
 import os
 
-from rmnode import config
+from rmnode import cert, config
 from fwtest import raises, check, equal, tmpdir, write
 
 MAC = bytes([0x24, 0x0A, 0xC4, 0x1A, 0x2B, 0x3C])
@@ -61,14 +61,14 @@ def test_node_id_from_certificate_cn():
 
 
 def test_subject_cn_parser():
-    equal(config.subject_cn(CERT_DER), "Socfz6jwKPv8wDw4AakTts", "CN")
-    raises(config.CertError, config.subject_cn, b"")
-    raises(config.CertError, config.subject_cn, CERT_DER[:100])
-    raises(config.CertError, config.subject_cn, b"\x04\x02ab")
+    equal(cert.subject_cn(CERT_DER), "Socfz6jwKPv8wDw4AakTts", "CN")
+    raises(cert.CertError, cert.subject_cn, b"")
+    raises(cert.CertError, cert.subject_cn, CERT_DER[:100])
+    raises(cert.CertError, cert.subject_cn, b"\x04\x02ab")
     for cut in range(0, len(CERT_DER), 7):
         try:
-            config.subject_cn(CERT_DER[:cut])
-        except config.CertError:
+            cert.subject_cn(CERT_DER[:cut])
+        except cert.CertError:
             pass
 
 

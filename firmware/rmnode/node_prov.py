@@ -1,0 +1,103 @@
+"""The node's provisioning phase: access point and HTTP service up until the station joined the network.
+
+Loaded only when the node has no Wi-Fi credentials (rmnode.node imports it then), so the online
+phase after the reboot never carries this code.
+"""
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+import gc
+import sys
+
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
+import rmnode
+from rmnode import log
+from rmnode.node import WIFI_KEY, _shown, _to_flash
+
+_TAG = const("node")
+# Loaded only while provisioning and dropped before TLS: together they are most of the heap a
+# 110 KiB board has (design.md: memory is a feature).
+_PROVISIONING_MODULES = const(("prov", "http", "protocomm", "security", "pb", "x25519", "aes_ctr"))
+_GRACE_MS = const(500)
+_POLL_MS = const(100)
+
+
+def _unload(names):
+    """Forget modules so the GC can take their code and tables back."""
+    for name in names:
+        sys.modules.pop("rmnode." + name, None)
+        if hasattr(rmnode, name):
+            delattr(rmnode, name)
+    gc.collect()
+
+
+def _text(value):
+    return value.decode() if isinstance(value, (bytes, bytearray)) else value
+
+
+async def provision(node):
+    """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
+    gc.collect()  # load the provisioning code into an unfragmented heap
+    from rmnode.http import ProvHttpServer
+    from rmnode.prov import Provisioning
+    gc.collect()
+
+    cfg = node.config
+    wifi = node.wifi
+    joining = []  # [(ssid, passphrase)] applied through provisioning, persisted once joined
+
+    def on_user_mapping(user_id, secret_key):
+        # persisted before cloud_user_assoc answers (spec 4.2 keeps it in RAM only; we do not)
+        node.mapping.set_pending(_text(user_id), _text(secret_key))
+        if node.online is not None:
+            node.online.mapping_changed()
+
+    def on_wifi_config_applied(ssid, passphrase):
+        joining[:] = [(bytes(ssid), bytes(passphrase))]  # SSIDs need not be UTF-8: kept as bytes
+        node._enter("connecting", _shown(ssid))
+
+    def on_prov_reset():
+        joining[:] = []
+        node._enter("provisioning", "after prov-ctrl reset")
+
+    def joined():
+        if not joining or not wifi.is_connected():
+            return False
+        if node.state_store.get(WIFI_KEY) is None:
+            ssid, passphrase = joining[0]
+            node.state_store.set(WIFI_KEY, {"ssid": _to_flash(ssid), "passphrase": _to_flash(passphrase)})
+            log.info(_TAG, "joined %s; credentials stored" % _shown(ssid))
+        return True
+
+    wifi.ap_up(cfg.service_name)
+    prov = Provisioning(cfg, wifi, on_user_mapping, on_wifi_config_applied=on_wifi_config_applied,
+                        on_reset=on_prov_reset)
+    server = ProvHttpServer(wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
+                            endpoints=prov.endpoints)
+    await server.start()
+    node._enter("provisioning", "service %s, security %d" % (cfg.service_name, cfg.sec_ver))
+    try:
+        while not joined():
+            await asyncio.sleep(_POLL_MS / 1000)
+        # Keep serving until the client has read "Connected" (Espressif's client polls every
+        # 5 s), at most prov_linger_s, then a moment more so that last answer reaches it.
+        waited_ms = 0
+        while not prov.connected_reported and waited_ms < cfg.prov_linger_s * 1000:
+            await asyncio.sleep(_POLL_MS / 1000)
+            waited_ms += _POLL_MS
+        await asyncio.sleep(_GRACE_MS / 1000)
+    finally:
+        server.stop()
+        await server.wait_closed()
+        wifi.ap_down()
+        del prov, server, Provisioning, ProvHttpServer
+        _unload(_PROVISIONING_MODULES)
+        log.info(_TAG, "provisioning stopped")

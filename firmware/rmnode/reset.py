@@ -1,0 +1,51 @@
+"""Factory reset from the REPL or a script (rmnode.node.factory_reset): report, erase, reboot.
+
+Its own module so that the node does not carry this code in every phase: it is imported only
+when a reset is asked for.
+"""
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+from rmnode import log
+from rmnode.node import Node, _reboot
+
+_TAG = "node"
+
+
+async def _factory_reset(root, timeout_ms):
+    from rmnode import online as online_seq
+
+    node = Node(root, reboot=lambda: None)
+    reported = False
+    credentials = node._stored_credentials()
+    if credentials is not None:
+        node.wifi.connect(credentials[0], credentials[1])
+        try:
+            node.online = online_seq.build(node.config, node.state_store, is_network_up=node.wifi.is_connected)
+        except online_seq.OnlineConfigError as exc:
+            log.warning(_TAG, "factory reset: %s" % exc)
+        if node.online is not None:
+            client_task = asyncio.create_task(node.online.client.run())
+            try:
+                await node.online.client.wait_connected(timeout_ms)
+                reported = await node.online.factory_reset(timeout_ms)
+            except Exception as exc:  # offline or broker away: reset anyway, as Espressif's node does
+                log.warning(_TAG, "factory reset not reported: %s" % exc)
+            await node.online.client.close()
+            client_task.cancel()
+    node._erase_and_reboot(reported)
+    return reported
+
+
+def factory_reset(root, timeout_ms, reboot):
+    """See rmnode.node.factory_reset."""
+    # MicroPython keeps one task queue: without a new loop, the tasks of a main.py that Ctrl-C
+    # interrupted would run again here (and its MQTT client would fight ours for the session)
+    asyncio.new_event_loop()
+    reported = asyncio.run(_factory_reset(root, timeout_ms))
+    if reboot:
+        _reboot()
+    return reported
