@@ -65,12 +65,12 @@ class NodeConfig:
         factory = _read_json(self.path("/factory/factory.json")) or {}
         self.settings = st = _read_json(self.path("/settings.json")) or {}
 
-        self.cert_path = self._factory_str(factory, "cert", None, True)
-        self.key_path = self._factory_str(factory, "key", None, True)
-        self.ca_path = self._factory_str(factory, "ca", None, True)
-        self.mqtt_host = self._factory_str(factory, "mqtt_host", None, False)
+        self.cert_path = _factory_str(factory, "cert", None, self)
+        self.key_path = _factory_str(factory, "key", None, self)
+        self.ca_path = _factory_str(factory, "ca", None, self)
+        self.mqtt_host = _factory_str(factory, "mqtt_host", None)
         self.mqtt_port = _int(factory, "mqtt_port", _DEFAULT_MQTT_PORT, 1, 65535, "factory")
-        self.topic_prefix = self._factory_str(factory, "topic_prefix", "", False)
+        self.topic_prefix = _factory_str(factory, "topic_prefix", "")
 
         value = factory.get("sec_ver", 1)
         if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1):
@@ -101,7 +101,7 @@ class NodeConfig:
         self.mqtt_backoff_ms = tuple(backoff) if backoff else (1000, 60000)
         self.node_name = _str(st, "node_name", "rmnode")
         self.node_type = _str(st, "node_type", "Other")
-        self.node_id, self.node_id_source = self._node_id(factory.get("node_id"))
+        self.node_id, self.node_id_source = _node_id(factory.get("node_id"), self.cert_path, mac)
         # spec 7.4: PROV_ + last three MAC bytes, lower-case hex
         self.service_name = "PROV_" + "".join("%02x" % b for b in mac[3:])
 
@@ -112,37 +112,40 @@ class NodeConfig:
             return board_path if board_path.startswith("/") else "/" + board_path
         return root.rstrip("/") + "/" + board_path.lstrip("/")
 
-    def _factory_str(self, factory, key, default, is_path):
-        value = factory.get(key, default)
-        if value is not default and not isinstance(value, str):
-            log.warning(_TAG, "factory %s is not a string, ignoring it" % key)
-            return default
-        if is_path:
-            return self.path(value) if value else None
-        return value
 
-    def _node_id(self, node_id):
-        if node_id is not None:
+def _factory_str(factory, key, default, paths=None):
+    """A string from the factory data; a path on the flash when `paths` (the NodeConfig) is given."""
+    value = factory.get(key, default)
+    if value is not default and not isinstance(value, str):
+        log.warning(_TAG, "factory %s is not a string, ignoring it" % key)
+        return default
+    if paths is not None:
+        return paths.path(value) if value else None
+    return value
+
+
+def _node_id(node_id, cert_path, mac):
+    if node_id is not None:
+        if valid_node_id(node_id):
+            return node_id, "factory"
+        log.warning(_TAG, "factory node_id %r is not usable in MQTT topics, ignoring it" % (node_id,))
+    if cert_path:
+        # the DER parser is loaded only here: a board with a factory node id never pays for it
+        from rmnode.cert import CertError, subject_cn
+
+        try:
+            with open(cert_path, "rb") as f:
+                der = f.read()
+            node_id = subject_cn(der)
             if valid_node_id(node_id):
-                return node_id, "factory"
-            log.warning(_TAG, "factory node_id %r is not usable in MQTT topics, ignoring it" % (node_id,))
-        if self.cert_path:
-            # the DER parser is loaded only here: a board with a factory node id never pays for it
-            from rmnode.cert import CertError, subject_cn
-
-            try:
-                with open(self.cert_path, "rb") as f:
-                    der = f.read()
-                node_id = subject_cn(der)
-                if valid_node_id(node_id):
-                    return node_id, "cert"
-                log.warning(_TAG, "certificate CN %r is not usable as node id" % (node_id,))
-            except OSError:
-                log.warning(_TAG, "node certificate %s not readable" % self.cert_path)
-            except CertError as e:
-                log.warning(_TAG, "node certificate %s: %s" % (self.cert_path, e))
-        # spec 7.3: base MAC, 12 upper-case hex digits
-        return "".join("%02X" % b for b in self.mac), "mac"
+                return node_id, "cert"
+            log.warning(_TAG, "certificate CN %r is not usable as node id" % (node_id,))
+        except OSError:
+            log.warning(_TAG, "node certificate %s not readable" % cert_path)
+        except CertError as e:
+            log.warning(_TAG, "node certificate %s: %s" % (cert_path, e))
+    # spec 7.3: base MAC, 12 upper-case hex digits
+    return "".join("%02X" % b for b in mac), "mac"
 
 
 def _int(source, key, default, low, high, where):

@@ -6,11 +6,6 @@ MQTT running). The pending mapping is persisted by cloud_user_assoc the moment i
 published by the online sequence, so no state change can lose it.
 """
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
-
 from binascii import hexlify, unhexlify
 
 try:
@@ -28,12 +23,7 @@ from rmnode.wifi import Wifi
 _TAG = const("node")
 
 WIFI_KEY = "wifi"  # {"ssid": str, "passphrase": str}; on flash like ESP-IDF keeps it in NVS
-# wifi_constants.proto WifiStationState
-_STA_DISCONNECTED = const(2)
-_STA_CONNECTION_FAILED = const(3)
 _RESET_TIMEOUT_MS = const(5000)
-_REJOIN_FIRST_MS = const(2000)
-_REJOIN_CAP_MS = const(60000)
 
 
 def _reboot():
@@ -98,14 +88,12 @@ class Node:
             log.info(_TAG, "provisioned; rebooting into station mode")
             self.reboot()
             return
-        else:
-            self._enter("connecting", _shown(credentials[0]))
-            self.wifi.connect(credentials[0], credentials[1])
-        keeper = asyncio.create_task(self._keep_station_up())
-        try:
-            await self._go_online()
-        finally:
-            keeper.cancel()
+        self._enter("connecting", _shown(credentials[0]))
+        self.wifi.connect(credentials[0], credentials[1])
+        # and the online phase's code only for that one (rmnode.node_online)
+        from rmnode.node_online import run_online
+
+        await run_online(self)
 
     def _stored_credentials(self):
         """(ssid, passphrase) as bytes from flash, or None (none stored, or malformed: provision again)."""
@@ -120,41 +108,6 @@ class Node:
             pass
         log.warning(_TAG, "stored Wi-Fi credentials are malformed, provisioning again")
         return None
-
-    # -- station -----------------------------------------------------------------------------------
-
-    async def _keep_station_up(self):
-        """Rejoin with backoff when the station failed or was dropped (the driver retries a lost link itself)."""
-        delay = _REJOIN_FIRST_MS
-        while True:
-            await asyncio.sleep(1)
-            if self.wifi.is_connected():
-                delay = _REJOIN_FIRST_MS
-                continue
-            state = self.wifi.status().state
-            if state in (_STA_CONNECTION_FAILED, _STA_DISCONNECTED):
-                credentials = self._stored_credentials()
-                if credentials is None:
-                    continue
-                log.info(_TAG, "station down; rejoining %s in %d ms" % (_shown(credentials[0]), delay))
-                await asyncio.sleep(delay / 1000)
-                self.wifi.connect(credentials[0], credentials[1])
-                delay = min(delay * 2, _REJOIN_CAP_MS)
-
-    # -- online ------------------------------------------------------------------------------------
-
-    async def _go_online(self):
-        from rmnode import online as online_seq
-
-        try:
-            self.online = online_seq.build(self.config, self.state_store, is_network_up=self.wifi.is_connected,
-                                           on_factory_reset=self._erase_and_reboot)
-        except Exception as exc:  # OnlineConfigError, or a bug: either way no boot loop, nothing lost
-            log.error(_TAG, "cannot go online: %s; the pending mapping stays stored" % exc)
-            while True:
-                await asyncio.sleep(3600)
-        self._enter("online", "%s:%d" % (self.config.mqtt_host, self.config.mqtt_port))
-        await self.online.run()
 
     # -- factory reset -----------------------------------------------------------------------------
 

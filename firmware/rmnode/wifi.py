@@ -12,13 +12,12 @@ except ImportError:  # CPython, for host-side unit tests
 
 from rmnode import log
 
-_TAG = "wifi"
+_TAG = const("wifi")
 
 # ESP32 port status codes, used when the network module lacks the constant
 _STAT_IDLE = const(1000)
 _STAT_CONNECTING = const(1001)
 _STAT_GOT_IP = const(1010)
-_STAT_NO_AP_FOUND = const(201)
 _STAT_WRONG_PASSWORD = const(202)
 _STAT_HANDSHAKE_TIMEOUT = const(204)
 _AUTH_OPEN = const(0)
@@ -71,12 +70,6 @@ class Wifi:
         self._bssid = b""
         self._known = {}  # ssid -> (bssid, channel, auth) from the last scan
         self._details = None  # (bssid, channel, auth) of the joined AP, looked up once per join
-        self._stat_got_ip = getattr(network, "STAT_GOT_IP", _STAT_GOT_IP)
-        self._stat_connecting = getattr(network, "STAT_CONNECTING", _STAT_CONNECTING)
-        self._stat_idle = getattr(network, "STAT_IDLE", _STAT_IDLE)
-        self._stat_no_ap = getattr(network, "STAT_NO_AP_FOUND", _STAT_NO_AP_FOUND)
-        self._stat_wrong_password = getattr(network, "STAT_WRONG_PASSWORD", _STAT_WRONG_PASSWORD)
-        self._stat_handshake_timeout = getattr(network, "STAT_HANDSHAKE_TIMEOUT", _STAT_HANDSHAKE_TIMEOUT)
 
     # -- station -------------------------------------------------------------------------------
     def mac(self):
@@ -123,15 +116,18 @@ class Wifi:
 
     def status(self):
         """A StationStatus from the station's real state."""
+        net = self._net
         code = self._sta.status()
-        if code == self._stat_got_ip or (code != self._stat_connecting and self._sta.isconnected()):
+        connecting = getattr(net, "STAT_CONNECTING", _STAT_CONNECTING)
+        if code == getattr(net, "STAT_GOT_IP", _STAT_GOT_IP) or (code != connecting and self._sta.isconnected()):
             return self._connected_status()
         if not self._joining:
             return StationStatus(_STA_DISCONNECTED)
-        if code == self._stat_connecting or code == self._stat_idle:
+        if code == connecting or code == getattr(net, "STAT_IDLE", _STAT_IDLE):
             # IDLE right after connect(): the driver has not started yet
             return StationStatus(_STA_CONNECTING)
-        if code == self._stat_wrong_password or code == self._stat_handshake_timeout:
+        if (code == getattr(net, "STAT_WRONG_PASSWORD", _STAT_WRONG_PASSWORD)
+                or code == getattr(net, "STAT_HANDSHAKE_TIMEOUT", _STAT_HANDSHAKE_TIMEOUT)):
             # A 4-way handshake timeout is how a wrong WPA2 password usually shows on an ESP32
             return StationStatus(_STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR)
         # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: as ESP-IDF's manager does
@@ -152,17 +148,6 @@ class Wifi:
             ssid = self._ssid
         elif isinstance(ssid, str):
             ssid = ssid.encode("utf-8")
-        known = self._joined_ap(ssid)
-        bssid = self._config("bssid", None) or self._bssid or (known[0] if known else b"")
-        channel = self._config("channel", None)
-        if not channel and known:
-            channel = known[1]
-        auth_mode = self._config("security", None)
-        if auth_mode is None:
-            auth_mode = known[2] if known else _AUTH_OPEN
-        return StationStatus(_STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
-
-    def _joined_ap(self, ssid):
         # The ESP32 port cannot report the joined AP's BSSID or auth mode, so take them from a
         # scan: the last one if it saw the SSID, else one scan now (once per join).
         if self._details is None:
@@ -174,7 +159,15 @@ class Wifi:
                     log.warning(_TAG, "scan for connection details failed: %s" % e)
                 known = self._known.get(ssid)
             self._details = known or ()
-        return self._details or None
+        known = self._details or None
+        bssid = self._config("bssid", None) or self._bssid or (known[0] if known else b"")
+        channel = self._config("channel", None)
+        if not channel and known:
+            channel = known[1]
+        auth_mode = self._config("security", None)
+        if auth_mode is None:
+            auth_mode = known[2] if known else _AUTH_OPEN
+        return StationStatus(_STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
 
     def scan(self):
         """Visible access points as dicts (WiFiScanResult field names), strongest first."""

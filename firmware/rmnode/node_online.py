@@ -1,0 +1,70 @@
+"""The node's online phase: keep the station up and run the online sequence (MQTT, mapping publish).
+
+Loaded only once the node has Wi-Fi credentials (rmnode.node imports it then), so the provisioning
+phase, the one with the least heap to spare, never carries this code.
+"""
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio
+
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
+from rmnode import log
+from rmnode.node import _shown
+
+_TAG = const("node")
+# wifi_constants.proto WifiStationState
+_STA_DISCONNECTED = const(2)
+_STA_CONNECTION_FAILED = const(3)
+_REJOIN_FIRST_MS = const(2000)
+_REJOIN_CAP_MS = const(60000)
+
+
+async def run_online(node):
+    """Join the stored network (already started by the node), then run the online sequence for good."""
+    keeper = asyncio.create_task(_keep_station_up(node))
+    try:
+        await _go_online(node)
+    finally:
+        keeper.cancel()
+
+
+async def _keep_station_up(node):
+    """Rejoin with backoff when the station failed or was dropped (the driver retries a lost link itself)."""
+    wifi = node.wifi
+    delay = _REJOIN_FIRST_MS
+    while True:
+        await asyncio.sleep(1)
+        if wifi.is_connected():
+            delay = _REJOIN_FIRST_MS
+            continue
+        state = wifi.status().state
+        if state in (_STA_CONNECTION_FAILED, _STA_DISCONNECTED):
+            credentials = node._stored_credentials()
+            if credentials is None:
+                continue
+            log.info(_TAG, "station down; rejoining %s in %d ms" % (_shown(credentials[0]), delay))
+            await asyncio.sleep(delay / 1000)
+            wifi.connect(credentials[0], credentials[1])
+            delay = min(delay * 2, _REJOIN_CAP_MS)
+
+
+async def _go_online(node):
+    from rmnode import online as online_seq
+
+    cfg = node.config
+    try:
+        node.online = online_seq.build(cfg, node.state_store, is_network_up=node.wifi.is_connected,
+                                       on_factory_reset=node._erase_and_reboot)
+    except Exception as exc:  # OnlineConfigError, or a bug: either way no boot loop, nothing lost
+        log.error(_TAG, "cannot go online: %s; the pending mapping stays stored" % exc)
+        while True:
+            await asyncio.sleep(3600)
+    node._enter("online", "%s:%d" % (cfg.mqtt_host, cfg.mqtt_port))
+    await node.online.run()
