@@ -10,7 +10,6 @@ except ImportError:
     import uasyncio as asyncio
 
 import gc
-import sys
 
 try:
     from micropython import const
@@ -18,25 +17,12 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-import rmnode
 from rmnode import log
 from rmnode.node import WIFI_KEY, _shown, _to_flash
 
 _TAG = const("node")
-# Loaded only while provisioning and dropped before TLS: together they are most of the heap a
-# 110 KiB board has (design.md: memory is a feature).
-_PROVISIONING_MODULES = const(("prov", "http", "protocomm", "security", "pb", "x25519", "aes_ctr"))
 _GRACE_MS = const(500)
 _POLL_MS = const(100)
-
-
-def _unload(names):
-    """Forget modules so the GC can take their code and tables back."""
-    for name in names:
-        sys.modules.pop("rmnode." + name, None)
-        if hasattr(rmnode, name):
-            delattr(rmnode, name)
-    gc.collect()
 
 
 def _text(value):
@@ -57,8 +43,6 @@ async def provision(node):
     def on_user_mapping(user_id, secret_key):
         # persisted before cloud_user_assoc answers (spec 4.2 keeps it in RAM only; we do not)
         node.mapping.set_pending(_text(user_id), _text(secret_key))
-        if node.online is not None:
-            node.online.mapping_changed()
 
     def on_wifi_config_applied(ssid, passphrase):
         joining[:] = [(bytes(ssid), bytes(passphrase))]  # SSIDs need not be UTF-8: kept as bytes
@@ -98,6 +82,5 @@ async def provision(node):
         server.stop()
         await server.wait_closed()
         wifi.ap_down()
-        del prov, server, Provisioning, ProvHttpServer
-        _unload(_PROVISIONING_MODULES)
+        # no unloading needed: the node reboots right after this (rmnode.node.Node.run)
         log.info(_TAG, "provisioning stopped")

@@ -100,10 +100,6 @@ class Online:
         self.mapping.acknowledged(entry)
         return True
 
-    def mapping_changed(self):
-        """Call after MappingState.set_pending() while online: the new mapping goes out now."""
-        self._wake.set()
-
     # -- factory reset --------------------------------------------------------------------------
 
     def request_factory_reset(self):
