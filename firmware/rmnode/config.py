@@ -21,6 +21,7 @@ _TAG = const("config")
 _DEFAULT_PROV_PORT = const(80)
 _DEFAULT_PROV_LINGER_S = const(30)  # the longest wait for a client to read "Connected"
 _DEFAULT_MQTT_PORT = const(8883)
+_DEFAULT_SNTP_HOST = const("pool.ntp.org")
 
 
 def valid_node_id(node_id):
@@ -71,6 +72,10 @@ class NodeConfig:
         self.mqtt_host = _factory_str(factory, "mqtt_host", None)
         self.mqtt_port = _int(factory, "mqtt_port", _DEFAULT_MQTT_PORT, 1, 65535, "factory")
         self.topic_prefix = _factory_str(factory, "topic_prefix", "")
+        # SNTP server (rmnode.clock): settings override factory data; a public pool by default
+        self.sntp_host = _str(st, "sntp_host", _factory_str(factory, "sntp_host", None) or _DEFAULT_SNTP_HOST)
+        self.sntp_port = _int(st, "sntp_port", _int(factory, "sntp_port", 123, 1, 65535, "factory"), 1, 65535,
+                              "settings")
 
         value = factory.get("sec_ver", 1)
         if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1):

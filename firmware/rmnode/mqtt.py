@@ -219,11 +219,13 @@ class MQTTClient:
     The failure count is reset once a connection stayed up for `stable_ms`.
     `connected`, `connects` (CONNACKs so far) and `last_connect_ms` (TCP + TLS + CONNACK) are
     read-only for callers; `on_connect` is called after each accepted CONNECT.
+    `before_connect`, when given, is awaited once the network is up and before every connect
+    (the node sets its clock there: TLS checks certificate dates).
     """
 
     def __init__(self, client_id, host, port, ssl_context=None, server_hostname=None, keepalive_s=120,
                  is_network_up=None, backoff_ms=(1000, 60000), connect_timeout_ms=20000, stable_ms=10000,
-                 ping_timeout_ms=None):
+                 ping_timeout_ms=None, before_connect=None):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -236,6 +238,7 @@ class MQTTClient:
         self.stable_ms = stable_ms
         self.ping_timeout_ms = ping_timeout_ms or max(1000, keepalive_s * 500)
         self.on_connect = None
+        self.before_connect = before_connect
         self.connected = False
         self.connects = 0
         self.last_connect_ms = None
@@ -264,6 +267,8 @@ class MQTTClient:
                 if self._closing:
                     break
                 log.info(_TAG, "network is up")
+            if self.before_connect is not None:
+                await self.before_connect()
             log.info(_TAG, "connecting to %s:%d as %s" % (self.host, self.port, self.client_id))
             started = ticks_ms()
             try:

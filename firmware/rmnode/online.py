@@ -167,9 +167,14 @@ def build(node_config, store, is_network_up=None, on_factory_reset=None):
         ssl_context = mqtt.make_ssl_context(cert, key, ca)
     except (OSError, ValueError) as exc:  # missing file, or PEM/garbage where DER is expected
         raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (cert, key, ca, mqtt.describe(exc)))
+
+    async def set_clock():  # certificate dates need a clock; a board's starts at 2000-01-01
+        from rmnode import clock
+        await clock.ensure(cfg.sntp_host, cfg.sntp_port, cfg.mqtt_backoff_ms)
+
     client = mqtt.MQTTClient(
         cfg.node_id, host, cfg.mqtt_port, ssl_context=ssl_context, server_hostname=host,
         keepalive_s=cfg.mqtt_keepalive_s, is_network_up=is_network_up, backoff_ms=cfg.mqtt_backoff_ms,
-        connect_timeout_ms=cfg.mqtt_connect_timeout_ms)
+        connect_timeout_ms=cfg.mqtt_connect_timeout_ms, before_connect=set_clock)
     info = {"name": cfg.node_name, "type": cfg.node_type}
     return Online(client, MappingState(store), node_config.node_id, node_config.topic_prefix, info, on_factory_reset)

@@ -30,18 +30,27 @@ DEFAULT_MQTT_PORT = 8883
 
 
 def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str, mqtt_port: int,
-                 topic_prefix: str, with_credentials: bool) -> dict:
+                 topic_prefix: str, with_credentials: bool, sntp_host: Optional[str] = None,
+                 sntp_port: Optional[int] = None) -> dict:
     if sec_ver not in (0, 1, 2):
         raise UserError(f"sec_ver must be 0, 1 or 2, not {sec_ver!r}")
     if not isinstance(mqtt_port, int) or not 0 < mqtt_port < 65536:
         raise UserError(f"invalid MQTT port {mqtt_port!r}")
     if not isinstance(pop, str) or (sec_ver and not pop):
         raise UserError("a PoP is required for security 1 and 2")
+    if sntp_host is not None and not (isinstance(sntp_host, str) and 0 < len(sntp_host) <= 64):
+        raise UserError(f"invalid SNTP host {sntp_host!r} (1..64 characters)")
+    if sntp_port is not None and (not isinstance(sntp_port, int) or not 0 < sntp_port < 65536):
+        raise UserError(f"invalid SNTP port {sntp_port!r}")
     data: dict = {}
     if node_id is not None:
         data["node_id"] = node_id
     data.update({"pop": pop, "sec_ver": sec_ver, "mqtt_host": mqtt_host, "mqtt_port": mqtt_port,
                  "topic_prefix": topic_prefix})
+    if sntp_host is not None:  # the node asks this server for the time before its first TLS handshake
+        data["sntp_host"] = sntp_host
+    if sntp_port is not None:
+        data["sntp_port"] = sntp_port
     if with_credentials:
         data.update({"cert": f"/{FACTORY_DIR}/{CERT_FILE}", "key": f"/{FACTORY_DIR}/{KEY_FILE}",
                      "ca": f"/{FACTORY_DIR}/{CA_FILE}"})
@@ -50,7 +59,8 @@ def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str,
 
 def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str, sec_ver: int = 1,
                         mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
-                        topic_prefix: str = "") -> list[Path]:
+                        topic_prefix: str = "", sntp_host: Optional[str] = None,
+                        sntp_port: Optional[int] = None) -> list[Path]:
     """Write factory.json and the DER files into `target` (the board's /factory); returns the files.
 
     Without a node id there is no certificate to issue (its CN is the node id): the board then gets
@@ -68,7 +78,8 @@ def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str
             files.append(destination)
     else:
         log.warning("no node id: factory data without an MQTT client certificate")
-    data = factory_json(node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix, node_id is not None)
+    data = factory_json(node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix, node_id is not None,
+                        sntp_host, sntp_port)
     path = target / "factory.json"
     tmp = path.with_name("factory.json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -80,12 +91,14 @@ def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str
 
 def write_factory_data(flash_dir: Path | str, pki: Pki, node_id: Optional[str] = None, pop: str = "",
                        sec_ver: int = 1, mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
-                       topic_prefix: str = "") -> Path:
+                       topic_prefix: str = "", sntp_host: Optional[str] = None,
+                       sntp_port: Optional[int] = None) -> Path:
     """Write /factory/... into a virtual board's flash directory; returns the factory.json path."""
     flash = Path(flash_dir)
     if not flash.is_dir():
         raise UserError(f"flash directory {flash} does not exist")
-    files = stage_factory_files(flash / FACTORY_DIR, pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix)
+    files = stage_factory_files(flash / FACTORY_DIR, pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix,
+                                sntp_host, sntp_port)
     return files[0]
 
 
@@ -99,10 +112,12 @@ def mpremote_command(port: str, files: list[Path]) -> list[str]:
 
 def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None, pop: str = "", sec_ver: int = 1,
                               mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
-                              topic_prefix: str = "", timeout: float = 60.0) -> None:
+                              topic_prefix: str = "", timeout: float = 60.0, sntp_host: Optional[str] = None,
+                              sntp_port: Optional[int] = None) -> None:
     """Copy the factory files onto a real (or virtual) board through mpremote on `port`."""
     with tempfile.TemporaryDirectory(prefix="rmkit-factory-") as tmp:
-        files = stage_factory_files(Path(tmp), pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix)
+        files = stage_factory_files(Path(tmp), pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix,
+                                    sntp_host, sntp_port)
         command = mpremote_command(port, files)
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -119,7 +134,8 @@ def _cmd_factory(args) -> int:
     print(f"factory: node id {args.node_id or '(from MAC, no certificate)'}, broker {args.mqtt_host}:{args.mqtt_port}"
           f"{', topic prefix ' + args.topic_prefix if args.topic_prefix else ''} -> {where}")
     options = dict(node_id=args.node_id, pop=args.pop, sec_ver=args.sec_ver, mqtt_host=args.mqtt_host,
-                   mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix)
+                   mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, sntp_host=args.sntp_host,
+                   sntp_port=args.sntp_port)
     if args.flash:
         path = write_factory_data(args.flash, pki, **options)
         print(f"factory: wrote {path} and the DER files next to it")
@@ -145,5 +161,8 @@ def register(subparsers) -> None:
     parser.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT, help="broker port (see `rmkit broker`)")
     parser.add_argument("--topic-prefix", default="", help='"" for node/<id>/..., or "$aws/rules/esp_user_node_mapping/" '
                         "for RainMaker's basic-ingest topics")
+    parser.add_argument("--sntp-host", help="SNTP server the node sets its clock from before TLS "
+                        "(default on the node: pool.ntp.org)")
+    parser.add_argument("--sntp-port", type=int, help="SNTP server port (default on the node: 123)")
     parser.add_argument("--pki-dir", default=str(DEFAULT_PKI_DIR), help="PKI directory (default: %(default)s)")
     parser.set_defaults(func=_cmd_factory)

@@ -59,7 +59,7 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
         stack.add_user(SANDBOX_USER, password)
         info = {"cloud_url": stack.cloud.base_url, "user": SANDBOX_USER, "password": password,
                 "broker": f"{stack.broker.host}:{stack.broker.port}", "ca": str(stack.pki.ca_pem),
-                "pki": str(stack.pki.directory)}
+                "pki": str(stack.pki.directory), "sntp": f"{stack.sntp.host}:{stack.sntp.port}"}
         board = None
         if not args.no_board:
             board = stack.add_board(args.board, softap=args.softap)
@@ -70,6 +70,7 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
         print(f"sandbox ready (everything on this machine; logs in {workdir}):")
         print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
         print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS; PKI in {stack.pki.directory})")
+        print(f"  time        SNTP on udp {stack.sntp.host}:{stack.sntp.port} (boards power on at 2000-01-01)")
         if board is not None:
             print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
                   f"PoP {board.pop}")

@@ -1,7 +1,8 @@
 """The whole bench in one object: PKI, mosquitto, the local cloud and virtual boards, started and
 stopped together. `make demo`, `make sandbox` and the end-to-end tests are built on it.
 
-Everything lives under one work directory: pki/, broker/ (config and log), cloud.db, cloud.log,
+An SNTP server on 127.0.0.1 runs beside the broker: a board's clock starts at 2000-01-01 and
+must be set before TLS. Everything lives under one work directory: pki/, broker/ (config and log), cloud.db, cloud.log,
 air.json (the simulated Wi-Fi), boards/<name>/ (each board's flash) and <name>.log (serial logs).
 """
 
@@ -19,6 +20,7 @@ from rmkit.cloud.service import CloudService
 from rmkit.deploy import deploy_to_flash_dir
 from rmkit.factory import write_factory_data
 from rmkit.pki import Pki
+from rmkit.sntp import SntpServer
 from rmkit.vboard import VirtualBoard
 from rmkit.vboard.board import mac_for_name
 
@@ -45,6 +47,7 @@ class Stack:
         self.passphrase = passphrase or secrets.token_hex(8)
         self.pki: Optional[Pki] = None
         self.broker: Optional[Broker] = None
+        self.sntp: Optional[SntpServer] = None
         self.cloud: Optional[CloudService] = None
         self.boards: dict[str, VirtualBoard] = {}
         self._cloud_log_handler: Optional[logging.Handler] = None
@@ -64,6 +67,8 @@ class Stack:
         try:
             self.pki = Pki(self.workdir / "pki")
             self.broker = Broker(self.pki, self.workdir / "broker").start()
+            # boards set their clock by SNTP before TLS (they power on at 2000-01-01)
+            self.sntp = SntpServer().start()
             self._capture_cloud_log()
             mqtt = MqttSettings.from_pki(self.pki.directory, self.broker.host, self.broker.port)
             self.cloud = CloudService(self.workdir / "cloud.db", port=self.cloud_port,
@@ -81,6 +86,8 @@ class Stack:
             self.cloud.stop()
         if self.broker is not None:
             self.broker.stop()
+        if self.sntp is not None:
+            self.sntp.stop()
         if self._cloud_log_handler is not None:
             logging.getLogger("rmkit.cloud").removeHandler(self._cloud_log_handler)
             logging.getLogger("rmkit.cloud").propagate = self._cloud_propagate
@@ -115,7 +122,8 @@ class Stack:
         mac = mac_for_name(name)
         pop = pop if pop is not None else secrets.token_hex(4)
         write_factory_data(flash, self.pki, node_id=node_id_for_mac(mac), pop=pop, sec_ver=sec_ver,
-                           mqtt_host="localhost", mqtt_port=self.broker.port)
+                           mqtt_host="localhost", mqtt_port=self.broker.port, sntp_host=self.sntp.host,
+                           sntp_port=self.sntp.port)
         board = VirtualBoard(name, flash, mac=mac, air=self.air_path, heap=heap or self.heap, softap=softap,
                              log_path=self.workdir / f"{name}.log")
         board.pop = pop  # what a client needs to open a session; kept with the board, never logged

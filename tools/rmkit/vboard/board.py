@@ -2,6 +2,7 @@
 
 import atexit
 import hashlib
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -28,7 +29,7 @@ from rmkit.vboard.supervisor import LAUNCHER, Supervisor
 log = logging.getLogger(__name__)
 
 SIM_DIR = Path(__file__).resolve().parent / "sim"
-SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py")
+SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py", "vb_sys.py")
 ESPRESSIF_OUI = "24:0a:c4"
 # The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
 # process gets this much GC heap on top of `heap` so firmware still has `heap` to itself.
@@ -38,6 +39,29 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 PathLike = Union[str, Path]
 
 _live_boards: "weakref.WeakSet[VirtualBoard]" = weakref.WeakSet()
+
+
+def faketime_library() -> Path:
+    """libfaketime's shared library, from the `libfaketime` wheel (requirements-dev.txt).
+
+    Preloaded into each board's process so that every reader of the wall clock in it, mbedtls's
+    certificate-date check included, sees the board's RTC instead of the host's clock.
+    """
+    spec = importlib.util.find_spec("libfaketime")  # found without importing its Python wrapper
+    library = (Path(spec.submodule_search_locations[0]) / "vendor" / "libfaketime" / "src" / "libfaketime.so.1"
+               if spec and spec.submodule_search_locations else None)
+    if library is None or not library.exists():
+        raise BoardError("libfaketime is not installed (the virtual board's clock needs it): run `make setup`")
+    return library
+
+
+def clock_environment() -> dict:
+    """Environment that hands the process's wall clock to the simulated RTC (sim/vb_machine.py):
+    libfaketime re-reads $FAKETIME (an offset in seconds) on every call; monotonic time and file
+    times stay real. The supervisor sets $FAKETIME at every boot."""
+    preload = os.environ.get("LD_PRELOAD")
+    return {"LD_PRELOAD": str(faketime_library()) + (":" + preload if preload else ""),
+            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "NO_FAKE_STAT": "1"}
 
 
 def parse_heap(heap: str) -> int:
@@ -158,7 +182,8 @@ class VirtualBoard:
             self.serial_log.parent.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
                        VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
-                       VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0])
+                       VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0],
+                       **clock_environment())
             env.pop("MICROPYPATH", None)
             env.pop("MICROPYTHONINSPECT", None)
             argv = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={self.heap_bytes + SIM_HEAP_ALLOWANCE}",

@@ -46,6 +46,7 @@ SW_RESET = b"rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
 # machine.reset_cause() values on the ESP32 port
 PWRON_RESET, SOFT_RESET = 1, 5
 CRASH_LIMIT, CRASH_WINDOW_S = 3, 10.0
+EPOCH_2000 = 946684800     # the ESP32's RTC reads 2000-01-01 00:00:00 at power-on
 SIGINT_COALESCE_S = 0.25   # ampy sends Ctrl-C twice 0.1 s apart; the board sees one interrupt
 MAX_PENDING_INPUT = 1 << 20
 
@@ -316,7 +317,8 @@ class Supervisor(threading.Thread):
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         self.gen += 1
         env = dict(self._env, VBOARD_GEN=str(self.gen), VBOARD_BOOT=boot_mode,
-                   VBOARD_RESET_CAUSE=str(self._reset_cause), VBOARD_PARENT=str(os.getpid()))
+                   VBOARD_RESET_CAUSE=str(self._reset_cause), VBOARD_PARENT=str(os.getpid()),
+                   FAKETIME=self._rtc_offset())
         try:
             self._ready_file.unlink()
         except FileNotFoundError:
@@ -334,6 +336,24 @@ class Supervisor(threading.Thread):
         self._sel.register(master, selectors.EVENT_READ, child)
         log.debug("vboard %s: MicroPython pid %d (gen %d, boot %s)", self.board_name, proc.pid,
                   self.gen, boot_mode)
+
+    def _rtc_offset(self) -> str:
+        """The clock offset libfaketime applies to this boot: what the last boot's RTC was set to
+        (sim/vb_machine.py writes it), or, after a power-on, the offset that makes the clock read
+        2000-01-01 00:00:00 now."""
+        rtc = self._state_dir / "rtc"
+        try:
+            return rtc.read_text()
+        except FileNotFoundError:
+            offset = "%+d" % (EPOCH_2000 - int(time.time()))
+            rtc.write_text(offset)
+            return offset
+
+    def _power_off_rtc(self) -> None:
+        try:
+            (self._state_dir / "rtc").unlink()
+        except FileNotFoundError:
+            pass
 
     def _check_ready(self) -> None:
         child = self._child
@@ -389,6 +409,7 @@ class Supervisor(threading.Thread):
             self._emit(SW_RESET)
         else:  # power
             self._reset_cause = PWRON_RESET
+            self._power_off_rtc()
             self._emit(POWER_ON)
         self._spawn(self._boot_mode)
 
@@ -447,6 +468,8 @@ class Supervisor(threading.Thread):
                 self._crash_times.clear()
                 self._raw_mode = False
                 self._reset_cause = PWRON_RESET if what == "power" else SOFT_RESET
+                if what == "power":
+                    self._power_off_rtc()
                 self._emit(POWER_ON if what == "power" else SW_RESET)
                 self._spawn(self._boot_mode)
 

@@ -14,15 +14,16 @@ def _vboard_power_on():
     globals().pop("__file__", None)  # the ESP32's __main__ has no __file__
     sim_dir = os.getenv("VBOARD_SIM")
     sys.path[:] = [sim_dir]
+    import vb_time
+    import vb_sys
     import vb_machine
     import vb_network
 
     # `import network` / `import machine` look in sys.modules before the built-in table,
-    # so these win over the unix port's own `machine` (which has no reset()).
-    sys.modules["machine"] = vb_machine
-    sys.modules["network"] = vb_network
-    del sys.modules["vb_machine"]
-    del sys.modules["vb_network"]
+    # so these win over the unix port's own modules (its `machine` has no reset(), its `time`
+    # counts from 1970, its sys.platform is "linux").
+    for name in ("time", "sys", "machine", "network"):
+        sys.modules[name] = sys.modules.pop("vb_" + name)
 
     import vb_flash  # VfsPosix plus a fix for atomic renames (see vb_flash.py)
 

@@ -1,0 +1,178 @@
+"""The virtual board's clock behaves like an ESP32's: 2000-01-01 at power-on, the 2000 epoch, kept
+across soft resets and machine.reset(), set through machine.RTC; and mbedtls checks certificate
+dates against it, so TLS fails until the clock is set and refuses an expired certificate after."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from rmkit.sntp import SntpServer
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+DAY = datetime.timedelta(days=1)
+
+
+def make_server_pki(directory: Path, not_before: datetime.datetime, not_after: datetime.datetime) -> dict:
+    """A CA (DER, for the board) and a localhost server certificate with the given validity (PEM)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clock test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(NOW - 3650 * DAY).not_valid_after(NOW + 3650 * DAY)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"ca_der": directory / "ca.der", "cert": directory / "server.pem", "key": directory / "server.key"}
+    paths["ca_der"].write_bytes(ca.public_bytes(serialization.Encoding.DER))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths
+
+
+class TlsServer:
+    """Accepts TLS connections on 127.0.0.1 and says hello; handshake failures are the client's business."""
+
+    def __init__(self, cert: Path, key: Path):
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(5)
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"hello")
+            except (OSError, ssl.SSLError):
+                conn.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def tls_server_factory(tmp_path):
+    servers = []
+
+    def make(name: str, not_before, not_after):
+        paths = make_server_pki(tmp_path / name, not_before, not_after)
+        server = TlsServer(paths["cert"], paths["key"])
+        servers.append(server)
+        return server, paths["ca_der"]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def connect_code(port: int) -> str:
+    """Board code: a date-checked TLS connect (CERT_REQUIRED, host name checked); prints the outcome."""
+    return f"""
+import socket, tls
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = tls.CERT_REQUIRED
+ctx.load_verify_locations(open('/ca.der', 'rb').read())
+s = socket.socket()
+s.connect(socket.getaddrinfo('127.0.0.1', {port})[0][-1])
+try:
+    t = ctx.wrap_socket(s, server_hostname='localhost')
+    print('TLS OK', t.read(5))
+    t.close()
+except Exception as e:
+    s.close()
+    print('TLS FAILED', ' '.join(str(e).split()))
+"""
+
+
+def set_rtc_code(when: datetime.datetime) -> str:
+    return (f"import machine; machine.RTC().datetime(({when.year}, {when.month}, {when.day}, 0, "
+            f"{when.hour}, {when.minute}, {when.second}, 0))")
+
+
+def board_date(board) -> tuple:
+    return tuple(int(v) for v in board.exec("import time; print(*time.gmtime()[:6])").split())
+
+
+def test_clock_starts_at_2000_counts_from_2000_and_survives_a_reset_but_not_a_power_cut(vboard):
+    year, month, day, hour, minute, _ = board_date(vboard)
+    assert (year, month, day, hour, minute) == (2000, 1, 1, 0, 0)
+    assert vboard.exec("import time; print(time.gmtime(0)[:3], type(time.time()).__name__)").strip() \
+        == "(2000, 1, 1) int"
+
+    vboard.exec(set_rtc_code(NOW))
+    assert board_date(vboard)[:3] == (NOW.year, NOW.month, NOW.day)
+    # time.time() counts from 2000 as on the ESP32 port
+    seconds = int(vboard.exec("import time; print(time.time())"))
+    assert abs(seconds + 946684800 - time.time()) < 5
+
+    vboard.reset()  # machine.reset(): the RTC keeps running
+    assert board_date(vboard)[:3] == (NOW.year, NOW.month, NOW.day)
+    vboard.power_cut()  # power-on: back to 2000-01-01
+    assert board_date(vboard)[:3] == (2000, 1, 1)
+
+
+def test_tls_fails_before_the_clock_is_set_and_passes_after(vboard, tls_server_factory):
+    server, ca_der = tls_server_factory("fresh", NOW - DAY, NOW + 365 * DAY)
+    (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+
+    before = vboard.exec(connect_code(server.port))
+    assert "TLS FAILED" in before and "validity starts in the future" in before
+
+    vboard.exec(set_rtc_code(NOW))
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS OK b'hello'"
+
+
+def test_an_expired_server_certificate_is_refused_once_the_clock_is_right(vboard, tls_server_factory):
+    server, ca_der = tls_server_factory("expired", NOW - 30 * DAY, NOW - DAY)
+    (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+    vboard.exec(set_rtc_code(NOW))
+    outcome = vboard.exec(connect_code(server.port))
+    assert "TLS FAILED" in outcome and "has expired" in outcome
+
+
+def test_the_firmware_sets_the_clock_from_sntp(vboard, tmp_path):
+    """rmnode.clock on the board against the harness's SNTP server: RTC set, date right, socket closed."""
+    from rmkit.deploy import deploy_to_flash_dir
+
+    deploy_to_flash_dir(vboard.flash_dir)
+    with SntpServer() as sntp:
+        out = vboard.exec(f"""
+import asyncio
+from rmnode import clock
+print(clock.plausible())
+asyncio.run(clock.ensure('127.0.0.1', {sntp.port}))
+print(clock.plausible())
+""", timeout=20)
+        assert sntp.requests == 1
+    lines = out.split("\n")
+    assert lines[0].strip() == "False" and lines[-2].strip() == "True"
+    assert f"clock: time set by SNTP from 127.0.0.1:{sntp.port}" in out
+    assert board_date(vboard)[:3] >= (NOW.year, NOW.month, NOW.day)

@@ -1,0 +1,26 @@
+# Simulated `sys` for the virtual board: the unix port's sys module (the same path list, modules
+# dict and streams) with what an ESP32 reports: sys.platform "esp32". The host may also make the
+# board report another MicroPython version (VBOARD_MPY_VERSION, "1.23.0"), to test tools that
+# check the version a board runs.
+# Installed as sys.modules["sys"] by vb_boot.py.
+from sys import *  # noqa: F401,F403 - path, modules, stdin/stdout/stderr, exit, print_exception, ...
+import sys as _unix
+
+platform = "esp32"
+
+
+def _implementation():
+    import os
+    wanted = os.getenv("VBOARD_MPY_VERSION")
+    impl = _unix.implementation
+    if not wanted:
+        return impl
+    from collections import namedtuple
+    version = tuple(int(part) for part in wanted.split(".")[:3]) + ("",)
+    fields = namedtuple("implementation", ("name", "version", "_machine", "_mpy"))
+    return fields(impl.name, version, impl._machine, impl._mpy)
+
+
+implementation = _implementation()
+del _implementation
+__name__ = "sys"
