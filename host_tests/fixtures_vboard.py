@@ -12,10 +12,13 @@ from rmkit.vboard import VirtualBoard
 VENV_BIN = Path(sys.executable).parent
 
 
-def write_air(path: Path, *aps: dict) -> Path:
+def write_air(path: Path, *aps: dict, scan_s: float = None) -> Path:
     """Write an air file atomically (a running board may read it at any moment)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"aps": list(aps)}))
+    air = {"aps": list(aps)}
+    if scan_s is not None:
+        air["scan_s"] = scan_s
+    tmp.write_text(json.dumps(air))
     tmp.replace(path)
     return path
 

@@ -168,6 +168,8 @@ def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_
     with pytest.raises(WifiJoinFailed) as failed:
         client.wait_for_wifi(bench.ssid)
     assert (failed.value.state, failed.value.reason) == ("ConnectionFailed", "AuthError")
+    # the driver said "connecting" through its retries, then reason 15 as an ESP32 does
+    board.wait_for_log(rf"wifi: joining {bench.ssid} failed: reason 15 \(authentication\)", timeout=5)
     assert "wifi" not in read_state(board)  # a failed join stores nothing
     client.reset_wifi()
     client.set_wifi_config(bench.ssid, bench.passphrase)
@@ -175,6 +177,23 @@ def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_
     assert client.wait_for_wifi(bench.ssid).state == "Connected"
     board.wait_for_log(r"state: online", timeout=20)
     assert read_state(board)["wifi"] == {"ssid": bench.ssid, "passphrase": bench.passphrase}
+
+
+def test_apply_while_the_join_is_under_way_does_not_crash_the_node(bench):
+    """A client that applies the Wi-Fi config twice makes the node call connect() while the driver
+    still connects (on an ESP32: OSError "Wifi Internal Error"): the node retries, joins, and lives."""
+    bench.stack.write_air([{"ssid": bench.ssid, "password": bench.passphrase, "join_s": 0.5}])
+    board = bench.add_board("vb-e2e-twice")
+    client = bench.provisioner(board)
+    client.start_session()
+    client.set_user_mapping("user-twice", str(uuid.uuid4()))
+    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.apply_wifi_config()
+    client.apply_wifi_config()
+    assert client.wait_for_wifi(bench.ssid).state == "Connected"
+    board.wait_for_log(r"wifi: driver busy \(Wifi Internal Error\)", timeout=5)
+    board.wait_for_log(r"state: online", timeout=20)
+    assert board.crashes == []
 
 
 def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_publishes_it(bench, harness):

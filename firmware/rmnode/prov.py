@@ -205,7 +205,10 @@ class Provisioning:
             status = _STATUS_SUCCESS
             self._scan_done = False
             try:
-                # WLAN.scan() blocks until done, so "blocking" and "non-blocking" starts are alike
+                # WLAN.scan() blocks until done (1.5-3 s on an ESP32, the whole interpreter), so
+                # "blocking" and "non-blocking" starts are alike. Safe here: the client asked and
+                # waits for this answer; no other timer runs during provisioning that a 3 s pause
+                # could break (HTTP idle timeouts are longer; the linger starts only at Connected).
                 self._scan_results = self.station.scan()
                 self._scan_done = True
                 log.info(_TAG, "scan found %d access points" % len(self._scan_results))

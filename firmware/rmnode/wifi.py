@@ -18,9 +18,12 @@ _TAG = const("wifi")
 _STAT_IDLE = const(1000)
 _STAT_CONNECTING = const(1001)
 _STAT_GOT_IP = const(1010)
-_STAT_WRONG_PASSWORD = const(202)
-_STAT_HANDSHAKE_TIMEOUT = const(204)
 _AUTH_OPEN = const(0)
+_AUTH_WPA2_PSK = const(3)
+# ESP-IDF disconnect reasons that mean "wrong passphrase" in practice: AUTH_EXPIRE (2),
+# ASSOC_EXPIRE (4), MIC_FAILURE (14), 4WAY_HANDSHAKE_TIMEOUT (15, the usual one on an ESP32),
+# AUTH_FAIL (202), HANDSHAKE_TIMEOUT (204), CONNECTION_FAIL (205). A string: no heap per lookup.
+_AUTH_REASONS = b"\x02\x04\x0e\x0f\xca\xcc\xcd"
 
 # wifi_constants.proto WifiStationState and WifiConnectFailedReason: what StationStatus reports.
 # Here, not in rmnode.pb, so the always-loaded station code does not pull in the codec.
@@ -69,7 +72,9 @@ class Wifi:
         self._ssid = b""
         self._bssid = b""
         self._known = {}  # ssid -> (bssid, channel, auth) from the last scan
-        self._details = None  # (bssid, channel, auth) of the joined AP, looked up once per join
+        self._passphrase = b""
+        self._start_pending = False  # the driver refused connect() (busy): try again when asked
+        self._failure_logged = None  # the failure reason already logged for this join
 
     # -- station -------------------------------------------------------------------------------
     def mac(self):
@@ -85,17 +90,29 @@ class Wifi:
         except OSError:
             pass
         self._ssid = bytes(ssid)
+        self._passphrase = bytes(passphrase)
         self._bssid = bytes(bssid) if bssid else b""
         self._joining = True
-        self._details = None
+        self._failure_logged = None
         self._set_reconnects(self._join_retries)
         log.info(_TAG, "joining %s" % (_text(self._ssid),))  # never the passphrase
+        self._start()
+
+    def _start(self):
+        """WLAN.connect(), unless the driver is still busy with an earlier connect: the ESP32 port then
+        raises OSError("Wifi Internal Error"), so try again on the next status() or is_connected()."""
         # str where possible: the usual form for WLAN.connect (the ESP32 port takes bytes too)
-        ssid, passphrase = _text(ssid), _text(passphrase)
-        if bssid:
-            self._sta.connect(ssid, passphrase, bssid=bssid)
-        else:
-            self._sta.connect(ssid, passphrase)
+        ssid, passphrase = _text(self._ssid), _text(self._passphrase)
+        try:
+            if self._bssid:
+                self._sta.connect(ssid, passphrase, bssid=self._bssid)
+            else:
+                self._sta.connect(ssid, passphrase)
+            self._start_pending = False
+        except OSError as exc:
+            if not self._start_pending:
+                log.info(_TAG, "driver busy (%s); connecting again shortly" % exc)
+            self._start_pending = True
 
     def _set_reconnects(self, count):
         try:
@@ -106,17 +123,24 @@ class Wifi:
 
     def disconnect(self):
         self._joining = False
+        self._start_pending = False
         try:
             self._sta.disconnect()
         except OSError:
             pass
 
     def is_connected(self):
+        if self._start_pending:
+            self._start()
         return self._sta.isconnected()
 
     def status(self):
         """A StationStatus from the station's real state."""
         net = self._net
+        if self._start_pending:
+            self._start()
+            if self._start_pending:
+                return StationStatus(_STA_CONNECTING if self._joining else _STA_DISCONNECTED)
         code = self._sta.status()
         connecting = getattr(net, "STAT_CONNECTING", _STAT_CONNECTING)
         if code == getattr(net, "STAT_GOT_IP", _STAT_GOT_IP) or (code != connecting and self._sta.isconnected()):
@@ -126,12 +150,14 @@ class Wifi:
         if code == connecting or code == getattr(net, "STAT_IDLE", _STAT_IDLE):
             # IDLE right after connect(): the driver has not started yet
             return StationStatus(_STA_CONNECTING)
-        if (code == getattr(net, "STAT_WRONG_PASSWORD", _STAT_WRONG_PASSWORD)
-                or code == getattr(net, "STAT_HANDSHAKE_TIMEOUT", _STAT_HANDSHAKE_TIMEOUT)):
-            # A 4-way handshake timeout is how a wrong WPA2 password usually shows on an ESP32
-            return StationStatus(_STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR)
-        # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: as ESP-IDF's manager does
-        return StationStatus(_STA_CONNECTION_FAILED, _FAIL_NETWORK_NOT_FOUND)
+        auth = 0 < code < 256 and code in _AUTH_REASONS
+        if self._failure_logged != code:
+            self._failure_logged = code
+            log.warning(_TAG, "joining %s failed: reason %d (%s)"
+                        % (_text(self._ssid), code, "authentication" if auth else "network not found"))
+        # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: network not found, as ESP-IDF's
+        # provisioning manager reports them
+        return StationStatus(_STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR if auth else _FAIL_NETWORK_NOT_FOUND)
 
     def _config(self, key, default):
         try:
@@ -148,25 +174,17 @@ class Wifi:
             ssid = self._ssid
         elif isinstance(ssid, str):
             ssid = ssid.encode("utf-8")
-        # The ESP32 port cannot report the joined AP's BSSID or auth mode, so take them from a
-        # scan: the last one if it saw the SSID, else one scan now (once per join).
-        if self._details is None:
-            known = self._known.get(ssid)
-            if known is None:
-                try:
-                    self.scan()
-                except OSError as e:
-                    log.warning(_TAG, "scan for connection details failed: %s" % e)
-                known = self._known.get(ssid)
-            self._details = known or ()
-        known = self._details or None
+        # The ESP32 port cannot report the joined AP's BSSID or auth mode: take them from the last
+        # scan if it saw the SSID. No scan here: it would block the event loop for 1.5-3 s and take
+        # the radio off the access point's channel while the provisioning client waits.
+        known = self._known.get(ssid)
         bssid = self._config("bssid", None) or self._bssid or (known[0] if known else b"")
         channel = self._config("channel", None)
         if not channel and known:
             channel = known[1]
         auth_mode = self._config("security", None)
         if auth_mode is None:
-            auth_mode = known[2] if known else _AUTH_OPEN
+            auth_mode = known[2] if known else (_AUTH_WPA2_PSK if self._passphrase else _AUTH_OPEN)
         return StationStatus(_STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
 
     def scan(self):
@@ -175,8 +193,11 @@ class Wifi:
         results = []
         for entry in self._sta.scan():
             # ESP32: (ssid, bssid, channel, RSSI, security, hidden); security uses the
-            # ESP-IDF wifi_auth_mode_t numbering, the same as WifiAuthMode (spec 2.4)
+            # ESP-IDF wifi_auth_mode_t numbering, the same as WifiAuthMode (spec 2.4).
+            # Hidden networks come with an empty SSID: nothing a client could join by name.
             ssid, bssid, channel, rssi, auth = bytes(entry[0]), bytes(entry[1]), entry[2], entry[3], entry[4]
+            if not ssid:
+                continue
             results.append({"ssid": ssid, "bssid": bssid, "channel": channel, "rssi": rssi, "auth": auth})
         results.sort(key=lambda r: -r["rssi"])
         known = {}

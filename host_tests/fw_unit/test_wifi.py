@@ -80,8 +80,9 @@ def test_status_mapping():
     sta.code = 202
     st = wifi.status()
     equal((st.state, st.fail_reason), (fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR), "wrong password")
-    sta.code = 204
-    equal(wifi.status().fail_reason, fwtest.FAIL_AUTH_ERROR, "handshake timeout")
+    for code in (2, 4, 14, 15, 204, 205):  # what ESP32s report for a wrong passphrase
+        sta.code = code
+        equal(wifi.status().fail_reason, fwtest.FAIL_AUTH_ERROR, "reason %d" % code)
     sta.code = 201
     equal(wifi.status().fail_reason, fwtest.FAIL_NETWORK_NOT_FOUND, "no AP")
     sta.code = 203
@@ -118,3 +119,31 @@ def test_mac_and_access_point():
     equal((ap.settings["essid"], ap.settings["authmode"]), ("PROV_1a2b3c", 0), "open AP named after the service")
     wifi.ap_down()
     check(not wifi.ap_active(), "AP down")
+
+
+def test_a_busy_driver_refusing_connect_is_retried_not_raised():
+    net = FakeNetwork()
+    wifi = Wifi(net)
+    sta = net.WLAN(net.STA_IF)
+    refusals = [OSError("Wifi Internal Error")] * 2
+    real_connect = sta.connect
+
+    def connect(ssid, key, bssid=None):
+        if refusals:
+            raise refusals.pop()
+        real_connect(ssid, key, bssid)
+
+    sta.connect = connect
+    wifi.connect(b"home", b"pw123456")  # refused: no exception
+    equal(wifi.status().state, fwtest.STA_CONNECTING, "still connecting (second refusal)")
+    equal(sta.calls, [("disconnect",)], "not started yet")
+    check(not wifi.is_connected(), "third try starts it")
+    equal(sta.calls[-1], ("connect", "home", "pw123456", None), "started")
+    equal(wifi.status().state, fwtest.STA_CONNECTING, "now the driver's own state")
+
+
+def test_hidden_networks_are_left_out_of_the_scan():
+    net = FakeNetwork()
+    sta = net.WLAN(net.STA_IF)
+    sta.scan = lambda: [(b"", b"\x03" * 6, 1, -30, 3, True), (b"home", b"\x02" * 6, 6, -40, 4, False)]
+    equal([r["ssid"] for r in Wifi(net).scan()], [b"home"], "no empty SSID")

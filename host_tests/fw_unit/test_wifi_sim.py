@@ -13,11 +13,13 @@ from rmnode.wifi import Wifi
 import fwtest
 from fwtest import check, equal, FakeConfig, sec1_session, secured
 
-AIR = {"aps": [
+AIR = {"scan_s": 0.05, "aps": [
     {"ssid": "home", "password": "right-pw", "channel": 11, "rssi": -45, "bssid": "02:00:00:00:00:01",
      "join_s": 0.05, "ip": "127.0.0.1"},
     {"ssid": "cafe", "channel": 1, "rssi": -70, "join_s": 0.05},
     {"ssid": "flaky", "password": "x" * 8, "fail": "handshake", "join_s": 0.05},
+    {"ssid": "secret", "password": "y" * 8, "hidden": True, "rssi": -60, "join_s": 0.05},
+    {"ssid": "old-router", "password": "z" * 8, "auth_fail_reason": 2, "join_s": 0.05},
 ]}
 
 
@@ -42,9 +44,13 @@ def test_sim_mac_and_scan():
     wifi = Wifi(_network())
     equal(wifi.mac(), bytes([0x24, 0x0A, 0xC4, 0x1A, 0x2B, 0x3C]), "mac")
     aps = wifi.scan()
-    equal([ap["ssid"] for ap in aps], [b"home", b"flaky", b"cafe"], "strongest first")
+    equal([ap["ssid"] for ap in aps], [b"home", b"flaky", b"old-router", b"cafe"],
+          "strongest first, the hidden network left out")
+    raw = _network().WLAN(0).scan()
+    hidden = [entry for entry in raw if entry[5]]
+    equal([(entry[0], entry[3]) for entry in hidden], [(b"", -60)], "hidden AP listed with an empty SSID")
     equal((aps[0]["channel"], aps[0]["auth"], aps[0]["bssid"]), (11, 3, b"\x02\x00\x00\x00\x00\x01"), "home")
-    equal(aps[2]["auth"], 0, "open network")
+    equal(aps[3]["auth"], 0, "open network")
 
 
 def test_sim_wrong_password_then_right_one():
@@ -54,10 +60,61 @@ def test_sim_wrong_password_then_right_one():
     equal(st.fail_reason, fwtest.FAIL_AUTH_ERROR, "AuthError")
     wifi.connect(b"home", b"right-pw")
     st = _wait(wifi, (fwtest.STA_CONNECTED,))
+    # no scan since the join: the BSSID is unknown (the ESP32 port cannot tell it), the rest is
     equal((st.ip4_addr, st.ssid, st.channel, st.auth_mode, st.bssid),
-          ("127.0.0.1", b"home", 11, 3, b"\x02\x00\x00\x00\x00\x01"), "connected details")
+          ("127.0.0.1", b"home", 11, 3, b""), "connected details")
+    wifi.scan()
+    equal(wifi.status().bssid, b"\x02\x00\x00\x00\x00\x01", "BSSID from the last scan")
     wifi.disconnect()
     equal(wifi.status().state, fwtest.STA_DISCONNECTED, "after disconnect")
+
+
+def test_sim_wrong_password_reads_connecting_until_the_retries_run_out_then_reason_15():
+    net = _network()
+    wifi = Wifi(net)
+    sta = net.WLAN(net.STA_IF)
+    wifi.connect(b"home", b"wrong-pw")
+    equal(sta.status(), net.STAT_CONNECTING, "first attempt")
+    time.sleep_ms(70)
+    equal(sta.status(), net.STAT_CONNECTING, "one attempt failed, the driver retries")
+    st = _wait(wifi, (fwtest.STA_CONNECTION_FAILED,))
+    equal((sta.status(), st.fail_reason), (15, fwtest.FAIL_AUTH_ERROR), "4-way handshake timeout = AuthError")
+    wifi.connect(b"old-router", b"wrong-pw")
+    equal(_wait(wifi, (fwtest.STA_CONNECTION_FAILED,)).fail_reason, fwtest.FAIL_AUTH_ERROR, "reason 2 = AuthError")
+    equal(sta.status(), 2, "auth expire")
+    wifi.disconnect()
+
+
+def test_sim_connect_while_connecting_is_refused_by_the_driver_and_retried_by_wifi():
+    net = _network()
+    sta = net.WLAN(net.STA_IF)
+    sta.active(True)
+    sta.connect("home", "right-pw")
+    e = fwtest.raises(OSError, sta.connect, "home", "right-pw")
+    equal(str(e), "Wifi Internal Error", "the ESP32 port's error")
+    sta.disconnect()
+    fwtest.raises(OSError, sta.connect, "home", "right-pw")  # the aborted attempt still settles
+    equal(sta.scan(), [], "no scan while the driver is busy")
+    wifi = Wifi(net)
+    wifi.connect(b"home", b"right-pw")  # disconnect + connect: refused at first, started later
+    equal(wifi.status().state, fwtest.STA_CONNECTING, "connecting while the driver settles")
+    equal(_wait(wifi, (fwtest.STA_CONNECTED,)).ssid, b"home", "joined after the retry")
+    wifi.connect(b"home", b"right-pw")  # again while connected: no crash either
+    equal(_wait(wifi, (fwtest.STA_CONNECTED,)).ssid, b"home", "joined again")
+    wifi.disconnect()
+
+
+def test_sim_access_point_follows_the_station_channel():
+    net = _network()
+    wifi = Wifi(net)
+    wifi.ap_up("PROV_1a2b3c")
+    ap = net.WLAN(net.AP_IF)
+    ap.config(channel=1)
+    wifi.connect(b"home", b"right-pw")
+    _wait(wifi, (fwtest.STA_CONNECTED,))
+    equal(ap.config("channel"), 11, "one radio: the AP moved to the station's channel")
+    wifi.disconnect()
+    wifi.ap_down()
 
 
 def test_sim_network_not_found_and_handshake_failure():
@@ -101,6 +158,7 @@ def test_sim_provisioning_wrong_password_reset_retry():
     equal((st["sta_state"], st["fail_reason"]), (fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR), "AuthError")
     reset = secured(prov.dispatch, client, 1, "prov-ctrl", pb.WiFiCtrlPayload, {"msg": 1, "cmd_ctrl_reset": {}})
     equal(reset["status"], 0, "reset")
+    wifi.scan()  # as a client's prov-scan would: the connected state then carries the BSSID
     config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"right-pw"}})
     config({"msg": 4})
     while status()["sta_state"] == fwtest.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:

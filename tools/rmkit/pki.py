@@ -42,6 +42,8 @@ BROKER_NAME = "broker"
 # not carry '/', '+', '#' or whitespace (RainMaker node ids are 12 hex chars or 22 base62 chars, spec 7.3)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VALIDITY = datetime.timedelta(days=3650)
+# notBefore a day back: a node checks dates against an SNTP clock, which may run behind this host's
+_BACKDATE = datetime.timedelta(days=1)
 
 
 class PkiError(UserError):
@@ -128,7 +130,7 @@ class Pki:
             .issuer_name(name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_before(now - _BACKDATE)
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
@@ -222,7 +224,7 @@ class Pki:
             .issuer_name(self._ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_before(now - _BACKDATE)
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,

@@ -15,7 +15,7 @@ AUTH_MODES = {
     "WPA2_ENTERPRISE": 5, "WPA3_PSK": 6, "WPA2_WPA3_PSK": 7, "WAPI_PSK": 8, "OWE": 9,
 }
 AP_KEYS = {"ssid", "password", "authmode", "rssi", "channel", "bssid", "hidden", "join_s",
-           "ip", "netmask", "gateway", "dns", "drop_after_s", "fail"}
+           "ip", "netmask", "gateway", "dns", "drop_after_s", "fail", "auth_fail_reason"}
 FAILS = {None, "assoc", "handshake"}
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -49,9 +49,12 @@ def check_air(air, where: str = "air") -> None:
 
     if not isinstance(air, dict) or not isinstance(air.get("aps", []), list):
         fail('expected {"aps": [ {"ssid": ..., ...}, ... ]}')
-    unknown = set(air) - {"aps"}
+    unknown = set(air) - {"aps", "scan_s"}
     if unknown:
-        fail(f"unknown top-level key {sorted(unknown)[0]!r} (only 'aps')")
+        fail(f"unknown top-level key {sorted(unknown)[0]!r} (only 'aps' and 'scan_s')")
+    scan_s = air.get("scan_s", 1.5)
+    if isinstance(scan_s, bool) or not isinstance(scan_s, (int, float)) or not 0 <= scan_s <= 30:
+        fail(f"scan_s must be a number of seconds 0..30 (a scan blocks the board that long), got {scan_s!r}")
     for i, ap in enumerate(air.get("aps", [])):
         at = f"aps[{i}]"
         if not isinstance(ap, dict):
@@ -89,6 +92,7 @@ def check_air(air, where: str = "air") -> None:
                     ipaddress.IPv4Address(value)
                 except (ValueError, TypeError):
                     fail(f"{at}.{key} must be an IPv4 address, got {value!r}")
+        _int_field(fail, ap, at, "auth_fail_reason", 1, 255)  # ESP-IDF wifi_err_reason_t
         if ap.get("fail") not in FAILS:
             fail(f"{at}.fail must be null, 'assoc' or 'handshake', got {ap.get('fail')!r}")
 

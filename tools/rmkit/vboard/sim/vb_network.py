@@ -3,29 +3,39 @@
 # Installed as sys.modules["network"] by vb_boot.py. Sockets stay real: "connected" only changes
 # what this module reports; the board reaches 127.0.0.1 either way.
 #
-# Behaviour follows ports/esp32/network_wlan.c (MicroPython 1.2x):
+# Behaviour follows ports/esp32/network_wlan.c (MicroPython 1.24-1.26), at least as strict as a board:
 # - WLAN(STA_IF) / WLAN(AP_IF) are per-interface singletons; connect() needs active(True)
 #   ("Wifi Not Started" otherwise); scan() needs the STA active.
-# - status() (STA): STAT_GOT_IP when connected; STAT_NO_AP_FOUND / STAT_WRONG_PASSWORD as soon as
-#   an attempt failed for that reason (even while retrying); STAT_IDLE after disconnect();
-#   STAT_CONNECTING while an attempt is under way; other failure reasons once retries ran out.
+# - status() (STA): STAT_GOT_IP when connected; STAT_CONNECTING while a connect is requested and the
+#   driver still has retries left (config(reconnects=n); the default retries forever, so a wrong
+#   password reads STAT_CONNECTING for good); only once the retries ran out the raw ESP-IDF
+#   disconnect reason of the last attempt; STAT_IDLE after disconnect() or before any connect.
+# - a wrong passphrase fails with reason 15 (4-way handshake timeout) unless the AP says otherwise
+#   ("auth_fail_reason": 2, 202, 204, ...): what ESP32s report in the field, rarely 202.
+# - connect() while an attempt is under way, or within _SETTLE_MS of a disconnect() that aborted
+#   one (ESP-IDF handles the disconnect on its own task), raises OSError("Wifi Internal Error").
 # - after a failure or a drop the station retries, as ESP32 does, until disconnect() or
 #   config(reconnects=n) attempts; each retry re-reads the air, so an AP can appear later.
+# - scan() blocks the whole interpreter for the air's "scan_s" (default 1.5 s; 1.5-3 s on a board),
+#   lists hidden networks with an empty SSID, and returns [] when it cannot start (a connect is
+#   under way). Entries: (ssid, bssid, channel, RSSI, authmode, hidden).
+# - one radio: while the station is associated the AP runs on the station's channel.
 # - config('mac') is bytes: STA = the board MAC, AP = board MAC + 1 (ESP32's derived MACs).
 # - the AP interface reports VBOARD_AP_IP (the --softap host) in ifconfig(); a real ESP32 uses
 #   192.168.4.1 (its SoftAP default).
 #
 # The air file (JSON; path in VBOARD_AIR, re-read whenever it changes - replace it atomically,
 # new file + rename, as mtime has 1 s steps; a file that does not parse keeps the previous air) - rmkit/vboard/air.py validates it on the host:
-#   {"aps": [{"ssid": "home", "password": "secret123", "authmode": "WPA2_PSK", "rssi": -50,
+#   {"scan_s": 1.5,
+#    "aps": [{"ssid": "home", "password": "secret123", "authmode": "WPA2_PSK", "rssi": -50,
 #             "channel": 6, "bssid": "02:00:00:00:00:01", "hidden": false, "join_s": 0.3,
 #             "ip": "127.0.0.1", "netmask": "255.0.0.0", "gateway": "127.0.0.1", "dns": "127.0.0.1",
-#             "drop_after_s": null, "fail": null}]}
+#             "drop_after_s": null, "fail": null, "auth_fail_reason": 15}]}
 # Only "ssid" is required. "authmode" defaults to WPA2_PSK with a password and OPEN without;
 # "join_s" is how long an attempt takes (result: got IP or a failure); "drop_after_s" drops the
 # link that long after it came up (STAT_BEACON_TIMEOUT, then the station retries); "fail" makes
 # every attempt fail with "assoc" (STAT_ASSOC_FAIL) or "handshake" (STAT_HANDSHAKE_TIMEOUT);
-# "hidden" APs are joinable but not listed by scan().
+# "hidden" APs are joinable and listed by scan() with an empty SSID.
 import json
 import os
 import time
@@ -44,6 +54,9 @@ STAT_WRONG_PASSWORD = 202
 STAT_ASSOC_FAIL = 203
 STAT_HANDSHAKE_TIMEOUT = 204
 _REASON_ASSOC_LEAVE = 8
+_REASON_4WAY_HANDSHAKE_TIMEOUT = 15
+_SETTLE_MS = 100
+_DEFAULT_SCAN_S = 1.5
 
 AUTH_OPEN = 0
 AUTH_WEP = 1
@@ -85,6 +98,7 @@ class _Air:
     # The air file, read through an unmounted VfsPosix: `/` is the flash, the host path is not.
     def __init__(self, path):
         self.aps = []
+        self.scan_s = _DEFAULT_SCAN_S
         self._fs = None
         self._name = None
         self._stamp = None
@@ -107,10 +121,12 @@ class _Air:
             finally:
                 f.close()
             aps = [_ap_record(ap) for ap in data.get("aps", [])]
+            scan_s = float(data.get("scan_s", _DEFAULT_SCAN_S))
         except Exception:  # being rewritten or removed: keep the previous air
             return
         self._stamp = stamp
         self.aps = aps
+        self.scan_s = scan_s
 
     def find(self, ssid, bssid=None, refresh=True):
         if refresh:
@@ -144,6 +160,7 @@ def _ap_record(ap):
         "ifconfig": (ap.get("ip", "127.0.0.1"), ap.get("netmask", "255.0.0.0"),
                      ap.get("gateway", "127.0.0.1"), ap.get("dns", "127.0.0.1")),
         "drop_after_s": ap.get("drop_after_s"), "fail": ap.get("fail"),
+        "auth_fail_reason": ap.get("auth_fail_reason", _REASON_4WAY_HANDSHAKE_TIMEOUT),
     }
 
 
@@ -168,6 +185,7 @@ class _Station:
         self.ap = None
         self.static = None
         self.channel = 1
+        self.settle_until = None  # ticks_ms until which an aborted connect still occupies the driver
 
     def start_attempt(self, at=None):
         self.attempt_at = _now() if at is None else at
@@ -206,7 +224,7 @@ class _Station:
         elif ap["fail"]:
             reason = _FAIL_REASONS.get(ap["fail"], STAT_ASSOC_FAIL)
         elif ap["authmode"] != AUTH_OPEN and self.password != ap["password"]:
-            reason = STAT_WRONG_PASSWORD
+            reason = ap["auth_fail_reason"]
         else:
             self.connected = True
             self.reason = 0
@@ -228,15 +246,18 @@ class _Station:
         self.update()
         if self.connected:
             return STAT_GOT_IP
-        if self.reason in (STAT_NO_AP_FOUND, STAT_WRONG_PASSWORD):
-            return self.reason
-        if self.reason == _REASON_ASSOC_LEAVE:
-            return STAT_IDLE
         if self.requested and self.attempt_at is not None:
-            return STAT_CONNECTING
-        if self.reason == 0:
+            return STAT_CONNECTING  # retries left: the last reason is not shown yet
+        if self.reason in (0, _REASON_ASSOC_LEAVE):
             return STAT_IDLE
         return self.reason
+
+    def busy(self):
+        """A connect is under way, or an aborted one is still being torn down."""
+        self.update()
+        if self.requested and self.attempt_at is not None and not self.connected:
+            return True
+        return self.settle_until is not None and time.ticks_diff(self.settle_until, _now()) > 0
 
     def stop(self):
         self.requested = False
@@ -291,6 +312,8 @@ class WLAN:
         self._require(STA_IF)
         if not _sta.active:
             raise OSError("Wifi Not Started")
+        if _sta.busy():
+            raise OSError("Wifi Internal Error")  # esp_wifi_connect(): ESP_ERR_WIFI_CONN
         if ssid is not None or key is not None or bssid is not None:
             _sta.ssid = ssid or ""
             _sta.password = key or ""
@@ -304,7 +327,10 @@ class WLAN:
         _sta.start_attempt()
 
     def disconnect(self):
+        _sta.update()
         _sta.requested = False
+        if _sta.attempt_at is not None and not _sta.connected:
+            _sta.settle_until = time.ticks_add(_now(), _SETTLE_MS)
         if _sta.connected or _sta.attempt_at is not None:
             _sta.reason = _REASON_ASSOC_LEAVE
         _sta.connected = False
@@ -336,9 +362,12 @@ class WLAN:
     def scan(self):
         if not _sta.active:
             raise OSError("STA must be active")
+        if _sta.busy():
+            return []  # the driver cannot start a scan while it connects
         _air.refresh()
-        return [(ap["ssid"].encode(), ap["bssid"], ap["channel"], ap["rssi"], ap["authmode"], False)
-                for ap in _air.aps if not ap["hidden"]]
+        time.sleep(_air.scan_s)  # the ESP32 port's scan blocks the interpreter until done
+        return [(b"" if ap["hidden"] else ap["ssid"].encode(), ap["bssid"], ap["channel"], ap["rssi"],
+                 ap["authmode"], ap["hidden"]) for ap in _air.aps]
 
     def ifconfig(self, config=None):
         if config is not None:
@@ -410,6 +439,9 @@ class WLAN:
         if key in ("ssid", "essid"):
             return s.ssid
         if key == "channel":
+            _sta.update()
+            if _sta.connected:  # one radio: the AP follows the station's channel
+                return _sta.channel
             return s.channel
         if key in ("hostname", "dhcp_hostname"):
             return _hostname

@@ -9,6 +9,12 @@ import sys as _unix
 platform = "esp32"
 
 
+def __getattr__(name):
+    # sys.path, sys.argv, sys.ps1, ... live in the VM state, not in the module's dict, so
+    # `import *` does not copy them: read them from the real module (the same list objects)
+    return getattr(_unix, name)
+
+
 def _implementation():
     import os
     wanted = os.getenv("VBOARD_MPY_VERSION")
