@@ -380,6 +380,9 @@ class MQTTClient:
 
     async def _open(self):
         gc.collect()  # the handshake allocates records and certificates: start from a compact heap
+        free = internal_ram_free()
+        if free is not None:  # mbedtls takes ~36 KB of it for the handshake (README, "Memory")
+            log.info(_TAG, "internal RAM free for TLS: %d bytes" % free)
         if self.ssl_context is None:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         else:  # the host name is always checked (mbedtls needs it with CERT_REQUIRED)
@@ -475,6 +478,16 @@ class MQTTClient:
             raise
         except Exception as exc:
             self._lose("ping failed: " + describe(exc))
+
+
+def internal_ram_free():
+    """Bytes free in the ESP-IDF heap (internal RAM outside the GC heap, where mbedtls and lwIP
+    allocate), or None where there is no `esp32` module (CPython, the plain unix port)."""
+    try:
+        import esp32
+    except ImportError:
+        return None
+    return sum(region[1] for region in esp32.idf_heap_info(esp32.HEAP_DATA))
 
 
 def describe(exc):

@@ -29,7 +29,8 @@ from rmkit.vboard.supervisor import LAUNCHER, Supervisor
 log = logging.getLogger(__name__)
 
 SIM_DIR = Path(__file__).resolve().parent / "sim"
-SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py", "vb_sys.py")
+SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py", "vb_sys.py", "vb_esp32.py",
+               "vb_socket.py", "vb_tls.py")
 ESPRESSIF_OUI = "24:0a:c4"
 # The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
 # process gets this much GC heap on top of `heap` so firmware still has `heap` to itself.
@@ -183,6 +184,7 @@ class VirtualBoard:
             env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
                        VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
                        VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0],
+                       VBOARD_HEAP=str(self.heap_bytes),
                        **clock_environment())
             env.pop("MICROPYPATH", None)
             env.pop("MICROPYTHONINSPECT", None)
@@ -232,6 +234,18 @@ class VirtualBoard:
     def power_cut(self, timeout: float = 20.0) -> None:
         """SIGKILL the MicroPython process wherever it is (mid-write too), then power on again."""
         self._restart("power", timeout)
+
+    def take_internal_ram(self, nbytes: int) -> None:
+        """Make `nbytes` of the modelled ESP-IDF heap unavailable (0 gives it back), as other ESP-IDF
+        users would; the next TLS session or esp32.idf_heap_info() on the board sees it."""
+        if not isinstance(nbytes, int) or nbytes < 0:
+            raise BoardError(f"internal RAM to take must be a byte count >= 0, not {nbytes!r}")
+        state = self._state_dir
+        if state is None:
+            raise BoardError(f"board {self.name} is not started")
+        tmp = state / "idf_reserve.tmp"
+        tmp.write_text(str(nbytes))
+        os.replace(tmp, state / "idf_reserve")
 
     def _restart(self, what: str, timeout: float) -> None:
         sup = self._supervisor()

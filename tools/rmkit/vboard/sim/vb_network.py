@@ -41,6 +41,8 @@ import os
 import time
 import vfs
 
+import vb_esp32  # the internal-RAM model: the radio's buffers while an interface is active
+
 STA_IF = 0
 AP_IF = 1
 
@@ -284,6 +286,7 @@ class _SoftAP:
 
 _sta = _Station()
 _softap = _SoftAP()
+vb_esp32.track_radio(lambda: _sta.active or _softap.active)
 
 
 class WLAN:

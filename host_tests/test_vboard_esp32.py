@@ -1,6 +1,11 @@
-"""The virtual board's clock behaves like an ESP32's: 2000-01-01 at power-on, the 2000 epoch, kept
-across soft resets and machine.reset(), set through machine.RTC; and mbedtls checks certificate
-dates against it, so TLS fails until the clock is set and refuses an expired certificate after."""
+"""The virtual board is at least as strict as an ESP32 where firmware can tell:
+
+- its clock: 2000-01-01 at power-on, the 2000 epoch, kept across machine.reset(), set through
+  machine.RTC; mbedtls checks certificate dates against it, so TLS fails until the clock is set and
+  refuses an expired certificate after;
+- internal RAM outside the GC heap (sim/vb_esp32.py): Wi-Fi, sockets and TLS sessions are charged,
+  a TLS session that does not fit fails with OSError(ENOMEM), esp32.idf_heap_info() reports it;
+- what the interpreter says of itself (sys.platform)."""
 
 from __future__ import annotations
 
@@ -177,3 +182,52 @@ print(clock.plausible())
     assert lines[0].strip() == "False" and lines[-2].strip() == "True"
     assert f"clock: time set by SNTP from 127.0.0.1:{sntp.port}" in out
     assert board_date(vboard)[:3] >= (NOW.year, NOW.month, NOW.day)
+
+
+# -- internal RAM outside the GC heap ----------------------------------------------------------------
+
+HEAP_INFO = "import esp32; print(*esp32.idf_heap_info(esp32.HEAP_DATA)[0])"
+
+
+def test_idf_heap_info_charges_wifi_sockets_and_tls_sessions(vboard, tls_server_factory):
+    server, ca_der = tls_server_factory("ram", NOW - DAY, NOW + 365 * DAY)
+    (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+    vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
+    total, free, largest, low = map(int, vboard.exec(HEAP_INFO).split())
+    assert total == free == largest == low > 60000
+    vboard.exec("import network; network.WLAN(network.STA_IF).active(True)")
+    wifi_on = int(vboard.exec(HEAP_INFO).split()[1])
+    assert 15000 < free - wifi_on < 30000  # the Wi-Fi driver's buffers
+    out = vboard.exec(connect_code(server.port).replace("    t.close()\n", "    print(*esp32.idf_heap_info(esp32.HEAP_DATA)[0])\n    t.close()\n")
+                      .replace("import socket, tls", "import socket, tls, esp32"))
+    during = [int(v) for v in out.splitlines()[1].split()]
+    assert wifi_on - during[1] > 21000  # socket + record buffers held while the session is open
+    assert during[3] < during[1] - 15000  # the handshake peak is the lowest point so far
+    after = int(vboard.exec(HEAP_INFO).split()[1])
+    assert after == wifi_on  # everything given back on close
+
+
+def test_a_tls_session_that_does_not_fit_fails_like_on_an_esp32_and_fits_again_later(vboard, tls_server_factory):
+    server, ca_der = tls_server_factory("tight", NOW - DAY, NOW + 365 * DAY)
+    (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+    vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
+    free = int(vboard.exec(HEAP_INFO).split()[1])
+    vboard.take_internal_ram(free - 20000)  # 20 KB left: less than a handshake needs
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS FAILED [Errno 12] ENOMEM"
+    vboard.take_internal_ram(0)
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS OK b'hello'"
+
+
+def test_a_bigger_gc_heap_leaves_no_room_for_tls(vboard_factory, tls_server_factory):
+    """An ESP32 whose GC heap grew to ~110 KiB (154K on the 64-bit port) cannot open TLS with Wi-Fi on:
+    what MicroPython issue #14421 reports."""
+    board = vboard_factory(heap="154K")
+    server, ca_der = tls_server_factory("grown", NOW - DAY, NOW + 365 * DAY)
+    (board.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+    board.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
+    board.exec("import network; network.WLAN(network.STA_IF).active(True)")
+    assert board.exec(connect_code(server.port)).strip() == "TLS FAILED [Errno 12] ENOMEM"
+
+
+def test_the_interpreter_says_it_is_an_esp32(vboard):
+    assert vboard.exec("import sys; print(sys.platform)").strip() == "esp32"

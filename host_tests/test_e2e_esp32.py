@@ -1,0 +1,58 @@
+"""End to end, what a real ESP32 makes the node do that a kinder board would not: set its clock by SNTP
+before TLS (and wait for a time server that is not there yet), and survive a TLS session that does not
+fit its internal RAM. Virtual board running the firmware, mosquitto with mutual TLS, the local cloud."""
+
+import re
+import uuid
+
+from rmkit.flow import provision_node
+from rmkit.sntp import SntpServer
+
+SNTP_FAILED = r"clock: time not set by SNTP 127\.0\.0\.1:%d: ClockError\(no SNTP answer within \d+ ms\); " \
+              r"no TLS until it is; retry in \d+ ms"
+
+
+def test_node_without_a_time_server_keeps_asking_and_maps_once_time_is_served(bench):
+    bench.add_user("alice@example.com")
+    alice = bench.login("alice@example.com")
+    sntp_port = bench.stack.sntp.port
+    bench.stack.sntp.stop()  # nobody answers on that port until the end of the test
+    board = bench.add_board("vb-clock")
+    secret_key = str(uuid.uuid4())
+    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
+                             bench.ssid, bench.passphrase)
+    request_id = alice.request_mapping(node_id, secret_key)
+    rebooted = board.wait_for_log(r"node: provisioned; rebooting into station mode", timeout=20)
+    first = board.wait_for_log(SNTP_FAILED % sntp_port, since=rebooted.end(), timeout=20)
+    board.wait_for_log(SNTP_FAILED % sntp_port, since=first.end(), timeout=20)  # and again, later
+    assert "mqtt: connecting" not in board.read_log(rebooted.end())  # no TLS on a clock from 2000
+    assert alice.mapping_status(request_id) == "requested"
+
+    bench.stack.sntp = SntpServer(port=sntp_port).start()
+    board.wait_for_log(r"clock: time set by SNTP from 127\.0\.0\.1:%d: 20\d\d-" % sntp_port,
+                       since=rebooted.end(), timeout=30)
+    assert alice.wait_for_mapping(request_id, poll_interval_s=0.1, give_up_s=20).status == "confirmed"
+
+
+def test_tls_that_does_not_fit_internal_ram_fails_is_retried_and_maps_once_it_fits(bench):
+    bench.add_user("bob@example.com")
+    bob = bench.login("bob@example.com")
+    board = bench.add_board("vb-ram")
+    board.take_internal_ram(45000)  # what else ESP-IDF might hold: too little left for a handshake
+    secret_key = str(uuid.uuid4())
+    node_id = provision_node(bench.provisioner(board), bench.timeline, bob.user_id, secret_key,
+                             bench.ssid, bench.passphrase)
+    request_id = bob.request_mapping(node_id, secret_key)
+    rebooted = board.wait_for_log(r"node: provisioned; rebooting into station mode", timeout=20)
+    low = board.wait_for_log(r"mqtt: internal RAM free for TLS: (\d+) bytes", since=rebooted.end(), timeout=20)
+    assert int(low.group(1)) < 36000
+    failed = board.wait_for_log(r"mqtt: connect failed: OSError\(\[Errno 12\] ENOMEM\); retry in \d+ ms",
+                                since=low.end(), timeout=20)
+    assert bob.mapping_status(request_id) == "requested"
+    assert board.running and board.crashes == []
+
+    board.take_internal_ram(0)
+    fits = board.wait_for_log(r"mqtt: internal RAM free for TLS: (\d+) bytes", since=failed.end(), timeout=30)
+    assert int(fits.group(1)) > 45000
+    assert bob.wait_for_mapping(request_id, poll_interval_s=0.1, give_up_s=30).status == "confirmed"
+    assert re.search(r"mqtt: connected in \d+ ms", board.read_log(fits.end()))
