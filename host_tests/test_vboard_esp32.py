@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fixtures_vboard import VENV_BIN
 from rmkit.sntp import SntpServer
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -231,3 +233,29 @@ def test_a_bigger_gc_heap_leaves_no_room_for_tls(vboard_factory, tls_server_fact
 
 def test_the_interpreter_says_it_is_an_esp32(vboard):
     assert vboard.exec("import sys; print(sys.platform)").strip() == "esp32"
+
+
+# -- the MicroPython version a board runs --------------------------------------------------------------
+
+def rmkit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "rmkit"), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_deploy_refuses_a_board_that_runs_micropython_1_23(vboard_factory):
+    board = vboard_factory(reported_version="1.23.0", run_main=False)
+    assert board.exec("import sys; print(sys.implementation.version[:3])").strip() == "(1, 23, 0)"
+    result = rmkit("deploy", "--port", board.url)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"rmkit deploy: the board on {board.url} runs micropython 1.23.0; rmnode needs MicroPython 1.24.0 or newer "
+        "(older ones cannot load its DER certificate and key): flash ESP32_GENERIC 1.24.0 or later from "
+        "micropython.org first")
+    assert not (board.flash_dir / "rmnode").exists()
+
+
+def test_deploy_over_the_serial_port_puts_the_mpy_firmware_on_a_current_board(vboard_factory):
+    board = vboard_factory(run_main=False)
+    result = rmkit("deploy", "--port", board.url, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (board.flash_dir / "main.py").exists() and (board.flash_dir / "rmnode" / "clock.mpy").exists()
+    assert not list((board.flash_dir / "rmnode").glob("*.py"))

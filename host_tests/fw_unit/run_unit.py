@@ -41,5 +41,19 @@ def main(names):
     return failed
 
 
+def main_on_an_esp32_sized_stack(names):
+    import esp32_stack
+
+    # Import (= compile) the test modules and the firmware on the main thread: on a board the
+    # firmware arrives as .mpy, so the compiler's deep recursion never runs there.
+    for module_name in _modules(names) + (["vb_network"] if os.getenv("VBOARD_MAC") else []):
+        try:
+            __import__(module_name)
+        except Exception:
+            pass  # main() imports it again and reports the error
+    return esp32_stack.run(main, names)
+
+
 if __name__ == "__main__":
-    sys.exit(1 if main(sys.argv[1:]) else 0)
+    on_micropython = sys.implementation.name == "micropython"
+    sys.exit(1 if (main_on_an_esp32_sized_stack if on_micropython else main)(sys.argv[1:]) else 0)

@@ -87,11 +87,50 @@ def deploy_to_flash_dir(flash_dir: Path, compile_mpy: bool = True) -> list[Path]
     return copied
 
 
+# MicroPython 1.23 hands mbedtls its DER keys with a trailing byte, which mbedtls >= 3.5 refuses
+# ("invalid key"; fixed in 1.24 by micropython PR #14385), and IP-address SAN checks need mbedtls >= 3.5.
+MIN_MICROPYTHON = (1, 24, 0)
+_VERSION_PROBE = "import sys; i = sys.implementation; print(i.name, '.'.join(str(v) for v in i.version[:3]))"
+
+
+def board_version(port: str) -> tuple[str, tuple]:
+    """(implementation name, (major, minor, micro)) of the board on `port`, read with mpremote."""
+    mpremote = str(Path(sys.executable).with_name("mpremote"))
+    try:
+        result = subprocess.run([mpremote, "connect", port, "resume", "exec", _VERSION_PROBE],
+                                capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"the board on {port} did not answer within 30 s (is it running a REPL?)") from None
+    words = result.stdout.split()
+    if result.returncode != 0 or len(words) < 2:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"cannot read the MicroPython version of the board on {port}: "
+                        f"{detail[-1] if detail else 'no answer'}")
+    try:
+        version = tuple(int(part) for part in words[-1].split("."))
+    except ValueError:
+        raise UserError(f"the board on {port} reports an unreadable version {words[-1]!r}") from None
+    return words[-2], version
+
+
+def check_board_version(port: str) -> tuple:
+    name, version = board_version(port)
+    shown = ".".join(map(str, version))
+    minimum = ".".join(map(str, MIN_MICROPYTHON))
+    if name != "micropython" or version < MIN_MICROPYTHON:
+        raise UserError(f"the board on {port} runs {name} {shown}; rmnode needs MicroPython {minimum} or newer "
+                        f"(older ones cannot load its DER certificate and key): flash ESP32_GENERIC {minimum} or "
+                        f"later from micropython.org first")
+    return version
+
+
 def deploy_with_mpremote(port: str, compile_mpy: bool = True) -> None:
-    """Copy the built firmware onto a real board (or a virtual one by its URL) with mpremote.
+    """Copy the built firmware onto a real board (or a virtual one by its URL) with mpremote, after
+    checking that the board runs MicroPython MIN_MICROPYTHON or newer.
 
     mpremote's `fs cp` hashes on the device and skips unchanged files.
     """
+    check_board_version(port)
     built = build(compile_mpy=compile_mpy)
     mpremote = str(Path(sys.executable).with_name("mpremote"))
     cmd = [mpremote, "connect", port, "resume", "fs", "cp", "-r"]

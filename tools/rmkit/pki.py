@@ -1,8 +1,8 @@
 """Local PKI, the stand-in for RainMaker's claiming: a CA, the broker's server certificate, node and host client certificates.
 
 Every certificate and key is written twice: PEM for host tools (CPython's ssl, mosquitto, paho) and
-DER for the board (the MicroPython unix port's mbedtls has no PEM parser, see
-shared/notes/micropython-unix-port.md §2). All keys are EC P-256, written with mode 0600 and never
+DER for the board (the MicroPython unix port's mbedtls is built without a PEM parser: a PEM
+certificate or key fails with "invalid cert"/"invalid key"). All keys are EC P-256, written with mode 0600 and never
 logged. Re-running is idempotent: an identity that exists, matches its key and was signed by the
 current CA is reused, so boards keep their certificates across test runs.
 

@@ -100,7 +100,8 @@ class VirtualBoard:
     def __init__(self, name: str = "vb1", flash_dir: Optional[PathLike] = None, mac: Optional[str] = None,
                  air: Optional[PathLike] = None, heap: str = "110K", tcp_port: int = 0,
                  pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
-                 log_path: Optional[PathLike] = None, run_main: bool = True, echo=None):
+                 log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
+                 reported_version: Optional[str] = None):
         self.name = runtime.check_name(name)
         self._temp_flash = flash_dir is None
         self.flash_dir = Path(flash_dir) if flash_dir is not None else None
@@ -117,6 +118,10 @@ class VirtualBoard:
         self.serial_log = Path(log_path) if log_path else runtime.runtime_dir() / f"{self.name}.log"
         self.run_main = run_main
         self._echo = echo
+        # the MicroPython version sys.implementation reports, e.g. "1.23.0" (tests of version checks)
+        if reported_version is not None and not re.match(r"^\d+\.\d+\.\d+$", reported_version):
+            raise BoardError(f"reported version {reported_version!r} must look like 1.24.0")
+        self.reported_version = reported_version
         self._sup: Optional[Supervisor] = None
         self._state_dir: Optional[Path] = None
         self._exec_lock = threading.Lock()
@@ -184,7 +189,7 @@ class VirtualBoard:
             env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
                        VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
                        VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0],
-                       VBOARD_HEAP=str(self.heap_bytes),
+                       VBOARD_HEAP=str(self.heap_bytes), VBOARD_MPY_VERSION=self.reported_version or "",
                        **clock_environment())
             env.pop("MICROPYPATH", None)
             env.pop("MICROPYTHONINSPECT", None)

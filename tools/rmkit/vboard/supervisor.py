@@ -2,12 +2,12 @@
 
 One thread owns every file descriptor. It pumps bytes between the clients (the host-side pty and
 any TCP connections) and the MicroPython process, which runs on a pty of its own, and restarts that
-process whenever the board "reboots". Why each piece is there (measured facts:
-shared/notes/micropython-unix-port.md section 1):
+process whenever the board "reboots". Why each piece is there (each measured on the unix port):
 
 - The child's pty has iflag=0, oflag=0, lflag=0: no echo, no line editing, no `\\n` -> `\\r\\r\\n`
   (the port prints `\\r\\n` itself, and mpremote matches "raw REPL; CTRL-B to exit\\r\\n" exactly),
-  and no ISIG, so a 0x03 byte is only ever data.
+  and no ISIG, so a 0x03 byte is only ever data. Output at the friendly REPL is then cooked here
+  (`\\n` -> `\\r\\n`) as a board's is; the raw REPL stays byte-exact.
 - Ctrl-C: the unix port interrupts code only through SIGINT, and installs its SIGINT handler only
   while code runs (at the REPL SIGINT is fatal). So a 0x03 from a client becomes SIGINT when the
   child's /proc/PID/status shows SIGINT caught, and is forwarded as a byte otherwise. That also
@@ -100,6 +100,7 @@ class Supervisor(threading.Thread):
         self._clients: list = []
         self._child: Optional[Child] = None
         self._raw_mode = False
+        self._ended_cr = False
         self._tail = b""
         self._last_sigint = 0.0
         self._expected_kill: Optional[str] = None
@@ -219,7 +220,20 @@ class Supervisor(threading.Thread):
         if raw_at != friendly_at:  # both -1 means neither banner
             self._raw_mode = raw_at > friendly_at
         self._tail = (self._tail + data)[-512:]
+        if not self._raw_mode:
+            data = self._cook(data)
         self._emit(data)
+
+    def _cook(self, data: bytes) -> bytes:
+        """Text output at the friendly REPL with every line ending as \r\n, as a board sends it (the
+        ESP32 port's stdout is "cooked"; the unix port leaves that to a terminal the child does not
+        have), so a terminal on the pty does not staircase. The raw REPL is passed through as is: it
+        carries mpremote's byte-exact traffic."""
+        cooked = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._ended_cr and cooked.startswith(b"\r\n") and not data.startswith(b"\r"):
+            cooked = cooked[1:]  # the \r came at the end of the previous chunk
+        self._ended_cr = data.endswith(b"\r")
+        return cooked
 
     def _emit(self, data: bytes) -> None:
         self._log.write(data)

@@ -40,7 +40,7 @@ TLS_PEAK_BYTES = TLS_BUFFER_BYTES + TLS_HANDSHAKE_BYTES
 ENOMEM = 12
 
 _gc_heap = int(os.getenv("VBOARD_HEAP") or 112640) * 100 // HEAP_RATIO_PERCENT
-_state = vfs.VfsPosix(os.getenv("VBOARD_STATE"))
+_state = vfs.VfsPosix(os.getenv("VBOARD_STATE")) if os.getenv("VBOARD_STATE") else None
 _sockets = []   # the raw sockets created by the firmware (fileno() is -1 once closed)
 _sessions = []  # the raw sockets under a TLS session
 _radios = []    # callables: is the Wi-Fi radio on (vb_network registers one)
@@ -48,6 +48,8 @@ _min_free = [POOL]
 
 
 def _reserve():
+    if _state is None:
+        return 0
     try:
         f = _state.open("/idf_reserve", "r")
         try:

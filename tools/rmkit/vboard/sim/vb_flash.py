@@ -1,11 +1,20 @@
 # The virtual board's flash filesystem: the host flash directory mounted as `/`.
 #
-# A thin VFS object over vfs.VfsPosix. It exists for one quirk of the unix port: VfsPosix
-# builds both paths of rename() in one shared buffer, so rename("/a.tmp", "/a") with two
-# absolute paths renames "/a" onto itself and fails with ENOENT. On an ESP32 (littlefs) that
-# call is the normal way to replace a file atomically, so the board must support it. Renames with
-# two absolute paths go through a root-less VfsPosix with full host paths instead.
+# A thin VFS object over vfs.VfsPosix, so that the flash looks like ESP32_GENERIC's littlefs
+# partition (2 MiB at 0x200000 in the port's 4 MB partition table, 4 KiB blocks):
+# - rename(): VfsPosix builds both paths in one shared buffer, so rename("/a.tmp", "/a") with two
+#   absolute paths renames "/a" onto itself and fails with ENOENT. On an ESP32 (littlefs) that
+#   call is the normal way to replace a file atomically, so renames with two absolute paths go
+#   through a root-less VfsPosix with full host paths instead.
+# - ilistdir() gives littlefs's 4-tuples (name, type, inode 0, size), so `mpremote fs ls` shows sizes;
+# - statvfs() reports the partition, with the blocks in use counted as littlefs would (two per
+#   directory, whole blocks per file), so `mpremote df` prints what a board prints;
+# - it prints as <VfsLfs2>, the name `mpremote df` shows for a board's filesystem.
 import vfs
+
+_BLOCK = 4096
+_BLOCKS = 512  # 2 MiB
+_DIR = 0x4000
 
 
 class Flash:
@@ -28,8 +37,19 @@ class Flash:
     def open(self, path, mode):
         return self._fs.open(path, mode)
 
+    def __repr__(self):
+        return "<VfsLfs2>"
+
     def ilistdir(self, path):
-        return self._fs.ilistdir(path)
+        base = path.rstrip("/")
+        for entry in self._fs.ilistdir(path):
+            size = 0
+            if entry[1] != _DIR:
+                try:
+                    size = self._fs.stat(base + "/" + entry[0])[6]
+                except OSError:  # removed meanwhile
+                    pass
+            yield (entry[0], entry[1], 0, size)
 
     def chdir(self, path):
         return self._fs.chdir(path)
@@ -50,4 +70,20 @@ class Flash:
         return self._fs.stat(path)
 
     def statvfs(self, path):
-        return self._fs.statvfs(path)
+        used = 2 + self._blocks("/")  # the root directory's metadata pair
+        free = max(0, _BLOCKS - used)
+        return (_BLOCK, _BLOCK, _BLOCKS, free, free, 0, 0, 0, 0, 255)
+
+    def _blocks(self, path):
+        blocks = 0
+        base = path.rstrip("/")
+        for entry in self._fs.ilistdir(path):
+            child = base + "/" + entry[0]
+            if entry[1] == _DIR:
+                blocks += 2 + self._blocks(child)
+            else:
+                try:
+                    blocks += (self._fs.stat(child)[6] + _BLOCK - 1) // _BLOCK
+                except OSError:
+                    pass
+        return blocks
