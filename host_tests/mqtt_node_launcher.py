@@ -106,8 +106,7 @@ async def main():
 
 
 # on no more C stack than an ESP32 gives MicroPython (fw_unit/esp32_stack.py)
-sys.path.append(sys.argv[0].rsplit("/", 1)[0] + "/fw_unit")
+sys.path.append(__file__.rsplit("/", 1)[0] + "/fw_unit" if "/" in __file__ else "fw_unit")
 import esp32_stack  # noqa: E402
-import rmnode.clock  # noqa: E402,F401 - compiled here: a board imports it as .mpy
 
 esp32_stack.run(asyncio.run, main())

@@ -169,9 +169,11 @@ def test_online_modules_fit_their_budget_and_leave_provisioning_out(flash):
 
 @pytest.fixture(scope="module")
 def online_flash(flash) -> Path:
-    """The deployed firmware plus host_tests/mqtt_node_launcher.py precompiled next to it."""
-    subprocess.run([str(MPY_CROSS), "-o", str(flash / "mqtt_node_launcher.mpy"), str(HERE / "mqtt_node_launcher.py")],
-                   check=True, capture_output=True)
+    """The deployed firmware plus host_tests/mqtt_node_launcher.py (and the ESP32-stack runner it uses)
+    precompiled next to it."""
+    for source in (HERE / "mqtt_node_launcher.py", HERE / "fw_unit" / "esp32_stack.py"):
+        subprocess.run([str(MPY_CROSS), "-o", str(flash / source.with_suffix(".mpy").name), str(source)],
+                       check=True, capture_output=True)
     return flash
 
 

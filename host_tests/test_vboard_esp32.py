@@ -158,12 +158,26 @@ def test_tls_fails_before_the_clock_is_set_and_passes_after(vboard, tls_server_f
     assert vboard.exec(connect_code(server.port)).strip() == "TLS OK b'hello'"
 
 
-def test_an_expired_server_certificate_is_refused_once_the_clock_is_right(vboard, tls_server_factory):
+def test_the_node_refuses_an_expired_broker_certificate_once_its_clock_is_right(vboard, tls_server_factory):
+    """The firmware's own MQTT client (rmnode.mqtt, CERT_REQUIRED) against a broker whose certificate
+    expired yesterday: refused, with mbedtls's reason in the message the node logs."""
+    from rmkit.deploy import deploy_to_flash_dir
+
+    deploy_to_flash_dir(vboard.flash_dir)
     server, ca_der = tls_server_factory("expired", NOW - 30 * DAY, NOW - DAY)
     (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
     vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
-    outcome = vboard.exec(connect_code(server.port))
-    assert "TLS FAILED" in outcome and "has expired" in outcome
+    outcome = vboard.exec(f"""
+import asyncio
+from rmnode import mqtt
+client = mqtt.MQTTClient('N1', 'localhost', {server.port}, ssl_context=mqtt.make_ssl_context(None, None, '/ca.der'))
+try:
+    asyncio.run(asyncio.wait_for(client._open(), 10))
+    print('CONNECTED')
+except Exception as e:
+    print('REFUSED', mqtt.describe(e))
+""", timeout=20)
+    assert "REFUSED ValueError(The certificate validity has expired)" in outcome
 
 
 def test_the_firmware_sets_the_clock_from_sntp(vboard, tmp_path):
@@ -259,3 +273,29 @@ def test_deploy_over_the_serial_port_puts_the_mpy_firmware_on_a_current_board(vb
     assert result.returncode == 0, result.stderr
     assert (board.flash_dir / "main.py").exists() and (board.flash_dir / "rmnode" / "clock.mpy").exists()
     assert not list((board.flash_dir / "rmnode").glob("*.py"))
+
+
+# -- what mpremote shows -------------------------------------------------------------------------------
+
+def mpremote(board, *args: str) -> str:
+    result = subprocess.run([str(VENV_BIN / "mpremote"), "connect", str(board.pty_link), "resume", *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_mpremote_fs_ls_and_df_print_what_a_board_prints(vboard_factory, tmp_path):
+    flash = tmp_path / "flash"
+    (flash / "lib").mkdir(parents=True)
+    (flash / "data.bin").write_bytes(bytes(5000))
+    (flash / "lib" / "tiny.py").write_text("x = 1\n")
+    board = vboard_factory(flash_dir=flash, run_main=False)
+    listing = mpremote(board, "fs", "ls", "/").splitlines()
+    assert "        5000 data.bin" in listing  # littlefs reports sizes ("{:12} {}")
+    assert "           0 lib/" in listing
+    df = mpremote(board, "df").splitlines()
+    assert df[0].split() == ["filesystem", "size", "used", "avail", "use%", "mounted", "on"]
+    # a 2 MiB littlefs partition: root and lib/ take two blocks each, data.bin two, tiny.py and the
+    # board's settings.json one each
+    assert df[1].split() == ["<VfsLfs2>", "2097152", str(8 * 4096), str(2097152 - 8 * 4096), "1", "/"]
+    assert len(df) == 2

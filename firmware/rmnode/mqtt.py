@@ -17,6 +17,7 @@ Payloads are never logged: the mapping payload carries the secret key.
 
 import gc
 import struct
+import sys
 import time
 
 try:
@@ -38,6 +39,7 @@ except ImportError:
         return value
 
 _TAG = "mqtt"
+_MICROPYTHON = sys.implementation.name == "micropython"
 
 # packet types (MQTT 3.1.1 §2.2.1), high nibble of the first byte
 _CONNECT = const(0x10)
@@ -196,6 +198,30 @@ def make_ssl_context(cert_path, key_path, ca_path):
     return context
 
 
+class _KeepTcpSocket:
+    """Passed to MicroPython's asyncio.open_connection() as `ssl`: it only calls wrap_socket(), and
+    this keeps the TCP socket under the TLS one. Closing a TLS socket whose last read or write failed
+    (broker gone, connection refused) leaves the TCP socket open (extmod/modtls_mbedtls.c) until the
+    GC finalises it, and on an ESP32 an open socket holds lwIP's share of internal RAM: the client
+    closes it itself."""
+
+    def __init__(self, context):
+        self.context = context
+        self.tcp = None
+
+    def wrap_socket(self, sock, **options):
+        self.tcp = sock
+        return self.context.wrap_socket(sock, **options)
+
+    def close(self):
+        tcp, self.tcp = self.tcp, None
+        if tcp is not None:
+            try:
+                tcp.close()
+            except OSError:
+                pass
+
+
 async def _close(writer, graceful=False):
     """Close a stream; unless graceful, do not wait on the peer (a dead link never answers a TLS close)."""
     transport = getattr(writer, "transport", None)  # CPython only; MicroPython closes at once
@@ -243,6 +269,7 @@ class MQTTClient:
         self.connects = 0
         self.last_connect_ms = None
         self._reader = self._writer = None
+        self._tcp = None  # MicroPython: the TCP socket under the current TLS one (_KeepTcpSocket)
         self._lock = asyncio.Lock()  # one packet at a time on the stream (keepalive vs publish)
         self._up = asyncio.Event()  # set while connected
         self._lost = asyncio.Event()  # set when the current connection ends; reason in _why
@@ -383,11 +410,18 @@ class MQTTClient:
         free = internal_ram_free()
         if free is not None:  # mbedtls takes ~36 KB of it for the handshake (README, "Memory")
             log.info(_TAG, "internal RAM free for TLS: %d bytes" % free)
-        if self.ssl_context is None:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        else:  # the host name is always checked (mbedtls needs it with CERT_REQUIRED)
-            reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl_context,
-                                                           server_hostname=self.server_hostname)
+        context = self.ssl_context
+        if context is not None and _MICROPYTHON:
+            context = self._tcp = _KeepTcpSocket(context)
+        try:
+            if context is None:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            else:  # the host name is always checked (mbedtls needs it with CERT_REQUIRED)
+                reader, writer = await asyncio.open_connection(self.host, self.port, ssl=context,
+                                                               server_hostname=self.server_hostname)
+        except BaseException:
+            self._close_tcp()
+            raise
         try:
             # with do_handshake_on_connect=False the TLS handshake (and its certificate errors)
             # happens on this first write/read
@@ -398,6 +432,7 @@ class MQTTClient:
             parse_connack(body)
         except BaseException:
             await _close(writer)
+            self._close_tcp()
             raise
         self._reader, self._writer = reader, writer
         self._last_rx = ticks_ms()
@@ -426,6 +461,12 @@ class MQTTClient:
         for task in tasks:
             task.cancel()
         await _close(writer, self._why == "closed")
+        self._close_tcp()
+
+    def _close_tcp(self):
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
 
     def _lose(self, reason):
         if self.connected and not self._lost.is_set():

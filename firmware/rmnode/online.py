@@ -11,13 +11,15 @@ then the caller erases its state and reboots into provisioning.
 """
 
 import sys
+import time
 
 try:
     import asyncio
 except ImportError:
     import uasyncio as asyncio
 
-from rmnode import VERSION, log
+import rmnode
+from rmnode import BUILD_DATE, VERSION, log
 from rmnode import mqtt
 from rmnode.mapping import MappingState, json_string, reset_payload
 
@@ -169,8 +171,12 @@ def build(node_config, store, is_network_up=None, on_factory_reset=None):
         raise OnlineConfigError("cannot load the TLS files %s, %s, %s: %s" % (cert, key, ca, mqtt.describe(exc)))
 
     async def set_clock():  # certificate dates need a clock; a board's starts at 2000-01-01
-        from rmnode import clock
+        if tuple(time.gmtime()[:3]) >= BUILD_DATE:  # set already (a soft reset keeps the RTC)
+            return
+        from rmnode import clock  # loaded only while needed: ~2 KB of the online phase's heap
         await clock.ensure(cfg.sntp_host, cfg.sntp_port, cfg.mqtt_backoff_ms)
+        del sys.modules["rmnode.clock"]
+        del rmnode.clock
 
     client = mqtt.MQTTClient(
         cfg.node_id, host, cfg.mqtt_port, ssl_context=ssl_context, server_hostname=host,

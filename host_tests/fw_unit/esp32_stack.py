@@ -13,6 +13,7 @@ import sys
 
 ESP32_STACK_BUDGET = int(os.getenv("FW_STACK_BUDGET") or 15 * 1024)
 _UNIX_THREAD_MARGIN = 8 * 1024
+_PAD = int(os.getenv("FW_STACK_PAD") or 0)
 
 
 def run(function, *args):
@@ -21,13 +22,21 @@ def run(function, *args):
     if sys.implementation.name != "micropython":
         return function(*args)
     import _thread
+    import micropython
     import time
 
     outcome = []
 
+    def padded(depth_bytes):
+        # burn stack first (FW_STACK_PAD bytes): how much can be taken away before the function
+        # fails tells how deep it goes (rmkit bench bisects it)
+        if micropython.stack_use() < depth_bytes:
+            return padded(depth_bytes)
+        return function(*args)
+
     def body():
         try:
-            outcome.append(("ok", function(*args)))
+            outcome.append(("ok", padded(_PAD) if _PAD else function(*args)))
         except SystemExit as e:
             outcome.append(("exit", e.args[0] if e.args else 0))
         except BaseException as e:  # noqa: B036 - reported by the caller's thread

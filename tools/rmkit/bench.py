@@ -6,7 +6,8 @@
    median of N runs, each on a fresh stack;
 3. the smallest virtual-board heap at which the whole flow still confirms (firmware as .mpy), and the
    internal-RAM headroom (ESP-IDF heap model) at the online phase's worst moment, the TLS handshake;
-4. the device-side Security 1 cost and the MQTT/TLS heap floor, from the firmware benches in host_tests/.
+4. the firmware's deepest C stack use in its unit tests, against the 15 KiB an ESP32 gives MicroPython;
+5. the device-side Security 1 cost and the MQTT/TLS heap floor, from the firmware benches in host_tests/.
 """
 
 from __future__ import annotations
@@ -128,6 +129,39 @@ def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) 
           f"(fails at {low * step_kib}K; firmware as .mpy)")
 
 
+ESP32_STACK_BUDGET = 15 * 1024  # the ESP32 port's MicroPython task: 16 KiB, 1 KiB kept as a margin
+
+
+def bench_stack_depth(step: int = 256) -> None:
+    """The firmware's deepest C stack use in its unit tests on the unix port: the tests run in a thread
+    with the ESP32's 15 KiB (host_tests/fw_unit/esp32_stack.py); bisect how much of it can be burnt
+    first (FW_STACK_PAD) before a test fails."""
+    micropython = str(Path(sys.executable).with_name("micropython"))
+    sim = REPO_ROOT / "tools" / "rmkit" / "vboard" / "sim"
+
+    def passes(pad: int) -> bool:
+        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
+            env = {"MICROPYPATH": f"firmware:host_tests/fw_unit:{sim}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
+                   "VBOARD_MAC": "24:0a:c4:1a:2b:3c", "VBOARD_AIR": f"{tmp}/air.json", "FW_STACK_PAD": str(pad)}
+            result = subprocess.run([micropython, "host_tests/fw_unit/run_unit.py"], cwd=REPO_ROOT, env=env,
+                                    capture_output=True, text=True, timeout=300)
+        return result.returncode == 0 and "\nDONE " in "\n" + result.stdout
+
+    if not passes(0):
+        print("stack: the firmware unit tests fail on an ESP32-sized stack (15 KiB)")
+        return
+    low, high = 0, ESP32_STACK_BUDGET // step  # in steps: low passes, high fails
+    while high - low > 1:
+        mid = (low + high) // 2
+        if passes(mid * step):
+            low = mid
+        else:
+            high = mid
+    deepest = ESP32_STACK_BUDGET - low * step
+    print(f"firmware's deepest C stack use in its unit tests (64-bit unix port): about {deepest} bytes "
+          f"of the {ESP32_STACK_BUDGET} an ESP32 gives MicroPython ({step}-byte steps)")
+
+
 def run_firmware_benches() -> None:
     env_py = sys.executable
     micropython = str(Path(env_py).with_name("micropython"))
@@ -143,6 +177,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bench_flow(args.runs, args.heap)
     if not args.quick:
         bench_heap_floor()
+        bench_stack_depth()
         run_firmware_benches()
     return 0
 

@@ -4,7 +4,7 @@ set their clock before a TLS handshake can pass the certificate-date check.
 It answers each client request (mode 3) with the host's clock, stratum 2, echoing the client's
 transmit timestamp as the originate timestamp (the node checks that echo). Anything that is not a
 48-byte-or-longer client request is ignored, as a real server would. Started and stopped with the
-broker by rmkit.stack; `rmkit sntp` runs one in the foreground.
+broker by rmkit.stack (make demo, make sandbox, make cloud and the end-to-end tests).
 """
 
 from __future__ import annotations

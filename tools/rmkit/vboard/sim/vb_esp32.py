@@ -41,8 +41,11 @@ ENOMEM = 12
 
 _gc_heap = int(os.getenv("VBOARD_HEAP") or 112640) * 100 // HEAP_RATIO_PERCENT
 _state = vfs.VfsPosix(os.getenv("VBOARD_STATE")) if os.getenv("VBOARD_STATE") else None
-_sockets = []   # the raw sockets created by the firmware (fileno() is -1 once closed)
-_sessions = []  # the raw sockets under a TLS session
+# File descriptors, not socket objects: holding the objects would keep the garbage collector from
+# finalising (and so closing) sockets the firmware dropped, which a board's GC does.
+_sockets = set()   # fds of the sockets created by the firmware
+_sessions = set()  # fds of the sockets under a TLS session
+_host = vfs.VfsPosix()
 _radios = []    # callables: is the Wi-Fi radio on (vb_network registers one)
 _min_free = [POOL]
 
@@ -60,10 +63,14 @@ def _reserve():
         return 0
 
 
-def _open(sockets):
-    # drop what was closed since the last look (a closed socket reads fileno() -1)
-    sockets[:] = [s for s in sockets if s.fileno() >= 0]
-    return len(sockets)
+def _open(fds):
+    # drop what was closed since the last look, by close() or by the GC's finaliser
+    for fd in list(fds):
+        try:
+            _host.stat("/proc/self/fd/%d" % fd)
+        except OSError:
+            fds.discard(fd)
+    return len(fds)
 
 
 def used(extra=0):
@@ -81,7 +88,7 @@ def free(extra=0):
 
 
 def track_socket(sock):
-    _sockets.append(sock)
+    _sockets.add(sock.fileno())
     free()
 
 
@@ -89,7 +96,7 @@ def start_tls(sock):
     """Account for a TLS session on `sock`, or raise what an ESP32 raises when it does not fit."""
     if free(TLS_PEAK_BYTES) < 0:
         raise OSError(ENOMEM)
-    _sessions.append(sock)
+    _sessions.add(sock.fileno())
 
 
 def track_radio(is_on):

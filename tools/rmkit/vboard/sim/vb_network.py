@@ -6,10 +6,11 @@
 # Behaviour follows ports/esp32/network_wlan.c (MicroPython 1.24-1.26), at least as strict as a board:
 # - WLAN(STA_IF) / WLAN(AP_IF) are per-interface singletons; connect() needs active(True)
 #   ("Wifi Not Started" otherwise); scan() needs the STA active.
-# - status() (STA): STAT_GOT_IP when connected; STAT_CONNECTING while a connect is requested and the
-#   driver still has retries left (config(reconnects=n); the default retries forever, so a wrong
-#   password reads STAT_CONNECTING for good); only once the retries ran out the raw ESP-IDF
-#   disconnect reason of the last attempt; STAT_IDLE after disconnect() or before any connect.
+# - status() (STA): STAT_GOT_IP when connected; STAT_NO_AP_FOUND (201) and STAT_WRONG_PASSWORD
+#   (for reasons 202 and 205) at once, even while retrying; STAT_IDLE after disconnect();
+#   STAT_CONNECTING while a connect is requested and the driver still has retries left
+#   (config(reconnects=n); the default retries forever, so a wrong passphrase that fails with
+#   reason 15 reads STAT_CONNECTING for good); the raw ESP-IDF reason once the retries ran out.
 # - a wrong passphrase fails with reason 15 (4-way handshake timeout) unless the AP says otherwise
 #   ("auth_fail_reason": 2, 202, 204, ...): what ESP32s report in the field, rarely 202.
 # - connect() while an attempt is under way, or within _SETTLE_MS of a disconnect() that aborted
@@ -18,7 +19,7 @@
 #   config(reconnects=n) attempts; each retry re-reads the air, so an AP can appear later.
 # - scan() blocks the whole interpreter for the air's "scan_s" (default 1.5 s; 1.5-3 s on a board),
 #   lists hidden networks with an empty SSID, and returns [] when it cannot start (a connect is
-#   under way). Entries: (ssid, bssid, channel, RSSI, authmode, hidden).
+#   under way). Entries: (ssid, bssid, channel, RSSI, authmode, False).
 # - one radio: while the station is associated the AP runs on the station's channel.
 # - config('mac') is bytes: STA = the board MAC, AP = board MAC + 1 (ESP32's derived MACs).
 # - the AP interface reports VBOARD_AP_IP (the --softap host) in ifconfig(); a real ESP32 uses
@@ -57,6 +58,7 @@ STAT_ASSOC_FAIL = 203
 STAT_HANDSHAKE_TIMEOUT = 204
 _REASON_ASSOC_LEAVE = 8
 _REASON_4WAY_HANDSHAKE_TIMEOUT = 15
+_REASON_CONNECTION_FAIL = 205
 _SETTLE_MS = 100
 _DEFAULT_SCAN_S = 1.5
 
@@ -245,12 +247,19 @@ class _Station:
         return True
 
     def status(self):
+        # the order of network_wlan.c's status() (v1.24-v1.26)
         self.update()
         if self.connected:
             return STAT_GOT_IP
+        if self.reason in (STAT_NO_AP_FOUND, 210, 211, 212):  # shown at once, even while retrying
+            return self.reason
+        if self.reason in (STAT_WRONG_PASSWORD, _REASON_CONNECTION_FAIL):
+            return STAT_WRONG_PASSWORD
+        if self.reason == _REASON_ASSOC_LEAVE:
+            return STAT_IDLE
         if self.requested and self.attempt_at is not None:
-            return STAT_CONNECTING  # retries left: the last reason is not shown yet
-        if self.reason in (0, _REASON_ASSOC_LEAVE):
+            return STAT_CONNECTING  # retries left: a reason such as 15 is not shown yet
+        if self.reason == 0:
             return STAT_IDLE
         return self.reason
 
@@ -369,8 +378,10 @@ class WLAN:
             return []  # the driver cannot start a scan while it connects
         _air.refresh()
         time.sleep(_air.scan_s)  # the ESP32 port's scan blocks the interpreter until done
+        # the last field is always False on the ESP32 port ("XXX hidden?" in network_wlan.c): a
+        # hidden network shows only as an empty SSID
         return [(b"" if ap["hidden"] else ap["ssid"].encode(), ap["bssid"], ap["channel"], ap["rssi"],
-                 ap["authmode"], ap["hidden"]) for ap in _air.aps]
+                 ap["authmode"], False) for ap in _air.aps]
 
     def ifconfig(self, config=None):
         if config is not None:

@@ -34,13 +34,9 @@ class SSLContext:
         return self._context.get_ciphers()
 
     def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
-        try:
-            vb_esp32.start_tls(sock)
-        except OSError:
-            # asyncio.open_connection() drops the socket without closing it; on a board its
-            # finaliser closes it at the next collection, which the model cannot see: close it now
-            sock.close()
-            raise
+        # a refused session leaves the socket to the caller; asyncio.open_connection() drops it
+        # unclosed, and the GC's finaliser closes it at the next collection, as on a board
+        vb_esp32.start_tls(sock)
         return self._context.wrap_socket(sock, server_side=server_side,
                                          do_handshake_on_connect=do_handshake_on_connect,
                                          server_hostname=server_hostname)
