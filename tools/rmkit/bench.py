@@ -105,6 +105,18 @@ def bench_flow(runs: int, heap: str) -> None:
               f"{min(free for free, _ in ram)} bytes free once online")
 
 
+def _bisect(low: int, high: int, like_low) -> tuple[int, int]:
+    """The adjacent (low, high) where an outcome changes, given that it differs at the two ends:
+    like_low(mid) says whether mid behaves as low does."""
+    while high - low > 1:
+        mid = (low + high) // 2
+        if like_low(mid):
+            low = mid
+        else:
+            high = mid
+    return low, high
+
+
 def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) -> None:
     """Smallest heap (multiple of step) at which the flow confirms, by bisection. Above ~121K the
     internal-RAM model leaves no room for a TLS session (sim/vb_esp32.py), so the search starts there."""
@@ -118,13 +130,8 @@ def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) 
     if not works(high_kib):
         print(f"heap floor: the flow does not confirm even at {high_kib}K")
         return
-    low, high = low_kib // step_kib, high_kib // step_kib  # in steps; high works
-    while high - low > 1:
-        mid = (low + high) // 2
-        if works(mid * step_kib):
-            high = mid
-        else:
-            low = mid
+    # in steps; high works, low is taken to fail
+    low, high = _bisect(low_kib // step_kib, high_kib // step_kib, lambda mid: not works(mid * step_kib))
     print(f"smallest virtual-board heap at which the whole flow confirms: {high * step_kib}K "
           f"(fails at {low * step_kib}K; firmware as .mpy)")
 
@@ -150,13 +157,8 @@ def bench_stack_depth(step: int = 256) -> None:
     if not passes(0):
         print("stack: the firmware unit tests fail on an ESP32-sized stack (15 KiB)")
         return
-    low, high = 0, ESP32_STACK_BUDGET // step  # in steps: low passes, high fails
-    while high - low > 1:
-        mid = (low + high) // 2
-        if passes(mid * step):
-            low = mid
-        else:
-            high = mid
+    # in steps: no padding passes, burning the whole budget is taken to fail
+    low, _ = _bisect(0, ESP32_STACK_BUDGET // step, lambda mid: passes(mid * step))
     deepest = ESP32_STACK_BUDGET - low * step
     print(f"firmware's deepest C stack use in its unit tests (64-bit unix port): about {deepest} bytes "
           f"of the {ESP32_STACK_BUDGET} an ESP32 gives MicroPython ({step}-byte steps)")

@@ -38,7 +38,6 @@ def _serve(args) -> int:
         if args.client_id is not None and not 0 < len(args.client_id.encode()) <= 65535:
             raise UserError(f"--client-id {args.client_id!r} must be 1 to 65535 bytes")
         mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
-                                     share_group=None if args.no_shared_subscription else "rmkit-cloud",
                                      client_id=args.client_id, session_expiry_s=args.session_expiry)
     service = CloudService(args.db, host=args.host, port=args.port, mapping_timeout=args.mapping_timeout,
                            token_ttl=args.token_ttl, mqtt=mqtt)
@@ -127,8 +126,6 @@ def register(subparsers) -> None:
     serve.add_argument("--broker-port", type=int, default=0, help="MQTT broker TLS port")
     serve.add_argument("--pki", default=str(DEFAULT_PKI),
                        help=f"PKI directory with the CA and the 'cloud' client identity (default {DEFAULT_PKI})")
-    serve.add_argument("--no-shared-subscription", action="store_true",
-                       help="subscribe plainly instead of $share/rmkit-cloud/... (every instance sees every publish)")
     serve.add_argument("--client-id", metavar="ID",
                        help="MQTT client id = the name of the cloud's persistent session at the broker, which "
                        "queues node publishes while the cloud is down. Default: rmkit-cloud-<id stored in the "

@@ -1,18 +1,23 @@
 """The cloud's MQTT side: receive nodes' user-mapping publishes (spec 5.2, 5.3) and hand them to matching.
 
-Connects with the cloud's client certificate over mutual TLS (verification on), subscribes to the
-plain form as a *shared* subscription so several cloud processes can consume one broker (each publish
-goes to one of them; they share the database, so any of them can decide), and reconnects by itself (paho's loop
-with exponential backoff). Both topic forms are consumed: `node/<id>/user/mapping` and the
-basic-ingest form `$aws/rules/esp_user_node_mapping/node/<id>/user/mapping`.
+Connects with the cloud's client certificate over mutual TLS (verification on), subscribes to both
+topic forms, `node/<id>/user/mapping` and the basic-ingest form
+`$aws/rules/esp_user_node_mapping/node/<id>/user/mapping`, and reconnects by itself (paho's loop with
+exponential backoff).
 
-Nothing is lost while the cloud is down: a node forgets its pending mapping as soon as the broker
-acknowledges its QoS 1 publish, so the cloud keeps a *persistent* MQTT 5 session (clean_start=False,
-a session expiry, a stable client id, QoS 1 subscriptions) and the broker queues the publishes for
-it until it reconnects. Each publish is acknowledged to the broker only after MappingService has
-committed it (manual acks): a crash before the commit leaves it unacknowledged, and the broker
-delivers it again (DUP) on the next connect. Measured on mosquitto 2.0.11: an offline persistent
-member of a `$share` group still gets its round-robin turn, queued until it returns.
+Nothing is lost while the cloud or the broker is down: a node forgets its pending mapping as soon as
+the broker acknowledges its QoS 1 publish, so the cloud keeps a *persistent* MQTT 5 session
+(clean_start=False, a session expiry, a stable client id, QoS 1 subscriptions) and the broker queues
+the publishes for it until it reconnects; the broker saves sessions to disk, so they outlive its own
+restarts. Each publish is acknowledged to the broker only after MappingService has committed it
+(manual acks): a crash before the commit leaves it unacknowledged, and the broker delivers it again
+(DUP) on the next connect.
+
+Several cloud processes on one database each hold their own plain subscription and get every
+publish; MappingService applies a report once (the duplicate check runs inside the write
+transaction), so the second copy is a no-op. No `$share` group: mosquitto 2.0.11 did not queue for a
+shared group after a broker restart while no member was connected, and the node's mapping, already
+acknowledged, never reached any cloud (measured).
 """
 
 from __future__ import annotations
@@ -56,7 +61,6 @@ class MqttSettings:
     ca_pem: Path
     cert_pem: Path
     key_pem: Path
-    share_group: Optional[str] = "rmkit-cloud"  # None: plain subscriptions (every instance gets every publish)
     # The MQTT client id names the broker-side session. None: CloudService derives a stable one per
     # deployment and instance (see rmkit.cloud.service.session_client_id); a given one is used as is.
     client_id: Optional[str] = None
@@ -73,13 +77,7 @@ class MqttSettings:
                    key_pem=Path(identity.key_pem), **kwargs)
 
     def filters(self) -> list[str]:
-        plain, basic_ingest = TOPIC_FILTERS
-        if not self.share_group:
-            return [plain, basic_ingest]
-        # mosquitto 2.0.11 never delivers `$`-topics through a $share subscription (measured), so the
-        # basic-ingest form is subscribed plainly: with several instances each gets a copy, and the
-        # duplicate check in MappingService.node_reported makes the second copy a no-op.
-        return [f"$share/{self.share_group}/{plain}", basic_ingest]
+        return list(TOPIC_FILTERS)
 
 
 def node_id_from_topic(topic: str) -> Optional[str]:

@@ -11,11 +11,10 @@ be the same after a restart of the same deployment and differ between instances 
   lock file next to it is seen by all of them) get 0 and 1, and a restarted instance takes the free
   slot back with its queued publishes.
 
-Multi-instance caveat (measured on mosquitto 2.0.11): `$share` delivery is round-robin over every
-member *including offline persistent ones*, so while instance 1 is down, every other publish waits in
-its session until a process takes slot 1 again. If the deployment shrinks for good, what was queued
-for the missing slot is lost when its session expires (MqttSettings.session_expiry_s); start an
-instance on that database once more (it takes the slot) to drain it. `--client-id` overrides all this.
+Several instances each get every publish (plain subscriptions, rmkit.cloud.mqtt), so one that is
+down misses nothing: its session queues what arrives meanwhile, and the copies it then applies are
+no-ops. A slot that never comes back holds its queue until the session expires
+(MqttSettings.session_expiry_s). `--client-id` overrides all this.
 """
 
 from __future__ import annotations
