@@ -278,6 +278,11 @@ class CloudBroker:
 
     def publish_mapping(self, node_id: str, payload: Any, topic: Optional[str] = None) -> None:
         """Publish (QoS 1, waits for PUBACK) as the node itself, with its own certificate."""
+        self.publish_mappings(node_id, [payload], topic)
+
+    def publish_mappings(self, node_id: str, payloads: list, topic: Optional[str] = None,
+                         timeout: float = 60.0) -> None:
+        """Publish each payload (QoS 1) as the node, over one connection; returns once every PUBACK is in."""
         import paho.mqtt.client as mqtt
 
         identity = self.pki.node_identity(node_id)
@@ -285,13 +290,17 @@ class CloudBroker:
         context.load_cert_chain(str(identity.cert_pem), str(identity.key_pem))
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=node_id)
         client.tls_set_context(context)
+        client.max_queued_messages_set(0)
         client.connect(self.broker.host, self.broker.port)
         client.loop_start()
         try:
-            raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-            info = client.publish(topic or f"node/{node_id}/user/mapping", raw, qos=1)
-            info.wait_for_publish(10)
-            assert info.is_published(), "broker did not acknowledge the node's publish"
+            infos = [client.publish(topic or f"node/{node_id}/user/mapping",
+                                    payload if isinstance(payload, bytes) else json.dumps(payload).encode(), qos=1)
+                     for payload in payloads]
+            deadline = time.monotonic() + timeout
+            for info in infos:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+                assert info.is_published(), "broker did not acknowledge every publish of the node"
         finally:
             client.disconnect()
             client.loop_stop()

@@ -283,3 +283,94 @@ def test_two_instances_given_one_client_id_say_so(tmp_path, cloud_broker, caplog
             second.stop()
     finally:
         first.stop()
+
+
+# ---------------------------------------------------------------- broker restarts: what it acked arrives
+# The broker saves the cloud's session (its subscriptions) to disk, so a publish it acknowledges after
+# a restart is queued for the cloud even when no cloud is connected yet.
+
+def restart_broker(cloud_broker, how: str) -> None:
+    if how == "SIGKILL":
+        cloud_broker.broker.kill()
+    else:
+        cloud_broker.broker.stop()
+    cloud_broker.broker.start()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "graceful"])
+def test_a_mapping_published_right_after_a_broker_restart_reaches_the_cloud(how, cloud_process_factory, cloud_broker):
+    cloud = mqtt_cloud_process(cloud_process_factory, cloud_broker)
+    api, user_id, token = user_of(cloud)
+    request_id = api.put_mapping(token, NODE, "key-1").body["request_id"]
+    cloud.stop()  # so that the node's publish surely comes before the cloud is back
+    restart_broker(cloud_broker, how)
+    cloud_broker.publish_mapping(NODE, {"node_id": NODE, "user_id": user_id, "secret_key": "key-1"})
+    cloud.start()
+    poll_status(api, token, request_id, "confirmed")
+    assert api.nodes(token) == [NODE]
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "graceful"])
+def test_a_mapping_published_while_the_cloud_reconnects_after_a_broker_restart_is_confirmed(
+        how, cloud_process_factory, cloud_broker):
+    cloud = mqtt_cloud_process(cloud_process_factory, cloud_broker)
+    api, user_id, token = user_of(cloud)
+    request_id = api.put_mapping(token, NODE, "key-1").body["request_id"]
+    restart_broker(cloud_broker, how)  # the cloud keeps running and reconnects by itself (1 s backoff)
+    cloud_broker.publish_mapping(NODE, {"node_id": NODE, "user_id": user_id, "secret_key": "key-1"})
+    poll_status(api, token, request_id, "confirmed", timeout=40)
+
+
+def test_broker_and_cloud_restarted_together_lose_nothing(cloud_process_factory, cloud_broker):
+    cloud = mqtt_cloud_process(cloud_process_factory, cloud_broker)
+    api, user_id, token = user_of(cloud)
+    request_id = api.put_mapping(token, NODE, "key-1").body["request_id"]
+    cloud.kill()
+    cloud_broker.broker.kill()
+    cloud_broker.broker.start()
+    cloud_broker.publish_mapping(NODE, {"node_id": NODE, "user_id": user_id, "secret_key": "key-1"})
+    cloud.start()
+    poll_status(api, token, request_id, "confirmed")
+
+
+def test_two_instances_lose_nothing_across_a_broker_restart_with_one_of_them_down(cloud_process_factory, cloud_broker):
+    first = mqtt_cloud_process(cloud_process_factory, cloud_broker, log_name="cloud-1.log")
+    second = mqtt_cloud_process(cloud_process_factory, cloud_broker, log_name="cloud-2.log")
+    api, user_id, token = user_of(first)
+    nodes = [f"{NODE}{i}" for i in range(3)]
+    request_ids = [api.put_mapping(token, node_id, "key-1").body["request_id"] for node_id in nodes]
+    first.stop()
+    second.stop()
+    restart_broker(cloud_broker, "SIGKILL")
+    for node_id in nodes:
+        cloud_broker.pki.node_identity(node_id)
+        cloud_broker.publish_mapping(node_id, {"node_id": node_id, "user_id": user_id, "secret_key": "key-1"})
+    second.start()  # only one of the two comes back: its own session has every publish
+    api_two = ApiClient(second.base_url)
+    for request_id in request_ids:
+        poll_status(api_two, token, request_id, "confirmed")
+    assert second.log_text().count("-> confirmed (node report)") == 3
+
+
+def confirmed_requests(db_path) -> int:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM mapping_requests WHERE status = 'confirmed'").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_backlog_beyond_mosquittos_default_queue_limit_is_confirmed_in_full(cloud_process_factory, cloud_broker):
+    """mosquitto queues at most 1000 messages per client by default and drops the rest: the broker the
+    harness runs must not, or mappings the nodes already had a PUBACK for would be lost."""
+    backlog = 1200
+    cloud = mqtt_cloud_process(cloud_process_factory, cloud_broker, mapping_timeout=300)
+    api, user_id, token = user_of(cloud)
+    for i in range(backlog):
+        api.put_mapping(token, NODE, f"key-{i}")
+    cloud.stop()
+    cloud_broker.publish_mappings(NODE, [{"node_id": NODE, "user_id": user_id, "secret_key": f"key-{i}"}
+                                         for i in range(backlog)])
+    cloud.start()
+    wait_until(lambda: confirmed_requests(cloud.db_path) == backlog, timeout=120,
+               what=f"all {backlog} queued mappings to be confirmed")

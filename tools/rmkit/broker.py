@@ -86,6 +86,12 @@ def config_text(port: int, ca: Path, identity: Identity, acl_path: Path, log_pat
         f"persistence_location {log_path.parent}/",
         "autosave_interval 1",
         "autosave_on_changes true",
+        # No queue limit: mosquitto drops QoS 1 messages beyond 1000 queued per client by default, and
+        # what it drops for the cloud's session are mappings the nodes already had a PUBACK for.
+        # (mosquitto 2.0.11 has no per-client limits; the nodes never subscribe, so only the readers,
+        # the cloud and the harness, ever have a queue.)
+        "max_queued_messages 0",
+        "max_queued_bytes 0",
         f"acl_file {acl_path}",
         # a log file is flushed per line; stdout into a file would be block-buffered
         f"log_dest file {log_path}",
