@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,6 +49,7 @@ class ApiResponse:
     status: int
     body: Any
     text: str
+    headers: dict = field(default_factory=dict)
 
 
 class ApiClient:
@@ -66,14 +67,14 @@ class ApiClient:
             req.add_header("Authorization", token)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                status, text = resp.status, resp.read().decode()
+                status, text, headers = resp.status, resp.read().decode(), dict(resp.headers)
         except urllib.error.HTTPError as err:
-            status, text = err.code, err.read().decode()
+            status, text, headers = err.code, err.read().decode(), dict(err.headers)
         try:
             parsed = json.loads(text)
         except ValueError:
             parsed = None
-        return ApiResponse(status, parsed, text)
+        return ApiResponse(status, parsed, text, headers)
 
     def login(self, email: str, password: str = PASSWORD) -> dict:
         resp = self.request("POST", "/v1/login2", {"user_name": email, "password": password})

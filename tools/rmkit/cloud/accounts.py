@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import string
@@ -17,16 +18,30 @@ log = logging.getLogger("rmkit.cloud.accounts")
 
 MAX_EMAIL_LEN = 254
 MAX_PASSWORD_LEN = 256
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")  # fullmatch: `$` would take a final newline
 _USER_ID_ALPHABET = string.ascii_letters + string.digits
 
 
 class AccountError(Exception):
-    """Login or account problem; `.kind` is "credentials", "exists" or "invalid"."""
+    """Login or account problem; `.kind` is "credentials", "exists", "invalid" or "throttled" (then
+    `.retry_after_s` says when to try again)."""
 
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, retry_after_s: int = 0):
         super().__init__(message)
         self.kind = kind
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """Failed logins allowed within `window_s`: `per_user` for one user name, `per_address` from one
+    client address. Past either, every login for that name or from that address (the right password
+    too) is refused until the oldest failure leaves the window. Kept in storage, so several cloud
+    instances on one database count together. RainMaker's cloud has its own limits; these are ours."""
+
+    per_user: int = 5
+    per_address: int = 30
+    window_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -37,15 +52,16 @@ class LoginTokens:
 
 
 def validate_email(email: str) -> str:
-    if not isinstance(email, str) or not _EMAIL_RE.match(email) or len(email) > MAX_EMAIL_LEN:
+    if not isinstance(email, str) or not _EMAIL_RE.fullmatch(email) or len(email) > MAX_EMAIL_LEN:
         raise AccountError("invalid", f"not an email address: {email!r}")
     return email.lower()
 
 
 class Accounts:
-    def __init__(self, storage: Storage, token_ttl_s: int = 3600):
+    def __init__(self, storage: Storage, token_ttl_s: int = 3600, login_limits: LoginLimits = LoginLimits()):
         self.storage = storage
         self.signer = TokenSigner(storage.deployment_secret(), token_ttl_s)
+        self.login_limits = login_limits
 
     def add_user(self, email: str, password: str) -> str:
         email = validate_email(email)
@@ -68,19 +84,41 @@ class Accounts:
         with self.storage.transaction() as tx:
             return tx.user_by_id(user_id)
 
-    def login(self, user_name: str, password: str) -> LoginTokens:
+    def login(self, user_name: str, password: str, address: str = "-") -> LoginTokens:
+        limits = self.login_limits
+        user_key, address_key = "user:" + user_name.lower(), "addr:" + address
         with self.storage.transaction() as tx:
+            wait_s = self._throttled(tx, ((user_key, limits.per_user), (address_key, limits.per_address)))
             user = tx.user_by_email(user_name.lower())
+        if wait_s:
+            log.warning("login for %s from %s refused: too many failed logins", user_name.lower(), address)
+            raise AccountError("throttled", f"too many failed logins; try again in {wait_s} s", wait_s)
         # hash even for unknown users, so timing does not tell which user names exist
         ok = verify_password(password, user.password_hash if user else DUMMY_PASSWORD_HASH)
         if user is None or not ok:
+            now = wall_now()
+            with self.storage.transaction() as tx:
+                tx.add_login_failure(user_key, now)
+                tx.add_login_failure(address_key, now)
+                tx.prune_login_failures(now - limits.window_s)
             raise AccountError("credentials", "Incorrect user name or password")
         session_id = secrets.token_hex(16)
         refresh_token = secrets.token_urlsafe(32)
         with self.storage.transaction() as tx:
+            tx.clear_login_failures(user_key)
             tx.add_session(session_id, user.user_id, refresh_token_hash(refresh_token), wall_now())
         log.info("user %s logged in (session %s)", user.user_id, session_id[:8])
         return self._tokens(user, session_id, refresh_token)
+
+    def _throttled(self, tx, keys) -> int:
+        """Whole seconds until a login is allowed again for every (key, limit), 0 if it is now."""
+        now, window = wall_now(), self.login_limits.window_s
+        wait_s = 0.0
+        for key, limit in keys:
+            failures = tx.login_failures_since(key, now - window)
+            if len(failures) >= limit:  # free again once enough of them left the window
+                wait_s = max(wait_s, failures[len(failures) - limit] + window - now)
+        return math.ceil(wait_s) if wait_s > 0 else 0
 
     def refresh(self, refresh_token: str) -> LoginTokens:
         with self.storage.transaction() as tx:

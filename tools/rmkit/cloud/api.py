@@ -37,6 +37,7 @@ E_METHOD = 100405
 E_TOO_LARGE = 100413
 E_INTERNAL = 100500
 E_LOGIN = 101009
+E_TOO_MANY_LOGINS = 101429
 E_NO_TOKEN = 101010
 E_BAD_TOKEN = 101011
 E_EXPIRED_TOKEN = 101012
@@ -45,11 +46,12 @@ E_NODE_NOT_MAPPED = 102002
 
 
 class ApiError(Exception):
-    def __init__(self, http_status: int, error_code: int, description: str):
+    def __init__(self, http_status: int, error_code: int, description: str, retry_after_s: int = 0):
         super().__init__(description)
         self.http_status = http_status
         self.error_code = error_code
         self.description = description
+        self.retry_after_s = retry_after_s
 
 
 def _json(body: dict, status: int = 200) -> Response:
@@ -62,17 +64,49 @@ def _success(**fields: Any) -> Response:
 
 # ------------------------------------------------------------------------------- input validation
 
+# Every value a request carries is checked here, before anything reaches accounts, mapping or storage.
+MAX_JSON_DEPTH = 8  # the deepest body the API takes is {"metadata": {...}}; 8 leaves room, 1000 would not
+
+
 def _body() -> dict:
     raw = request.get_data(cache=False)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, E_TOO_LARGE, f"request body is larger than {MAX_BODY_BYTES} bytes")
     try:
         doc = json.loads(raw.decode("utf-8"))
+    except RecursionError:  # CPython's parser gives up near 1,000 levels
+        raise ApiError(400, E_BAD_JSON, f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, E_BAD_JSON, "request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ApiError(400, E_BAD_JSON, "request body must be a JSON object")
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise ApiError(400, E_BAD_JSON, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     return doc
+
+
+def _depth(doc: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            todo.extend((item, depth + 1) for item in value)
+    return deepest
+
+
+def _text(value: str, what: str) -> str:
+    """JSON may carry lone surrogates ("\\ud800") that no UTF-8 store can hold: refuse them here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, E_BAD_FIELD, f"{what} is not valid Unicode text") from None
+    return value
 
 
 def _string(doc: dict, field: str, max_len: int = MAX_ID_LEN, required: bool = True,
@@ -88,12 +122,12 @@ def _string(doc: dict, field: str, max_len: int = MAX_ID_LEN, required: bool = T
         raise ApiError(400, E_BAD_FIELD, f"{field} is longer than {max_len} characters")
     if not value and not allow_empty:
         raise ApiError(400, E_BAD_FIELD, f"{field} must not be empty")
-    return value
+    return _text(value, field)
 
 
 def _node_id(doc: dict) -> str:
     node_id = _string(doc, "node_id")
-    if not NODE_ID_RE.match(node_id):
+    if not NODE_ID_RE.fullmatch(node_id):
         raise ApiError(400, E_BAD_FIELD, "node_id may only hold letters, digits and _.:-")
     return node_id
 
@@ -106,7 +140,24 @@ def _query_string(name: str, max_len: int = MAX_ID_LEN, required: bool = False) 
         return None
     if not value or len(value) > max_len:
         raise ApiError(400, E_BAD_FIELD, f"query parameter {name} must be 1 to {max_len} characters")
-    return value
+    return _text(value, f"query parameter {name}")
+
+
+def _page_size() -> int:
+    text = request.args.get("num_records", str(DEFAULT_PAGE_SIZE))
+    # isdigit() alone takes "²" and 5,000-digit numbers, which int() refuses or chokes on
+    if not (text.isascii() and text.isdigit() and len(text) <= 3 and 1 <= int(text) <= MAX_PAGE_SIZE):
+        raise ApiError(400, E_BAD_FIELD, f"num_records must be 1 to {MAX_PAGE_SIZE}")
+    return int(text)
+
+
+def _access_token() -> str:
+    token = request.headers.get("Authorization", "").strip()
+    if not token:
+        raise ApiError(401, E_NO_TOKEN, "missing Authorization header (access token)")
+    if not token.isascii() or len(token) > 4096:  # tokens are ASCII; compare_digest refuses the rest
+        raise ApiError(401, E_BAD_TOKEN, "Unauthorized: the Authorization header is not a token")
+    return token
 
 
 def _tags_and_metadata(doc: dict) -> None:
@@ -115,6 +166,8 @@ def _tags_and_metadata(doc: dict) -> None:
     if tags is not None and (not isinstance(tags, list) or len(tags) > 32
                              or not all(isinstance(t, str) and len(t) <= MAX_ID_LEN for t in tags)):
         raise ApiError(400, E_BAD_FIELD, "tags must be a list of at most 32 strings")
+    for tag in tags or ():
+        _text(tag, "tags")
     metadata = doc.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise ApiError(400, E_BAD_FIELD, "metadata must be a JSON object")
@@ -127,11 +180,9 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     def authenticated() -> AccessClaims:
-        token = request.headers.get("Authorization", "")
-        if not token:
-            raise ApiError(401, E_NO_TOKEN, "missing Authorization header (access token)")
+        token = _access_token()
         try:
-            claims = accounts.authenticate(token.strip())
+            claims = accounts.authenticate(token)
         except TokenError as exc:
             code = E_EXPIRED_TOKEN if exc.reason == "expired" else E_BAD_TOKEN
             raise ApiError(401, code, f"Unauthorized: {exc}") from None
@@ -153,8 +204,11 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return _json({"status": "failure", "error_code": exc.error_code, "description": exc.description},
-                     exc.http_status)
+        response = _json({"status": "failure", "error_code": exc.error_code, "description": exc.description},
+                         exc.http_status)
+        if exc.retry_after_s:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -188,8 +242,10 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
         user_name = _string(doc, "user_name", max_len=254)
         password = _string(doc, "password", max_len=MAX_PASSWORD_LEN)
         try:
-            tokens = accounts.login(user_name, password)
+            tokens = accounts.login(user_name, password, request.remote_addr or "-")
         except AccountError as exc:
+            if exc.kind == "throttled":
+                raise ApiError(429, E_TOO_MANY_LOGINS, str(exc), retry_after_s=exc.retry_after_s) from None
             raise ApiError(401, E_LOGIN, str(exc)) from None
         g.user_id = "(login)"
         # no "session" key: its presence switches the CLI to OTP login (esp-rainmaker-cli.md 1.1)
@@ -220,10 +276,7 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
     def user_nodes():
         claims = authenticated()
         start_id = _query_string("start_id")
-        limit_text = request.args.get("num_records", str(DEFAULT_PAGE_SIZE))
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE_SIZE:
-            raise ApiError(400, E_BAD_FIELD, f"num_records must be 1 to {MAX_PAGE_SIZE}")
-        limit = int(limit_text)
+        limit = _page_size()
         with mapping.storage.transaction() as tx:
             page = tx.user_nodes_page(claims.user_id, start_id, limit + 1)
             total = tx.count_user_nodes(claims.user_id)

@@ -17,6 +17,7 @@ DEFAULT_PKI = REPO_ROOT / "pki"
 
 
 def _serve(args) -> int:
+    from rmkit.cloud.accounts import LoginLimits
     from rmkit.cloud.mqtt import MqttSettings
     from rmkit.cloud.service import CloudService
 
@@ -39,8 +40,12 @@ def _serve(args) -> int:
             raise UserError(f"--client-id {args.client_id!r} must be 1 to 65535 bytes")
         mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
                                      client_id=args.client_id, session_expiry_s=args.session_expiry)
+    if args.login_attempts < 1 or not 0 < args.login_window <= 86400:
+        raise UserError("--login-attempts must be 1 or more and --login-window 0 to 86400 s")
+    limits = LoginLimits(per_user=args.login_attempts, per_address=6 * args.login_attempts,
+                         window_s=args.login_window)
     service = CloudService(args.db, host=args.host, port=args.port, mapping_timeout=args.mapping_timeout,
-                           token_ttl=args.token_ttl, mqtt=mqtt)
+                           token_ttl=args.token_ttl, mqtt=mqtt, login_limits=limits)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -126,6 +131,11 @@ def register(subparsers) -> None:
     serve.add_argument("--broker-port", type=int, default=0, help="MQTT broker TLS port")
     serve.add_argument("--pki", default=str(DEFAULT_PKI),
                        help=f"PKI directory with the CA and the 'cloud' client identity (default {DEFAULT_PKI})")
+    serve.add_argument("--login-attempts", type=int, default=5, metavar="N",
+                       help="failed logins allowed per user name within --login-window (6 times as many per "
+                       "client address); past that, logins get 429 with Retry-After (default 5)")
+    serve.add_argument("--login-window", type=float, default=60.0, metavar="S",
+                       help="the window, in seconds, failed logins are counted over (default 60)")
     serve.add_argument("--client-id", metavar="ID",
                        help="MQTT client id = the name of the cloud's persistent session at the broker, which "
                        "queues node publishes while the cloud is down. Default: rmkit-cloud-<id stored in the "

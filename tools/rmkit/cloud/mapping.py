@@ -23,7 +23,8 @@ log = logging.getLogger("rmkit.cloud.mapping")
 # spec 5.3: the dummy mapping a node publishes on factory reset
 RESET_USER_ID = "esp-rmaker"
 MAX_ID_LEN = 128
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")  # must also be a single MQTT topic level
+# use fullmatch(): `$` would also match before a final newline ("N1\n")
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # must also be a single MQTT topic level
 REQUESTED, CONFIRMED, TIMEDOUT = "requested", "confirmed", "timedout"
 # node reports are kept this long (at least the matching window) to drop QoS1 duplicates
 MIN_REPORT_RETENTION_S = 3600.0
@@ -63,10 +64,15 @@ def parse_node_report(topic_node_id: str, payload: bytes) -> tuple[str, str, str
     node_id, user_id, secret_key = doc["node_id"], doc["user_id"], doc["secret_key"]
     if node_id != topic_node_id:
         raise NodeReportRejected(f"node_id {node_id!r} differs from the topic's {topic_node_id!r}")
-    if not NODE_ID_RE.match(node_id):
+    if not NODE_ID_RE.fullmatch(node_id):
         raise NodeReportRejected(f"node_id {node_id!r} is not a valid node id")
     if not user_id:
         raise NodeReportRejected("user_id is empty")
+    for field, value in (("user_id", user_id), ("secret_key", secret_key)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") that no UTF-8 store can hold
+            raise NodeReportRejected(f"{field} is not valid Unicode text") from None
     return node_id, user_id, secret_key, reset
 
 

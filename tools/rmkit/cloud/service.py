@@ -30,7 +30,7 @@ from typing import Optional
 from waitress import wasyncore
 from waitress.server import create_server
 
-from rmkit.cloud.accounts import Accounts
+from rmkit.cloud.accounts import Accounts, LoginLimits
 from rmkit.cloud.api import create_app
 from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.mqtt import MappingSubscriber, MqttSettings
@@ -91,9 +91,10 @@ class CloudService:
     """
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1", port: int = 0, mapping_timeout: float = 60.0,
-                 token_ttl: int = 3600, mqtt: Optional[MqttSettings] = None, threads: int = 8):
+                 token_ttl: int = 3600, mqtt: Optional[MqttSettings] = None, threads: int = 8,
+                 login_limits: LoginLimits = LoginLimits()):
         self.storage: Storage = open_storage(db)
-        self.accounts = Accounts(self.storage, token_ttl_s=token_ttl)
+        self.accounts = Accounts(self.storage, token_ttl_s=token_ttl, login_limits=login_limits)
         self.mapping = MappingService(self.storage, timeout_s=mapping_timeout)
         self.host = host
         self._port = port

@@ -69,6 +69,11 @@ CREATE TABLE IF NOT EXISTS node_reports (
     received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS node_reports_by_node ON node_reports(node_id, received);
+CREATE TABLE IF NOT EXISTS login_failures (
+    key TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_by_key ON login_failures(key, at);
 """
 
 
@@ -174,6 +179,16 @@ class StorageTx(abc.ABC):
     def has_node_report(self, node_id: str, user_id: str, secret_key: str) -> bool: ...
     @abc.abstractmethod
     def prune_node_reports(self, before: float) -> int: ...
+
+    # login throttling: failed logins per key ("user:<email>", "addr:<ip>")
+    @abc.abstractmethod
+    def add_login_failure(self, key: str, now: float) -> None: ...
+    @abc.abstractmethod
+    def login_failures_since(self, key: str, since: float) -> list[float]: ...
+    @abc.abstractmethod
+    def clear_login_failures(self, key: str) -> None: ...
+    @abc.abstractmethod
+    def prune_login_failures(self, before: float) -> int: ...
 
 
 class Storage(abc.ABC):
@@ -326,6 +341,19 @@ class SqliteTx(StorageTx):
 
     def prune_node_reports(self, before):
         return self._db.execute("DELETE FROM node_reports WHERE received<?", (before,)).rowcount
+
+    def add_login_failure(self, key, now):
+        self._db.execute("INSERT INTO login_failures(key, at) VALUES (?,?)", (key, now))
+
+    def login_failures_since(self, key, since):
+        rows = self._db.execute("SELECT at FROM login_failures WHERE key=? AND at>=? ORDER BY at", (key, since))
+        return [r[0] for r in rows]
+
+    def clear_login_failures(self, key):
+        self._db.execute("DELETE FROM login_failures WHERE key=?", (key,))
+
+    def prune_login_failures(self, before):
+        return self._db.execute("DELETE FROM login_failures WHERE at<?", (before,)).rowcount
 
 
 class SqliteStorage(Storage):
