@@ -44,7 +44,8 @@ BODIES = st.one_of(
     st.binary(max_size=200),
     st.builds(nested, st.integers(1, 5000), st.sampled_from(FIELDS)),
 )
-HEADER_TEXT = st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=60)  # what a server decodes (latin-1)
+# what a server decodes (latin-1); a header value cannot hold a line break
+HEADER_TEXT = st.text(alphabet=st.characters(max_codepoint=0xFF, exclude_characters="\r\n"), max_size=60)
 QUERY_TEXT = st.text(max_size=30) | st.sampled_from(["²", "1" * 5000, "0", "101", "-1", "%ff%fe", "true\n"])
 QUERIES = st.dictionaries(st.sampled_from(QUERY_NAMES) | st.text(max_size=8), QUERY_TEXT, max_size=3)
 
@@ -73,7 +74,9 @@ def check_answer(response, db_path, before, method, path):
         assert after == before, (method, path, response.status_code)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples every run, so CI is repeatable; `pytest --hypothesis-seed=N` explores anew
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(endpoint=st.sampled_from(ENDPOINTS), body=BODIES, query=QUERIES,
        auth=st.none() | HEADER_TEXT | st.just("valid"))
 def test_any_request_gets_an_answer_that_is_not_a_server_error(api_client, endpoint, body, query, auth):
@@ -89,7 +92,8 @@ def test_any_request_gets_an_answer_that_is_not_a_server_error(api_client, endpo
     check_answer(response, db_path, before, method, path)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=API_BODY, query=QUERIES)
 def test_authenticated_mapping_requests_with_any_fields_never_fail_the_server(api_client, body, query):
     client, token, db_path = api_client
