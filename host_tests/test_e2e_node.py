@@ -15,7 +15,9 @@ import uuid
 import pytest
 
 from fixtures_mqtt import Subscriber
+from rmkit.proto import pb as wire
 from rmkit.provision.errors import HandshakeFailed, WifiJoinFailed
+from rmkit.provision.transport import MAX_REQUEST
 from rmkit.vboard.errors import BoardError
 
 RESET_USER_ID = "esp-rmaker"  # spec 5.3: the factory-reset report's dummy user and key
@@ -269,3 +271,28 @@ def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then
         mapping_json(board.node_id, user_id, secret_key, reset=True)]
     board.wait_for_log(r"acknowledged", since=since, timeout=10)
     assert "pending_mapping" not in read_state(board)
+
+
+@pytest.mark.parametrize("sec", [1, 0])
+def test_a_secured_request_of_the_largest_size_the_node_accepts_is_served(bench, sec):
+    """The node's HTTP server takes bodies up to 4096 bytes: a secured request that big is decrypted,
+    decoded and answered (here: refused, an SSID is at most 32 bytes), never an out-of-memory 500,
+    and the session stays usable."""
+    board = bench.add_board(f"vb-e2e-big{sec}", sec_ver=sec)
+    client = bench.provisioner(board, sec=sec)
+    client.proto_ver()
+    client.start_session()
+    message = wire.WiFiConfigPayload(msg=wire.WiFiConfigMsgType.TypeCmdSetConfig)
+    message.cmd_set_config.passphrase = b"p"
+    size = MAX_REQUEST
+    while True:  # the largest SSID that keeps the whole message within MAX_REQUEST (length varints grow)
+        message.cmd_set_config.ssid = b"s" * size
+        if len(message.SerializeToString()) <= MAX_REQUEST:
+            break
+        size -= 1
+    assert len(message.SerializeToString()) == MAX_REQUEST
+    response = client._secured("prov-config", message, wire.WiFiConfigPayload)
+    assert response.resp_set_config.status != wire.Status.Success
+    assert client.set_user_mapping("user-big", str(uuid.uuid4())) == board.node_id  # still in step
+    log = board.read_log()
+    assert "MemoryError" not in log and "internal error" not in log
