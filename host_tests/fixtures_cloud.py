@@ -266,7 +266,7 @@ class CloudBroker:
         self.pki_dir = pki_dir
         self.pki = Pki(pki_dir)
         self.pki.client_identity("cloud")
-        self.broker = Broker(self.pki, workdir, port=0, readers=("cloud", "harness")).start()
+        self.broker = Broker(self.pki, workdir, port=0).start()
 
     @property
     def port(self) -> int:

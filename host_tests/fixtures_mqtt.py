@@ -34,7 +34,8 @@ class Subscriber:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.subacks = 0  # SUBACKs so far: one per (re)connect
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{identity}-{id(self):x}")
+        # the broker makes the client id the certificate's CN anyway: one subscriber per identity at a time
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=identity)
         self.client.tls_set(ca_certs=str(pki.ca_pem), certfile=str(ident.cert_pem), keyfile=str(ident.key_pem))
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = self._on_connect

@@ -137,3 +137,40 @@ def test_broker_cli_help_explains():
     from rmkit.__main__ import build_parser
     help_text = build_parser()._subparsers._group_actions[0].choices["broker"].format_help()
     assert "client certificates" in " ".join(help_text.split()) and "--port" in help_text
+
+
+@pytest.mark.parametrize("victim", ["nodeB", "cloud"])
+def test_a_certificate_cannot_take_another_clients_id(pki, broker, subscriber, victim):
+    """Node A's certificate asking for node B's (or the cloud's) client id gets its own, nodeA: the
+    victim stays connected and keeps working."""
+    if victim == "cloud":
+        watcher = subscriber(broker, "cloud")  # the cloud's identity, reading every node's topics
+        victim_client, victim_drops = watcher.client, []
+        watcher.client.on_disconnect = lambda *args: victim_drops.append(args)
+    else:
+        watcher = subscriber(broker)
+        victim_client = _client(pki, pki.node_identity("nodeB"), broker.port)
+        victim_drops = []
+        victim_client.on_disconnect = lambda *args: victim_drops.append(args)
+    intruder = _client(pki, pki.node_identity("nodeA"), broker.port, client_id=victim)
+    try:
+        _publish(intruder, "node/nodeA/config", b"intruder")  # it is connected, as itself
+        watcher.wait_for_topic("node/nodeA/config")
+        if victim == "nodeB":
+            _publish(victim_client, "node/nodeB/config", b"still here")
+            assert watcher.wait_for_topic("node/nodeB/config") == [b"still here"]
+        else:
+            node_c = _client(pki, pki.node_identity("nodeC"), broker.port)
+            _publish(node_c, "node/nodeC/config", b"to the cloud")
+            assert watcher.wait_for_topic("node/nodeC/config") == [b"to the cloud"]
+            node_c.disconnect()
+            node_c.loop_stop()
+        assert victim_drops == []
+    finally:
+        intruder.disconnect()
+        intruder.loop_stop()
+        if victim == "nodeB":
+            victim_client.disconnect()
+            victim_client.loop_stop()
+    log = broker.log_text()
+    assert f"as nodeA (p2" in log and f"Client {victim} already connected" not in log

@@ -1,6 +1,7 @@
 """The cloud's MQTT side against real mosquitto with mutual TLS: both topic forms, drops, restarts, two instances."""
 
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -224,30 +225,28 @@ def test_publish_the_storage_refuses_is_retried_not_acknowledged(mqtt_cloud, clo
                what="the ack after the commit")
 
 
-def test_client_ids_are_stable_per_deployment_and_distinct_per_instance(tmp_path, cloud_broker):
+def test_each_instance_slot_has_its_own_identity_and_a_restart_resumes_it(tmp_path, cloud_broker):
+    """The broker binds the client id to the certificate, so each instance's session is its identity:
+    slot 0 is `cloud`, slot 1 `cloud-1`; a restarted instance takes the free slot (and session) back."""
     db = tmp_path / "cloud.db"
     started = []
 
-    def start(**settings):
-        service = CloudService(db, port=0, mqtt=cloud_broker.mqtt_settings(**settings)).start()
+    def start():
+        service = CloudService(db, port=0, mqtt=cloud_broker.mqtt_settings()).start()
         started.append(service)
         return service
 
     try:
         first, second = start(), start()
-        deployment = first.client_id.rsplit("-", 1)[0]
-        assert (first.client_id, second.client_id) == (deployment + "-0", deployment + "-1")
+        assert (first.client_id, second.client_id) == ("cloud", "cloud-1")
+        assert second.subscriber.settings.cert_pem.name == "cloud-1.crt.pem"
         first.stop()
-        assert start().client_id == deployment + "-0"  # a restarted instance takes the free slot back
-        assert start(client_id="my-cloud-a").client_id == "my-cloud-a"
+        assert start().client_id == "cloud"
+        log = cloud_broker.broker.log_text()
+        assert "New client connected from 127.0.0.1" in log and " as cloud-1 " in log
     finally:
         for service in started:
             service.stop()
-    other = CloudService(tmp_path / "other.db", port=0, mqtt=cloud_broker.mqtt_settings()).start()
-    try:
-        assert not other.client_id.startswith(deployment)  # another database is another deployment
-    finally:
-        other.stop()
 
 
 def test_an_instance_that_was_down_gets_what_was_published_meanwhile_when_back(cloud_process_factory, cloud_broker):
@@ -270,14 +269,15 @@ def test_an_instance_that_was_down_gets_what_was_published_meanwhile_when_back(c
     assert sorted(api.nodes(token)) == nodes
 
 
-def test_two_instances_given_one_client_id_say_so(tmp_path, cloud_broker, caplog):
+def test_two_instances_given_one_certificate_say_so(tmp_path, cloud_broker, caplog):
+    # the files of one identity given as is (no PKI to pick a slot's identity from): one session
     caplog.set_level(logging.INFO, logger="rmkit.cloud")
-    settings = cloud_broker.mqtt_settings(client_id="same-cloud")
+    settings = dataclasses.replace(cloud_broker.mqtt_settings(), pki_dir=None, client_id="cloud")
     first = CloudService(tmp_path / "cloud.db", port=0, mqtt=settings).start()
     try:
         second = CloudService(tmp_path / "cloud.db", port=0, mqtt=settings).start()
         try:
-            wait_until(lambda: "keeps dropping session same-cloud" in caplog.text, timeout=20,
+            wait_until(lambda: "keeps dropping session cloud" in caplog.text, timeout=20,
                        what="the session takeover to be logged")
         finally:
             second.stop()

@@ -23,10 +23,12 @@ from typing import Iterable, Optional
 from rmkit import REPO_ROOT
 from rmkit.errors import UserError
 from rmkit.net import free_port
-from rmkit.pki import DEFAULT_PKI_DIR, Identity, Pki, check_name
+from rmkit.pki import DEFAULT_PKI_DIR, Identity, Pki, check_name, cloud_identities
 
 log = logging.getLogger(__name__)
 
+# who may read every node's topics: the test harness and every cloud instance's identity
+DEFAULT_READERS = ("harness", *cloud_identities())
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
 _READY_LINE = b" running"  # "mosquitto version 2.0.11 running", logged once the listeners are open
 
@@ -86,11 +88,12 @@ def config_text(port: int, ca: Path, identity: Identity, acl_path: Path, log_pat
         f"persistence_location {log_path.parent}/",
         "autosave_interval 1",
         "autosave_on_changes true",
-        # No queue limit: mosquitto drops QoS 1 messages beyond 1000 queued per client by default, and
-        # what it drops for the cloud's session are mappings the nodes already had a PUBACK for.
-        # (mosquitto 2.0.11 has no per-client limits; the nodes never subscribe, so only the readers,
-        # the cloud and the harness, ever have a queue.)
-        "max_queued_messages 0",
+        # A queue limit no backlog reaches: mosquitto drops QoS 1 messages beyond 1000 queued per client
+        # by default, and what it drops for the cloud's session are mappings the nodes already had a
+        # PUBACK for. Not 0 ("no limit"): with 0, mosquitto 2.0.11 drops a client's connection after
+        # refusing one of its publishes (measured). No per-client limits in 2.0.11; the nodes never
+        # subscribe, so only the readers (the cloud and the harness) ever have a queue.
+        "max_queued_messages 10000000",
         "max_queued_bytes 0",
         f"acl_file {acl_path}",
         # a log file is flushed per line; stdout into a file would be block-buffered
@@ -105,6 +108,10 @@ def config_text(port: int, ca: Path, identity: Identity, acl_path: Path, log_pat
         f"keyfile {identity.key_pem}",
         "require_certificate true",
         "use_identity_as_username true",
+        # ... and the client id is the user name too, whatever the client sends: a certificate can only
+        # ever be its own session, so node A's certificate cannot take node B's (or the cloud's) client
+        # id and knock that client off
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
     ]
     if os.geteuid() == 0:
@@ -120,7 +127,7 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, pki: Pki, workdir: Path | str, port: int = 0, readers: Iterable[str] = ("cloud", "harness"),
+    def __init__(self, pki: Pki, workdir: Path | str, port: int = 0, readers: Iterable[str] = DEFAULT_READERS,
                  server_identity: Optional[Identity] = None) -> None:
         self.pki = pki
         self.workdir = Path(workdir)
@@ -245,14 +252,16 @@ class Broker:
 
 def _cmd_broker(args) -> int:
     pki = Pki(args.pki_dir)
-    broker = Broker(pki, args.workdir, port=args.port, readers=args.reader or ("cloud", "harness"))
-    for reader in broker.readers:
+    broker = Broker(pki, args.workdir, port=args.port, readers=args.reader or DEFAULT_READERS)
+    for reader in args.reader or ("cloud", "harness"):  # the other cloud slots get theirs when they start
         pki.client_identity(reader)
     print(f"broker: starting mosquitto (log {broker.log_path})", flush=True)
     with broker:
         print(f"broker: listening on {broker.host}:{broker.port} (mutual TLS)")
         print(f"broker: CA {pki.ca_pem} (board: {pki.ca_der})")
-        print(f"broker: readers {', '.join(broker.readers)}; nodes may use node/<CN>/#; Ctrl-C stops", flush=True)
+        shown = ", ".join(args.reader) if args.reader else "harness, cloud, cloud-1 ... cloud-%d" % (len(DEFAULT_READERS) - 2)
+        print(f"broker: readers {shown}; nodes may use node/<CN>/#; client id = certificate CN; Ctrl-C stops",
+              flush=True)
         try:
             while broker.running:
                 time.sleep(0.5)

@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 DEFAULT_PKI_DIR = REPO_ROOT / "pki"
 CA_NAME = "rmkit local CA"
 BROKER_NAME = "broker"
+# The cloud's client identities, one per instance slot (rmkit.cloud.service): the broker binds the MQTT
+# client id to the certificate's CN, so each instance's persistent session needs a certificate of its own.
+CLOUD_SLOTS = 64
+
+
+def cloud_identity(slot: int) -> str:
+    """The identity (certificate CN = MQTT client id = session) of the cloud instance in `slot`."""
+    return "cloud" if slot == 0 else f"cloud-{slot}"
+
+
+def cloud_identities() -> list[str]:
+    return [cloud_identity(slot) for slot in range(CLOUD_SLOTS)]
 # node ids and client names end up in file names and in mosquitto's `%u` ACL pattern, so they must
 # not carry '/', '+', '#' or whitespace (RainMaker node ids are 12 hex chars or 22 base62 chars, spec 7.3)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -36,10 +36,8 @@ def _serve(args) -> int:
             raise UserError(f"no PKI at {args.pki}: run `rmkit pki init` first, or pass --pki DIR")
         if args.session_expiry < 0 or args.session_expiry > 0xFFFFFFFF:
             raise UserError(f"--session-expiry {args.session_expiry} is out of range (0 .. 4294967295 s)")
-        if args.client_id is not None and not 0 < len(args.client_id.encode()) <= 65535:
-            raise UserError(f"--client-id {args.client_id!r} must be 1 to 65535 bytes")
         mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
-                                     client_id=args.client_id, session_expiry_s=args.session_expiry)
+                                     session_expiry_s=args.session_expiry)
     if args.login_attempts < 1 or not 0 < args.login_window <= 86400:
         raise UserError("--login-attempts must be 1 or more and --login-window 0 to 86400 s")
     limits = LoginLimits(per_user=args.login_attempts, per_address=6 * args.login_attempts,
@@ -130,18 +128,13 @@ def register(subparsers) -> None:
     serve.add_argument("--broker-host", default="127.0.0.1", help="MQTT broker host (default 127.0.0.1)")
     serve.add_argument("--broker-port", type=int, default=0, help="MQTT broker TLS port")
     serve.add_argument("--pki", default=str(DEFAULT_PKI),
-                       help=f"PKI directory with the CA and the 'cloud' client identity (default {DEFAULT_PKI})")
+                       help=f"PKI directory with the CA; each instance uses (or issues) the client identity of its slot: "
+                       f"cloud, cloud-1, ... = its MQTT client id and session (default {DEFAULT_PKI})")
     serve.add_argument("--login-attempts", type=int, default=5, metavar="N",
                        help="failed logins allowed per user name within --login-window (6 times as many per "
                        "client address); past that, logins get 429 with Retry-After (default 5)")
     serve.add_argument("--login-window", type=float, default=60.0, metavar="S",
                        help="the window, in seconds, failed logins are counted over (default 60)")
-    serve.add_argument("--client-id", metavar="ID",
-                       help="MQTT client id = the name of the cloud's persistent session at the broker, which "
-                       "queues node publishes while the cloud is down. Default: rmkit-cloud-<id stored in the "
-                       "database>-<slot>, where the slot is the lowest one free among instances sharing --db, "
-                       "so a restart resumes its session and parallel instances never share one. Give each "
-                       "instance its own id if you set it")
     serve.add_argument("--session-expiry", type=int, default=7 * 24 * 3600, metavar="S",
                        help="seconds the broker keeps the session and its queued publishes after the cloud "
                        "disconnects (default 604800 = 7 days; 0 = no persistent session, publishes sent "

@@ -61,20 +61,38 @@ class MqttSettings:
     ca_pem: Path
     cert_pem: Path
     key_pem: Path
-    # The MQTT client id names the broker-side session. None: CloudService derives a stable one per
-    # deployment and instance (see rmkit.cloud.service.session_client_id); a given one is used as is.
+    # The MQTT client id names the broker-side session. Our broker makes it the certificate's CN
+    # whatever the client sends (rmkit.broker), so with a PKI each instance slot uses an identity of
+    # its own (for_slot). None without a PKI: CloudService derives one per deployment and slot.
     client_id: Optional[str] = None
     session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S  # 0: no persistent session (publishes while down are lost)
     keepalive_s: int = 30
+    pki_dir: Optional[Path] = None  # where for_slot() gets (or issues) the slot's identity
 
     @classmethod
     def from_pki(cls, pki_dir: Path | str, host: str, port: int, **kwargs) -> "MqttSettings":
+        return cls._with_identity(Path(pki_dir), "cloud", host=host, port=port, **kwargs)
+
+    def for_slot(self, slot: int) -> "MqttSettings":
+        """These settings for the cloud instance in `slot`: its own certificate, client id = its CN."""
+        if self.pki_dir is None:
+            return self
+        from rmkit.pki import cloud_identity
+
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__
+                  if name not in ("ca_pem", "cert_pem", "key_pem", "client_id")}
+        fields.pop("pki_dir")
+        return MqttSettings._with_identity(self.pki_dir, cloud_identity(slot), **fields)
+
+    @classmethod
+    def _with_identity(cls, pki_dir: Path, name: str, **kwargs) -> "MqttSettings":
         from rmkit.pki import Pki  # imported late: only the MQTT side needs the PKI
 
         pki = Pki(pki_dir)
-        identity = pki.client_identity("cloud")
-        return cls(host=host, port=port, ca_pem=Path(pki.ca_pem), cert_pem=Path(identity.cert_pem),
-                   key_pem=Path(identity.key_pem), **kwargs)
+        identity = pki.client_identity(name)
+        kwargs.setdefault("client_id", name)
+        return cls(ca_pem=Path(pki.ca_pem), cert_pem=Path(identity.cert_pem), key_pem=Path(identity.key_pem),
+                   pki_dir=pki_dir, **kwargs)
 
     def filters(self) -> list[str]:
         return list(TOPIC_FILTERS)

@@ -1,20 +1,22 @@
 """CloudService: the whole local cloud in one object (storage, REST API on waitress, MQTT subscriber).
 
 The MQTT client id names the cloud's persistent session at the broker (rmkit.cloud.mqtt), so it must
-be the same after a restart of the same deployment and differ between instances running together:
+be the same after a restart and differ between instances running together. Each instance holds a
+*slot*: the lowest n for which this process holds the lock file `<db>.mqtt-slot-<n>.lock` (flock,
+released by the kernel even on SIGKILL). One instance always gets slot 0; two instances sharing one
+database (scale-out; SQLite in WAL mode means one host, so a lock file next to it is seen by all of
+them) get 0 and 1, and a restarted instance takes the free slot back with its queued publishes.
 
-- the deployment part is a random id stored once in the database (meta `mqtt_deployment_id`): it moves
-  with the data, and two deployments on one broker never collide even if their files share a path;
-- the instance part is a *slot*: the lowest n for which this process holds the lock file
-  `<db>.mqtt-slot-<n>.lock` (flock, released by the kernel even on SIGKILL). One instance always gets
-  slot 0; two instances sharing one database (scale-out; SQLite in WAL mode means one host, so a
-  lock file next to it is seen by all of them) get 0 and 1, and a restarted instance takes the free
-  slot back with its queued publishes.
+Our broker binds the client id to the certificate's CN (use_username_as_clientid), so with a PKI the
+slot picks the certificate: `cloud`, `cloud-1`, ... (rmkit.pki.cloud_identity), issued on first use;
+one deployment per broker and PKI. Without a PKI (certificate files given, a broker that takes client
+ids as sent) the client id is `rmkit-cloud-<deployment>-<slot>`, the deployment part a random id stored
+once in the database (meta `mqtt_deployment_id`).
 
 Several instances each get every publish (plain subscriptions, rmkit.cloud.mqtt), so one that is
 down misses nothing: its session queues what arrives meanwhile, and the copies it then applies are
 no-ops. A slot that never comes back holds its queue until the session expires
-(MqttSettings.session_expiry_s). `--client-id` overrides all this.
+(MqttSettings.session_expiry_s).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import secrets
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,12 +38,13 @@ from rmkit.cloud.api import create_app
 from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.mqtt import MappingSubscriber, MqttSettings
 from rmkit.cloud.storage import Storage, open_storage
+from rmkit.pki import CLOUD_SLOTS
 
 log = logging.getLogger("rmkit.cloud")
 
 DEPLOYMENT_ID_KEY = "mqtt_deployment_id"
 CLIENT_ID_PREFIX = "rmkit-cloud-"
-MAX_SLOTS = 64  # more instances than this on one database is surely a leak of lock files or processes
+MAX_SLOTS = CLOUD_SLOTS  # more instances than this on one database is surely a leak of lock files or processes
 
 
 def deployment_id(storage: Storage) -> str:
@@ -132,23 +136,29 @@ class CloudService:
                  self.mapping.timeout_s, getattr(self.storage, "path", "?"))
         if self._mqtt_settings is not None:
             try:
-                self.subscriber = MappingSubscriber(self._mqtt_settings, self.mapping, self._client_id())
+                settings = self._instance_settings()
+                self.subscriber = MappingSubscriber(settings, self.mapping, settings.client_id)
                 self.subscriber.start()
             except Exception:
                 self.stop()
                 raise
         return self
 
-    def _client_id(self) -> str:
-        """The given client id, else the deployment's id plus the slot this instance holds."""
-        if self._mqtt_settings.client_id:
-            return self._mqtt_settings.client_id
+    def _instance_settings(self) -> MqttSettings:
+        """This instance's MQTT settings: with a PKI, the identity of the slot it holds (cloud,
+        cloud-1, ...; the broker makes the client id the certificate's CN); without one, the given
+        client id, else the deployment's id plus the slot."""
+        settings = self._mqtt_settings
+        if settings.pki_dir is None and settings.client_id:
+            return settings
         db_path = getattr(self.storage, "path", None)
         if db_path is None:
-            raise ValueError("this storage has no local file to hold an MQTT session slot: give a client id "
-                             "(--client-id) per instance")
+            raise ValueError("this storage has no local file to hold an MQTT session slot: give each "
+                             "instance its own certificate and client id")
         self._slot = SessionSlot(Path(db_path))
-        return session_client_id(self.storage, self._slot.number)
+        if settings.pki_dir is not None:
+            return settings.for_slot(self._slot.number)
+        return replace(settings, client_id=session_client_id(self.storage, self._slot.number))
 
     @property
     def client_id(self) -> Optional[str]:
