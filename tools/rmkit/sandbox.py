@@ -3,7 +3,9 @@ client to try (our CLI, Espressif's esp-rainmaker-cli, a phone app's logic in a 
 
 Prints what a client needs, then, for scripts, the same once as one line:
 `SANDBOX {"softap": ..., "pop": ..., "sec": ..., "ssid": ..., "passphrase": ..., "cloud_url": ...,
-"user": ..., "password": ...}` when everything is ready. Ctrl-C (or SIGTERM) stops everything.
+"user": ..., "password": ..., "pid": ...}` when everything is ready. Ctrl-C (or SIGTERM) stops
+everything; SIGHUP restarts the broker, SIGUSR1 kills it (SIGKILL) and starts it again, its
+persistence kept, so fault tests can be run by hand.
 """
 
 from __future__ import annotations
@@ -54,12 +56,17 @@ def _alive(lock: Path) -> bool:
 def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # broker restarts on request, for fault tests by hand or by script; done by the main loop
+    restart_requests: list[str] = []
+    signal.signal(signal.SIGHUP, lambda *_: restart_requests.append("graceful"))
+    signal.signal(signal.SIGUSR1, lambda *_: restart_requests.append("SIGKILL"))
     password = args.password or secrets.token_hex(6)
     with Stack(workdir, mapping_timeout=args.mapping_timeout, cloud_port=args.cloud_port, heap=args.heap) as stack:
         stack.add_user(SANDBOX_USER, password)
         info = {"cloud_url": stack.cloud.base_url, "user": SANDBOX_USER, "password": password,
                 "broker": f"{stack.broker.host}:{stack.broker.port}", "ca": str(stack.pki.ca_pem),
-                "pki": str(stack.pki.directory), "sntp": f"{stack.sntp.host}:{stack.sntp.port}"}
+                "pki": str(stack.pki.directory), "sntp": f"{stack.sntp.host}:{stack.sntp.port}",
+                "pid": os.getpid()}
         board = None
         if not args.no_board:
             board = stack.add_board(args.board, softap=args.softap)
@@ -80,10 +87,14 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                   "                --cloud-url %s --email %s --password %s"
                   % (host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url, SANDBOX_USER,
                      password))
+        print(f"  restarts    kill -HUP {os.getpid()} restarts the broker, kill -USR1 {os.getpid()} kills it "
+              "(SIGKILL) and starts it again; its sessions and queued messages are kept")
         print("SANDBOX " + json.dumps(info), flush=True)
         print("Ctrl-C stops everything.", flush=True)
         try:
-            while not stop.wait(0.5):
+            while not stop.wait(0.2):
+                while restart_requests:
+                    _restart_broker(stack, restart_requests.pop(0))
                 if board is not None and not board.running:
                     print("sandbox: the board's MicroPython process is gone; see", board.serial_log, flush=True)
                     return 1
@@ -91,6 +102,15 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
             pass
     print("sandbox: stopped", flush=True)
     return 0
+
+
+def _restart_broker(stack: Stack, how: str) -> None:
+    if how == "SIGKILL":
+        stack.broker.kill()
+    else:
+        stack.broker.stop()
+    stack.broker.start()
+    print(f"sandbox: broker restarted ({how}), pid {stack.broker.pid}", flush=True)
 
 
 def register(subparsers) -> None:

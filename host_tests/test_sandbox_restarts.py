@@ -1,0 +1,66 @@
+"""`rmkit sandbox` restarts its broker on request (SIGHUP graceful, SIGUSR1 as after a crash), keeping
+its persistence: a mapping a node publishes right after each restart is confirmed."""
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from fixtures_cloud import ApiClient, wait_until
+from rmkit.pki import Pki
+
+NODE = "SANDBOXNODE1"
+
+
+def publish_as_node(pki: Pki, broker: str, payload: dict) -> None:
+    host, port = broker.rsplit(":", 1)
+    identity = pki.node_identity(NODE)
+    context = ssl.create_default_context(cafile=str(pki.ca_pem))
+    context.load_cert_chain(str(identity.cert_pem), str(identity.key_pem))
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=NODE)
+    client.tls_set_context(context)
+    client.connect("localhost", int(port))
+    client.loop_start()
+    try:
+        info = client.publish(f"node/{NODE}/user/mapping", json.dumps(payload).encode(), qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", "--no-board", "--workdir", str(tmp_path / "sb")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    pump = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    pump.start()
+    try:
+        wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
+        info = json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+        assert info["pid"] == proc.pid
+        api = ApiClient(info["cloud_url"])
+        token = api.login(info["user"], info["password"])["accesstoken"]
+        user_id = api.request("GET", "/v1/user", token=token).body["user_id"]
+        pki = Pki(Path(info["pki"]))
+        for sig, how in ((signal.SIGUSR1, "SIGKILL"), (signal.SIGHUP, "graceful")):
+            key = f"key-{how}"
+            request_id = api.put_mapping(token, NODE, key).body["request_id"]
+            proc.send_signal(sig)
+            wait_until(lambda: any(f"broker restarted ({how})" in line for line in lines), timeout=20,
+                       what=f"the broker's restart ({how})")
+            publish_as_node(pki, info["broker"], {"node_id": NODE, "user_id": user_id, "secret_key": key})
+            wait_until(lambda: api.mapping_status(token, request_id).body["request_status"] == "confirmed",
+                       timeout=30, what=f"the mapping published after the {how} restart to be confirmed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
