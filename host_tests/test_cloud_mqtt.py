@@ -249,18 +249,28 @@ def test_each_instance_slot_has_its_own_identity_and_a_restart_resumes_it(tmp_pa
             service.stop()
 
 
+def two_instances_with_requests(factory, cloud_broker, count):
+    """Two cloud processes on one database, and `count` mapping requests (nodes NODE0.., key-1)."""
+    first = mqtt_cloud_process(factory, cloud_broker, log_name="cloud-1.log")
+    second = mqtt_cloud_process(factory, cloud_broker, log_name="cloud-2.log")
+    api, user_id, token = user_of(first)
+    nodes = [f"{NODE}{i}" for i in range(count)]
+    request_ids = [api.put_mapping(token, node_id, "key-1").body["request_id"] for node_id in nodes]
+    return first, second, api, user_id, token, nodes, request_ids
+
+
+def publish_from_each(cloud_broker, nodes, user_id):
+    for node_id in nodes:
+        cloud_broker.publish_mapping(node_id, {"node_id": node_id, "user_id": user_id, "secret_key": "key-1"})
+
+
 def test_an_instance_that_was_down_gets_what_was_published_meanwhile_when_back(cloud_process_factory, cloud_broker):
     # each instance's persistent session queues every publish while it is away
-    first = mqtt_cloud_process(cloud_process_factory, cloud_broker, log_name="cloud-1.log")
-    second = mqtt_cloud_process(cloud_process_factory, cloud_broker, log_name="cloud-2.log")
-    api, user_id, token = user_of(first)
-    nodes = [f"{NODE}{i}" for i in range(4)]
-    request_ids = [api.put_mapping(token, node_id, "key-1").body["request_id"] for node_id in nodes]
+    first, second, api, user_id, token, nodes, request_ids = two_instances_with_requests(
+        cloud_process_factory, cloud_broker, 4)
     second.stop()
     offset = len(second.log_text())
-    for node_id in nodes:
-        cloud_broker.pki.node_identity(node_id)
-        cloud_broker.publish_mapping(node_id, {"node_id": node_id, "user_id": user_id, "secret_key": "key-1"})
+    publish_from_each(cloud_broker, nodes, user_id)
     for request_id in request_ids:
         poll_status(api, token, request_id, "confirmed")  # the first instance alone confirms them all
     second.start()
@@ -334,17 +344,12 @@ def test_broker_and_cloud_restarted_together_lose_nothing(cloud_process_factory,
 
 
 def test_two_instances_lose_nothing_across_a_broker_restart_with_one_of_them_down(cloud_process_factory, cloud_broker):
-    first = mqtt_cloud_process(cloud_process_factory, cloud_broker, log_name="cloud-1.log")
-    second = mqtt_cloud_process(cloud_process_factory, cloud_broker, log_name="cloud-2.log")
-    api, user_id, token = user_of(first)
-    nodes = [f"{NODE}{i}" for i in range(3)]
-    request_ids = [api.put_mapping(token, node_id, "key-1").body["request_id"] for node_id in nodes]
+    first, second, api, user_id, token, nodes, request_ids = two_instances_with_requests(
+        cloud_process_factory, cloud_broker, 3)
     first.stop()
     second.stop()
     restart_broker(cloud_broker, "SIGKILL")
-    for node_id in nodes:
-        cloud_broker.pki.node_identity(node_id)
-        cloud_broker.publish_mapping(node_id, {"node_id": node_id, "user_id": user_id, "secret_key": "key-1"})
+    publish_from_each(cloud_broker, nodes, user_id)
     second.start()  # only one of the two comes back: its own session has every publish
     api_two = ApiClient(second.base_url)
     for request_id in request_ids:

@@ -228,11 +228,15 @@ def test_oversized_body_sent_in_full(http_echo_server):
     assert_still_serving(http_echo_server.port)
 
 
-def test_body_of_exactly_4096_bytes_is_accepted(http_echo_server):
+def test_body_of_exactly_the_limit_is_accepted_and_one_byte_more_is_413(http_echo_server):
     conn = http.client.HTTPConnection("127.0.0.1", http_echo_server.port, timeout=10)
-    resp, body = post(conn, "echo", b"B" * 4096)
-    assert resp.status == 200 and body.endswith(b"B" * 4096)
+    resp, body = post(conn, "echo", b"B" * 2048)
+    assert resp.status == 200 and body.endswith(b"B" * 2048)
     conn.close()
+    raw = raw_exchange(http_echo_server.port,
+                       b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2049\r\n\r\n" + b"A" * 2049)
+    assert raw == b"" or status_of(raw) == 413
+    assert_still_serving(http_echo_server.port)
 
 
 # --- garbage: connection closed, server keeps serving ---

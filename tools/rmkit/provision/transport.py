@@ -15,8 +15,9 @@ from rmkit.provision.errors import DeviceUnreachable, TransportError
 
 log = logging.getLogger(__name__)
 
-# spec 1.1: ESP-IDF refuses bodies over 4096 bytes
-MAX_REQUEST = 4096
+# The largest request our node serves (firmware/rmnode/http.py MAX_BODY; ESP-IDF's own takes 4096):
+# provisioning messages stay under 300 bytes
+MAX_REQUEST = 2048
 
 
 class Transport:
