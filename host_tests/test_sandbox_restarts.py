@@ -64,3 +64,26 @@ def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sandbox_and_demo_refuse_to_empty_a_directory_they_did_not_make(tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    for command in ("sandbox", "demo"):
+        result = subprocess.run([sys.executable, "-m", "rmkit", command, "--workdir", str(precious)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"rmkit {command}: work directory {precious} holds files rmkit did not make (no .rmkit-workdir "
+            "inside); refusing to empty it: pick a new or empty directory"]
+        assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_a_workdir_from_an_earlier_run_is_emptied(tmp_path):
+    from rmkit.stack import WORKDIR_MARKER, fresh_workdir
+
+    workdir = fresh_workdir(tmp_path / "run")
+    (workdir / "old.log").write_text("last run")
+    fresh_workdir(workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_MARKER]

@@ -4,7 +4,6 @@ narrated step by step, ending with the node listed for the user and a sequence d
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from rmkit.cloud_client import CloudError
 from rmkit.flow import run_flow
 from rmkit.provision.errors import ProvisionError
 from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
-from rmkit.stack import Stack
+from rmkit.stack import Stack, fresh_workdir
 from rmkit.timeline import ACTOR_TITLES, Timeline, render_svg
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "demo"
@@ -35,8 +34,7 @@ def _print_event(event) -> None:
 
 
 def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0) -> int:
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    fresh_workdir(workdir)
     started = time.monotonic()
 
     def step(text: str) -> None:

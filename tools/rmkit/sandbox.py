@@ -14,14 +14,13 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import threading
 from pathlib import Path
 
 from rmkit import REPO_ROOT
 from rmkit.errors import UserError
-from rmkit.stack import Stack
+from rmkit.stack import Stack, fresh_workdir
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
 SANDBOX_USER = "sandbox@example.com"
@@ -33,9 +32,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     if lock.exists() and _alive(lock):
         raise UserError(f"a sandbox is already running in {workdir} (pid {lock.read_text().strip()}); "
                         "stop it, or give another --workdir (make sandbox WORKDIR=...)")
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.parent.mkdir(parents=True, exist_ok=True)
+    fresh_workdir(workdir)
     lock.write_text(str(os.getpid()))
     try:
         return _run_sandbox(args, workdir)

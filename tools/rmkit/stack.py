@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 from pathlib import Path
 from typing import Optional
 
+from rmkit import REPO_ROOT
 from rmkit.broker import Broker
 from rmkit.cloud.mqtt import MqttSettings
 from rmkit.cloud.service import CloudService
 from rmkit.deploy import deploy_to_flash_dir
+from rmkit.errors import UserError
 from rmkit.factory import write_factory_data
 from rmkit.pki import Pki
 from rmkit.sntp import SntpServer
@@ -27,6 +30,27 @@ from rmkit.vboard.board import mac_for_name
 log = logging.getLogger(__name__)
 
 LAB_SSID = "rmkit-lab"
+
+
+WORKDIR_MARKER = ".rmkit-workdir"
+
+
+def fresh_workdir(workdir: Path) -> Path:
+    """Empty `workdir` for a new run and mark it as ours. Only a directory an earlier run made (it
+    holds WORKDIR_MARKER, or lies in the repository's build/), or an empty one, is emptied: anything
+    else may be the user's files."""
+    workdir = Path(workdir)
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise UserError(f"work directory {workdir} is a file; pick a directory that does not exist yet")
+        ours = (workdir / WORKDIR_MARKER).exists() or (REPO_ROOT / "build").resolve() in workdir.resolve().parents
+        if not ours and any(workdir.iterdir()):
+            raise UserError(f"work directory {workdir} holds files rmkit did not make (no {WORKDIR_MARKER} "
+                            f"inside); refusing to empty it: pick a new or empty directory")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / WORKDIR_MARKER).write_text("made by rmkit; emptied at the start of each run\n")
+    return workdir
 
 
 def node_id_for_mac(mac: str) -> str:
