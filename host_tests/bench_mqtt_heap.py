@@ -43,13 +43,17 @@ RESIDENT = "wifi,node,node_online"
 
 
 def precompile(out: Path) -> Path:
-    """firmware/rmnode -> out/rmnode/*.mpy, plus the launcher as out/mqtt_node_launcher.mpy."""
+    """firmware/rmnode -> out/rmnode/*.mpy, plus the launcher as out/mqtt_node_launcher.mpy (and its
+    esp32_stack.mpy)."""
     package = out / "rmnode"
     package.mkdir(parents=True)
     for name in MODULES:
         subprocess.run([str(MPY_CROSS), "-o", str(package / f"{name}.mpy"), "-s", f"rmnode/{name}.py",
                         str(FIRMWARE_DIR / "rmnode" / f"{name}.py")], check=True)
     subprocess.run([str(MPY_CROSS), "-o", str(out / "mqtt_node_launcher.mpy"), str(LAUNCHER)], check=True)
+    # the launcher runs the node on an ESP32-sized C stack with this helper
+    subprocess.run([str(MPY_CROSS), "-o", str(out / "esp32_stack.mpy"), str(LAUNCHER.parent / "fw_unit" / "esp32_stack.py")],
+                   check=True)
     return out
 
 
