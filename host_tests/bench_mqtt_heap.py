@@ -6,7 +6,7 @@ once with only what the sequence imports, once with rmnode.wifi and rmnode.node 
 real node's online phase (the node reboots after provisioning, so no provisioning module is loaded).
 The launcher collects every 4 KiB (gc.threshold) as firmware/main.py does. The ESP32 figure printed
 is derived (÷1.4 for 32-bit pointers), not measured.
-Note (notes §4): on the unix port mbedtls allocates with libc malloc, so the TLS session's own
+Note: on the unix port mbedtls allocates with libc malloc, so the TLS session's own
 ~31 KB is NOT inside this number; on an ESP32 it comes out of internal RAM as well.
 
 usage: .venv/bin/python host_tests/bench_mqtt_heap.py [--runs 5] [--max-kib 256]

@@ -1,6 +1,6 @@
 """Runs INSIDE a private user + network + mount + pid namespace (`unshare -rn -p -f -m --mount-proc`): the
 sandbox with its node at 192.168.4.1:80 (the ESP32 SoftAP default, on this namespace's loopback only),
-then Espressif's unmodified esp-rainmaker-cli against it (issue 6 acceptance 1).
+then Espressif's unmodified esp-rainmaker-cli against it.
 
 Usage: e2e_netns_driver.py OUT_DIR --repo REPO --espcli ESPCLI [--heap 512K]
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 # Espressif's CLI hard-codes the ESP32 SoftAP default address 192.168.4.1:80 for the softap transport
-# (esp-rainmaker-cli.md section 2); it exists only on this private namespace's loopback.
+# (docs/protocol.md 1.1); it exists only on this private namespace's loopback.
 SOFTAP_IP = "192.168.4.1"
 SOFTAP = SOFTAP_IP + ":80"
 SANDBOX_READY_S = 60

@@ -6,7 +6,7 @@
    MQTT, waits for the file $RMKIT_DEVICE_GO (if that variable is set), then returns the node id as the
    device would. Everything the CLI does with the cloud stays its own code: reading `custom:user_id`
    from the profile's id token, making the secret key, `PUT user/nodes/mapping`, polling
-   `GET user/nodes/mapping?&request_id=` every 5 s and printing the result (esp-rainmaker-cli.md 1.3).
+   `GET user/nodes/mapping?&request_id=` every 5 s and printing the result (docs/protocol.md 6).
 2. With RMKIT_SKIP_LOGIN_PAUSE=1, the fixed 3 s `time.sleep` in `login` (rmaker_cmd/user.py) is skipped
    (only in that module; the provisioning poll keeps its real 5 s interval).
 

@@ -89,7 +89,7 @@ class ApiClient:
         return self.request("PUT", "/v1/user/nodes/mapping", body, token=token)
 
     def mapping_status(self, token: str, request_id: str) -> ApiResponse:
-        # the CLI's own form, stray `&` included (esp-rainmaker-cli.md 1.3)
+        # the CLI's own form, stray `&` included (docs/protocol.md 6)
         return self.request("GET", f"/v1/user/nodes/mapping?&request_id={request_id}", token=token)
 
     def nodes(self, token: str) -> list:

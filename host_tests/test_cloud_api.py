@@ -136,7 +136,7 @@ def test_id_token_is_not_an_access_token(api, alice):
 
 
 def test_bearer_prefix_is_not_accepted(api, alice):
-    # RainMaker takes the raw token (esp-rainmaker-cli.md 1); a "Bearer " prefix is a client bug
+    # RainMaker takes the raw token (docs/protocol.md 6); a "Bearer " prefix is a client bug
     assert_failure(api.request("GET", "/v1/user", token="Bearer " + alice["accesstoken"]), 401, 101011)
 
 

@@ -1,4 +1,4 @@
-"""Espressif's esp-rainmaker-cli 1.14.1 against the local cloud, isolated in a temp config dir (esp-rainmaker-cli.md 4).
+"""Espressif's esp-rainmaker-cli 1.14.1 against the local cloud, isolated in a temp config dir (docs/protocol.md 6).
 
 Exit codes of the CLI are unreliable (many failures exit 0), so every check is on its output text.
 """

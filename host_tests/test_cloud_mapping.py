@@ -150,7 +150,7 @@ def test_reset_publish_removes_previous_owner_then_maps_new_one(make_cloud):
     alice.client_requests("key-a")
     assert alice.nodes() == [NODE]
     request_id = bob.client_requests("key-b")
-    bob.node_publishes("key-b", reset=True)  # spec 5.3: new owner, drop previous permissions
+    bob.node_publishes("key-b", reset=True)  # docs/protocol.md 5.3: new owner, drop previous permissions
     assert bob.status(request_id) == "confirmed"
     assert alice.nodes() == [] and bob.nodes() == [NODE]
 
@@ -158,7 +158,7 @@ def test_reset_publish_removes_previous_owner_then_maps_new_one(make_cloud):
 def test_factory_reset_dummy_publish_removes_associations(flow):
     flow.node_publishes("key-1")
     flow.client_requests("key-1")
-    outcome = flow.node_publishes("failed", user_id="esp-rmaker", reset=True)  # spec 5.3 USER_RESET_ID
+    outcome = flow.node_publishes("failed", user_id="esp-rmaker", reset=True)  # docs/protocol.md 5.3 USER_RESET_ID
     assert outcome.removed_users == [flow.user_id]
     assert flow.nodes() == []
 

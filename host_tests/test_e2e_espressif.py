@@ -1,6 +1,5 @@
-"""Espressif's unmodified esp-rainmaker-cli 1.14.1 against our whole stack (issue 6 acceptance 1, issue 3's
-Espressif acceptance): inside a private user + network namespace where 192.168.4.1 (the ESP32 SoftAP
-default its softap transport hard-codes) lives on the namespace's loopback, `make sandbox SOFTAP=192.168.4.1:80` (with a
+"""Espressif's unmodified esp-rainmaker-cli 1.14.1 against our whole stack: inside a private user +
+network namespace where 192.168.4.1 (the ESP32 SoftAP default its softap transport hard-codes) lives on the namespace's loopback, `make sandbox SOFTAP=192.168.4.1:80` (with a
 private build/ mounted over the repo's) serves a virtual board, mosquitto and the local cloud;
 the CLI logs in to the printed cloud URL with the printed user through a custom profile, provisions the
 node over SoftAP with Security 1 and its PoP, sees the node added to the account, and `getnodes` lists it.
@@ -106,7 +105,7 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
     assert report["sandbox_stopped_cleanly"], "the sandbox did not say it stopped on SIGTERM; see sandbox.stdout"
 
     commands = report["commands"]
-    # the CLI's exit codes are unreliable (esp-rainmaker-cli.md section 4): assert on its own texts
+    # the CLI's exit codes are unreliable (docs/protocol.md 6): assert on its own texts
     for name, run in commands.items():
         assert run["rc"] != "timeout", f"esp-rainmaker-cli {name} hung:\n{run['stdout']}{run['stderr']}"
         assert "[ERROR]" not in run["stdout"] + run["stderr"], f"{name}:\n{run['stdout']}{run['stderr']}"

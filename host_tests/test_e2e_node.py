@@ -1,4 +1,4 @@
-"""Issue 3 and issue 4 acceptance on a whole node: the firmware on a virtual board (main.py, boot, flash,
+"""Provisioning and the online phase on a whole node: the firmware on a virtual board (main.py, boot, flash,
 simulated Wi-Fi), real mosquitto with mutual TLS, our provisioning client over the board's SoftAP HTTP
 port, and a paho subscriber with the harness identity watching the node's topics.
 
@@ -20,7 +20,7 @@ from rmkit.provision.errors import HandshakeFailed, WifiJoinFailed
 from rmkit.provision.transport import MAX_REQUEST
 from rmkit.vboard.errors import BoardError
 
-RESET_USER_ID = "esp-rmaker"  # spec 5.3: the factory-reset report's dummy user and key
+RESET_USER_ID = "esp-rmaker"  # docs/protocol.md 5.3: the factory-reset report's dummy user and key
 RESET_SECRET_KEY = "failed"
 
 
@@ -83,7 +83,7 @@ def wait_port_closed(board, timeout: float) -> None:
 
 
 def mapping_json(node_id: str, user_id: str, secret_key: str, reset: bool) -> bytes:
-    """spec 5.3 as the node sends it: compact, Espressif's key order, "reset" only when true."""
+    """docs/protocol.md 5.3 as the node sends it: compact, Espressif's key order, "reset" only when true."""
     text = '{"node_id":"%s","user_id":"%s","secret_key":"%s"' % (node_id, user_id, secret_key)
     return (text + (',"reset":true}' if reset else "}")).encode()
 
@@ -105,7 +105,7 @@ def full_sequence(bench, board, sec: int, user_id: str, secret_key: str):
 
 @pytest.mark.parametrize("sec", [1, 0])
 def test_full_sequence_then_service_stops_and_node_publishes_the_exact_mapping(bench, harness, sec):
-    """Issue 3: the whole sequence reaching Connected, then the AP/HTTP service stops; issue 4: a harness
+    """The whole sequence reaching Connected, then the AP/HTTP service stops; then a harness
     subscriber gets the node's config and then the exact mapping JSON on the node's topic."""
     watcher = harness()
     board = bench.add_board(f"vb-e2e-sec{sec}", sec_ver=sec)
@@ -199,7 +199,7 @@ def test_apply_while_the_join_is_under_way_does_not_crash_the_node(bench):
 
 
 def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_publishes_it(bench, harness):
-    """The node persists the mapping the moment it arrives (issue 3, beyond Espressif's node): a power cut
+    """The node persists the mapping the moment it arrives (beyond Espressif's node): a power cut
     before any Wi-Fi data loses nothing, and the next provisioning publishes that mapping."""
     watcher = harness()
     board = bench.add_board("vb-e2e-cut")
@@ -224,7 +224,7 @@ def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_pu
 
 
 def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_again(bench, harness):
-    """Issue 4: factory reset while online reports the reset mapping (spec 5.3), then the board is back in
+    """Factory reset while online reports the reset mapping (docs/protocol.md 5.3), then the board is back in
     provisioning with no credentials."""
     watcher = harness()
     board = bench.add_board("vb-e2e-freset")
@@ -248,7 +248,7 @@ def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_
 
 
 def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then_publishes(bench, harness):
-    """Issue 4: the broker is down when the node comes online; the node retries with growing delays
+    """The broker is down when the node comes online; the node retries with growing delays
     (exponential backoff with jitter) and publishes the mapping once the broker is back."""
     board = bench.add_board("vb-e2e-nobroker")
     user_id, secret_key = "user-nobroker", str(uuid.uuid4())

@@ -164,7 +164,7 @@ def test_aes_ctr_matches_cryptography_across_split_calls_and_wrap():
 
 
 class CryptographySec1Client:
-    """Security 1 client on `cryptography` and Google protobuf only (spec 3.3)."""
+    """Security 1 client on `cryptography` and Google protobuf only (docs/protocol.md 3.3)."""
 
     def __init__(self, pop: bytes):
         self.pop = pop

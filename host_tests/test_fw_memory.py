@@ -140,7 +140,7 @@ def test_sec1_session_completes_in_a_small_heap(flash, tmp_path, artifacts_dir):
         stop_process(node)
 
 
-# -- online phase (issue 4): after provisioning the node reboots into station mode, so MQTT/TLS gets a
+# -- online phase: after provisioning the node reboots into station mode, so MQTT/TLS gets a
 # heap of its own. node.py imports mapping at boot and online (which imports mqtt) once the station is up.
 
 ONLINE = ("mapping", "mqtt", "online")
@@ -148,7 +148,7 @@ ONLINE = ("mapping", "mqtt", "online")
 # 22.2 KB (online carries the next qstr pool; alone after log/store/config: mqtt 12.0, mapping 3.6,
 # online 4.7 = 20.4 KB; 25.1 KB before the import diet of mqtt, online and mapping). Budget = measured + 20%.
 ONLINE_BUDGET = 26_500
-# issue 4's goal. The smallest heap found by host_tests/bench_mqtt_heap.py is 60 KiB (5 runs in a row at
+# the goal for the online phase. The smallest heap found by host_tests/bench_mqtt_heap.py is 60 KiB (5 runs in a row at
 # each size; the peak moves about 1 KiB with scheduling); 64K leaves that margin and some more.
 ONLINE_HEAP = "64K"
 ONLINE_NODE = "MEMTEST00001"

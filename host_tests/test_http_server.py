@@ -15,7 +15,7 @@ COOKIE_RE = re.compile(r"^session=(\d+)$")
 
 
 def post(conn: http.client.HTTPConnection, endpoint: str, body: bytes, cookie: str | None = None):
-    # same headers as Espressif's client (esp-rainmaker-cli.md §3)
+    # same headers as Espressif's client (docs/protocol.md 1.1)
     headers = {"Content-type": "application/x-www-form-urlencoded", "Accept": "text/plain"}
     if cookie:
         headers["Cookie"] = cookie
@@ -81,7 +81,7 @@ def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1])
 
 
-# --- sessions and cookies (spec 1.1) ---
+# --- sessions and cookies (docs/protocol.md 1.1) ---
 
 def test_first_response_sets_session_cookie_and_keep_alive_continues(http_echo_server):
     conn = http.client.HTTPConnection("127.0.0.1", http_echo_server.port, timeout=10)

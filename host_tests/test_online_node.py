@@ -1,4 +1,4 @@
-"""The node's online sequence on the MicroPython unix port against real mosquitto with mutual TLS (issue 4 acceptance)."""
+"""The node's online sequence on the MicroPython unix port against real mosquitto with mutual TLS."""
 
 import json
 import re
@@ -103,7 +103,7 @@ def test_wifi_loss_waits_for_the_station_then_publishes(pki, broker, subscriber,
     node.wait_for(r"connection lost: network down")
     node.wait_for("waiting for network")
     net.touch()
-    harness.wait_for_topic(CONFIG_TOPIC, count=2)  # config again on the new connection (spec 5.4)
+    harness.wait_for_topic(CONFIG_TOPIC, count=2)  # config again on the new connection (docs/protocol.md 5.4)
     assert harness.payloads(MAPPING_TOPIC) == [MAPPING_JSON]  # the mapping was acked: not sent again
 
 

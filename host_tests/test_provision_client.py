@@ -31,7 +31,7 @@ def test_full_sequence(reference_node_factory, sec_ver, pop):
     assert result.wifi.ssid == "HomeNet" and result.wifi.bssid == "02:00:00:00:00:01"
     assert served.node.mapping == ("user-1", "secret-1")
     assert served.node.wifi_config == ("HomeNet", "right-pass")
-    # spec 2.3 order: mapping before any Wi-Fi data; one session (cookie kept) for everything
+    # docs/protocol.md 2.3 order: mapping before any Wi-Fi data; one session (cookie kept) for everything
     endpoints = [endpoint for _, endpoint in served.node.requests]
     assert endpoints[:1] == ["proto-ver"]
     assert endpoints.index("cloud_user_assoc") < endpoints.index("prov-config")
@@ -182,7 +182,7 @@ def test_security1_keystream_matches_spec_3_3():
         message = pb.SessionData.FromString(request)
         assert message.sec_ver == 1
         if message.sec1.WhichOneof("payload") == "sc0":
-            assert message.sec1.msg == 0 and request[:4] == bytes.fromhex("10015a25")  # msg omitted (spec 3.1)
+            assert message.sec1.msg == 0 and request[:4] == bytes.fromhex("10015a25")  # msg omitted (docs/protocol.md 3.1)
             client_pubkey = message.sec1.sc0.client_pubkey
             shared = device_key.exchange(X25519PublicKey.from_public_bytes(client_pubkey))
             key = bytes(a ^ b for a, b in zip(shared, hashlib.sha256(b"1234").digest()))

@@ -141,7 +141,7 @@ def test_replaced_session_fails_cleanly_and_a_new_one_works(firmware_node_factor
     first.start_session()
     second_transport, second = client_for(node, sec=1, pop=POP)
     with second_transport:
-        second.start_session()  # a second client replaces the first one's session (spec 1.1)
+        second.start_session()  # a second client replaces the first one's session (docs/protocol.md 1.1)
         assert second.set_user_mapping("user-2", "secret-2") == "VNODE0042"
     with first_transport:
         with pytest.raises(TransportError, match="HTTP 500"):

@@ -1,4 +1,4 @@
-"""Our .proto files against the golden vectors (shared/spec/golden-vectors.txt, copied here): each sample
+"""Our .proto files against the golden vectors (fw_unit/golden_vectors.txt): each sample
 parses with Google protobuf, means what the spec says, and re-serializes byte for byte."""
 
 import os
@@ -64,7 +64,7 @@ def test_golden_vectors_mean_what_the_spec_says():
 
 
 def test_building_messages_like_espressifs_client():
-    # spec 3.1: Sec1 Cmd0 without msg (the CLI leaves it 0), then Cmd1 with msg=2
+    # docs/protocol.md 3.1: Sec1 Cmd0 without msg (the CLI leaves it 0), then Cmd1 with msg=2
     cmd0 = pb.SessionData(sec_ver=pb.SecSchemeVersion.SecScheme1)
     cmd0.sec1.sc0.client_pubkey = bytes(range(32))
     assert cmd0.SerializeToString() == bytes.fromhex("10015a25a20122" "0a20") + bytes(range(32))

@@ -1,5 +1,5 @@
 """The seed's user-node mapping scenarios, end to end: virtual board running the firmware, real
-mosquitto with mutual TLS, the local cloud, and our client (shared/seeds/user-node-mapping.txt)."""
+mosquitto with mutual TLS, the local cloud, and our client (the flow in README.md, "How the mapping flow works")."""
 
 import json
 import re

@@ -1,6 +1,6 @@
 """AES-256-CTR on top of `cryptolib` ECB, with one 128-bit big-endian counter kept across calls.
 
-This is mbedtls_aes_crypt_ctr's behaviour, which Security 1 relies on (spec 3.3): one keystream
+This is mbedtls_aes_crypt_ctr's behaviour, which Security 1 relies on (docs/protocol.md 3.3): one keystream
 per session, consumed in exchange order by both directions, so `crypt` both encrypts and
 decrypts and a call may start in the middle of a keystream block.
 """

@@ -79,7 +79,7 @@ class NodeConfig:
 
         value = factory.get("sec_ver", 1)
         if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1):
-            # Security 2 (SRP6a 3072-bit) is too slow in pure MicroPython (notes 3): not offered.
+            # Security 2 (SRP6a 3072-bit) is too slow in pure MicroPython (docs/protocol.md 3.4): not offered.
             log.warning(_TAG, "factory sec_ver=%r not supported, using Security 1" % (value,))
             value = 1
         self.sec_ver = value
@@ -88,8 +88,8 @@ class NodeConfig:
         if pop is not None and not isinstance(pop, str):
             log.warning(_TAG, "factory pop is not a string, using the MAC-derived PoP")
             pop = None
-        # spec 7.4 "MAC" PoP type: hex of MAC[2..5]; printed nowhere, derivable by the owner.
-        # "" means Security 1 without PoP ("no_pop", spec 2.2).
+        # docs/protocol.md 7.4 "MAC" PoP type: hex of MAC[2..5]; printed nowhere, derivable by the owner.
+        # "" means Security 1 without PoP ("no_pop", docs/protocol.md 2.2).
         self.pop = "".join("%02x" % b for b in mac[2:]) if pop is None else pop
 
         self.prov_port = _int(st, "prov_port", _DEFAULT_PROV_PORT, 1, 65535, "settings")
@@ -107,7 +107,7 @@ class NodeConfig:
         self.node_name = _str(st, "node_name", "rmnode")
         self.node_type = _str(st, "node_type", "Other")
         self.node_id, self.node_id_source = _node_id(factory.get("node_id"), self.cert_path, mac)
-        # spec 7.4: PROV_ + last three MAC bytes, lower-case hex
+        # docs/protocol.md 7.4: PROV_ + last three MAC bytes, lower-case hex
         self.service_name = "PROV_" + "".join("%02x" % b for b in mac[3:])
 
     def path(self, board_path):
@@ -149,7 +149,7 @@ def _node_id(node_id, cert_path, mac):
             log.warning(_TAG, "node certificate %s not readable" % cert_path)
         except CertError as e:
             log.warning(_TAG, "node certificate %s: %s" % (cert_path, e))
-    # spec 7.3: base MAC, 12 upper-case hex digits
+    # docs/protocol.md 7.3: base MAC, 12 upper-case hex digits
     return "".join("%02X" % b for b in mac), "mac"
 
 

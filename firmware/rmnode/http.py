@@ -1,8 +1,8 @@
-"""SoftAP HTTP transport for protocomm: `POST /<endpoint>` in, raw bytes out, one session at a time (spec 1.1).
+"""SoftAP HTTP transport for protocomm: `POST /<endpoint>` in, raw bytes out, one session at a time (docs/protocol.md 1.1).
 
 Runs on MicroPython's asyncio (ESP32 and unix port) and on CPython's asyncio (host unit tests).
 
-Session rules, as ESP-IDF's protocomm_httpd (spec 1.1):
+Session rules, as ESP-IDF's protocomm_httpd (docs/protocol.md 1.1):
 - a request whose `Cookie` carries `session=<current id>` continues the current session;
 - a request without a session cookie on the connection that opened the current session continues it;
 - anything else (a second client, a stale or foreign cookie) closes the current session
@@ -200,7 +200,7 @@ class ProvHttpServer:
         while self._conns:
             await asyncio.sleep(0.01)
 
-    # --- sessions (spec 1.1) ---
+    # --- sessions (docs/protocol.md 1.1) ---
 
     def _end_session(self):
         old = self.session_id
@@ -271,7 +271,7 @@ class ProvHttpServer:
             if conn in self._conns:
                 self._conns.remove(conn)
             if conn is self._session_conn:
-                self._session_conn = None  # session lives on for cookie holders (spec 1.1)
+                self._session_conn = None  # session lives on for cookie holders (docs/protocol.md 1.1)
             _close_quietly(conn.writer)
             try:
                 await conn.writer.wait_closed()
@@ -351,12 +351,12 @@ class ProvHttpServer:
         except LookupError:
             raise HttpError(404, "unknown endpoint %s" % endpoint[:64])
         except Exception as exc:
-            # ESP-IDF closes the socket when a handler fails (spec 1.1); 500 is equally fatal to clients
+            # ESP-IDF closes the socket when a handler fails (docs/protocol.md 1.1); 500 is equally fatal to clients
             raise HttpError(500, "%s failed in session %d: %s" % (endpoint, session_id, type(exc).__name__))
         keep_alive = _keep_alive(version, headers)
         head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n" % len(response)
         if is_new:
-            # spec 1.1: exact spelling `Set-Cookie`, no attributes; Espressif's client compares case-sensitively
+            # docs/protocol.md 1.1: exact spelling `Set-Cookie`, no attributes; Espressif's client compares case-sensitively
             head += "Set-Cookie: session=%d\r\n" % session_id
         if not keep_alive:
             head += "Connection: close\r\n"

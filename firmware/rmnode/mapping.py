@@ -6,7 +6,7 @@ State keys in /state.json (rmnode.store.Store):
 - "mapped_user_id": the user id whose mapping the cloud acknowledged (Espressif's NVS
   `user_mapping/user_id` with CONFIG_ESP_RMAKER_USER_ID_CHECK=y).
 
-Reset rule (spec 5.3, user-id check on): a mapping carries "reset": true when the node has no
+Reset rule (docs/protocol.md 5.3, user-id check on): a mapping carries "reset": true when the node has no
 stored user id or a different one. The decision is taken when the mapping arrives and stored
 with it, and a different stored user id is erased at that moment ("key erased until PUBACK"),
 so retries and reboots send the same payload.
@@ -24,7 +24,7 @@ _TAG = "mapping"
 
 PENDING_KEY = "pending_mapping"
 USER_ID_KEY = "mapped_user_id"
-# spec 5.3: the dummy mapping a node sends on factory reset (USER_RESET_ID / USER_RESET_KEY)
+# docs/protocol.md 5.3: the dummy mapping a node sends on factory reset (USER_RESET_ID / USER_RESET_KEY)
 RESET_USER_ID = "esp-rmaker"
 RESET_SECRET_KEY = "failed"
 # Espressif's node formats the mapping into a 200-byte buffer; keep each field well inside it
@@ -49,7 +49,7 @@ def json_string(value):
 
 
 def mapping_payload(node_id, user_id, secret_key, reset=False):
-    """spec 5.3: compact JSON, keys in Espressif's order, "reset" only when true.
+    """docs/protocol.md 5.3: compact JSON, keys in Espressif's order, "reset" only when true.
 
     Built by hand: MicroPython's dict order and json.dumps separators differ from CPython's.
     """
@@ -58,7 +58,7 @@ def mapping_payload(node_id, user_id, secret_key, reset=False):
 
 
 def reset_payload(node_id):
-    """spec 5.3: the factory-reset report, a dummy mapping that tells the cloud to drop the users."""
+    """docs/protocol.md 5.3: the factory-reset report, a dummy mapping that tells the cloud to drop the users."""
     return mapping_payload(node_id, RESET_USER_ID, RESET_SECRET_KEY, True)
 
 
@@ -88,7 +88,7 @@ class MappingState:
         reset = stored != user_id  # also true when no user id is stored
         changes = {PENDING_KEY: {"user_id": user_id, "secret_key": secret_key, "reset": reset}}
         if reset and stored is not None:
-            changes[USER_ID_KEY] = None  # spec 5.3: erased until the new mapping's PUBACK
+            changes[USER_ID_KEY] = None  # docs/protocol.md 5.3: erased until the new mapping's PUBACK
         self.store.update(changes)
         log.info(_TAG, "pending mapping for user %s stored (reset=%s)" % (user_id, "true" if reset else "false"))
 

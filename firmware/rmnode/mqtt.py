@@ -6,7 +6,7 @@
   resends unacknowledged QoS 1 publishes with DUP after a reconnect. `publish()` returns only once
   the matching PUBACK arrived.
 
-Sized for the online phase's heap (issue 4: 64 KiB or less): one class and one exception class
+Sized for the online phase's heap (64 KiB or less): one class and one exception class
 (the message says what went wrong), private const()s, a QoS 1 message kept as its packet (built
 once; a resend only sets the DUP bit). The node never subscribes, so the client has no SUBSCRIBE
 and treats a PUBLISH from the broker like any other unexpected packet: the link is dropped.
@@ -190,7 +190,7 @@ def make_ssl_context(cert_path, key_path, ca_path):
     gc.collect()  # mbedtls contexts need a few KB in one piece; defragment first
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # MicroPython's ssl.SSLContext() sets CERT_NONE even for PROTOCOL_TLS_CLIENT: a wrong CA and a
-    # wrong host name would connect fine. Never ship that (notes §2, pitfall 1).
+    # wrong host name would connect fine. Never ship that.
     context.verify_mode = ssl.CERT_REQUIRED
     if cert_path:
         context.load_cert_chain(cert_path, key_path)

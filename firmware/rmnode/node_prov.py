@@ -41,7 +41,7 @@ async def provision(node):
     joining = []  # [(ssid, passphrase)] applied through provisioning, persisted once joined
 
     def on_user_mapping(user_id, secret_key):
-        # persisted before cloud_user_assoc answers (spec 4.2 keeps it in RAM only; we do not)
+        # persisted before cloud_user_assoc answers (docs/protocol.md 4.2 keeps it in RAM only; we do not)
         node.mapping.set_pending(_text(user_id), _text(secret_key))
 
     def on_wifi_config_applied(ssid, passphrase):

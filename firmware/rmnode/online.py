@@ -1,11 +1,11 @@
 """What the node does once its station is up: report its config, publish the pending mapping, report a factory reset.
 
-Sequence on every MQTT connect (spec 5.3, 5.4): the node config on `node/<id>/config` (QoS 1),
+Sequence on every MQTT connect (docs/protocol.md 5.3, 5.4): the node config on `node/<id>/config` (QoS 1),
 then, once that is acknowledged, the pending mapping on `node/<id>/user/mapping` (QoS 1). The
 pending mapping is cleared, and its user id stored, only when its PUBACK arrives; until then it
 is retransmitted across reconnects and, being persisted, across reboots.
 
-Factory reset (spec 5.3, factory-reset reporting): when online, publish the dummy mapping
+Factory reset (docs/protocol.md 5.3, factory-reset reporting): when online, publish the dummy mapping
 {"user_id":"esp-rmaker","secret_key":"failed","reset":true} and wait (bounded) for its PUBACK;
 then the caller erases its state and reboots into provisioning.
 """
@@ -33,7 +33,7 @@ class OnlineConfigError(ValueError):
 
 
 def topic(prefix, node_id, suffix):
-    """The publish topic of `suffix`, "config" or "user/mapping" (spec 5.2).
+    """The publish topic of `suffix`, "config" or "user/mapping" (docs/protocol.md 5.2).
 
     prefix "" gives `node/<id>/<suffix>`; any prefix starting with "$aws/rules/" (for example
     "$aws/rules/esp_user_node_mapping/") selects RainMaker's basic-ingest form, where each message
@@ -41,14 +41,14 @@ def topic(prefix, node_id, suffix):
     """
     path = "node/%s/%s" % (node_id, suffix)
     if prefix.startswith(_BASIC_INGEST):
-        # spec 5.2: the basic-ingest rule of each topic suffix the node publishes on
+        # docs/protocol.md 5.2: the basic-ingest rule of each topic suffix the node publishes on
         rule = {"config": "esp_node_config", "user/mapping": "esp_user_node_mapping"}[suffix]
         return "%s%s/%s" % (_BASIC_INGEST, rule, path)
     return prefix + path
 
 
 def node_config(node_id, name="rmnode", node_type="Other", fw_version=VERSION, platform=None):
-    """Minimal RainMaker node config (spec 5.4, config_version 2020-03-20), compact, keys in Espressif's order."""
+    """Minimal RainMaker node config (docs/protocol.md 5.4, config_version 2020-03-20), compact, keys in Espressif's order."""
     return ('{"node_id":%s,"config_version":"2020-03-20","info":{"name":%s,"fw_version":%s,"type":%s,'
             '"platform":%s},"devices":[]}' % (json_string(node_id), json_string(name), json_string(fw_version),
                                               json_string(node_type), json_string(platform or sys.platform)))
@@ -144,7 +144,7 @@ class Online:
             try:
                 if client.connected and (client.connects != seen_connects or self.mapping.pending() is not None):
                     seen_connects = client.connects
-                    await self.report_once()  # config on every connect (spec 5.4), then the mapping
+                    await self.report_once()  # config on every connect (docs/protocol.md 5.4), then the mapping
                 elif not self._wake.is_set():
                     await self._wake.wait()
             except asyncio.CancelledError:

@@ -260,7 +260,7 @@ def encode(schema, msg):
 
 
 # ---------------------------------------------------------------------------------------------
-# schemas (shared/spec/protos.txt). The enum values (Status, message types, station states) are
+# schemas (docs/protocol.md 2.4, 3.1, 4.1). The enum values (Status, message types, station states) are
 # const()s in the modules that use them, so they cost no heap here.
 
 Empty = ""
@@ -299,13 +299,13 @@ WiFiCtrlPayload = ("1:msg:i 2:status:i 11:cmd_ctrl_reset:Empty 12:resp_ctrl_rese
                    " 14:resp_ctrl_reprov:Empty")
 
 # esp_rmaker_user_mapping.proto (package rainmaker). The older cloud.CloudConfigPayload
-# (cmd_get_set_details / resp_get_set_details{Status, DeviceSecret}) is wire-identical (spec 4.1),
+# (cmd_get_set_details / resp_get_set_details{Status, DeviceSecret}) is wire-identical (docs/protocol.md 4.1),
 # so this one schema serves both variants.
 CmdSetUserMapping = "1:UserID:s 2:SecretKey:s"
 RespSetUserMapping = "1:Status:i 2:NodeId:s"
 RMakerConfigPayload = "1:msg:i 10:cmd_set_user_mapping:CmdSetUserMapping 11:resp_set_user_mapping:RespSetUserMapping"
 
-# esp_rmaker_chal_resp.proto: not served by this node (we never advertise ch_resp, spec 2.2), but
+# esp_rmaker_chal_resp.proto: not served by this node (we never advertise ch_resp, docs/protocol.md 2.2), but
 # kept so the codec covers every golden vector.
 CmdCRPayload = "1:payload:y"
 RespCRPayload = "1:payload:y 2:node_id:s"

@@ -1,12 +1,12 @@
 """Protocomm core: endpoint registry and per-session security, independent of the transport.
 
 A transport (SoftAP HTTP, BLE, console) calls `dispatch(session_id, endpoint, body) -> bytes`
-and `session_closed(session_id)`. Three kinds of endpoint (spec 2.1):
+and `session_closed(session_id)`. Three kinds of endpoint (docs/protocol.md 2.1):
 - the version endpoint: unsecured, request body ignored;
 - the security endpoint: the `prov-session` handshake, which creates the session's security;
 - secured endpoints: request decrypted, handled, response encrypted with that session.
 Every failure leaves `dispatch` as a ProtocommError subclass with the reason; the transport
-answers it with an error status or by closing the connection (spec 1.1).
+answers it with an error status or by closing the connection (docs/protocol.md 1.1).
 """
 
 from rmnode import log
@@ -47,11 +47,11 @@ class RequestRejected(Exception):
 class Protocomm:
     """`new_security()` returns a fresh security object (see rmnode.security) per session.
 
-    `version` is (endpoint name, handler() -> version bytes; the request body is ignored, spec 2.2);
+    `version` is (endpoint name, handler() -> version bytes; the request body is ignored, docs/protocol.md 2.2);
     `security_endpoint` names the handshake endpoint; `handlers` maps each secured endpoint to
     `handler(session_id, plaintext) -> plaintext response`.
     At most `max_sessions` sessions are kept; a handshake on a new session id evicts the
-    oldest (ESP-IDF keeps exactly one: a new client replaces the previous one, spec 1.1).
+    oldest (ESP-IDF keeps exactly one: a new client replaces the previous one, docs/protocol.md 1.1).
     """
 
     def __init__(self, new_security, version, security_endpoint, handlers, max_sessions=1):
@@ -92,7 +92,7 @@ class Protocomm:
         except ProtocommError as e:
             log.warning(_TAG, "%s (session %d): %s" % (endpoint, session_id, e))
             raise
-        except Exception as e:  # a bug must not take the node down (spec 1.1: handler error)
+        except Exception as e:  # a bug must not take the node down (docs/protocol.md 1.1: handler error)
             # the type only: a message could quote request bytes (a passphrase)
             log.error(_TAG, "%s (session %d): internal error %s" % (endpoint, session_id, type(e).__name__))
             raise InternalError("internal error in %s: %s" % (endpoint, type(e).__name__))
@@ -115,7 +115,7 @@ class Protocomm:
         except security.NotEstablished as e:
             raise SessionError(str(e))
         # From here on the keystream has advanced: any failure desynchronises the two sides
-        # for good (spec 3.3 step 6), so the session dies with the request.
+        # for good (docs/protocol.md 3.3 step 6), so the session dies with the request.
         try:
             response = handler(session_id, request)
         except pb.DecodeError as e:

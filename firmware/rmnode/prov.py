@@ -1,8 +1,8 @@
-"""Provisioning endpoints (spec 2): proto-ver, prov-session, prov-config, prov-scan, prov-ctrl and
+"""Provisioning endpoints (docs/protocol.md 2): proto-ver, prov-session, prov-config, prov-scan, prov-ctrl and
 cloud_user_assoc, wired onto a Protocomm instance.
 
 Handlers dispatch on `msg` (proto3 default 0), never on which oneof member is present: the CLI
-sends ApplyConfig as `08 04` with no sub-message (spec 2.4).
+sends ApplyConfig as `08 04` with no sub-message (docs/protocol.md 2.4).
 """
 
 try:
@@ -17,7 +17,7 @@ from rmnode import pb
 from rmnode import protocomm
 from rmnode import security
 
-# Enum values of the protos (shared/spec/protos.txt), as const()s: inlined, no heap.
+# Enum values of the protos (tools/rmkit/proto/*.proto), as const()s: inlined, no heap.
 # constants.proto Status
 _STATUS_SUCCESS = const(0)
 _STATUS_INVALID_ARGUMENT = const(4)
@@ -58,19 +58,19 @@ _TAG = "prov"
 # const()s: inlined, no heap
 _MAX_SSID = const(32)
 _MAX_PASSPHRASE = const(64)
-_MAX_MAPPING_FIELD = const(128)  # user id / secret key; the MQTT mapping message must stay small (spec 5.3)
-_MAX_SCAN_PAGE = const(100)  # the CLI's page size on SoftAP (spec 2.3)
+_MAX_MAPPING_FIELD = const(128)  # user id / secret key; the MQTT mapping message must stay small (docs/protocol.md 5.3)
+_MAX_SCAN_PAGE = const(100)  # the CLI's page size on SoftAP (docs/protocol.md 2.3)
 
 
 def version_json(sec_ver, pop):
-    """The proto-ver reply (spec 2.2); never advertises claim or ch_resp."""
+    """The proto-ver reply (docs/protocol.md 2.2); never advertises claim or ch_resp."""
     caps = []
     if sec_ver == 0:
         caps.append('"no_sec"')
     elif not pop:
         caps.append('"no_pop"')
     caps.append('"wifi_scan"')
-    # "v1.1": ESP-IDF wifi_provisioning's version string (spec 2.2)
+    # "v1.1": ESP-IDF wifi_provisioning's version string (docs/protocol.md 2.2)
     return '{"prov":{"ver":"v1.1","sec_ver":%d,"cap":[%s]}}' % (sec_ver, ",".join(caps))
 
 
@@ -265,7 +265,7 @@ class Provisioning:
     def _user_mapping_handler(self, session_id, request):
         req = pb.decode(pb.RMakerConfigPayload, request)
         if req["msg"] != _MAPPING_CMD_SET_USER_MAPPING:
-            return b""  # spec 4.2: other msg values get an empty OK reply
+            return b""  # docs/protocol.md 4.2: other msg values get an empty OK reply
         return pb.encode(pb.RMakerConfigPayload, {
             "msg": _MAPPING_RESP_SET_USER_MAPPING,
             "resp_set_user_mapping": self._set_user_mapping(req["cmd_set_user_mapping"]),

@@ -41,7 +41,7 @@ class NotEstablished(SecurityError):
 
 
 # Aliases, not subclasses: each exception class costs ~220 bytes of heap, and nothing handles
-# these cases apart (protocomm answers every HandshakeError alike, spec 1.1).
+# these cases apart (protocomm answers every HandshakeError alike, docs/protocol.md 1.1).
 SecurityVersionMismatch = HandshakeError
 WrongPop = HandshakeError
 
@@ -54,7 +54,7 @@ def _parse(request):
 
 
 class Security0:
-    """Security 0 (spec 3.2): one round trip, no encryption afterwards."""
+    """Security 0 (docs/protocol.md 3.2): one round trip, no encryption afterwards."""
 
     version = 0
 
@@ -88,7 +88,7 @@ _ESTABLISHED = const(2)
 
 
 class Security1:
-    """Security 1 (spec 3.3). `pop` is bytes; empty means no PoP ("no_pop")."""
+    """Security 1 (docs/protocol.md 3.3). `pop` is bytes; empty means no PoP ("no_pop")."""
 
     version = 1
 
@@ -113,9 +113,9 @@ class Security1:
         sec1 = req["sec1"]
         if sec1 is None:
             raise HandshakeError("no Security 1 payload in SessionData")
-        msg = sec1["msg"]  # the client leaves msg out on Cmd0: proto3 default 0 (spec 3.1)
+        msg = sec1["msg"]  # the client leaves msg out on Cmd0: proto3 default 0 (docs/protocol.md 3.1)
         if msg == _SEC1_SESSION_COMMAND0:
-            # spec 3.3: a Cmd0 in any state restarts the session
+            # docs/protocol.md 3.3: a Cmd0 in any state restarts the session
             self._restart()
             return self._command0(sec1["sc0"])
         if msg == _SEC1_SESSION_COMMAND1:
@@ -142,7 +142,7 @@ class Security1:
         if self._pop_hash is not None:
             key = bytes(a ^ b for a, b in zip(key, self._pop_hash))
         device_random = os.urandom(16)
-        # spec 3.3: the full 16-byte device_random is the initial counter block
+        # docs/protocol.md 3.3: the full 16-byte device_random is the initial counter block
         self._ctr = AESCTR(key, device_random)
         self._device_pubkey = device_pubkey
         self._client_pubkey = client_pubkey
@@ -160,7 +160,7 @@ class Security1:
         verify_data = sc1["client_verify_data"] if sc1 is not None else b""
         if len(verify_data) != 32:
             raise HandshakeError("client verify data must be 32 bytes, got %d" % len(verify_data))
-        # keystream bytes 0-31 (spec 3.3 step 4)
+        # keystream bytes 0-31 (docs/protocol.md 3.3 step 4)
         expected = self._ctr.crypt(verify_data)
         diff = 0
         for a, b in zip(expected, self._device_pubkey):
@@ -181,7 +181,7 @@ class Security1:
     def encrypt(self, data):
         if self._state != _ESTABLISHED:
             raise NotEstablished("request before the Security 1 handshake completed")
-        # spec 3.3: one keystream for both directions, continued across messages
+        # docs/protocol.md 3.3: one keystream for both directions, continued across messages
         return self._ctr.crypt(data)
 
     decrypt = encrypt

@@ -193,7 +193,7 @@ class Wifi:
         results = []
         for entry in self._sta.scan():
             # ESP32: (ssid, bssid, channel, RSSI, security, hidden); security uses the
-            # ESP-IDF wifi_auth_mode_t numbering, the same as WifiAuthMode (spec 2.4).
+            # ESP-IDF wifi_auth_mode_t numbering, the same as WifiAuthMode (docs/protocol.md 2.4).
             # Hidden networks come with an empty SSID: nothing a client could join by name.
             ssid, bssid, channel, rssi, auth = bytes(entry[0]), bytes(entry[1]), entry[2], entry[3], entry[4]
             if not ssid:
@@ -208,7 +208,7 @@ class Wifi:
 
     # -- SoftAP --------------------------------------------------------------------------------
     def ap_up(self, essid):
-        """Open access point named `essid` (spec 1.1: open unless a service key is given)."""
+        """Open access point named `essid` (docs/protocol.md 1.1: open unless a service key is given)."""
         if self._ap is None:
             self._ap = self._net.WLAN(self._net.AP_IF)
         self._ap.active(True)

@@ -1,4 +1,4 @@
-"""X25519 Diffie-Hellman (RFC 7748) in pure Python on big ints, for Security 1 (spec 3.3).
+"""X25519 Diffie-Hellman (RFC 7748) in pure Python on big ints, for Security 1 (docs/protocol.md 3.3).
 
 Not constant-time: MicroPython's big ints give no such guarantee. A provisioning session is short
 and local, and each handshake uses a fresh device key, which limits what a timing attacker

@@ -4,7 +4,7 @@ import os
 
 from rmnode import pb
 
-# Enum values of the protos (shared/spec/protos.txt), written down here independently of the firmware,
+# Enum values of the protos (fw_unit/protos.txt), written down here independently of the firmware,
 # which keeps its own copies as const()s.
 STATUS_INVALID_ARGUMENT = 4
 STATUS_INTERNAL_ERROR = 5
@@ -149,7 +149,7 @@ class Sec1Client:
         self.device_public = None
 
     def cmd0(self):
-        # like the CLI: sec1.msg (0) left out (spec 3.1)
+        # like the CLI: sec1.msg (0) left out (docs/protocol.md 3.1)
         return pb.encode(pb.SessionData, {"sec_ver": 1, "sec1": {"sc0": {"client_pubkey": self.public}}})
 
     def cmd1(self, resp0):

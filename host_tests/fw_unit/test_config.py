@@ -1,4 +1,4 @@
-"""Factory data, settings and node identity (spec 7.3, 7.4); bad files fall back to defaults."""
+"""Factory data, settings and node identity (docs/protocol.md 7.3, 7.4); bad files fall back to defaults."""
 
 import os
 
@@ -35,7 +35,7 @@ def test_no_factory_data_uses_mac_identity_and_defaults():
     equal((cfg.node_id, cfg.node_id_source), ("240AC41A2B3C", "mac"), "node id from MAC")
     equal(cfg.service_name, "PROV_1a2b3c", "service name")
     equal(cfg.sec_ver, 1, "sec_ver")
-    equal(cfg.pop, "c41a2b3c", "MAC-derived PoP (spec 7.4)")
+    equal(cfg.pop, "c41a2b3c", "MAC-derived PoP (docs/protocol.md 7.4)")
     equal((cfg.prov_port, cfg.prov_linger_s), (80, 30), "settings defaults")
     equal((cfg.mqtt_host, cfg.mqtt_port, cfg.topic_prefix, cfg.cert_path), (None, 8883, "", None), "mqtt defaults")
 

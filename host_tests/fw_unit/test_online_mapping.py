@@ -1,4 +1,4 @@
-"""Pending mapping lifecycle, reset rule (spec 5.3, user-id check on), payloads and topics (spec 5.2, 5.4)."""
+"""Pending mapping lifecycle, reset rule (docs/protocol.md 5.3, user-id check on), payloads and topics (docs/protocol.md 5.2, 5.4)."""
 
 import json
 import sys
@@ -58,7 +58,7 @@ def test_same_user_again_has_no_reset_and_a_new_user_does():
     state.acknowledged(state.pending())
     state.set_pending("user-2", "secret-3")
     check(state.pending()["reset"], "new owner must reset")
-    # spec 5.3: the previous owner's id is erased until the new mapping's PUBACK
+    # docs/protocol.md 5.3: the previous owner's id is erased until the new mapping's PUBACK
     equal(state.mapped_user_id(), None, "stored user id while a new owner is pending")
 
 

@@ -1,5 +1,5 @@
-"""Provisioning endpoints through Protocomm: the sequence esp-rainmaker-cli runs (spec 2.3) and
-the bad inputs of issue 3."""
+"""Provisioning endpoints through Protocomm: the sequence esp-rainmaker-cli runs (docs/protocol.md 2.3) and
+bad inputs of every kind."""
 
 import json
 
@@ -68,7 +68,7 @@ def test_full_sec1_sequence_reaches_connected():
     equal(resp["resp_set_user_mapping"], {"Status": 0, "NodeId": "node-1"}, "mapping reply")
     equal(_config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
           ["resp_set_config"]["status"], 0, "SetConfig")
-    # ApplyConfig exactly as the CLI sends it: msg only (spec 2.4)
+    # ApplyConfig exactly as the CLI sends it: msg only (docs/protocol.md 2.4)
     apply_reply = pb.decode(pb.WiFiConfigPayload, client.crypt(node.prov.dispatch(7, "prov-config", client.crypt(b"\x08\x04"))))
     equal(apply_reply["resp_apply_config"]["status"], 0, "ApplyConfig")
     equal(node.station.joins, [(b"home", b"pw123456", None)], "station joined")
@@ -247,7 +247,7 @@ def test_unknown_endpoint_and_msg():
     client = _sec1(node)
     raises(protocomm.BadRequest, node.prov.dispatch, 7, "prov-ctrl", client.crypt(b"\x08\x07"))
     client = _sec1(node)
-    # other msg on cloud_user_assoc: empty OK reply (spec 4.2)
+    # other msg on cloud_user_assoc: empty OK reply (docs/protocol.md 4.2)
     equal(node.prov.dispatch(7, "cloud_user_assoc", client.crypt(b"\x08\x01")), b"", "empty reply")
 
 

@@ -1,4 +1,4 @@
-"""Security 0 and 1 handshakes and session state (spec 3.2, 3.3)."""
+"""Security 0 and 1 handshakes and session state (docs/protocol.md 3.2, 3.3)."""
 
 from rmnode import pb
 from rmnode import security

@@ -1,6 +1,6 @@
 """The client's side of steps 2 and 4 of the seed: log in, ask the cloud to map a node, poll the request.
 
-Speaks RainMaker's REST API (esp-rainmaker-cli.md section 1) to any base URL: our local cloud or
+Speaks RainMaker's REST API (docs/protocol.md 6) to any base URL: our local cloud or
 another compatible service. Polls every `poll_interval_s` (0.2 s by default, not the CLI's 5 s),
 so a virtual-board run confirms in about a second.
 """
@@ -48,7 +48,7 @@ class CloudClient:
         if auth:
             if not self.access_token:
                 raise CloudError("not logged in")
-            request.add_header("Authorization", self.access_token)  # raw token, no "Bearer" (CLI spec 1)
+            request.add_header("Authorization", self.access_token)  # raw token, no "Bearer" (CLI docs/protocol.md 1)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 text = response.read().decode()

@@ -51,7 +51,7 @@ def cloud_identity(slot: int) -> str:
 def cloud_identities() -> list[str]:
     return [cloud_identity(slot) for slot in range(CLOUD_SLOTS)]
 # node ids and client names end up in file names and in mosquitto's `%u` ACL pattern, so they must
-# not carry '/', '+', '#' or whitespace (RainMaker node ids are 12 hex chars or 22 base62 chars, spec 7.3)
+# not carry '/', '+', '#' or whitespace (RainMaker node ids are 12 hex chars or 22 base62 chars, docs/protocol.md 7.3)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _VALIDITY = datetime.timedelta(days=3650)
 # notBefore a day back: a node checks dates against an SNTP clock, which may run behind this host's
@@ -179,7 +179,7 @@ class Pki:
         return self._issue(directory, name, cn, ExtendedKeyUsageOID.SERVER_AUTH, san)
 
     def node_identity(self, node_id: str) -> Identity:
-        """A node's client certificate: CN = node id (the broker's ACL user, spec 5.1), EKU clientAuth."""
+        """A node's client certificate: CN = node id (the broker's ACL user, docs/protocol.md 5.1), EKU clientAuth."""
         check_name(node_id, "node id")
         return self._issue(self.directory / "nodes" / node_id, node_id, node_id, ExtendedKeyUsageOID.CLIENT_AUTH, [])
 
@@ -248,7 +248,7 @@ class Pki:
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         cert = builder.sign(self._ca_key, hashes.SHA256())
-        # PKCS#8 for both encodings: the unix port's mbedtls reads PKCS#8 DER (notes §2), CPython reads PEM
+        # PKCS#8 for both encodings: the unix port's mbedtls reads PKCS#8 DER, CPython reads PEM
         _write_private(identity.key_pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()))
         _write_private(identity.key_der, key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,

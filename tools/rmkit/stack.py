@@ -54,7 +54,7 @@ def fresh_workdir(workdir: Path) -> Path:
 
 
 def node_id_for_mac(mac: str) -> str:
-    """spec 7.3: the base MAC as 12 upper-case hex digits (what a board without factory node_id uses)."""
+    """docs/protocol.md 7.3: the base MAC as 12 upper-case hex digits (what a board without factory node_id uses)."""
     return mac.replace(":", "").upper()
 
 

@@ -1,4 +1,4 @@
-"""The RainMaker-compatible REST API (esp-rainmaker-cli.md section 1, spec 6) as a Flask app.
+"""The RainMaker-compatible REST API (docs/protocol.md 6) as a Flask app.
 
 Errors are JSON `{"status":"failure","error_code":N,"description":"..."}` with a fitting HTTP status;
 esp-rainmaker-cli calls `response.json()` on every error. The user of a request is always the one in
@@ -225,7 +225,7 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
 
     @app.get("/apiversions")
     def apiversions():
-        # esp-rainmaker-cli.md 1.1: asked before a token refresh
+        # docs/protocol.md 6: asked before a token refresh
         return _json({"supported_versions": ["v1"]})
 
     @app.post("/v1/login2")
@@ -248,7 +248,7 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
                 raise ApiError(429, E_TOO_MANY_LOGINS, str(exc), retry_after_s=exc.retry_after_s) from None
             raise ApiError(401, E_LOGIN, str(exc)) from None
         g.user_id = "(login)"
-        # no "session" key: its presence switches the CLI to OTP login (esp-rainmaker-cli.md 1.1)
+        # no "session" key: its presence switches the CLI to OTP login (docs/protocol.md 6)
         return _success(description="Login successful", idtoken=tokens.idtoken,
                         accesstoken=tokens.accesstoken, refreshtoken=tokens.refreshtoken)
 
@@ -282,7 +282,7 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
             total = tx.count_user_nodes(claims.user_id)
         body = {"nodes": page[:limit], "total": total}
         if len(page) > limit:
-            body["next_id"] = page[limit]  # esp-rainmaker-cli.md 1.2: next page starts at this id
+            body["next_id"] = page[limit]  # docs/protocol.md 6: next page starts at this id
         return _json(body)
 
     @app.put("/v1/user/nodes/mapping")
@@ -293,7 +293,7 @@ def create_app(accounts: Accounts, mapping: MappingService) -> Flask:
         if operation not in ("add", "remove"):
             raise ApiError(400, E_BAD_OPERATION, f"unknown operation {operation!r} (add or remove)")
         node_id = _node_id(doc)
-        # removenode sends secret_key "" (esp-rainmaker-cli.md 1.3); add needs a real one
+        # removenode sends secret_key "" (docs/protocol.md 6); add needs a real one
         secret_key = _string(doc, "secret_key", required=(operation == "add"), allow_empty=(operation == "remove"))
         body_user = _string(doc, "user_id", required=False)
         if body_user is not None and body_user != claims.user_id:

@@ -122,7 +122,7 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=0, help="TCP port (default: a free one, printed)")
     db_arg(serve)
     serve.add_argument("--mapping-timeout", type=float, default=60.0, metavar="S",
-                       help="seconds a mapping request waits for the node's publish (default 60, spec 6)")
+                       help="seconds a mapping request waits for the node's publish (default 60, docs/protocol.md 6)")
     serve.add_argument("--token-ttl", type=int, default=3600, metavar="S",
                        help="lifetime of access/id tokens in seconds (default 3600)")
     serve.add_argument("--broker-host", default="127.0.0.1", help="MQTT broker host (default 127.0.0.1)")

@@ -1,4 +1,4 @@
-"""User-node mapping decisions: client requests meet node reports (spec 6 "Cloud semantics", spec 5.3).
+"""User-node mapping decisions: client requests meet node reports (docs/protocol.md 6 "Cloud semantics", docs/protocol.md 5.3).
 
 A request is `confirmed` when the client's (node_id, user_id from the token, secret_key) equals a node's
 mapping publish, whichever came first, with no more than `timeout_s` between the two; it becomes
@@ -20,7 +20,7 @@ from rmkit.cloud.storage import MappingRequest, Storage, StorageTx, now as wall_
 
 log = logging.getLogger("rmkit.cloud.mapping")
 
-# spec 5.3: the dummy mapping a node publishes on factory reset
+# docs/protocol.md 5.3: the dummy mapping a node publishes on factory reset
 RESET_USER_ID = "esp-rmaker"
 MAX_ID_LEN = 128
 # use fullmatch(): `$` would also match before a final newline ("N1\n")

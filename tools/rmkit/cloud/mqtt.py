@@ -1,4 +1,4 @@
-"""The cloud's MQTT side: receive nodes' user-mapping publishes (spec 5.2, 5.3) and hand them to matching.
+"""The cloud's MQTT side: receive nodes' user-mapping publishes (docs/protocol.md 5.2, 5.3) and hand them to matching.
 
 Connects with the cloud's client certificate over mutual TLS (verification on), subscribes to both
 topic forms, `node/<id>/user/mapping` and the basic-ingest form
@@ -40,9 +40,9 @@ from rmkit.cloud.mapping import MappingService
 log = logging.getLogger("rmkit.cloud.mqtt")
 
 MAPPING_SUFFIX = "user/mapping"
-BASIC_INGEST_PREFIX = "$aws/rules/esp_user_node_mapping/"  # spec 5.2
+BASIC_INGEST_PREFIX = "$aws/rules/esp_user_node_mapping/"  # docs/protocol.md 5.2
 TOPIC_FILTERS = ("node/+/" + MAPPING_SUFFIX, BASIC_INGEST_PREFIX + "node/+/" + MAPPING_SUFFIX)
-MAX_PAYLOAD = 1024  # the firmware's buffer is 200 bytes (spec 5.3); anything far bigger is not a mapping
+MAX_PAYLOAD = 1024  # the firmware's buffer is 200 bytes (docs/protocol.md 5.3); anything far bigger is not a mapping
 # How long the broker keeps the session (and queues publishes) of a cloud that stays away. Long enough
 # for a weekend outage; finite so that the session of an instance that never comes back (scale-down,
 # a deleted deployment) does not hold messages forever (spec-free choice, see MqttSettings).

@@ -2,7 +2,7 @@
 
 Token payloads are padded with a filler claim until their base64url text holds none of `-_+/`:
 esp-rainmaker-cli decodes the payload with the *standard* base64 alphabet, which silently drops `-`
-and `_` and then fails ("Incorrect padding") (esp-rainmaker-cli.md section 1.1, spec 6).
+and `_` and then fails ("Incorrect padding") (docs/protocol.md 6).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from rmkit.provision.transport import HttpTransport, parse_host
 
 log = logging.getLogger(__name__)
 
-# The address of a real ESP32 on its own SoftAP (ESP-IDF default, spec 1.1). Only mentioned in --help and
+# The address of a real ESP32 on its own SoftAP (ESP-IDF default, docs/protocol.md 1.1). Only mentioned in --help and
 # never used as a default: connecting there from a host that has not joined the board's access point would
 # reach whatever else answers on that private address.
 ESP32_SOFTAP_ADDRESS = "192.168.4.1:80"
@@ -31,7 +31,7 @@ EXIT_NOT_CONFIRMED = 8
 EXIT_CLOUD = 9
 
 DESCRIPTION = f"""\
-Provision a node like Espressif's esp-rainmaker-cli does (spec 2.3): read its protocol version,
+Provision a node like Espressif's esp-rainmaker-cli does (docs/protocol.md 2.3): read its protocol version,
 open a secure session (Security 0 or 1), send the user id and secret key (cloud_user_assoc), which
 returns the node id, then send the Wi-Fi credentials and wait until the node has joined.
 

@@ -1,4 +1,4 @@
-"""The provisioning steps of spec 2.3 over any Transport: proto-ver, prov-session, cloud_user_assoc,
+"""The provisioning steps of docs/protocol.md 2.3 over any Transport: proto-ver, prov-session, cloud_user_assoc,
 prov-scan, prov-config set/apply/status, prov-ctrl reset; and `provision()` running them in order."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_PASSPHRASE_BYTES = 64
 
 @dataclass
 class WifiStatus:
-    """prov-config GetStatus, decoded (spec 2.4)."""
+    """prov-config GetStatus, decoded (docs/protocol.md 2.4)."""
 
     state: str  # Connected, Connecting, Disconnected, ConnectionFailed
     fail_reason: str | None = None  # AuthError, NetworkNotFound (only with ConnectionFailed)
@@ -96,7 +96,7 @@ class Provisioner:
     # --- proto-ver and session ---
 
     def proto_ver(self) -> dict:
-        """The node's version JSON (spec 2.2); the request body is ignored by the node, clients send '---'."""
+        """The node's version JSON (docs/protocol.md 2.2); the request body is ignored by the node, clients send '---'."""
         raw = self.transport.send("proto-ver", b"---")
         try:
             info = json.loads(raw.decode("utf-8"))
@@ -108,7 +108,7 @@ class Provisioner:
         return info
 
     def _node_sec_ver(self, info: dict) -> tuple[int, bool]:
-        """(security version, PoP needed) from proto-ver, the way Espressif's client reads it (spec 2.2)."""
+        """(security version, PoP needed) from proto-ver, the way Espressif's client reads it (docs/protocol.md 2.2)."""
         prov = info.get("prov") if isinstance(info.get("prov"), dict) else {}
         caps = prov.get("cap") if isinstance(prov.get("cap"), list) else []
         sec_ver = prov.get("sec_ver")
@@ -130,7 +130,7 @@ class Provisioner:
             raise HandshakeFailed(f"node runs Security {node_sec}, but Security {sec} was asked for")
         pop = self.pop
         if sec == 1 and not pop_needed:
-            pop = None  # spec 2.2: `no_pop` means the node started Security 1 without a PoP
+            pop = None  # docs/protocol.md 2.2: `no_pop` means the node started Security 1 without a PoP
         elif sec == 1 and not pop:
             raise ProvisionError("node uses Security 1 with a proof of possession: give its PoP")
         self._progress(f"security {sec}: starting session")
@@ -148,7 +148,7 @@ class Provisioner:
         try:
             raw = self.transport.send(endpoint, request)
         except TransportError:
-            self._security = None  # spec 3.3: after a failed request the CTR streams are out of step
+            self._security = None  # docs/protocol.md 3.3: after a failed request the CTR streams are out of step
             raise
         plain = self._security.decrypt(raw)
         try:
@@ -160,7 +160,7 @@ class Provisioner:
     # --- steps ---
 
     def set_user_mapping(self, user_id: str, secret_key: str) -> str:
-        """cloud_user_assoc (spec 4.1): returns the node id; raises MappingRefused on a non-zero Status."""
+        """cloud_user_assoc (docs/protocol.md 4.1): returns the node id; raises MappingRefused on a non-zero Status."""
         if not user_id:
             raise ValueError("user id is empty")
         if not secret_key:
@@ -180,7 +180,7 @@ class Provisioner:
         return node_id
 
     def scan_wifi(self, page_size: int = 100, group_channels: int = 5) -> list[ScanResult]:
-        """prov-scan: blocking start, status, then results in pages (spec 2.3 step 5)."""
+        """prov-scan: blocking start, status, then results in pages (docs/protocol.md 2.3 step 5)."""
         start = pb.WiFiScanPayload(msg=pb.WiFiScanMsgType.TypeCmdScanStart)
         start.cmd_scan_start.blocking = True
         start.cmd_scan_start.group_channels = group_channels
@@ -225,7 +225,7 @@ class Provisioner:
         self._check_config(response, pb.WiFiConfigMsgType.TypeRespSetConfig, response.resp_set_config.status, "set")
 
     def apply_wifi_config(self) -> None:
-        # Espressif's client sends only msg=4 (0804); the node dispatches on msg (spec 2.4)
+        # Espressif's client sends only msg=4 (0804); the node dispatches on msg (docs/protocol.md 2.4)
         request = pb.WiFiConfigPayload(msg=pb.WiFiConfigMsgType.TypeCmdApplyConfig)
         response = self._secured("prov-config", request, pb.WiFiConfigPayload)
         self._check_config(response, pb.WiFiConfigMsgType.TypeRespApplyConfig, response.resp_apply_config.status,

@@ -29,7 +29,7 @@ class ProtocolError(ProvisionError):
 
 
 class MappingRefused(ProvisionError):
-    """cloud_user_assoc answered a non-zero Status (spec 4.1: InvalidParam=1, InvalidState=2)."""
+    """cloud_user_assoc answered a non-zero Status (docs/protocol.md 4.1: InvalidParam=1, InvalidState=2)."""
 
     def __init__(self, status: int, status_name: str):
         super().__init__(f"node refused the user mapping: status {status} ({status_name})")

@@ -1,4 +1,4 @@
-"""Client side of protocomm session security: Security 0 (plaintext) and Security 1 (spec 3.2, 3.3).
+"""Client side of protocomm session security: Security 0 (plaintext) and Security 1 (docs/protocol.md 3.2, 3.3).
 
 A security object runs the prov-session handshake through a callable `exchange(request) -> response`
 and then encrypts requests / decrypts responses of the secured endpoints.
@@ -41,7 +41,7 @@ class Security0:
 
     def handshake(self, exchange: Exchange) -> None:
         request = pb.SessionData(sec_ver=pb.SecSchemeVersion.SecScheme0)
-        request.sec0.sc.SetInParent()  # spec 3.2: the empty S0SessionCmd is present on the wire (5203a20100)
+        request.sec0.sc.SetInParent()  # docs/protocol.md 3.2: the empty S0SessionCmd is present on the wire (5203a20100)
         response = _parse_session(exchange(request.SerializeToString()), "Sec0")
         if response.sec_ver != pb.SecSchemeVersion.SecScheme0 or response.WhichOneof("proto") != "sec0":
             raise HandshakeFailed(f"node answered security version {response.sec_ver}, not 0")
@@ -68,7 +68,7 @@ class Security1:
         private_key = X25519PrivateKey.generate()
         client_pubkey = private_key.public_key().public_bytes_raw()
 
-        # Session_Command0; like Espressif's client, msg stays 0 and is omitted on the wire (spec 3.1)
+        # Session_Command0; like Espressif's client, msg stays 0 and is omitted on the wire (docs/protocol.md 3.1)
         cmd0 = pb.SessionData(sec_ver=pb.SecSchemeVersion.SecScheme1)
         cmd0.sec1.sc0.client_pubkey = client_pubkey
         resp0 = _parse_session(exchange(cmd0.SerializeToString()), "Sec1 response 0")
@@ -86,7 +86,7 @@ class Security1:
         if self._pop:
             digest = hashlib.sha256(self._pop).digest()
             key = bytes(a ^ b for a, b in zip(shared, digest))
-        # spec 3.3: the full 16-byte device_random is the initial counter block; the stream is shared
+        # docs/protocol.md 3.3: the full 16-byte device_random is the initial counter block; the stream is shared
         self._cipher = Cipher(algorithms.AES(key), modes.CTR(device_random)).encryptor()
 
         cmd1 = pb.SessionData(sec_ver=pb.SecSchemeVersion.SecScheme1)
@@ -97,7 +97,7 @@ class Security1:
         except DeviceUnreachable:
             raise
         except TransportError as exc:
-            # spec 3.3: a node whose PoP differs fails Cmd1 and closes the connection (or answers 500)
+            # docs/protocol.md 3.3: a node whose PoP differs fails Cmd1 and closes the connection (or answers 500)
             raise HandshakeFailed("node rejected the session at the PoP check (wrong PoP?): " + str(exc)) from exc
         resp1 = _parse_session(raw, "Sec1 response 1")
         self._check(resp1, "response 1", "sr1")
@@ -119,7 +119,7 @@ class Security1:
             raise RuntimeError("Security 1 session not established")
         return self._cipher.update(data)
 
-    # CTR: decryption is the same keystream XOR, continued in exchange order (spec 3.3)
+    # CTR: decryption is the same keystream XOR, continued in exchange order (docs/protocol.md 3.3)
     decrypt = encrypt
 
 

@@ -1,7 +1,7 @@
 """Protocomm transports on the host: send (endpoint, request bytes), get response bytes.
 
-`Transport` is the interface the Provisioner uses; HttpTransport speaks SoftAP HTTP (spec 1.1) the way
-Espressif's client does (esp-rainmaker-cli.md §3). A BLE transport (bleak, spec 1.2) would implement the
+`Transport` is the interface the Provisioner uses; HttpTransport speaks SoftAP HTTP (docs/protocol.md 1.1) the way
+Espressif's client does (docs/protocol.md 1.1). A BLE transport (bleak, docs/protocol.md 1.2) would implement the
 same two methods, `send` and `close`.
 """
 
@@ -58,8 +58,8 @@ class HttpTransport(Transport):
     """`POST /<endpoint>` on one persistent HTTP/1.1 connection, with the node's session cookie.
 
     The node names the session in `Set-Cookie: session=<n>` on a session's first response; every later
-    request carries it back as `Cookie`, so the session survives a reconnect (spec 1.1). Requests are never
-    retried: with Security 1 a request the node has already decrypted moves its keystream (spec 3.3).
+    request carries it back as `Cookie`, so the session survives a reconnect (docs/protocol.md 1.1). Requests are never
+    retried: with Security 1 a request the node has already decrypted moves its keystream (docs/protocol.md 3.3).
     """
 
     def __init__(self, host: str, port: int = 80, timeout: float = 15.0):
@@ -78,7 +78,7 @@ class HttpTransport(Transport):
     def send(self, endpoint: str, data: bytes) -> bytes:
         if not data or len(data) > MAX_REQUEST:
             raise ValueError(f"{endpoint}: request of {len(data)} bytes (node accepts 1..{MAX_REQUEST})")
-        # the headers Espressif's client sends (esp-rainmaker-cli.md §3); the form content type is not honoured
+        # the headers Espressif's client sends (docs/protocol.md 1.1); the form content type is not honoured
         headers = {"Content-type": "application/x-www-form-urlencoded", "Accept": "text/plain"}
         if self.cookie:
             headers["Cookie"] = self.cookie
@@ -93,7 +93,7 @@ class HttpTransport(Transport):
             self._conn.close()
             raise TransportError(endpoint, f"connection lost: {_describe(exc)}") from exc
         if response.status != 200:
-            # the node closes the connection after an error (spec 1.1)
+            # the node closes the connection after an error (docs/protocol.md 1.1)
             self._conn.close()
             raise TransportError(endpoint, f"node answered HTTP {response.status} {response.reason}",
                                  status=response.status)
