@@ -14,6 +14,7 @@ BOARD   ?= vb1
 FLASH   ?= vboards/$(BOARD)
 SOFTAP  ?=
 PORT    ?=
+TCP_PORT ?=
 CLOUD_PORT ?=
 TIMEOUT ?=
 HOST    ?=
@@ -34,7 +35,7 @@ help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 14
 
-setup: $(STAMP) mosquitto ## create .venv, install pinned tools, install mosquitto if missing (idempotent, offline once done)
+setup: $(STAMP) mosquitto ## create .venv (PYTHON=python3.x picks the interpreter), install pinned tools, install mosquitto if missing (idempotent, offline once done)
 
 $(STAMP): requirements-dev.txt tools/pyproject.toml
 	@test -x $(PY) || { echo "setup: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
@@ -60,19 +61,21 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 	@$(ESPCLI_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-espcli.txt
 	@touch $@
 
-test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included
+test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (PYTEST_ARGS=... for pytest)
 	$(VENV)/bin/pytest host_tests $(PYTEST_ARGS)
 
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud
 	$(RMKIT) demo
 
-vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, PORT, SOFTAP)
-	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(PORT),--port $(PORT)) $(if $(SOFTAP),--softap $(SOFTAP))
+vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP)
+	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
+	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP))
 
 repl: setup ## open a REPL on the board started by `make vboard` (BOARD)
 	$(RMKIT) repl --name $(BOARD)
 
 deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyUSB0 (real), as .mpy
+	$(if $(and $(PORT),$(filter command line environment,$(origin FLASH))),$(error give FLASH= (a virtual board's flash directory) or PORT= (a board's serial port), not both))
 	$(RMKIT) deploy $(if $(PORT),--port $(PORT),--flash $(FLASH))
 
 provision: setup ## provision a node: HOST=ip:port POP= SSID= PASSPHRASE= and CLOUD_URL= EMAIL= (password in RMKIT_PASSWORD) or USER_ID=
