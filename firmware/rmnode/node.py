@@ -6,15 +6,13 @@ MQTT running). The pending mapping is persisted by cloud_user_assoc the moment i
 published by the online sequence, so no state change can lose it.
 """
 
-from binascii import hexlify, unhexlify
-
 try:
     from micropython import const
 except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-from rmnode import VERSION, log
+from rmnode import VERSION, credentials, log
 from rmnode.config import NodeConfig
 from rmnode.mapping import MappingState
 from rmnode.store import Store
@@ -22,43 +20,18 @@ from rmnode.wifi import Wifi
 
 _TAG = const("node")
 
-WIFI_KEY = "wifi"  # {"ssid": str, "passphrase": str}; on flash like ESP-IDF keeps it in NVS
 _RESET_TIMEOUT_MS = const(5000)
 
 
-def _reboot():
+def reboot_board():
     import machine
     machine.reset()
-
-
-def _shown(ssid):
-    """An SSID for a log line: text when it is UTF-8, else its hex."""
-    try:
-        return bytes(ssid).decode()
-    except UnicodeError:
-        return hexlify(bytes(ssid)).decode()
-
-
-def _to_flash(value):
-    """bytes -> a JSON value: the text when it is UTF-8 (readable state.json), else hex with a marker."""
-    try:
-        return bytes(value).decode()
-    except UnicodeError:
-        return {"hex": hexlify(bytes(value)).decode()}
-
-
-def _from_flash(value):
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, dict) and isinstance(value.get("hex"), str):
-        return unhexlify(value["hex"])
-    raise ValueError("not a stored byte string")
 
 
 class Node:
     """One node. `root` is where the board's flash is mounted ("/" on a board)."""
 
-    def __init__(self, root="/", network=None, reboot=_reboot):
+    def __init__(self, root="/", network=None, reboot=reboot_board):
         self.wifi = Wifi(network)
         self.config = NodeConfig(self.wifi.mac(), root)
         self.state_store = Store(self.config.path("/state.json"))
@@ -67,7 +40,8 @@ class Node:
         self.state = None
         self.online = None
 
-    def _enter(self, state, detail=""):
+    def enter(self, state, detail=""):
+        """Move to `state` (provisioning, connecting, online) with one log line."""
         self.state = state
         log.info(_TAG, "state: %s%s" % (state, (" (" + detail + ")") if detail else ""))
 
@@ -76,8 +50,8 @@ class Node:
     async def run(self):
         cfg = self.config
         log.info(_TAG, "rmnode %s, node id %s (from %s)" % (VERSION, cfg.node_id, cfg.node_id_source))
-        credentials = self._stored_credentials()
-        if credentials is None:
+        stored = self.stored_credentials()
+        if stored is None:
             # the provisioning phase's code is loaded only for it (rmnode.node_prov)
             from rmnode.node_prov import provision
 
@@ -88,26 +62,16 @@ class Node:
             log.info(_TAG, "provisioned; rebooting into station mode")
             self.reboot()
             return
-        self._enter("connecting", _shown(credentials[0]))
-        self.wifi.connect(credentials[0], credentials[1])
+        self.enter("connecting", credentials.shown(stored[0]))
+        self.wifi.connect(stored[0], stored[1])
         # and the online phase's code only for that one (rmnode.node_online)
         from rmnode.node_online import run_online
 
         await run_online(self)
 
-    def _stored_credentials(self):
+    def stored_credentials(self):
         """(ssid, passphrase) as bytes from flash, or None (none stored, or malformed: provision again)."""
-        wifi = self.state_store.get(WIFI_KEY)
-        if wifi is None:
-            return None
-        try:
-            ssid, passphrase = _from_flash(wifi["ssid"]), _from_flash(wifi["passphrase"])
-            if ssid:
-                return ssid, passphrase
-        except (KeyError, TypeError, ValueError):
-            pass
-        log.warning(_TAG, "stored Wi-Fi credentials are malformed, provisioning again")
-        return None
+        return credentials.load(self.state_store)
 
     # -- factory reset -----------------------------------------------------------------------------
 
@@ -116,9 +80,10 @@ class Node:
         if self.online is not None:
             self.online.request_factory_reset()
         else:
-            self._erase_and_reboot(False)
+            self.erase_and_reboot(False)
 
-    def _erase_and_reboot(self, reported):
+    def erase_and_reboot(self, reported):
+        """Forget Wi-Fi credentials and mapping state, then reboot into provisioning."""
         self.mapping.erase()
         self.state_store.clear()
         log.info(_TAG, "factory reset done (%s); rebooting into provisioning"
@@ -131,4 +96,4 @@ def factory_reset(root="/", timeout_ms=_RESET_TIMEOUT_MS, reboot=True):
     within `timeout_ms`, erase Wi-Fi credentials and mapping state, then reboot into provisioning."""
     from rmnode.reset import factory_reset as reset  # loaded only when a reset is asked for
 
-    return reset(root, timeout_ms, reboot)
+    return reset(Node, root, timeout_ms, reboot)

@@ -15,8 +15,7 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-from rmnode import log
-from rmnode.node import _shown
+from rmnode import credentials, log
 
 _TAG = const("node")
 # wifi_constants.proto WifiStationState
@@ -46,12 +45,12 @@ async def _keep_station_up(node):
             continue
         state = wifi.status().state
         if state in (_STA_CONNECTION_FAILED, _STA_DISCONNECTED):
-            credentials = node._stored_credentials()
-            if credentials is None:
+            stored = node.stored_credentials()
+            if stored is None:
                 continue
-            log.info(_TAG, "station down; rejoining %s in %d ms" % (_shown(credentials[0]), delay))
+            log.info(_TAG, "station down; rejoining %s in %d ms" % (credentials.shown(stored[0]), delay))
             await asyncio.sleep(delay / 1000)
-            wifi.connect(credentials[0], credentials[1])
+            wifi.connect(stored[0], stored[1])
             delay = min(delay * 2, _REJOIN_CAP_MS)
 
 
@@ -61,10 +60,10 @@ async def _go_online(node):
     cfg = node.config
     try:
         node.online = online_seq.build(cfg, node.state_store, is_network_up=node.wifi.is_connected,
-                                       on_factory_reset=node._erase_and_reboot)
+                                       on_factory_reset=node.erase_and_reboot)
     except Exception as exc:  # OnlineConfigError, or a bug: either way no boot loop, nothing lost
         log.error(_TAG, "cannot go online: %s; the pending mapping stays stored" % exc)
         while True:
             await asyncio.sleep(3600)
-    node._enter("online", "%s:%d" % (cfg.mqtt_host, cfg.mqtt_port))
+    node.enter("online", "%s:%d" % (cfg.mqtt_host, cfg.mqtt_port))
     await node.online.run()

@@ -17,8 +17,7 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-from rmnode import log
-from rmnode.node import WIFI_KEY, _shown, _to_flash
+from rmnode import credentials, log
 
 _TAG = const("node")
 _GRACE_MS = const(500)
@@ -46,19 +45,19 @@ async def provision(node):
 
     def on_wifi_config_applied(ssid, passphrase):
         joining[:] = [(bytes(ssid), bytes(passphrase))]  # SSIDs need not be UTF-8: kept as bytes
-        node._enter("connecting", _shown(ssid))
+        node.enter("connecting", credentials.shown(ssid))
 
     def on_prov_reset():
         joining[:] = []
-        node._enter("provisioning", "after prov-ctrl reset")
+        node.enter("provisioning", "after prov-ctrl reset")
 
     def joined():
         if not joining or not wifi.is_connected():
             return False
-        if node.state_store.get(WIFI_KEY) is None:
+        if node.stored_credentials() is None:
             ssid, passphrase = joining[0]
-            node.state_store.set(WIFI_KEY, {"ssid": _to_flash(ssid), "passphrase": _to_flash(passphrase)})
-            log.info(_TAG, "joined %s; credentials stored" % _shown(ssid))
+            credentials.save(node.state_store, ssid, passphrase)
+            log.info(_TAG, "joined %s; credentials stored" % credentials.shown(ssid))
         return True
 
     wifi.ap_up(cfg.service_name)
@@ -67,7 +66,7 @@ async def provision(node):
     server = ProvHttpServer(wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
                             endpoints=prov.endpoints)
     await server.start()
-    node._enter("provisioning", "service %s, security %d" % (cfg.service_name, cfg.sec_ver))
+    node.enter("provisioning", "service %s, security %d" % (cfg.service_name, cfg.sec_ver))
     try:
         while not joined():
             await asyncio.sleep(_POLL_MS / 1000)

@@ -11,8 +11,7 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-from rmnode import log
-from rmnode.wifi import _text  # SSIDs are bytes; show them as text when they are UTF-8
+from rmnode import credentials, log
 from rmnode import pb
 from rmnode import protocomm
 from rmnode import security
@@ -174,7 +173,7 @@ class Provisioning:
             log.warning(_TAG, "SetConfig refused: a join is already under way")
             return _STATUS_INTERNAL_ERROR
         self._wifi_config = (ssid, passphrase, bssid)
-        log.info(_TAG, "Wi-Fi credentials received for %s" % (_text(ssid),))
+        log.info(_TAG, "Wi-Fi credentials received for %s" % (credentials.shown(ssid),))
         return _STATUS_SUCCESS
 
     def _apply_config(self):

@@ -10,19 +10,18 @@ except ImportError:
     import uasyncio as asyncio
 
 from rmnode import log
-from rmnode.node import Node, _reboot
 
 _TAG = "node"
 
 
-async def _factory_reset(root, timeout_ms):
+async def _factory_reset(node_class, root, timeout_ms):
     from rmnode import online as online_seq
 
-    node = Node(root, reboot=lambda: None)
+    node = node_class(root, reboot=lambda: None)
     reported = False
-    credentials = node._stored_credentials()
-    if credentials is not None:
-        node.wifi.connect(credentials[0], credentials[1])
+    stored = node.stored_credentials()
+    if stored is not None:
+        node.wifi.connect(stored[0], stored[1])
         try:
             node.online = online_seq.build(node.config, node.state_store, is_network_up=node.wifi.is_connected)
         except Exception as exc:  # no usable TLS files, or a bug: the reset still erases and reboots
@@ -36,16 +35,18 @@ async def _factory_reset(root, timeout_ms):
                 log.warning(_TAG, "factory reset not reported: %s" % exc)
             await node.online.client.close()
             client_task.cancel()
-    node._erase_and_reboot(reported)
+    node.erase_and_reboot(reported)
     return reported
 
 
-def factory_reset(root, timeout_ms, reboot):
-    """See rmnode.node.factory_reset."""
+def factory_reset(node_class, root, timeout_ms, reboot):
+    """See rmnode.node.factory_reset; `node_class` is rmnode.node.Node (passed in, so that this module
+    does not import the one that imports it)."""
     # MicroPython keeps one task queue: without a new loop, the tasks of a main.py that Ctrl-C
     # interrupted would run again here (and its MQTT client would fight ours for the session)
     asyncio.new_event_loop()
-    reported = asyncio.run(_factory_reset(root, timeout_ms))
+    reported = asyncio.run(_factory_reset(node_class, root, timeout_ms))
     if reboot:
-        _reboot()
+        import machine
+        machine.reset()
     return reported
