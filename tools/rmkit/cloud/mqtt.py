@@ -193,8 +193,8 @@ class MappingSubscriber:
         self._subscribed.clear()
         if reason_code.is_failure:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
-        # Two connections with one client id kick each other out, each reconnecting a second later
-        # (--client-id given twice, or a copied database). mosquitto 2.0.11 just closes the older
+        # Two connections with one client id (one certificate: the broker makes the CN the client id)
+        # kick each other out, each reconnecting a second later. mosquitto 2.0.11 just closes the older
         # socket (measured: no DISCONNECT "Session taken over" reaches paho), so notice the pattern.
         if self._connected_at and time.monotonic() - self._connected_at < QUICK_DROP_S:
             self._quick_drops += 1
@@ -202,7 +202,8 @@ class MappingSubscriber:
             self._quick_drops = 0
         if reason_code == "Session taken over" or self._quick_drops == QUICK_DROPS_TO_WARN:
             log.error("broker keeps dropping session %s right after connecting: is another process using "
-                      "this client id? give each cloud instance its own --client-id", self.client_id)
+                      "this certificate? give each cloud instance its own (with --pki, each slot gets one)",
+                      self.client_id)
 
     def _on_message(self, client, userdata, message):
         if self._apply(message):
