@@ -87,3 +87,21 @@ def test_a_workdir_from_an_earlier_run_is_emptied(tmp_path):
     (workdir / "old.log").write_text("last run")
     fresh_workdir(workdir)
     assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_MARKER]
+
+
+def test_a_bad_heap_is_one_line_naming_the_knob_and_nothing_is_started_or_written(tmp_path):
+    workdir = tmp_path / "sb"
+    result = subprocess.run([sys.executable, "-m", "rmkit", "sandbox", "--heap", "10", "--workdir", str(workdir)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "rmkit sandbox: --heap (make sandbox HEAP=): heap size '10' must be between 16K and 512M; "
+        "110K is an ESP32 without PSRAM"]
+    assert not workdir.exists()
+
+
+def test_provision_without_a_host_says_which_knob_to_give():
+    result = subprocess.run([sys.executable, "-m", "rmkit", "provision", "--host", "", "--ssid", "x", "--user-id", "u"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--host is empty: give the node's address as IP:PORT (make provision HOST=IP:PORT" in result.stderr

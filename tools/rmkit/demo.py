@@ -13,7 +13,7 @@ from rmkit.cloud_client import CloudError
 from rmkit.flow import run_flow
 from rmkit.provision.errors import ProvisionError
 from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
-from rmkit.stack import Stack, fresh_workdir
+from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.timeline import ACTOR_TITLES, Timeline, render_svg
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "demo"
@@ -78,6 +78,7 @@ def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0) -
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_heap(args.heap)  # before anything is started or any directory emptied
     try:
         return run_demo(Path(args.workdir), heap=args.heap, mapping_timeout=args.mapping_timeout)
     except (ProvisionError, CloudError) as exc:

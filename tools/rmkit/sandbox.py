@@ -20,13 +20,14 @@ from pathlib import Path
 
 from rmkit import REPO_ROOT
 from rmkit.errors import UserError
-from rmkit.stack import Stack, fresh_workdir
+from rmkit.stack import Stack, check_heap, fresh_workdir
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
 SANDBOX_USER = "sandbox@example.com"
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
+    check_heap(args.heap, "--heap (make sandbox HEAP=)")  # before anything is started or any directory emptied
     workdir = Path(args.workdir)
     lock = workdir.with_name(workdir.name + ".pid")
     if lock.exists() and _alive(lock):

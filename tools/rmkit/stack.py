@@ -25,7 +25,8 @@ from rmkit.factory import write_factory_data
 from rmkit.pki import Pki
 from rmkit.sntp import SntpServer
 from rmkit.vboard import VirtualBoard
-from rmkit.vboard.board import mac_for_name
+from rmkit.vboard.board import mac_for_name, parse_heap
+from rmkit.vboard.errors import BoardError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,14 @@ LAB_SSID = "rmkit-lab"
 
 
 WORKDIR_MARKER = ".rmkit-workdir"
+
+
+def check_heap(heap: str, knob: str = "--heap") -> int:
+    """The board heap a command was given, in bytes; one line naming the knob when it is unusable."""
+    try:
+        return parse_heap(heap)
+    except BoardError as exc:
+        raise UserError(f"{knob}: {exc}; 110K is an ESP32 without PSRAM") from None
 
 
 def fresh_workdir(workdir: Path) -> Path:

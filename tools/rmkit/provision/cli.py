@@ -105,6 +105,9 @@ def _progress(line: str) -> None:
 
 
 def run(args) -> int:
+    if not args.host.strip():
+        raise UserError("--host is empty: give the node's address as IP:PORT (make provision HOST=IP:PORT; "
+                        f"{ESP32_SOFTAP_ADDRESS} once this computer has joined a board's access point)")
     try:
         host, port = parse_host(args.host)
     except ValueError as exc:
