@@ -97,3 +97,16 @@ def test_cli_init_node_show(tmp_path, capsys):
 def test_cli_show_without_ca_is_a_one_line_error(tmp_path, capsys):
     assert rmkit_main(["pki", "--dir", str(tmp_path / "none"), "show"]) == 2
     assert "rmkit pki init" in capsys.readouterr().err
+
+
+def test_pki_show_names_each_identity_once(tmp_path):
+    import subprocess
+    import sys
+
+    for action in ("init", "show"):
+        result = subprocess.run([sys.executable, "-m", "rmkit", "pki", "--dir", str(tmp_path / "pki"), action],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("broker: CN=localhost valid until ") for line in lines), lines
+    assert not any("CN=CN=" in line for line in lines)

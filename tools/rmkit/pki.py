@@ -263,7 +263,7 @@ class Pki:
 
 def _describe(identity: Identity) -> str:
     cert = identity.certificate()
-    return f"{identity.name}: CN={cert.subject.rfc4514_string()} valid until {cert.not_valid_after_utc:%Y-%m-%d}  {identity.cert_pem}"
+    return f"{identity.name}: {cert.subject.rfc4514_string()} valid until {cert.not_valid_after_utc:%Y-%m-%d}  {identity.cert_pem}"
 
 
 def _cmd_init(args) -> int:
