@@ -137,8 +137,8 @@ def deploy_with_mpremote(port: str, compile_mpy: bool = True) -> None:
     cmd += [str(p) for p in sorted(built.iterdir())] + [":"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise UserError(f"mpremote could not copy the firmware to {port}: "
-                        f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(f"mpremote could not copy the firmware to {port}: {detail[-1] if detail else 'no output'}")
 
 
 def _digest(path: Path) -> str:
@@ -150,7 +150,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --flash DIR (virtual board) or --port PORT (real board)")
     if args.flash:
         copied = deploy_to_flash_dir(Path(args.flash), compile_mpy=not args.source)
-        print(f"deploy: {len(copied)} file(s) updated in {args.flash}")
+        print(f"deploy: {len(copied)} file(s) updated in {args.flash}"
+              + (": " + ", ".join(str(rel) for rel in copied) if copied else " (all up to date)"))
     else:
         print(f"deploy: copying firmware to {args.port} with mpremote")
         deploy_with_mpremote(args.port, compile_mpy=not args.source)
