@@ -1,5 +1,6 @@
-"""`rmkit sandbox` restarts its broker on request (SIGHUP graceful, SIGUSR1 as after a crash), keeping
-its persistence: a mapping a node publishes right after each restart is confirmed."""
+"""`rmkit sandbox` (and `rmkit demo`) as a user drives them: the broker restarts on request (SIGHUP
+graceful, SIGUSR1 as after a crash) with its persistence kept, so a mapping a node publishes right
+after each restart is confirmed; bad knobs and foreign work directories are one clear line."""
 
 import json
 import signal
