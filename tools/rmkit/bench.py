@@ -141,16 +141,16 @@ ESP32_STACK_BUDGET = 15 * 1024  # the ESP32 port's MicroPython task: 16 KiB, 1 K
 
 def bench_stack_depth(step: int = 256) -> None:
     """The firmware's deepest C stack use in its unit tests on the unix port: the tests run in a thread
-    with the ESP32's 15 KiB (host_tests/fw_unit/esp32_stack.py); bisect how much of it can be burnt
+    with the ESP32's 15 KiB (host_tests/firmware/unit/esp32_stack.py); bisect how much of it can be burnt
     first (FW_STACK_PAD) before a test fails."""
     micropython = str(Path(sys.executable).with_name("micropython"))
     sim = REPO_ROOT / "tools" / "rmkit" / "vboard" / "sim"
 
     def passes(pad: int) -> bool:
         with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
-            env = {"MICROPYPATH": f"firmware:host_tests/fw_unit:{sim}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
+            env = {"MICROPYPATH": f"firmware:host_tests/firmware/unit:{sim}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
                    "VBOARD_MAC": "24:0a:c4:1a:2b:3c", "VBOARD_AIR": f"{tmp}/air.json", "FW_STACK_PAD": str(pad)}
-            result = subprocess.run([micropython, "host_tests/fw_unit/run_unit.py"], cwd=REPO_ROOT, env=env,
+            result = subprocess.run([micropython, "host_tests/firmware/unit/run_unit.py"], cwd=REPO_ROOT, env=env,
                                     capture_output=True, text=True, timeout=300)
         return result.returncode == 0 and "\nDONE " in "\n" + result.stdout
 
@@ -167,9 +167,9 @@ def bench_stack_depth(step: int = 256) -> None:
 def run_firmware_benches() -> None:
     env_py = sys.executable
     micropython = str(Path(env_py).with_name("micropython"))
-    print("device-side Security 1 on the unix port (host_tests/fw_unit/bench_sec1.py):", flush=True)
-    subprocess.run([micropython, "host_tests/fw_unit/bench_sec1.py"], cwd=REPO_ROOT,
-                   env={"MICROPYPATH": "firmware:host_tests/fw_unit", "PATH": "/usr/bin:/bin"})
+    print("device-side Security 1 on the unix port (host_tests/firmware/unit/bench_sec1.py):", flush=True)
+    subprocess.run([micropython, "host_tests/firmware/unit/bench_sec1.py"], cwd=REPO_ROOT,
+                   env={"MICROPYPATH": "firmware:host_tests/firmware/unit", "PATH": "/usr/bin:/bin"})
     print("MQTT/TLS on the unix port (host_tests/bench_mqtt_heap.py):", flush=True)
     subprocess.run([env_py, "host_tests/bench_mqtt_heap.py"], cwd=REPO_ROOT)
 

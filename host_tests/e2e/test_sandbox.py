@@ -1,0 +1,108 @@
+"""`rmkit sandbox` (and `rmkit demo`) as a user drives them: the broker restarts on request (SIGHUP
+graceful, SIGUSR1 as after a crash) with its persistence kept, so a mapping a node publishes right
+after each restart is confirmed; bad knobs and foreign work directories are one clear line."""
+
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from support.fixtures_cloud import ApiClient, wait_until
+from rmkit.pki import Pki
+
+NODE = "SANDBOXNODE1"
+
+
+def publish_as_node(pki: Pki, broker: str, payload: dict) -> None:
+    host, port = broker.rsplit(":", 1)
+    identity = pki.node_identity(NODE)
+    context = ssl.create_default_context(cafile=str(pki.ca_pem))
+    context.load_cert_chain(str(identity.cert_pem), str(identity.key_pem))
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=NODE)
+    client.tls_set_context(context)
+    client.connect("localhost", int(port))
+    client.loop_start()
+    try:
+        info = client.publish(f"node/{NODE}/user/mapping", json.dumps(payload).encode(), qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", "--no-board", "--workdir", str(tmp_path / "sb")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    pump = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    pump.start()
+    try:
+        wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
+        info = json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+        assert info["pid"] == proc.pid
+        api = ApiClient(info["cloud_url"])
+        token = api.login(info["user"], info["password"])["accesstoken"]
+        user_id = api.request("GET", "/v1/user", token=token).body["user_id"]
+        pki = Pki(Path(info["pki"]))
+        for sig, how in ((signal.SIGUSR1, "SIGKILL"), (signal.SIGHUP, "graceful")):
+            key = f"key-{how}"
+            request_id = api.put_mapping(token, NODE, key).body["request_id"]
+            proc.send_signal(sig)
+            wait_until(lambda: any(f"broker restarted ({how})" in line for line in lines), timeout=20,
+                       what=f"the broker's restart ({how})")
+            publish_as_node(pki, info["broker"], {"node_id": NODE, "user_id": user_id, "secret_key": key})
+            wait_until(lambda: api.mapping_status(token, request_id).body["request_status"] == "confirmed",
+                       timeout=30, what=f"the mapping published after the {how} restart to be confirmed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sandbox_and_demo_refuse_to_empty_a_directory_they_did_not_make(tmp_path):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    for command in ("sandbox", "demo"):
+        result = subprocess.run([sys.executable, "-m", "rmkit", command, "--workdir", str(precious)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"rmkit {command}: work directory {precious} holds files rmkit did not make (no .rmkit-workdir "
+            "inside); refusing to empty it: pick a new or empty directory"]
+        assert (precious / "chapter1.tex").read_text() == "years of work"
+
+
+def test_a_workdir_from_an_earlier_run_is_emptied(tmp_path):
+    from rmkit.stack import WORKDIR_MARKER, fresh_workdir
+
+    workdir = fresh_workdir(tmp_path / "run")
+    (workdir / "old.log").write_text("last run")
+    fresh_workdir(workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_MARKER]
+
+
+def test_a_bad_heap_is_one_line_naming_the_knob_and_nothing_is_started_or_written(tmp_path):
+    workdir = tmp_path / "sb"
+    result = subprocess.run([sys.executable, "-m", "rmkit", "sandbox", "--heap", "10", "--workdir", str(workdir)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "rmkit sandbox: --heap (make sandbox HEAP=): heap size '10' must be between 16K and 512M; "
+        "110K is an ESP32 without PSRAM"]
+    assert not workdir.exists()
+
+
+def test_provision_without_a_host_says_which_knob_to_give():
+    result = subprocess.run([sys.executable, "-m", "rmkit", "provision", "--host", "", "--ssid", "x", "--user-id", "u"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--host is empty: give the node's address as IP:PORT (make provision HOST=IP:PORT" in result.stderr

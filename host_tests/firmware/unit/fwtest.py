@@ -1,0 +1,185 @@
+"""Helpers for the firmware unit tests; run under MicroPython's unix port and under CPython."""
+
+import os
+
+from rmnode import pb
+
+# Enum values of the protos (protos.txt, next to this file), written down here independently of the firmware,
+# which keeps its own copies as const()s.
+STATUS_INVALID_ARGUMENT = 4
+STATUS_INTERNAL_ERROR = 5
+STA_CONNECTED = 0
+STA_CONNECTING = 1
+STA_DISCONNECTED = 2
+STA_CONNECTION_FAILED = 3
+FAIL_AUTH_ERROR = 0
+FAIL_NETWORK_NOT_FOUND = 1
+CTRL_RESP_RESET = 2
+MAPPING_INVALID_PARAM = 1
+MAPPING_INVALID_STATE = 2
+
+HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+
+
+def raises(exc_type, fn, *args):
+    """Calls fn(*args), returns the exception it raised; fails unless it is an exc_type."""
+    try:
+        fn(*args)
+    except exc_type as e:
+        return e
+    raise AssertionError("%s not raised" % exc_type.__name__)
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def equal(actual, expected, what=""):
+    if actual != expected:
+        raise AssertionError("%s: expected %r, got %r" % (what, expected, actual))
+
+
+class Rng:
+    """Deterministic xorshift32, identical on both interpreters."""
+
+    def __init__(self, seed):
+        self.state = seed or 1
+
+    def next(self):
+        x = self.state
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self.state = x
+        return x
+
+    def below(self, n):
+        return self.next() % n
+
+    def bytes(self, n):
+        return bytes(self.next() & 0xFF for _ in range(n))
+
+
+_counter = [0]
+
+
+def tmpdir(tag):
+    """A fresh empty directory under $FW_TMP (or /tmp)."""
+    base = os.getenv("FW_TMP") or "/tmp"
+    _counter[0] += 1
+    path = "%s/fw_%s_%d_%d" % (base, tag, _counter[0], int.from_bytes(os.urandom(4), "big"))
+    os.mkdir(path)
+    return path
+
+
+def write(path, data):
+    mode = "wb" if isinstance(data, (bytes, bytearray)) else "w"
+    with open(path, mode) as f:
+        f.write(data)
+
+
+GOLDEN_SCHEMAS = {
+    "prov-session": pb.SessionData,
+    "cloud_user_assoc": pb.RMakerConfigPayload,
+    "prov-config": pb.WiFiConfigPayload,
+    "ch_resp": pb.RMakerChRespPayload,
+}
+
+
+def golden_vectors():
+    """[(description, schema, bytes)] from golden_vectors.txt."""
+    vectors = []
+    with open(HERE + "/golden_vectors.txt") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            words = line.split()
+            schema = GOLDEN_SCHEMAS[words[0]]
+            vectors.append((" ".join(words[:-1]), schema, bytes.fromhex(words[-1])))
+    return vectors
+
+
+class FakeStation:
+    """Stands in for rmnode.wifi.Wifi in endpoint tests: records calls, reports scripted states."""
+
+    def __init__(self, scan_results=None):
+        from rmnode.wifi import StationStatus
+        self.StationStatus = StationStatus
+        self.joins = []
+        self.disconnects = 0
+        self.current = StationStatus(STA_DISCONNECTED)
+        self.scan_results = scan_results or []
+
+    def connect(self, ssid, passphrase, bssid=None):
+        self.joins.append((ssid, passphrase, bssid))
+        self.current = self.StationStatus(STA_CONNECTING)
+
+    def disconnect(self):
+        self.disconnects += 1
+        self.current = self.StationStatus(STA_DISCONNECTED)
+
+    def status(self):
+        return self.current
+
+    def scan(self):
+        return list(self.scan_results)
+
+
+class FakeConfig:
+    def __init__(self, sec_ver=1, pop="abcd1234", node_id="node-1"):
+        self.sec_ver = sec_ver
+        self.pop = pop
+        self.node_id = node_id
+
+
+class Sec1Client:
+    """The client side of Security 1 built from the firmware's own primitives (the CPython tests
+    use an independent client on `cryptography`)."""
+
+    def __init__(self, pop):
+        import hashlib
+        from rmnode import x25519
+        self._x25519 = x25519
+        self._pop_hash = hashlib.sha256(pop).digest() if pop else None
+        self._private = x25519.generate_private_key()
+        self.public = x25519.public_key(self._private)
+        self.ctr = None
+        self.device_public = None
+
+    def cmd0(self):
+        # like the CLI: sec1.msg (0) left out (docs/protocol.md 3.1)
+        return pb.encode(pb.SessionData, {"sec_ver": 1, "sec1": {"sc0": {"client_pubkey": self.public}}})
+
+    def cmd1(self, resp0):
+        from rmnode.aes_ctr import AESCTR
+        sr0 = pb.decode(pb.SessionData, resp0)["sec1"]["sr0"]
+        self.device_public = sr0["device_pubkey"]
+        key = self._x25519.shared_secret(self._private, self.device_public)
+        if self._pop_hash:
+            key = bytes(a ^ b for a, b in zip(key, self._pop_hash))
+        self.ctr = AESCTR(key, sr0["device_random"])
+        verify = self.ctr.crypt(self.device_public)
+        return pb.encode(pb.SessionData, {"sec_ver": 1, "sec1": {"msg": 2, "sc1": {"client_verify_data": verify}}})
+
+    def check_resp1(self, resp1):
+        sr1 = pb.decode(pb.SessionData, resp1)["sec1"]["sr1"]
+        equal(self.ctr.crypt(sr1["device_verify_data"]), self.public, "device verify data")
+
+    def crypt(self, data):
+        return self.ctr.crypt(data)
+
+
+def sec1_session(dispatch, session_id, pop):
+    client = Sec1Client(pop)
+    resp0 = dispatch(session_id, "prov-session", client.cmd0())
+    resp1 = dispatch(session_id, "prov-session", client.cmd1(resp0))
+    client.check_resp1(resp1)
+    return client
+
+
+def secured(dispatch, client, session_id, endpoint, schema, request):
+    """Encrypts `request` (a dict), sends it, returns the decoded response dict."""
+    body = client.crypt(pb.encode(schema, request))
+    return pb.decode(schema, client.crypt(dispatch(session_id, endpoint, body)))

@@ -1,0 +1,269 @@
+"""Fixtures for the broker side: a local PKI, a real mosquitto with mutual TLS, and a paho subscriber.
+
+- `pki`: one CA per test session (creating identities is idempotent and takes milliseconds).
+- `broker`: a started `rmkit.broker.Broker` whose config and log live in the test's artifacts dir;
+  stopped at teardown even when the test fails.
+- `subscriber`: factory for `Subscriber`, a paho-mqtt client with a reader identity that records
+  every message on node topics and re-subscribes after a broker restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import paho.mqtt.client as paho
+import pytest
+
+from rmkit.broker import Broker
+from rmkit.pki import Pki
+
+NODE_TOPICS = ("node/#", "$aws/rules/+/node/#")
+
+
+class Subscriber:
+    """A paho client (cert CN = `identity`) subscribed to every node topic; messages land in `.messages`."""
+
+    def __init__(self, pki: Pki, broker: Broker, identity: str = "harness", topics=NODE_TOPICS,
+                 host: str = "localhost") -> None:
+        ident = pki.client_identity(identity)
+        self.topics = list(topics)
+        self.messages: list[tuple[str, bytes]] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.subacks = 0  # SUBACKs so far: one per (re)connect
+        # the broker makes the client id the certificate's CN anyway: one subscriber per identity at a time
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=identity)
+        self.client.tls_set(ca_certs=str(pki.ca_pem), certfile=str(ident.cert_pem), keyfile=str(ident.key_pem))
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.connect(host, broker.port, keepalive=30)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            self.close()
+            raise TimeoutError(f"subscriber {identity} did not get its SUBACK (broker log: {broker.log_path})")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if not reason_code.is_failure:
+            self._subscribed.clear()
+            client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_subscribe(self, *args):
+        with self._cond:
+            self.subacks += 1
+            self._cond.notify_all()
+        self._subscribed.set()
+
+    def _on_message(self, client, userdata, message):
+        with self._cond:
+            self.messages.append((message.topic, bytes(message.payload)))
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list], bool], timeout: float = 15.0, what: str = "messages") -> list:
+        """Block until predicate(messages) holds; AssertionError listing what arrived otherwise."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self.messages), timeout):
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}; got {self.messages!r}")
+            return list(self.messages)
+
+    def wait_for_topic(self, topic: str, count: int = 1, timeout: float = 15.0) -> list[bytes]:
+        self.wait_for(lambda msgs: sum(1 for t, _ in msgs if t == topic) >= count, timeout, f"{count} on {topic}")
+        return self.payloads(topic)
+
+    def payloads(self, topic: str) -> list[bytes]:
+        with self._cond:
+            return [p for t, p in self.messages if t == topic]
+
+    def wait_resubscribed(self, subacks_before: int, timeout: float = 15.0) -> None:
+        """After a broker restart: block until a SUBACK newer than `subacks_before` arrived."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.subacks > subacks_before, timeout):
+                raise TimeoutError("subscriber did not re-subscribe")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    """A local CA with the broker, cloud and harness identities (node identities on demand)."""
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    pki.broker_identity()
+    for name in ("cloud", "harness"):
+        pki.client_identity(name)
+    return pki
+
+
+@pytest.fixture
+def broker_factory(pki, artifacts_dir):
+    """Make brokers (not started) whose workdirs live in the test's artifacts; all stopped at teardown."""
+    made: list[Broker] = []
+
+    def make(name: str = "broker", pki_: Optional[Pki] = None, **kwargs) -> Broker:
+        broker = Broker(pki_ or pki, Path(artifacts_dir) / name, **kwargs)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory) -> Broker:
+    """A running mosquitto (mutual TLS, node ACLs) on a free port."""
+    return broker_factory().start()
+
+
+@pytest.fixture
+def subscriber(pki):
+    """Factory: subscriber(broker, identity="harness") -> Subscriber; closed at teardown."""
+    made: list[Subscriber] = []
+
+    def make(broker: Broker, identity: str = "harness", **kwargs) -> Subscriber:
+        sub = Subscriber(pki, broker, identity, **kwargs)
+        made.append(sub)
+        return sub
+
+    yield make
+    for sub in made:
+        sub.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+# -- a node running the firmware's online sequence under the MicroPython unix port ----------------
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+from rmkit import FIRMWARE_DIR
+from rmkit.factory import write_factory_data
+
+from support.paths import MICROPYTHON, launcher
+
+LAUNCHER = launcher("mqtt_node")
+# fast schedule for tests: the first retry after 0.1-0.2 s, never more than 2 s
+TEST_SETTINGS = {"mqtt_backoff_ms": [200, 2000], "mqtt_keepalive_s": 10, "mqtt_connect_timeout_ms": 5000}
+
+
+def make_flash(directory: Path, pki: Pki, node_id: str, port: int, pending=None, mapped_user_id=None,
+               topic_prefix: str = "", settings=None) -> Path:
+    """A flash-like dir with factory data, settings and (optionally) a pending mapping in state.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_factory_data(directory, pki, node_id=node_id, pop="abcd1234", sec_ver=1, mqtt_host="localhost",
+                       mqtt_port=port, topic_prefix=topic_prefix)
+    (directory / "settings.json").write_text(json.dumps(settings or TEST_SETTINGS))
+    state = {}
+    if pending is not None:
+        user_id, secret_key = pending
+        state["pending_mapping"] = {"user_id": user_id, "secret_key": secret_key, "reset": mapped_user_id != user_id}
+    if mapped_user_id is not None:
+        state["mapped_user_id"] = mapped_user_id
+    (directory / "state.json").write_text(json.dumps(state))
+    return directory
+
+
+def read_state(flash: Path) -> dict:
+    return json.loads((flash / "state.json").read_text())
+
+
+class NodeProcess:
+    """`micropython launch_mqtt_node.py` on a flash dir; stdout lines collected by a thread."""
+
+    def __init__(self, flash: Path, log_path: Path, mode: str = "online", env=None, firmware: Path = FIRMWARE_DIR,
+                 heap: Optional[str] = None) -> None:
+        command = [str(MICROPYTHON)]
+        if heap:
+            command += ["-X", f"heapsize={heap}"]
+        command += [str(LAUNCHER), str(firmware), str(flash), mode]
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=dict(os.environ, **(env or {})), start_new_session=True)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self._log.write(line)
+            self._log.flush()
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = 15.0) -> list[re.Match]:
+        """Block until `pattern` (a regex) matched `count` lines; returns the matches."""
+        regex = re.compile(pattern)
+
+        def matches():
+            return [m for m in (regex.search(line) for line in self.lines) if m]
+
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(matches()) >= count or self.proc.poll() is not None and
+                                     not self._thread.is_alive(), timeout)
+            found = matches()
+        if len(found) < count:
+            tail = "\n".join(self.lines[-15:])
+            raise AssertionError(f"node: {count} x /{pattern}/ not seen within {timeout} s "
+                                 f"({'exited %s' % self.proc.returncode if ok else 'timeout'}); log {self.log_path}:\n{tail}")
+        return found
+
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout)
+        self._thread.join(5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, like pulling the board's power."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._thread.join(5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._thread.join(5)
+        self._log.close()
+
+
+@pytest.fixture
+def node_runner(artifacts_dir):
+    """Factory: node_runner(flash, mode="online", env=None) -> NodeProcess; all stopped at teardown."""
+    made: list[NodeProcess] = []
+
+    def start(flash: Path, mode: str = "online", env=None, **kwargs) -> NodeProcess:
+        node = NodeProcess(flash, Path(artifacts_dir) / f"node{len(made)}.log", mode, env, **kwargs)
+        made.append(node)
+        return node
+
+    yield start
+    for node in made:
+        node.stop()

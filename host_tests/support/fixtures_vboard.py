@@ -1,0 +1,45 @@
+"""Fixtures for virtual boards: `vboard_factory` (started boards in tmp dirs, stopped at teardown)
+and `vboard` (one started board). Serial logs go to the test's artifacts folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rmkit.vboard import VirtualBoard
+
+
+def write_air(path: Path, *aps: dict, scan_s: float = None) -> Path:
+    """Write an air file atomically (a running board may read it at any moment)."""
+    tmp = path.with_name(path.name + ".tmp")
+    air = {"aps": list(aps)}
+    if scan_s is not None:
+        air["scan_s"] = scan_s
+    tmp.write_text(json.dumps(air))
+    tmp.replace(path)
+    return path
+
+
+@pytest.fixture
+def vboard_factory(tmp_path, artifacts_dir):
+    """Call with VirtualBoard keyword arguments (name defaults to vb1, vb2, ...); returns a started board."""
+    boards = []
+
+    def make(name=None, **kwargs) -> VirtualBoard:
+        name = name or f"vb{len(boards) + 1}"
+        kwargs.setdefault("flash_dir", tmp_path / f"{name}-flash")
+        kwargs.setdefault("pty_link", tmp_path / f"{name}.pty")
+        kwargs.setdefault("log_path", artifacts_dir / f"{name}.serial.log")
+        board = VirtualBoard(name=name, **kwargs)
+        boards.append(board)
+        board.start()
+        return board
+
+    yield make
+    for board in boards:
+        board.stop()
+
+
+@pytest.fixture
+def vboard(vboard_factory) -> VirtualBoard:
+    return vboard_factory()

@@ -1,0 +1,156 @@
+"""`rmkit vboard` / `rmkit repl` as a developer uses them: start a board, connect with the printed
+mpremote line, open a REPL, Ctrl-C; bad input gives one clear line and a non-zero exit."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from support.paths import VENV_BIN
+
+RMKIT = str(VENV_BIN / "rmkit")
+
+
+@pytest.fixture
+def cli_env(tmp_path):
+    """Runtime records in the test's own folder, so a developer's `make vboard` is never touched."""
+    return dict(os.environ, RMKIT_RUNTIME_DIR=str(tmp_path / "run"))
+
+
+def child_pids(pid: int) -> set:
+    pids = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            pids.update(int(p) for p in f.read().split())
+    return pids
+
+
+def read_until(proc, marker: str, timeout: float = 20.0) -> str:
+    text = ""
+    deadline = time.monotonic() + timeout
+    while marker not in text:
+        assert time.monotonic() < deadline, f"no {marker!r} from rmkit vboard; got:\n{text}"
+        line = proc.stdout.readline()
+        assert line, f"rmkit vboard exited ({proc.poll()}) before {marker!r}; got:\n{text}"
+        text += line
+    return text
+
+
+def test_vboard_cli_connect_repl_and_ctrl_c(tmp_path, artifacts_dir, cli_env):
+    log = artifacts_dir / "cli.serial.log"
+    proc = subprocess.Popen([RMKIT, "vboard", "--name", "clibrd", "--flash", str(tmp_path / "flash"),
+                             "--pty", str(tmp_path / "clibrd.pty"), "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+    try:
+        banner = read_until(proc, "Ctrl-C stops the board.")
+        mac = re.search(r"MAC ([0-9a-f:]{17})", banner).group(1)
+        exec_line = next(line for line in banner.splitlines() if "mpremote connect socket://" in line)
+        out = subprocess.run(shlex.split(exec_line), capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == repr(bytes(int(b, 16) for b in mac.split(":")))
+
+        record = json.loads((tmp_path / "run" / "clibrd.json").read_text())
+        assert record["pid"] == proc.pid and record["mac"] == mac
+
+        repl = subprocess.Popen([RMKIT, "repl", "--name", "clibrd"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=cli_env)
+        try:
+            time.sleep(0.3)
+            repl.stdin.write(b"\rprint(6 * 7)\r")
+            repl.stdin.flush()
+            deadline = time.monotonic() + 10
+            while b"\n42" not in log.read_bytes():
+                assert time.monotonic() < deadline, "the REPL line never ran"
+                time.sleep(0.05)
+            repl.stdin.write(b"\x1d")  # Ctrl-] quits
+            repl.stdin.flush()
+            repl_out, _ = repl.communicate(timeout=10)
+        finally:
+            if repl.poll() is None:
+                repl.kill()
+                repl.wait()
+        assert repl.returncode == 0
+        assert b"42" in repl_out
+
+        board_pids = child_pids(proc.pid)
+        assert board_pids, "rmkit vboard started no MicroPython process"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, proc.stderr.read()
+    for pid in board_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (tmp_path / "run" / "clibrd.json").exists()
+    assert not os.path.lexists(tmp_path / "clibrd.pty")
+    assert "Traceback" not in proc.stderr.read()
+
+
+def run_rmkit(cli_env, *args):
+    return subprocess.run([RMKIT, *args], capture_output=True, text=True, timeout=30, env=cli_env)
+
+
+def assert_one_line_error(proc, *expected):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_repl_on_unknown_board(cli_env):
+    assert_one_line_error(run_rmkit(cli_env, "repl", "--name", "nosuchboard"),
+                          "no virtual board named 'nosuchboard' is running")
+
+
+def test_vboard_port_already_in_use(tmp_path, cli_env):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = run_rmkit(cli_env, "vboard", "--flash", str(tmp_path / "flash"), "--port", str(port))
+    assert_one_line_error(proc, f"TCP port {port}", "already in use")
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "does not exist"),
+    ("{not json", "is not valid JSON"),
+    ('{"aps": [{"ssid": "home", "channel": 99}]}', "aps[0].channel must be an integer 1..14, got 99"),
+    ('{"aps": [{"ssid": "home", "pasword": "typo"}]}', "unknown key 'pasword'"),
+])
+def test_vboard_bad_air_file(tmp_path, cli_env, content, expected):
+    air = tmp_path / "air.json"
+    if content is not None:
+        air.write_text(content)
+    proc = run_rmkit(cli_env, "vboard", "--flash", str(tmp_path / "flash"), "--air", str(air))
+    assert_one_line_error(proc, str(air), expected)
+
+
+def test_vboard_flash_path_is_a_file(tmp_path, cli_env):
+    flash = tmp_path / "flash.bin"
+    flash.write_bytes(b"\xff" * 16)
+    proc = run_rmkit(cli_env, "vboard", "--flash", str(flash))
+    assert_one_line_error(proc, f"flash path {flash} is a file")
+    assert flash.read_bytes() == b"\xff" * 16  # nothing lost
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--mac", "24:0a:c4:zz:00:01"], "MAC '24:0a:c4:zz:00:01'"),
+    (["--heap", "lots"], "heap size 'lots'"),
+    (["--softap", "localhost"], "--softap 'localhost'"),
+    (["--name", "bad name"], "board name 'bad name'"),
+])
+def test_vboard_bad_options(tmp_path, cli_env, args, expected):
+    assert_one_line_error(run_rmkit(cli_env, "vboard", "--flash", str(tmp_path / "flash"), *args), expected)
