@@ -28,6 +28,9 @@ NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # must also be a single MQTT
 REQUESTED, CONFIRMED, TIMEDOUT = "requested", "confirmed", "timedout"
 # node reports are kept this long (at least the matching window) to drop QoS1 duplicates
 MIN_REPORT_RETENTION_S = 3600.0
+# GET v1/user/nodes pages: RainMaker's num_records default, and our ceiling on one answer
+DEFAULT_PAGE_SIZE = 25
+MAX_PAGE_SIZE = 100
 
 
 class NodeReportRejected(ValueError):
@@ -41,6 +44,15 @@ class ReportOutcome:
     removed_users: list
     confirmed_requests: list
     timedout_requests: list
+
+
+@dataclass(frozen=True)
+class NodePage:
+    """One page of a user's node ids, in id order. `next_id` is the first id of the next page (None on
+    the last one): the client hands it back as start_id (docs/protocol.md 6)."""
+    nodes: list[str]
+    total: int
+    next_id: Optional[str]
 
 
 def parse_node_report(topic_node_id: str, payload: bytes) -> tuple[str, str, str, bool]:
@@ -128,6 +140,14 @@ class MappingService:
         if timed_out:
             self._log_state(req, "no matching node report in time")
         return req
+
+    def user_nodes(self, user_id: str, start_id: Optional[str] = None,
+                   limit: int = DEFAULT_PAGE_SIZE) -> NodePage:
+        """The user's node ids from start_id (inclusive) on, at most `limit` of them."""
+        with self.storage.transaction() as tx:  # one snapshot: `total` counts the nodes the page was cut from
+            ids = tx.user_nodes_page(user_id, start_id, limit + 1)  # the extra one is the next page's first
+            total = tx.count_user_nodes(user_id)
+        return NodePage(ids[:limit], total, ids[limit] if len(ids) > limit else None)
 
     # -------------------------------------------------------------------------------- node side
 
