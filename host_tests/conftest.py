@@ -1,12 +1,14 @@
-"""Root of the host tests: the artifacts_dir fixture and the fixture plugins of every area.
+"""Root of the host tests: the artifacts_dir fixture, the report line that names a failed test's artifacts
+folder, and the fixture plugins of every area.
 
 Layout: support/ (fixtures, launchers, paths, MicroPython stand-ins: not tests), firmware/ (the node's
-code, firmware/unit/ runs under CPython and the unix port), tools/ (rmkit's host tools), cloud/ (the
+code; firmware/unit/ runs under CPython and the unix port), tools/ (rmkit's host tools), cloud/ (the
 local cloud), e2e/ (whole stacks: scenarios, demo, sandbox, Espressif interop).
 sys.path: pytest.ini puts host_tests/ on it; support.paths.use_firmware() adds firmware/ where firmware
 code runs in-process.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -14,20 +16,43 @@ import pytest
 
 from support import paths
 
-
-@pytest.fixture
-def artifacts_dir(request) -> Path:
-    """Per-test folder for logs (board serial log, broker log, cloud log, timeline): artifacts/<test id>/."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid.replace("host_tests/", ""))
-    path = paths.ARTIFACTS / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-# Fixture modules per area (host_tests/support/fixtures_*.py), shared by every test file.
+# Fixture modules per area (host_tests/support/fixtures_*.py), shared by every test file; pytester for
+# the harness's own tests (test_harness.py).
 pytest_plugins = [
     "support.fixtures_vboard",
     "support.fixtures_mqtt",
     "support.fixtures_cloud",
     "support.fixtures_prov",
     "support.fixtures_stack",
+    "pytester",
 ]
+
+
+def _artifacts_path(nodeid: str) -> Path:
+    return paths.ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.replace("host_tests/", ""))
+
+
+@pytest.fixture
+def artifacts_dir(request) -> Path:
+    """Per-test folder for logs (board serial log, broker log, cloud log, timeline): artifacts/<test id>/."""
+    path = _artifacts_path(request.node.nodeid)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that wrote artifacts says where they are: an `artifacts` section in its report,
+    `artifacts: artifacts/<test>/`."""
+    report = yield
+    if report.failed:
+        path = _artifacts_path(item.nodeid)
+        if path.is_dir():
+            try:
+                shown = os.path.relpath(path)
+            except ValueError:
+                shown = str(path)
+            if shown.startswith(".."):
+                shown = str(path)
+            report.sections.append(("artifacts", f"artifacts: {shown}/"))
+    return report

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support.fixtures_cloud import wait_until
 from support.paths import ESPCLI_BIN, launcher
+from support.wait import wait_until
 
 ESPCLI_PY = ESPCLI_BIN / "python"
 ESPCLI = ESPCLI_BIN / "esp-rainmaker-cli"

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from support.fixtures_cloud import PASSWORD, ApiClient, db_snapshot, wait_until
+from support.fixtures_cloud import PASSWORD, ApiClient, db_snapshot
+from support.wait import wait_until
 from rmkit.cloud import CloudService
 
 NODE = "NODE77AA01"

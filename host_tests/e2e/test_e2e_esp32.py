@@ -12,15 +12,15 @@ SNTP_FAILED = r"clock: time not set by SNTP 127\.0\.0\.1:%d: ClockError\(no SNTP
               r"no TLS until it is; retry in \d+ ms"
 
 
-def test_node_without_a_time_server_keeps_asking_and_maps_once_time_is_served(bench):
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    sntp_port = bench.stack.sntp.port
-    bench.stack.sntp.stop()  # nobody answers on that port until the end of the test
-    board = bench.add_board("vb-clock")
+def test_node_without_a_time_server_keeps_asking_and_maps_once_time_is_served(rig):
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    sntp_port = rig.stack.sntp.port
+    rig.stack.sntp.stop()  # nobody answers on that port until the end of the test
+    board = rig.add_board("vb-clock")
     secret_key = str(uuid.uuid4())
-    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
-                             bench.ssid, bench.passphrase)
+    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+                             rig.ssid, rig.passphrase)
     request_id = alice.request_mapping(node_id, secret_key)
     rebooted = board.wait_for_log(r"node: provisioned; rebooting into station mode", timeout=20)
     first = board.wait_for_log(SNTP_FAILED % sntp_port, since=rebooted.end(), timeout=20)
@@ -28,20 +28,20 @@ def test_node_without_a_time_server_keeps_asking_and_maps_once_time_is_served(be
     assert "mqtt: connecting" not in board.read_log(rebooted.end())  # no TLS on a clock from 2000
     assert alice.mapping_status(request_id) == "requested"
 
-    bench.stack.sntp = SntpServer(port=sntp_port).start()
+    rig.stack.sntp = SntpServer(port=sntp_port).start()
     board.wait_for_log(r"clock: time set by SNTP from 127\.0\.0\.1:%d: 20\d\d-" % sntp_port,
                        since=rebooted.end(), timeout=30)
     assert alice.wait_for_mapping(request_id, poll_interval_s=0.1, give_up_s=20).status == "confirmed"
 
 
-def test_tls_that_does_not_fit_internal_ram_fails_is_retried_and_maps_once_it_fits(bench):
-    bench.add_user("bob@example.com")
-    bob = bench.login("bob@example.com")
-    board = bench.add_board("vb-ram")
+def test_tls_that_does_not_fit_internal_ram_fails_is_retried_and_maps_once_it_fits(rig):
+    rig.add_user("bob@example.com")
+    bob = rig.login("bob@example.com")
+    board = rig.add_board("vb-ram")
     board.take_internal_ram(45000)  # what else ESP-IDF might hold: too little left for a handshake
     secret_key = str(uuid.uuid4())
-    node_id = provision_node(bench.provisioner(board), bench.timeline, bob.user_id, secret_key,
-                             bench.ssid, bench.passphrase)
+    node_id = provision_node(rig.provisioner(board), rig.timeline, bob.user_id, secret_key,
+                             rig.ssid, rig.passphrase)
     request_id = bob.request_mapping(node_id, secret_key)
     rebooted = board.wait_for_log(r"node: provisioned; rebooting into station mode", timeout=20)
     low = board.wait_for_log(r"mqtt: internal RAM free for TLS: (\d+) bytes", since=rebooted.end(), timeout=20)

@@ -25,12 +25,12 @@ RESET_SECRET_KEY = "failed"
 
 
 @pytest.fixture
-def harness(bench):
-    """Factory: a subscriber on node/# with the harness identity on the bench's broker; closed at teardown."""
+def harness(rig):
+    """Factory: a subscriber on node/# with the harness identity on the rig's broker; closed at teardown."""
     made = []
 
     def make() -> Subscriber:
-        sub = Subscriber(bench.stack.pki, bench.stack.broker, "harness")
+        sub = Subscriber(rig.stack.pki, rig.stack.broker, "harness")
         made.append(sub)
         return sub
 
@@ -39,11 +39,11 @@ def harness(bench):
         sub.close()
 
 
-def add_board(bench, name, settings=None, **options):
+def add_board(rig, name, settings=None, **options):
     """A started board in provisioning; `settings` are merged into /settings.json before it boots."""
     if not settings:
-        return bench.add_board(name, **options)
-    board = bench.add_board(name, start=False, **options)
+        return rig.add_board(name, **options)
+    board = rig.add_board(name, start=False, **options)
     path = board.flash_dir / "settings.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
     merged.update(settings)
@@ -88,29 +88,29 @@ def mapping_json(node_id: str, user_id: str, secret_key: str, reset: bool) -> by
     return (text + (',"reset":true}' if reset else "}")).encode()
 
 
-def full_sequence(bench, board, sec: int, user_id: str, secret_key: str):
+def full_sequence(rig, board, sec: int, user_id: str, secret_key: str):
     """Spec 2.3 step by step: proto-ver, session, cloud_user_assoc, prov-config set/apply/status."""
-    client = bench.provisioner(board, sec=sec)
+    client = rig.provisioner(board, sec=sec)
     info = client.proto_ver()
     assert info["prov"]["sec_ver"] == sec
     client.start_session()
     assert client.security_version == sec
     assert client.set_user_mapping(user_id, secret_key) == board.node_id
-    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.set_wifi_config(rig.ssid, rig.passphrase)
     client.apply_wifi_config()
-    status = client.wait_for_wifi(bench.ssid)
-    assert status.state == "Connected" and status.ssid == bench.ssid and status.ip4_addr
+    status = client.wait_for_wifi(rig.ssid)
+    assert status.state == "Connected" and status.ssid == rig.ssid and status.ip4_addr
     return client
 
 
 @pytest.mark.parametrize("sec", [1, 0])
-def test_full_sequence_then_service_stops_and_node_publishes_the_exact_mapping(bench, harness, sec):
+def test_full_sequence_then_service_stops_and_node_publishes_the_exact_mapping(rig, harness, sec):
     """The whole sequence reaching Connected, then the AP/HTTP service stops; then a harness
     subscriber gets the node's config and then the exact mapping JSON on the node's topic."""
     watcher = harness()
-    board = bench.add_board(f"vb-e2e-sec{sec}", sec_ver=sec)
+    board = rig.add_board(f"vb-e2e-sec{sec}", sec_ver=sec)
     user_id, secret_key = f"user-sec{sec}", str(uuid.uuid4())
-    client = full_sequence(bench, board, sec, user_id, secret_key)
+    client = full_sequence(rig, board, sec, user_id, secret_key)
     assert read_state(board)["pending_mapping"] == {"user_id": user_id, "secret_key": secret_key, "reset": True}
     wait_port_closed(board, timeout=10)  # read Connected -> service down within the grace time
     client.transport.close()
@@ -126,19 +126,19 @@ def test_full_sequence_then_service_stops_and_node_publishes_the_exact_mapping(b
     board.wait_for_log(r"acknowledged", timeout=10)
     state = read_state(board)
     assert "pending_mapping" not in state and state["mapped_user_id"] == user_id
-    assert state["wifi"]["ssid"] == bench.ssid
+    assert state["wifi"]["ssid"] == rig.ssid
     serial = board.read_log()
-    assert secret_key not in serial and bench.passphrase not in serial and board.pop not in serial
+    assert secret_key not in serial and rig.passphrase not in serial and board.pop not in serial
 
 
-def test_linger_bounds_the_service_when_the_client_never_reads_connected(bench):
+def test_linger_bounds_the_service_when_the_client_never_reads_connected(rig):
     """prov_linger_s from /settings.json: a client that applies Wi-Fi and walks away does not keep the
     access point and HTTP server up beyond it."""
-    board = add_board(bench, "vb-e2e-linger", settings={"prov_linger_s": 1})
-    client = bench.provisioner(board)
+    board = add_board(rig, "vb-e2e-linger", settings={"prov_linger_s": 1})
+    client = rig.provisioner(board)
     client.start_session()
     client.set_user_mapping("user-linger", str(uuid.uuid4()))
-    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.set_wifi_config(rig.ssid, rig.passphrase)
     client.apply_wifi_config()
     joined = board.wait_for_log(r"\((\d+)\) node: joined .*credentials stored", timeout=10)
     wait_port_closed(board, timeout=5)  # the default prov_linger_s (30 s) would fail here
@@ -148,63 +148,63 @@ def test_linger_bounds_the_service_when_the_client_never_reads_connected(bench):
     board.wait_for_log(r"state: online", timeout=20)
 
 
-def test_wrong_pop_is_refused_and_a_correct_session_right_after_succeeds(bench):
-    board = bench.add_board("vb-e2e-pop")
-    wrong = bench.provisioner(board, pop="not-the-pop")
+def test_wrong_pop_is_refused_and_a_correct_session_right_after_succeeds(rig):
+    board = rig.add_board("vb-e2e-pop")
+    wrong = rig.provisioner(board, pop="not-the-pop")
     with pytest.raises(HandshakeFailed):
         wrong.start_session()
     wrong.transport.close()
-    client = bench.provisioner(board)
+    client = rig.provisioner(board)
     client.start_session()
     assert client.set_user_mapping("user-pop", str(uuid.uuid4())) == board.node_id
     assert board.running and board.crashes == []
 
 
-def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_retry(bench):
-    board = bench.add_board("vb-e2e-wifi")
-    client = bench.provisioner(board)
+def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_retry(rig):
+    board = rig.add_board("vb-e2e-wifi")
+    client = rig.provisioner(board)
     client.start_session()
     client.set_user_mapping("user-wifi", str(uuid.uuid4()))
-    client.set_wifi_config(bench.ssid, "not-the-passphrase")
+    client.set_wifi_config(rig.ssid, "not-the-passphrase")
     client.apply_wifi_config()
     with pytest.raises(WifiJoinFailed) as failed:
-        client.wait_for_wifi(bench.ssid)
+        client.wait_for_wifi(rig.ssid)
     assert (failed.value.state, failed.value.reason) == ("ConnectionFailed", "AuthError")
     # the driver said "connecting" through its retries, then reason 15 as an ESP32 does
-    board.wait_for_log(rf"wifi: joining {bench.ssid} failed: reason 15 \(authentication\)", timeout=5)
+    board.wait_for_log(rf"wifi: joining {rig.ssid} failed: reason 15 \(authentication\)", timeout=5)
     assert "wifi" not in read_state(board)  # a failed join stores nothing
     client.reset_wifi()
-    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.set_wifi_config(rig.ssid, rig.passphrase)
     client.apply_wifi_config()
-    assert client.wait_for_wifi(bench.ssid).state == "Connected"
+    assert client.wait_for_wifi(rig.ssid).state == "Connected"
     board.wait_for_log(r"state: online", timeout=20)
-    assert read_state(board)["wifi"] == {"ssid": bench.ssid, "passphrase": bench.passphrase}
+    assert read_state(board)["wifi"] == {"ssid": rig.ssid, "passphrase": rig.passphrase}
 
 
-def test_apply_while_the_join_is_under_way_does_not_crash_the_node(bench):
+def test_apply_while_the_join_is_under_way_does_not_crash_the_node(rig):
     """A client that applies the Wi-Fi config twice makes the node call connect() while the driver
     still connects (on an ESP32: OSError "Wifi Internal Error"): the node retries, joins, and lives."""
-    bench.stack.write_air([{"ssid": bench.ssid, "password": bench.passphrase, "join_s": 0.5}])
-    board = bench.add_board("vb-e2e-twice")
-    client = bench.provisioner(board)
+    rig.stack.write_air([{"ssid": rig.ssid, "password": rig.passphrase, "join_s": 0.5}])
+    board = rig.add_board("vb-e2e-twice")
+    client = rig.provisioner(board)
     client.start_session()
     client.set_user_mapping("user-twice", str(uuid.uuid4()))
-    client.set_wifi_config(bench.ssid, bench.passphrase)
+    client.set_wifi_config(rig.ssid, rig.passphrase)
     client.apply_wifi_config()
     client.apply_wifi_config()
-    assert client.wait_for_wifi(bench.ssid).state == "Connected"
+    assert client.wait_for_wifi(rig.ssid).state == "Connected"
     board.wait_for_log(r"wifi: driver busy \(Wifi Internal Error\)", timeout=5)
     board.wait_for_log(r"state: online", timeout=20)
     assert board.crashes == []
 
 
-def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_publishes_it(bench, harness):
+def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_publishes_it(rig, harness):
     """The node persists the mapping the moment it arrives (beyond Espressif's node): a power cut
     before any Wi-Fi data loses nothing, and the next provisioning publishes that mapping."""
     watcher = harness()
-    board = bench.add_board("vb-e2e-cut")
+    board = rig.add_board("vb-e2e-cut")
     user_id, secret_key = "user-cut", str(uuid.uuid4())
-    client = bench.provisioner(board)
+    client = rig.provisioner(board)
     client.start_session()
     assert client.set_user_mapping(user_id, secret_key) == board.node_id
     client.transport.close()
@@ -213,23 +213,23 @@ def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_pu
     assert read_state(board) == {"pending_mapping": {"user_id": user_id, "secret_key": secret_key, "reset": True}}
     board.wait_for_log(r"state: provisioning", since=since, timeout=20)
     # the client comes back for Wi-Fi only (no second cloud_user_assoc)
-    again = bench.provisioner(board)
+    again = rig.provisioner(board)
     again.start_session()
-    again.set_wifi_config(bench.ssid, bench.passphrase)
+    again.set_wifi_config(rig.ssid, rig.passphrase)
     again.apply_wifi_config()
-    assert again.wait_for_wifi(bench.ssid).state == "Connected"
+    assert again.wait_for_wifi(rig.ssid).state == "Connected"
     mapping_topic = f"node/{board.node_id}/user/mapping"
     assert watcher.wait_for_topic(mapping_topic, timeout=30) == [
         mapping_json(board.node_id, user_id, secret_key, reset=True)]
 
 
-def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_again(bench, harness):
+def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_again(rig, harness):
     """Factory reset while online reports the reset mapping (docs/protocol.md 5.3), then the board is back in
     provisioning with no credentials."""
     watcher = harness()
-    board = bench.add_board("vb-e2e-freset")
+    board = rig.add_board("vb-e2e-freset")
     user_id, secret_key = "user-freset", str(uuid.uuid4())
-    full_sequence(bench, board, 1, user_id, secret_key)
+    full_sequence(rig, board, 1, user_id, secret_key)
     board.wait_for_log(r"acknowledged", timeout=30)
     mapping_topic = f"node/{board.node_id}/user/mapping"
     assert watcher.payloads(mapping_topic) == [mapping_json(board.node_id, user_id, secret_key, reset=True)]
@@ -247,14 +247,14 @@ def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_
     assert accepts(*board.softap)  # the provisioning service is back
 
 
-def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then_publishes(bench, harness):
+def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then_publishes(rig, harness):
     """The broker is down when the node comes online; the node retries with growing delays
     (exponential backoff with jitter) and publishes the mapping once the broker is back."""
-    board = bench.add_board("vb-e2e-nobroker")
+    board = rig.add_board("vb-e2e-nobroker")
     user_id, secret_key = "user-nobroker", str(uuid.uuid4())
-    bench.stack.broker.stop()
+    rig.stack.broker.stop()
     since = board.log_offset()
-    client = full_sequence(bench, board, 1, user_id, secret_key)
+    client = full_sequence(rig, board, 1, user_id, secret_key)
     client.transport.close()
     delays = []
     for _ in range(3):
@@ -264,7 +264,7 @@ def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then
     # with equal jitter the n-th wait lies in [d/2, d] for d = first * 2**n: the third exceeds the first
     assert delays[2] > delays[0], delays
     assert read_state(board)["pending_mapping"]["user_id"] == user_id  # nothing lost meanwhile
-    bench.stack.broker.start()
+    rig.stack.broker.start()
     watcher = harness()
     mapping_topic = f"node/{board.node_id}/user/mapping"
     assert watcher.wait_for_topic(mapping_topic, timeout=30) == [
@@ -274,11 +274,11 @@ def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then
 
 
 @pytest.mark.parametrize("sec", [1, 0])
-def test_a_secured_request_of_the_largest_size_the_node_accepts_is_served(bench, sec):
+def test_a_secured_request_of_the_largest_size_the_node_accepts_is_served(rig, sec):
     """The node's HTTP server takes bodies up to MAX_REQUEST bytes: a secured request that big is
     decrypted, decoded and answered (here: refused, an SSID is at most 32 bytes), never an
     out-of-memory 500, in session after session, and the session stays usable."""
-    board = bench.add_board(f"vb-e2e-big{sec}", sec_ver=sec)
+    board = rig.add_board(f"vb-e2e-big{sec}", sec_ver=sec)
     message = wire.WiFiConfigPayload(msg=wire.WiFiConfigMsgType.TypeCmdSetConfig)
     message.cmd_set_config.passphrase = b"p"
     size = MAX_REQUEST
@@ -289,7 +289,7 @@ def test_a_secured_request_of_the_largest_size_the_node_accepts_is_served(bench,
         size -= 1
     assert len(message.SerializeToString()) == MAX_REQUEST
     for _ in range(10):  # a fresh session each time, as clients that retry would open
-        client = bench.provisioner(board, sec=sec)
+        client = rig.provisioner(board, sec=sec)
         client.proto_ver()
         client.start_session()
         response = client._secured("prov-config", message, wire.WiFiConfigPayload)

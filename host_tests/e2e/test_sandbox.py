@@ -12,7 +12,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from support.fixtures_cloud import ApiClient, wait_until
+from support.fixtures_cloud import ApiClient
+from support.wait import wait_until
 from rmkit.pki import Pki
 
 NODE = "SANDBOXNODE1"

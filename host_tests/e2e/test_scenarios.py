@@ -20,12 +20,12 @@ SHORT_TIMEOUT_S = 2.0  # the cloud's mapping timeout in the `timedout` scenarios
 
 # -- helpers ----------------------------------------------------------------------------------------
 
-def wait_for_cloud_log(bench, pattern: str, timeout: float = 10.0) -> re.Match:
+def wait_for_cloud_log(rig, pattern: str, timeout: float = 10.0) -> re.Match:
     """Wait until the cloud logs a line matching `pattern` (its log is written as events happen)."""
     regex = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while True:
-        text = Path(bench.stack.cloud_log).read_text(errors="replace")
+        text = Path(rig.stack.cloud_log).read_text(errors="replace")
         match = regex.search(text)
         if match:
             return match
@@ -69,54 +69,54 @@ def acked_line(user_id: str) -> str:
 
 # -- the seed's scenarios ---------------------------------------------------------------------------
 
-def test_client_first_then_node_requested_then_confirmed(bench):
+def test_client_first_then_node_requested_then_confirmed(rig):
     """Seed steps 1, 2, 3, 4 in order: the cloud says `requested` until the node's publish arrives."""
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-s1")
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s1")
     secret_key = str(uuid.uuid4())
-    bench.stack.broker.pause()  # the node cannot reach the broker until the client's request is in
+    rig.stack.broker.pause()  # the node cannot reach the broker until the client's request is in
     try:
-        node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
-                                 bench.ssid, bench.passphrase)
+        node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+                                 rig.ssid, rig.passphrase)
         request_id = alice.request_mapping(node_id, secret_key)
         assert alice.mapping_status(request_id) == "requested"
     finally:
-        bench.stack.broker.resume()
+        rig.stack.broker.resume()
     outcome = alice.wait_for_mapping(request_id, poll_interval_s=0.1, give_up_s=20)
     assert outcome.status == "confirmed"
     assert alice.nodes() == [node_id]
     assert node_id == board.node_id
 
 
-def test_node_first_then_client_confirmed(bench):
+def test_node_first_then_client_confirmed(rig):
     """Steps 2 and 3 reversed (the seed allows it): the node's publish is in before the client's PUT."""
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-s2")
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s2")
     secret_key = str(uuid.uuid4())
-    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
-                             bench.ssid, bench.passphrase)
+    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+                             rig.ssid, rig.passphrase)
     board.wait_for_log(acked_line(alice.user_id), timeout=20)
-    wait_for_cloud_log(bench, rf"node {node_id} reported a mapping for user {alice.user_id}")
+    wait_for_cloud_log(rig, rf"node {node_id} reported a mapping for user {alice.user_id}")
 
     request_id = alice.request_mapping(node_id, secret_key)
     assert alice.mapping_status(request_id) == "confirmed"  # the PUT itself matched the earlier report
     assert alice.nodes() == [node_id]
 
 
-def test_node_never_online_times_out_never_confirmed(bench_factory):
+def test_node_never_online_times_out_never_confirmed(rig_factory):
     """The node gets the mapping but can never join Wi-Fi: `timedout` after the timeout, never `confirmed`."""
-    bench = bench_factory(mapping_timeout=SHORT_TIMEOUT_S)
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-s3")
-    bench.stack.write_air([{"ssid": "someone-else", "password": "not-ours-123"}])  # the lab AP is gone
+    rig = rig_factory(mapping_timeout=SHORT_TIMEOUT_S)
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s3")
+    rig.stack.write_air([{"ssid": "someone-else", "password": "not-ours-123"}])  # the lab AP is gone
     secret_key = str(uuid.uuid4())
-    provisioner = bench.provisioner(board)
+    provisioner = rig.provisioner(board)
     node_id = start_session_and_assoc(provisioner, alice.user_id, secret_key)
     board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
-    provisioner.set_wifi_config(bench.ssid, bench.passphrase)
+    provisioner.set_wifi_config(rig.ssid, rig.passphrase)
     provisioner.apply_wifi_config()
 
     before_put = time.monotonic()
@@ -132,19 +132,19 @@ def test_node_never_online_times_out_never_confirmed(bench_factory):
     assert "mqtt: connected" not in board.read_log()  # it really never came online
 
 
-def test_node_publishes_another_secret_key_never_confirmed(bench_factory):
+def test_node_publishes_another_secret_key_never_confirmed(rig_factory):
     """The client gives the node key A and the cloud key B: the node's report does not match, `timedout`."""
-    bench = bench_factory(mapping_timeout=SHORT_TIMEOUT_S)
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-s4")
+    rig = rig_factory(mapping_timeout=SHORT_TIMEOUT_S)
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s4")
     key_for_node, key_for_cloud = str(uuid.uuid4()), str(uuid.uuid4())
-    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, key_for_node,
-                             bench.ssid, bench.passphrase)
+    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, key_for_node,
+                             rig.ssid, rig.passphrase)
     request_id = alice.request_mapping(node_id, key_for_cloud)
     board.wait_for_log(acked_line(alice.user_id), timeout=20)
     # the cloud did get the node's report (so it compared the keys), and still did not confirm
-    wait_for_cloud_log(bench, rf"node {node_id} reported a mapping for user {alice.user_id}")
+    wait_for_cloud_log(rig, rf"node {node_id} reported a mapping for user {alice.user_id}")
 
     statuses = poll_until_final(alice, request_id)
     assert statuses[-1] == "timedout"
@@ -152,16 +152,16 @@ def test_node_publishes_another_secret_key_never_confirmed(bench_factory):
     assert alice.nodes() == []
 
 
-def test_poll_while_node_joins_wifi_is_requested_then_confirmed(bench):
+def test_poll_while_node_joins_wifi_is_requested_then_confirmed(rig):
     """While the node is still joining Wi-Fi, a poll returns `requested`; once it is online, `confirmed`."""
-    bench.stack.write_air([{"ssid": bench.ssid, "password": bench.passphrase, "join_s": 3}])
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-s5")
+    rig.stack.write_air([{"ssid": rig.ssid, "password": rig.passphrase, "join_s": 3}])
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s5")
     secret_key = str(uuid.uuid4())
-    provisioner = bench.provisioner(board)
+    provisioner = rig.provisioner(board)
     node_id = start_session_and_assoc(provisioner, alice.user_id, secret_key)
-    provisioner.set_wifi_config(bench.ssid, bench.passphrase)
+    provisioner.set_wifi_config(rig.ssid, rig.passphrase)
     provisioner.apply_wifi_config()
 
     request_id = alice.request_mapping(node_id, secret_key)
@@ -169,23 +169,23 @@ def test_poll_while_node_joins_wifi_is_requested_then_confirmed(bench):
     assert alice.mapping_status(request_id) == "requested"
     assert provisioner.wifi_status().state == "Connecting"  # so the poll above was mid-join
 
-    bench.stack.write_air()  # the network answers at its usual speed from now on (also after the reboot)
-    assert provisioner.wait_for_wifi(bench.ssid).state == "Connected"
+    rig.stack.write_air()  # the network answers at its usual speed from now on (also after the reboot)
+    assert provisioner.wait_for_wifi(rig.ssid).state == "Connected"
     outcome = alice.wait_for_mapping(request_id, poll_interval_s=0.1, give_up_s=20)
     assert outcome.status == "confirmed"
     assert alice.nodes() == [node_id]
 
 
-def test_factory_reset_then_another_user_takes_the_node(bench):
+def test_factory_reset_then_another_user_takes_the_node(rig):
     """After a factory reset the board is provisioned for bob: bob has the node, alice no longer does."""
     for email in ("alice@example.com", "bob@example.com"):
-        bench.add_user(email)
-    alice, bob = bench.login("alice@example.com"), bench.login("bob@example.com")
-    board = bench.add_board("vb-s6")
+        rig.add_user(email)
+    alice, bob = rig.login("alice@example.com"), rig.login("bob@example.com")
+    board = rig.add_board("vb-s6")
     alice_key = str(uuid.uuid4())
-    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, alice_key,
-                             bench.ssid, bench.passphrase)
-    assert map_node(alice, bench.timeline, node_id, alice_key, poll_interval_s=0.1).status == "confirmed"
+    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, alice_key,
+                             rig.ssid, rig.passphrase)
+    assert map_node(alice, rig.timeline, node_id, alice_key, poll_interval_s=0.1).status == "confirmed"
     assert alice.nodes() == [node_id]
 
     since = board.log_offset()
@@ -195,33 +195,33 @@ def test_factory_reset_then_another_user_takes_the_node(bench):
     board.wait_for_log(r"online: factory reset reported", since=since)
     board.wait_for_log(r"node: state: provisioning", timeout=30, since=since)
     # the reset report alone removed alice's association (before anyone provisions the node again)
-    wait_for_cloud_log(bench, rf"node {node_id} reset: associations of 1 user\(s\) removed \({alice.user_id}\)")
+    wait_for_cloud_log(rig, rf"node {node_id} reset: associations of 1 user\(s\) removed \({alice.user_id}\)")
     assert alice.nodes() == []
 
     bob_key = str(uuid.uuid4())
-    assert provision_node(bench.provisioner(board), bench.timeline, bob.user_id, bob_key,
-                          bench.ssid, bench.passphrase) == node_id
-    assert map_node(bob, bench.timeline, node_id, bob_key, poll_interval_s=0.1).status == "confirmed"
+    assert provision_node(rig.provisioner(board), rig.timeline, bob.user_id, bob_key,
+                          rig.ssid, rig.passphrase) == node_id
+    assert map_node(bob, rig.timeline, node_id, bob_key, poll_interval_s=0.1).status == "confirmed"
     assert bob.nodes() == [node_id]
     assert alice.nodes() == []
 
 
-def test_two_boards_two_users_at_the_same_time(bench):
+def test_two_boards_two_users_at_the_same_time(rig):
     """Two boards provisioned concurrently for two users: each user gets exactly their node."""
     emails = ("alice@example.com", "bob@example.com")
     for email in emails:
-        bench.add_user(email)
-    clients = [bench.login(email) for email in emails]
-    boards = [bench.add_board("vb-s7a"), bench.add_board("vb-s7b")]
+        rig.add_user(email)
+    clients = [rig.login(email) for email in emails]
+    boards = [rig.add_board("vb-s7a"), rig.add_board("vb-s7b")]
     start_together = threading.Barrier(2)
 
     def provision_and_map(client, board):
         secret_key = str(uuid.uuid4())
-        provisioner = bench.provisioner(board)
+        provisioner = rig.provisioner(board)
         start_together.wait(timeout=10)
-        node_id = provision_node(provisioner, bench.timeline, client.user_id, secret_key,
-                                 bench.ssid, bench.passphrase)
-        return node_id, map_node(client, bench.timeline, node_id, secret_key, poll_interval_s=0.1).status
+        node_id = provision_node(provisioner, rig.timeline, client.user_id, secret_key,
+                                 rig.ssid, rig.passphrase)
+        return node_id, map_node(client, rig.timeline, node_id, secret_key, poll_interval_s=0.1).status
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(provision_and_map, clients, boards))
@@ -231,17 +231,17 @@ def test_two_boards_two_users_at_the_same_time(bench):
     assert clients[1].nodes() == [boards[1].node_id]
 
 
-def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(bench):
+def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(rig):
     """Power cut after the mapping is stored but before it is published: the node publishes it after
     the reboot, straight from its stored Wi-Fi credentials, and the request is `confirmed`."""
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-s8")
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s8")
     secret_key = str(uuid.uuid4())
-    bench.stack.broker.pause()  # holds the node's MQTT connect: the publish cannot happen before the cut
+    rig.stack.broker.pause()  # holds the node's MQTT connect: the publish cannot happen before the cut
     try:
-        node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
-                                 bench.ssid, bench.passphrase)
+        node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+                                 rig.ssid, rig.passphrase)
         board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
         board.wait_for_log(r"node: joined \S+; credentials stored")
         board.wait_for_log(r"mqtt: connecting to", timeout=20)  # in station mode, held at the TLS handshake
@@ -252,7 +252,7 @@ def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(ben
         since = board.log_offset()
         board.power_cut()
     finally:
-        bench.stack.broker.resume()
+        rig.stack.broker.resume()
 
     board.wait_for_log(r"node: state: connecting", since=since)
     board.wait_for_log(acked_line(alice.user_id), timeout=30, since=since)
@@ -264,14 +264,14 @@ def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(ben
 
 # -- what provisioning leaves behind ----------------------------------------------------------------
 
-def test_access_point_stops_after_provisioning(bench):
+def test_access_point_stops_after_provisioning(rig):
     """Once the client has read Connected, the provisioning service closes and stays closed."""
-    board = bench.add_board("vb-ap")
+    board = rig.add_board("vb-ap")
     assert softap_listening(board)
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    provision_node(bench.provisioner(board), bench.timeline, alice.user_id, str(uuid.uuid4()),
-                   bench.ssid, bench.passphrase)
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    provision_node(rig.provisioner(board), rig.timeline, alice.user_id, str(uuid.uuid4()),
+                   rig.ssid, rig.passphrase)
     stopped = board.wait_for_log(r"node: provisioning stopped", timeout=10)
     assert not softap_listening(board)
     board.wait_for_log(r"node: state: online", since=stopped.end())  # station mode, not provisioning
@@ -279,17 +279,17 @@ def test_access_point_stops_after_provisioning(bench):
     assert "http: serving" not in board.read_log(stopped.end())
 
 
-def test_access_point_stops_after_the_linger_when_the_client_never_reads_connected(bench):
+def test_access_point_stops_after_the_linger_when_the_client_never_reads_connected(rig):
     """A client that applies Wi-Fi and goes away: the node stops its service after prov_linger_s anyway."""
-    board = bench.add_board("vb-linger", start=False)
+    board = rig.add_board("vb-linger", start=False)
     (Path(board.flash_dir) / "settings.json").write_text(json.dumps({"prov_linger_s": 2}))
     board.start()
     board.wait_for_log(r"node: state: provisioning", timeout=30)
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    provisioner = bench.provisioner(board)
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    provisioner = rig.provisioner(board)
     start_session_and_assoc(provisioner, alice.user_id, str(uuid.uuid4()))
-    provisioner.set_wifi_config(bench.ssid, bench.passphrase)
+    provisioner.set_wifi_config(rig.ssid, rig.passphrase)
     provisioner.apply_wifi_config()  # and never asks for the status
     joined = board.wait_for_log(r"I \((\d+)\) node: joined \S+; credentials stored", timeout=10)
     stopped = board.wait_for_log(r"I \((\d+)\) node: provisioning stopped", timeout=10, since=joined.end())
@@ -298,20 +298,20 @@ def test_access_point_stops_after_the_linger_when_the_client_never_reads_connect
     assert int(stopped.group(1)) - int(joined.group(1)) >= 2000
 
 
-def test_credentials_persist_across_a_reset(bench):
+def test_credentials_persist_across_a_reset(rig):
     """After a reset the node joins the stored network and goes online without provisioning again."""
-    bench.add_user("alice@example.com")
-    alice = bench.login("alice@example.com")
-    board = bench.add_board("vb-cred")
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-cred")
     secret_key = str(uuid.uuid4())
-    node_id = provision_node(bench.provisioner(board), bench.timeline, alice.user_id, secret_key,
-                             bench.ssid, bench.passphrase)
-    assert map_node(alice, bench.timeline, node_id, secret_key, poll_interval_s=0.1).status == "confirmed"
+    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+                             rig.ssid, rig.passphrase)
+    assert map_node(alice, rig.timeline, node_id, secret_key, poll_interval_s=0.1).status == "confirmed"
     board.wait_for_log(acked_line(alice.user_id))
 
     since = board.log_offset()
     board.reset()
-    board.wait_for_log(rf"node: state: connecting \({re.escape(bench.ssid)}\)", since=since)
+    board.wait_for_log(rf"node: state: connecting \({re.escape(rig.ssid)}\)", since=since)
     board.wait_for_log(r"node: state: online", since=since)
     board.wait_for_log(r"online: config reported", timeout=20, since=since)
     after_reset = board.read_log(since)

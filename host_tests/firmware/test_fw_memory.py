@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from rmkit.deploy import deploy_to_flash_dir
-from rmkit.net import free_port, wait_for_port
+from rmkit.net import free_port
 from rmkit.provision import HttpTransport, Provisioner
-from support.fixtures_prov import NodeProcess, stop_process
+from support.node_process import NodeProcess
 from support.paths import FW_UNIT, MICROPYTHON, MPY_CROSS, launcher
 
 # What the node imports before any of ours (main.py runs asyncio; the others are built in).
@@ -113,14 +113,10 @@ def test_sec1_session_completes_in_a_small_heap(flash, tmp_path, artifacts_dir):
     (board / "factory" / "factory.json").write_text(json.dumps({"sec_ver": 1, "pop": "abcd1234", "node_id": "SMALL01"}))
     (board / "air.json").write_text(json.dumps({"HomeNet": "right-pass"}))
     port = free_port()
-    log_path = artifacts_dir / "prov_node_small_heap.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([str(MICROPYTHON), "-X", f"heapsize={SESSION_HEAP}", "-m", "launch_prov_node",
-                                 str(flash), str(port), str(board)],
-                                cwd=flash, stdout=log_file, stderr=subprocess.STDOUT)
-    node = NodeProcess(port=port, log_path=log_path, proc=proc, interpreter="micropython")
+    node = NodeProcess([MICROPYTHON, "-X", f"heapsize={SESSION_HEAP}", "-m", "launch_prov_node", flash, port, board],
+                       artifacts_dir / "prov_node_small_heap.log", cwd=flash, port=port, interpreter="micropython")
     try:
-        wait_for_port(port, timeout=15, alive=node.alive)
+        node.wait_for_port(timeout=15)
         transport = HttpTransport("127.0.0.1", port, timeout=20)
         client = Provisioner(transport, sec=1, pop="abcd1234", poll_interval_s=0.05, wifi_timeout_s=20)
         with transport:
@@ -134,7 +130,7 @@ def test_sec1_session_completes_in_a_small_heap(flash, tmp_path, artifacts_dir):
         print(node.log_text())
         raise
     finally:
-        stop_process(node)
+        node.stop()
 
 
 # -- online phase: after provisioning the node reboots into station mode, so MQTT/TLS gets a

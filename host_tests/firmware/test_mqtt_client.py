@@ -10,7 +10,7 @@ import pytest
 
 from rmnode import mqtt  # firmware/ on sys.path: host_tests/firmware/conftest.py
 
-from support.fixtures_mqtt import wait_until
+from support.wait import wait_until
 
 
 def _client(pki, broker, node_id="nodeA", **kwargs):

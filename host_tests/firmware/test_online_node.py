@@ -3,7 +3,8 @@
 import json
 import re
 
-from support.fixtures_mqtt import make_flash, read_state, wait_until
+from support.fixtures_mqtt import make_flash, read_state
+from support.wait import wait_until
 
 NODE = "A1B2C3D4E5F6"
 MAPPING_TOPIC = f"node/{NODE}/user/mapping"

@@ -326,18 +326,6 @@ def cloud_broker(tmp_path, artifacts_dir):
             shutil.copy(log, artifacts_dir / "mosquitto.log")
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll `predicate` until it returns a truthy value (returned) or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def cloud_process(cloud_process_factory):
     """`rmkit cloud serve --no-mqtt` in a subprocess (60 s mapping timeout); see cloud_process_factory."""

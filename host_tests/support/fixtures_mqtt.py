@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
+import json
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,7 +18,10 @@ import paho.mqtt.client as paho
 import pytest
 
 from rmkit.broker import Broker
+from rmkit.factory import write_factory_data
 from rmkit.pki import Pki
+from support.node_process import NodeProcess
+from support.paths import FIRMWARE, MICROPYTHON, launcher
 
 NODE_TOPICS = ("node/#", "$aws/rules/+/node/#")
 
@@ -135,26 +138,7 @@ def subscriber(pki):
         sub.close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
 # -- a node running the firmware's online sequence under the MicroPython unix port ----------------
-
-import json
-import os
-import re
-import signal
-import subprocess
-
-from rmkit import FIRMWARE_DIR
-from rmkit.factory import write_factory_data
-
-from support.paths import MICROPYTHON, launcher
 
 LAUNCHER = launcher("mqtt_node")
 # fast schedule for tests: the first retry after 0.1-0.2 s, never more than 2 s
@@ -182,76 +166,11 @@ def read_state(flash: Path) -> dict:
     return json.loads((flash / "state.json").read_text())
 
 
-class NodeProcess:
-    """`micropython launch_mqtt_node.py` on a flash dir; stdout lines collected by a thread."""
-
-    def __init__(self, flash: Path, log_path: Path, mode: str = "online", env=None, firmware: Path = FIRMWARE_DIR,
-                 heap: Optional[str] = None) -> None:
-        command = [str(MICROPYTHON)]
-        if heap:
-            command += ["-X", f"heapsize={heap}"]
-        command += [str(LAUNCHER), str(firmware), str(flash), mode]
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, **(env or {})), start_new_session=True)
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self._log.write(line)
-            self._log.flush()
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, pattern: str, count: int = 1, timeout: float = 15.0) -> list[re.Match]:
-        """Block until `pattern` (a regex) matched `count` lines; returns the matches."""
-        regex = re.compile(pattern)
-
-        def matches():
-            return [m for m in (regex.search(line) for line in self.lines) if m]
-
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(matches()) >= count or self.proc.poll() is not None and
-                                     not self._thread.is_alive(), timeout)
-            found = matches()
-        if len(found) < count:
-            tail = "\n".join(self.lines[-15:])
-            raise AssertionError(f"node: {count} x /{pattern}/ not seen within {timeout} s "
-                                 f"({'exited %s' % self.proc.returncode if ok else 'timeout'}); log {self.log_path}:\n{tail}")
-        return found
-
-    def output(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_exit(self, timeout: float = 15.0) -> int:
-        code = self.proc.wait(timeout)
-        self._thread.join(5)
-        return code
-
-    def kill(self) -> None:
-        """SIGKILL, like pulling the board's power."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._thread.join(5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._thread.join(5)
-        self._log.close()
+def start_mqtt_node(flash: Path, log_path: Path, mode: str = "online", env=None, firmware: Path = FIRMWARE,
+                    heap: Optional[str] = None) -> NodeProcess:
+    """`micropython launch_mqtt_node.py` on a flash dir (the node's online sequence)."""
+    command = [MICROPYTHON] + (["-X", f"heapsize={heap}"] if heap else []) + [LAUNCHER, firmware, flash, mode]
+    return NodeProcess(command, log_path, env=env or {}, interpreter="micropython")
 
 
 @pytest.fixture
@@ -260,7 +179,7 @@ def node_runner(artifacts_dir):
     made: list[NodeProcess] = []
 
     def start(flash: Path, mode: str = "online", env=None, **kwargs) -> NodeProcess:
-        node = NodeProcess(flash, Path(artifacts_dir) / f"node{len(made)}.log", mode, env, **kwargs)
+        node = start_mqtt_node(flash, Path(artifacts_dir) / f"node{len(made)}.log", mode, env, **kwargs)
         made.append(node)
         return node
 

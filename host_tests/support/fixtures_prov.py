@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from rmkit.net import free_port, wait_for_port
+from rmkit.net import free_port
 
 from support import paths
+from support.node_process import NodeProcess
 from support.paths import FIRMWARE, MICROPYTHON, REPO_ROOT
 
 INTERPRETERS = {
@@ -22,47 +20,12 @@ INTERPRETERS = {
 }
 
 
-@dataclass
-class NodeProcess:
-    """A server process started by a test: its port, its log file and the Popen handle."""
-
-    port: int
-    log_path: Path
-    proc: subprocess.Popen
-    interpreter: str
-    extra: dict = field(default_factory=dict)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
 def start_process(interpreter: str, script: Path, args: list[str], log_path: Path,
                   port: int, timeout: float = 15.0) -> NodeProcess:
     """Start `script` with `args` under `interpreter`, wait until it listens on 127.0.0.1:port."""
-    log_file = open(log_path, "w")
-    proc = subprocess.Popen(INTERPRETERS[interpreter] + [str(script)] + args,
-                            stdout=log_file, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT))
-    log_file.close()
-    node = NodeProcess(port=port, log_path=log_path, proc=proc, interpreter=interpreter)
-    try:
-        wait_for_port(port, timeout=timeout, alive=node.alive)
-    except BaseException:
-        stop_process(node)
-        raise RuntimeError(f"{script.name} under {interpreter} did not start:\n{node.log_text()}")
-    return node
-
-
-def stop_process(node: NodeProcess) -> None:
-    if node.proc.poll() is None:
-        node.proc.terminate()
-        try:
-            node.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            node.proc.kill()
-            node.proc.wait(timeout=5)
+    node = NodeProcess(INTERPRETERS[interpreter] + [script] + args, log_path, cwd=REPO_ROOT, port=port,
+                       interpreter=interpreter)
+    return node.wait_for_port(timeout)
 
 
 @pytest.fixture(params=sorted(INTERPRETERS))
@@ -77,7 +40,7 @@ def http_echo_server(request, artifacts_dir):
     try:
         yield node
     finally:
-        stop_process(node)
+        node.stop()
 
 
 # --- a reference node written with `cryptography` + the generated classes, to test the client alone ---
@@ -333,4 +296,4 @@ def firmware_node_factory(tmp_path, artifacts_dir):
         yield start
     finally:
         for node in started:
-            stop_process(node)
+            node.stop()

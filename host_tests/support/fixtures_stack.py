@@ -1,7 +1,7 @@
-"""The end-to-end bench for scenario tests: PKI, broker, cloud and virtual boards from rmkit.stack, plus a
+"""The end-to-end rig for scenario tests: PKI, broker, cloud and virtual boards from rmkit.stack, plus a
 timeline of client, node and cloud events.
 
-`bench_factory(mapping_timeout=60, heap="110K")` -> Bench (started); everything is stopped at teardown,
+`rig_factory(mapping_timeout=60, heap="110K")` -> Rig (started); everything is stopped at teardown,
 also when the test fails, and the logs land in the test's artifacts folder: <board>.log (serial),
 mosquitto.log, cloud.log and timeline.jsonl (+ timeline.svg).
 """
@@ -27,7 +27,7 @@ PASSWORD = "scenario-password-1"
 DEFAULT_HEAP = os.environ.get("RMKIT_TEST_HEAP", "110K")
 
 
-class Bench:
+class Rig:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.timeline = Timeline()
@@ -78,22 +78,22 @@ class Bench:
 
 
 @pytest.fixture
-def bench_factory(tmp_path, artifacts_dir):
-    benches: list[Bench] = []
+def rig_factory(tmp_path, artifacts_dir):
+    rigs: list[Rig] = []
 
-    def make_started(mapping_timeout: float = 60.0, heap: str = DEFAULT_HEAP) -> Bench:
-        stack = Stack(tmp_path / f"stack{len(benches)}", mapping_timeout=mapping_timeout, heap=heap).start()
-        bench = Bench(stack)
-        benches.append(bench)
-        return bench
+    def make_started(mapping_timeout: float = 60.0, heap: str = DEFAULT_HEAP) -> Rig:
+        stack = Stack(tmp_path / f"stack{len(rigs)}", mapping_timeout=mapping_timeout, heap=heap).start()
+        rig = Rig(stack)
+        rigs.append(rig)
+        return rig
 
     try:
         yield make_started
     finally:
-        for bench in benches:
-            bench.close(artifacts_dir)
+        for rig in rigs:
+            rig.close(artifacts_dir)
 
 
 @pytest.fixture
-def bench(bench_factory) -> Bench:
-    return bench_factory()
+def rig(rig_factory) -> Rig:
+    return rig_factory()

@@ -40,7 +40,7 @@ def _text(value):
     return value if isinstance(value, str) else bytes(value).decode()
 
 
-class _Station:
+class _ScriptedStation:
     def __init__(self, air):
         self._air = air
         self._code = 1000  # STAT_IDLE
@@ -87,8 +87,11 @@ class _Station:
         return [(ssid.encode(), b"\x02\x00\x00\x00\x00\x01", 6, -50, 3, False) for ssid in sorted(self._air)]
 
 
-class _Air:
-    """Stand-in for the `network` module with the ESP32 constants rmnode.wifi uses."""
+class _ScriptedNetwork:
+    """Stand-in for the `network` module with the ESP32 constants rmnode.wifi uses, whose joins follow a script:
+    the air is {ssid: passphrase}; a join reports CONNECTING for two status reads, then the outcome. (Tests of
+    rmnode.wifi itself drive a hand-set fake, firmware/unit/test_wifi.py; virtual boards simulate the radio,
+    tools/rmkit/vboard/sim/vb_network.py.)"""
 
     STA_IF = 0
     AP_IF = 1
@@ -99,7 +102,7 @@ class _Air:
     STAT_WRONG_PASSWORD = 202
 
     def __init__(self, networks):
-        self._station = _Station(networks)
+        self._station = _ScriptedStation(networks)
 
     def WLAN(self, interface):
         return self._station
@@ -108,7 +111,7 @@ class _Air:
 async def main():
     port = int(sys.argv[2])
     with open(FLASH + "/air.json") as f:
-        air = _Air(json.load(f))
+        air = _ScriptedNetwork(json.load(f))
     wifi = Wifi(air)
     config = NodeConfig(wifi.mac(), root=FLASH)
     state = Store(FLASH + "/state.json")
