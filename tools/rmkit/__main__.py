@@ -7,6 +7,7 @@ A command module exposes `register(subparsers)`, which adds its parser and sets
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from rmkit.errors import UserError
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Ctrl-C stops every command, also when started as a background job (`cmd &` in a script starts
+    # it with SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     try:
