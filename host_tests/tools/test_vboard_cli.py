@@ -154,3 +154,47 @@ def test_vboard_flash_path_is_a_file(tmp_path, cli_env):
 ])
 def test_vboard_bad_options(tmp_path, cli_env, args, expected):
     assert_one_line_error(run_rmkit(cli_env, "vboard", "--flash", str(tmp_path / "flash"), *args), expected)
+
+
+def _start_quiet_board(cli_env, name, flash):
+    proc = subprocess.Popen([RMKIT, "vboard", "--name", name, "--flash", str(flash), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+    read_until(proc, "Ctrl-C stops the board.")
+    return proc
+
+
+def _stop_board(proc):
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_second_board_of_the_same_name_or_on_the_same_flash_is_refused_naming_the_make_knob(tmp_path, cli_env):
+    flash = tmp_path / "vb1"
+    first = _start_quiet_board(cli_env, "vb1", flash)
+    try:
+        twice = run_rmkit(cli_env, "vboard", "--name", "vb1", "--flash", str(tmp_path / "other"))
+        assert_one_line_error(twice, "board vb1 is already running", "BOARD=")
+        sharing = run_rmkit(cli_env, "vboard", "--name", "vb2", "--flash", str(flash))
+        assert_one_line_error(sharing, f"flash {flash} is in use by board vb1", "FLASH=")
+    finally:
+        _stop_board(first)
+    assert not (tmp_path / "other").exists()
+
+
+def test_without_an_air_file_the_board_gets_a_lab_network_and_says_how_to_provision(tmp_path, cli_env):
+    flash = tmp_path / "vb1"
+    proc = subprocess.Popen([RMKIT, "vboard", "--name", "vb1", "--flash", str(flash), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+    try:
+        banner = read_until(proc, "Ctrl-C stops the board.")
+    finally:
+        _stop_board(proc)
+    air = json.loads((tmp_path / "vb1.air.json").read_text())
+    passphrase = air["aps"][0]["password"]
+    assert f"simulated network 'rmkit-lab', passphrase {passphrase}" in banner
+    assert "no firmware on this flash yet" in banner and f"make deploy FLASH={flash}" in banner

@@ -14,13 +14,17 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 
 from rmkit import REPO_ROOT
 from rmkit.errors import UserError
 from rmkit.stack import Stack, check_heap, fresh_workdir
+from rmkit.vboard import runtime
+from rmkit.vboard.errors import BoardError
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
 SANDBOX_USER = "sandbox@example.com"
@@ -33,6 +37,14 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     if lock.exists() and _alive(lock):
         raise UserError(f"a sandbox is already running in {workdir} (pid {lock.read_text().strip()}); "
                         "stop it, or give another --workdir (make sandbox WORKDIR=...)")
+    if not args.no_board:
+        try:
+            running = runtime.read_record(runtime.check_name(args.board))
+        except BoardError as exc:
+            raise UserError(f"--board: {exc}") from None
+        if running:
+            raise UserError(f"a board named {args.board} is already running (pid {running['pid']}); stop it, "
+                            "or give the sandbox's board another --board name")
     fresh_workdir(workdir)
     lock.write_text(str(os.getpid()))
     try:
@@ -72,6 +84,7 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
             host, port = board.softap
             info.update({"softap": f"{host}:{port}", "pop": board.pop, "sec": 1, "ssid": stack.ssid,
                          "passphrase": stack.passphrase})
+            runtime.record_board(board)  # so `make repl BOARD=` and `rmkit repl --name` find it
         print(f"sandbox ready (everything on this machine; logs in {workdir}):")
         print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
         print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS; PKI in {stack.pki.directory})")
@@ -79,12 +92,15 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
         if board is not None:
             print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
                   f"PoP {board.pop}")
-            print(f"  serial      mpremote connect {board.url} resume repl")
             print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
-            print("  try:        rmkit provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
-                  "                --cloud-url %s --email %s --password %s"
-                  % (host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url, SANDBOX_USER,
-                     password))
+            print(f"  serial      any of these (Ctrl-] leaves):\n"
+                  f"    {_tool('mpremote')} connect {shlex.quote(str(board.pty_link))} resume repl\n"
+                  f"    make repl BOARD={board.name}\n"
+                  f"    {_tool('rmkit')} repl --name {board.name}")
+            print("  try:\n    %s provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
+                  "      --cloud-url %s --email %s --password %s"
+                  % (_tool("rmkit"), host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
+                     SANDBOX_USER, password))
         print(f"  restarts    kill -HUP {os.getpid()} restarts the broker, kill -USR1 {os.getpid()} kills it "
               "(SIGKILL) and starts it again; its sessions and queued messages are kept")
         print("SANDBOX " + json.dumps(info), flush=True)
@@ -98,8 +114,17 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                     return 1
         except KeyboardInterrupt:
             pass
+        finally:
+            if board is not None:
+                runtime.remove_record(board.name, os.getpid())
     print("sandbox: stopped", flush=True)
     return 0
+
+
+def _tool(name: str) -> str:
+    """A tool of this project's venv by its full path: printed commands must work when pasted into a
+    shell where the venv is not activated."""
+    return shlex.quote(str(Path(sys.executable).parent / name))
 
 
 def _restart_broker(stack: Stack, how: str) -> None:

@@ -25,12 +25,12 @@ from rmkit.factory import write_factory_data
 from rmkit.pki import Pki
 from rmkit.sntp import SntpServer
 from rmkit.vboard import VirtualBoard
+from rmkit.vboard.air import LAB_SSID
 from rmkit.vboard.board import mac_for_name, parse_heap
 from rmkit.vboard.errors import BoardError
 
 log = logging.getLogger(__name__)
 
-LAB_SSID = "rmkit-lab"
 
 
 WORKDIR_MARKER = ".rmkit-workdir"

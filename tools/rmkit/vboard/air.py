@@ -6,6 +6,7 @@ The schema is documented in sim/vb_network.py, which reads the same file on the 
 import ipaddress
 import json
 import re
+import secrets
 from pathlib import Path
 
 from rmkit.vboard.errors import BoardError
@@ -18,6 +19,10 @@ AP_KEYS = {"ssid", "password", "authmode", "rssi", "channel", "bssid", "hidden",
            "ip", "netmask", "gateway", "dns", "drop_after_s", "fail", "auth_fail_reason"}
 FAILS = {None, "assoc", "handshake"}
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+# the simulated network boards join unless told otherwise (`make vboard`, `make sandbox`, the demo)
+LAB_SSID = "rmkit-lab"
 
 
 class AirError(BoardError):
@@ -101,3 +106,16 @@ def _int_field(fail, ap, at, key, low, high):
     value = ap.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
         fail(f"{at}.{key} must be an integer {low}..{high}, got {value!r}")
+
+
+def lab_air(path: Path) -> tuple[str, str]:
+    """The air file at `path`, written with one WPA2 network (LAB_SSID, a random passphrase) if it
+    does not exist yet, so a board started without --air can still finish provisioning. Returns the
+    (ssid, passphrase) of its first network, for the start-up help."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"aps": [{"ssid": LAB_SSID, "password": secrets.token_hex(8),
+                                             "rssi": -48, "channel": 6}]}, indent=1) + "\n")
+    aps = load_air(path).get("aps") or [{}]
+    return aps[0].get("ssid", ""), aps[0].get("password", "")

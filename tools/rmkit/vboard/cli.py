@@ -1,6 +1,7 @@
 """`rmkit vboard` (one virtual board in the foreground) and `rmkit repl` (a terminal on it)."""
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 from rmkit.errors import UserError
 from rmkit.net import port_in_use
 from rmkit.vboard import runtime
+from rmkit.vboard.air import lab_air
 from rmkit.vboard.board import VirtualBoard
 from rmkit.vboard.errors import BoardError
 
@@ -32,7 +34,9 @@ def register(sub) -> None:
     vboard.add_argument("--softap", metavar="HOST:PORT",
                         help="where the firmware's SoftAP HTTP server listens (AP ifconfig() reports HOST, "
                         "/settings.json gets prov_port=PORT; default 127.0.0.1:<free port>)")
-    vboard.add_argument("--air", type=Path, help="air file: the simulated Wi-Fi access points (JSON; default: none)")
+    vboard.add_argument("--air", type=Path,
+                        help="air file: the simulated Wi-Fi access points (JSON). Default: <flash>.air.json, "
+                        "written on first use with one WPA2 network, 'rmkit-lab', and a random passphrase")
     vboard.add_argument("--mac", help="base MAC, e.g. 24:0a:c4:12:34:56 (default: derived from --name)")
     vboard.add_argument("--heap", default="110K", help="MicroPython heap for the firmware (default 110K, ESP32 without PSRAM)")
     vboard.add_argument("--log", type=Path, help="serial log file (default: <runtime dir>/<name>.log)")
@@ -56,12 +60,18 @@ def run_vboard(args: argparse.Namespace) -> int:
     running = runtime.read_record(args.name)
     if running:
         raise UserError(f"board {args.name} is already running (pid {running['pid']}, {running['url']}); "
-                        f"stop it or pick another --name")
+                        f"stop it, or pick another --name (make vboard BOARD=...)")
+    sharing = runtime.board_using_flash(args.flash)
+    if sharing:
+        raise UserError(f"flash {args.flash} is in use by board {sharing['name']} (pid {sharing['pid']}); "
+                        f"give this board its own --flash (make vboard FLASH=..., default vboards/<BOARD>)")
     if args.port and port_in_use(args.port):
         raise UserError(f"TCP port {args.port} on 127.0.0.1 is already in use (pick another --port, or omit it)")
+    air = args.air or args.flash.with_name(args.flash.name + ".air.json")
     echo = None if args.quiet else _Echo()
     try:
-        board = VirtualBoard(name=args.name, flash_dir=args.flash, mac=args.mac, air=args.air, heap=args.heap,
+        wifi = lab_air(air) if args.air is None else None
+        board = VirtualBoard(name=args.name, flash_dir=args.flash, mac=args.mac, air=air, heap=args.heap,
                              tcp_port=args.port, pty_link=args.pty, softap=args.softap, log_path=args.log,
                              run_main=not args.no_main, echo=echo)
     except BoardError as exc:
@@ -76,13 +86,8 @@ def run_vboard(args: argparse.Namespace) -> int:
     except BoardError as exc:
         raise UserError(str(exc).splitlines()[0]) from None
     try:
-        runtime.write_record(args.name, {
-            "name": args.name, "pid": os.getpid(), "url": board.url, "tcp_port": board.tcp_port,
-            "pty_link": str(board.pty_link.absolute()),
-            "pty": board.pty_path, "mac": board.mac, "flash": str(args.flash.resolve()),
-            "softap": "%s:%d" % board.softap, "serial_log": str(board.serial_log.resolve()),
-        })
-        _print_connect_help(board)
+        runtime.record_board(board)
+        _print_connect_help(board, air, wifi)
         if echo:
             echo.enable()
         while board.running:
@@ -130,7 +135,7 @@ class _Echo:
         sys.stdout.flush()
 
 
-def _print_connect_help(board: VirtualBoard) -> None:
+def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
     mpremote, ampy = shlex.quote(str(VENV_BIN / "mpremote")), shlex.quote(str(VENV_BIN / "ampy"))
     mac_cmd = "import network; print(network.WLAN(network.STA_IF).config('mac'))"
     pty = shlex.quote(str(board.pty_link))
@@ -139,12 +144,49 @@ def _print_connect_help(board: VirtualBoard) -> None:
           f"  serial (pty)    {board.pty_link} -> {board.pty_path}\n"
           f"  SoftAP          {board.softap[0]}:{board.softap[1]} (prov_port in /settings.json)\n"
           f"  serial log      {board.serial_log}\n"
-          f"connect with:\n"
+          + (f"  Wi-Fi           simulated network {wifi[0]!r}, passphrase {wifi[1]} (in {air}; AIR= for another)\n"
+             if wifi else f"  Wi-Fi           the access points in {air}\n")
+          + f"connect with:\n"
           f"  {mpremote} connect {board.url} exec \"{mac_cmd}\"\n"
           f"  {mpremote} connect {pty} repl\n"
-          f"  {ampy} --port {pty} ls        (ampy needs the pty: it cannot open socket:// URLs)\n"
-          f"  make repl BOARD={board.name}   (or: rmkit repl --name {board.name})\n"
-          f"Ctrl-C stops the board.", flush=True)
+          f"  {ampy} --port {pty} ls\n"
+          f"  make repl BOARD={board.name}\n"
+          f"  {shlex.quote(str(VENV_BIN / 'rmkit'))} repl --name {board.name}\n"
+          "(ampy needs the pty: it cannot open socket:// URLs; Ctrl-] leaves `make repl`)", flush=True)
+    print(_provisioning_help(board, wifi), flush=True)
+    print("Ctrl-C stops the board.", flush=True)
+
+
+def _provisioning_help(board: VirtualBoard, wifi) -> str:
+    """How to provision this board, or what it lacks: firmware (make deploy), or the factory data and
+    broker it needs to go online (make sandbox has both)."""
+    flash = Path(board.flash_dir)
+    if not any((flash / name).exists() for name in ("main.py", "main.mpy")):
+        return ("no firmware on this flash yet; deploy it, then Ctrl-D in the REPL (a soft reset) runs it:\n"
+                f"  make deploy FLASH={shlex.quote(str(flash))}\n"
+                "For the whole flow with a broker and the local cloud, use `make sandbox` instead.")
+    try:
+        factory = json.loads((flash / "factory" / "factory.json").read_text())
+    except (OSError, ValueError):
+        factory = {}
+    factory = factory if isinstance(factory, dict) else {}
+    pop = factory.get("pop")
+    if isinstance(pop, str):
+        where = "from factory data"
+    else:  # the firmware's default (docs/protocol.md 7.4): hex of the MAC's last four bytes
+        pop, where = board.mac.replace(":", "")[4:], "derived from the MAC: no factory data"
+    sec = factory.get("sec_ver", 1)
+    help_text = (f"provisioning: SoftAP HTTP at {board.softap[0]}:{board.softap[1]}, Security {sec}, "
+                 f"PoP {pop or '(none)'} ({where})" + (", for example:\n" if wifi else "\n"))
+    if wifi:
+        rmkit = shlex.quote(str(VENV_BIN / "rmkit"))
+        security = f"--sec 1 --pop {shlex.quote(pop)}" if sec == 1 and pop else "--sec auto"
+        help_text += (f"  {rmkit} provision --host {board.softap[0]}:{board.softap[1]} {security} "
+                      f"--ssid {shlex.quote(wifi[0])} --passphrase {shlex.quote(wifi[1])} --user-id my-user\n")
+    if not factory.get("cert"):
+        help_text += ("This board has no node certificate, so it joins Wi-Fi but cannot reach a broker to publish "
+                      "its mapping: `make sandbox` runs a board with factory data, a broker and the cloud.")
+    return help_text.rstrip("\n")
 
 
 def run_repl(args: argparse.Namespace) -> int:

@@ -76,3 +76,25 @@ def pid_alive(pid) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def record_board(board) -> Path:
+    """Record a started board under its name, for `rmkit repl --name` (make repl BOARD=) and for the
+    flash check below; `rmkit vboard` and `rmkit sandbox` both do, so their printed commands work."""
+    return write_record(board.name, {
+        "name": board.name, "pid": os.getpid(), "url": board.url, "tcp_port": board.tcp_port,
+        "pty_link": str(Path(board.pty_link).absolute()), "pty": board.pty_path, "mac": board.mac,
+        "flash": str(Path(board.flash_dir).resolve()), "softap": "%s:%d" % board.softap,
+        "serial_log": str(Path(board.serial_log).resolve()),
+    })
+
+
+def board_using_flash(flash: Path):
+    """The record of a running board whose flash directory is `flash`, or None: two boards on one
+    flash would overwrite each other's files (one board, one flash chip)."""
+    wanted = Path(flash).resolve()
+    for path in sorted(runtime_dir().glob("*.json")):
+        record = read_record(path.stem) if _NAME.match(path.stem) else None
+        if record and Path(record.get("flash", "")).resolve() == wanted:
+            return record
+    return None
