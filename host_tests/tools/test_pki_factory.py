@@ -70,3 +70,20 @@ def test_cli_writes_flash_and_never_prints_the_pop(pki, tmp_path, capsys):
     out = capsys.readouterr()
     assert "s3cr3tpop" not in out.out + out.err
     assert json.loads((flash / "factory" / "factory.json").read_text())["mqtt_port"] == 12345
+
+
+def test_cli_creates_a_new_flash_directory_as_rmkit_vboard_does(pki, tmp_path):
+    flash = tmp_path / "vboards" / "new-board"  # neither it nor its parent exists yet
+    status = rmkit_main(["factory", "--flash", str(flash), "--node-id", "node8", "--pop", "p",
+                         "--mqtt-port", "1234", "--pki-dir", str(pki.directory)])
+    assert status == 0
+    assert json.loads((flash / "factory" / "factory.json").read_text())["node_id"] == "node8"
+
+
+def test_cli_refuses_a_flash_path_that_is_a_file(pki, tmp_path, capsys):
+    flash = tmp_path / "flash.bin"
+    flash.write_bytes(b"\xff" * 8)
+    status = rmkit_main(["factory", "--flash", str(flash), "--node-id", "node9", "--pki-dir", str(pki.directory)])
+    assert status != 0
+    assert "is a file" in capsys.readouterr().err
+    assert flash.read_bytes() == b"\xff" * 8

@@ -137,7 +137,11 @@ def _cmd_factory(args) -> int:
                    mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, sntp_host=args.sntp_host,
                    sntp_port=args.sntp_port)
     if args.flash:
-        path = write_factory_data(args.flash, pki, **options)
+        flash = Path(args.flash)
+        if flash.exists() and not flash.is_dir():
+            raise UserError(f"--flash {flash} is a file; give a virtual board's flash directory")
+        flash.mkdir(parents=True, exist_ok=True)  # a new directory is a new (erased) board, as for `rmkit vboard`
+        path = write_factory_data(flash, pki, **options)
         print(f"factory: wrote {path} and the DER files next to it")
     else:
         write_factory_data_serial(args.port, pki, **options)
