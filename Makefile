@@ -13,6 +13,7 @@ ESPCLI_STAMP := $(ESPCLI_VENV)/.installed
 BOARD   ?= vb1
 FLASH   ?= vboards/$(BOARD)
 SOFTAP  ?=
+AIR     ?=
 PORT    ?=
 TCP_PORT ?=
 CLOUD_PORT ?=
@@ -37,10 +38,15 @@ help: ## list the targets
 
 setup: $(STAMP) mosquitto ## create .venv (PYTHON=python3.x picks the interpreter), install pinned tools, install mosquitto if missing (idempotent, offline once done)
 
+# pip's own lines, one per package, so a ~15 s install shows what it is doing (bash for pipefail)
+PIP_INSTALL = set -o pipefail; $(1) -m pip install --disable-pip-version-check --progress-bar off -r $(2) \
+	  | { grep --line-buffered -E '^(Collecting|Building|Installing|Successfully)' || true; } | sed -u 's/^/setup:   /'
+$(STAMP) $(ESPCLI_STAMP): SHELL := /bin/bash
+
 $(STAMP): requirements-dev.txt tools/pyproject.toml
 	@test -x $(PY) || { echo "setup: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "setup: installing requirements-dev.txt into $(VENV)"
-	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@$(call PIP_INSTALL,$(PY),requirements-dev.txt)
 	@touch $@
 
 .PHONY: mosquitto
@@ -58,7 +64,7 @@ espcli: $(ESPCLI_STAMP) ## install Espressif's esp-rainmaker-cli 1.14.1 into its
 $(ESPCLI_STAMP): requirements-espcli.txt
 	@test -x $(ESPCLI_VENV)/bin/python || $(PYTHON) -m venv $(ESPCLI_VENV)
 	@echo "setup: installing esp-rainmaker-cli into $(ESPCLI_VENV)"
-	@$(ESPCLI_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-espcli.txt
+	@$(call PIP_INSTALL,$(ESPCLI_VENV)/bin/python,requirements-espcli.txt)
 	@touch $@
 
 test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (PYTEST_ARGS=... for pytest)
@@ -67,9 +73,9 @@ test: setup espcli ## run every test (host_tests/), virtual boards, broker and c
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud
 	$(RMKIT) demo
 
-vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP)
+vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
-	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP))
+	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR))
 
 repl: setup ## open a REPL on the board started by `make vboard` (BOARD)
 	$(RMKIT) repl --name $(BOARD)
