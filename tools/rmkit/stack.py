@@ -84,6 +84,7 @@ class Stack:
         self.cloud: Optional[CloudService] = None
         self.boards: dict[str, VirtualBoard] = {}
         self._cloud_log_handler: Optional[logging.Handler] = None
+        self._cloud_propagate = True  # the cloud logger's setting before start(), given back by stop()
 
     @property
     def air_path(self) -> Path:
@@ -158,9 +159,7 @@ class Stack:
                            mqtt_host="localhost", mqtt_port=self.broker.port, sntp_host=self.sntp.host,
                            sntp_port=self.sntp.port)
         board = VirtualBoard(name, flash, mac=mac, air=self.air_path, heap=heap or self.heap, softap=softap,
-                             log_path=self.workdir / f"{name}.log")
-        board.pop = pop  # what a client needs to open a session; kept with the board, never logged
-        board.node_id = node_id_for_mac(mac)
+                             log_path=self.workdir / f"{name}.log", pop=pop, node_id=node_id_for_mac(mac))
         self.boards[name] = board
         if start:
             board.start()

@@ -103,8 +103,12 @@ class VirtualBoard:
                  air: Optional[PathLike] = None, heap: str = "110K", tcp_port: int = 0,
                  pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
                  log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
-                 reported_version: Optional[str] = None):
+                 reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None):
         self.name = runtime.check_name(name)
+        # what the factory data on its flash says, when whoever wrote it passes it on (rmkit.stack):
+        # a client needs the PoP to open a session; kept with the board, never logged
+        self.pop = pop
+        self.node_id = node_id
         self._temp_flash = flash_dir is None
         self.flash_dir = Path(flash_dir) if flash_dir is not None else None
         self.mac = (mac or mac_for_name(name)).lower()
