@@ -3,7 +3,8 @@
 
 boot.py and main.py stay source (MicroPython only runs them as .py); the rmnode package goes as
 .mpy. Bytecode-only .mpy files are architecture-neutral, so the files CI imports on the unix port
-are the ones an ESP32 runs (micropython-unix-port notes, section 5).
+are the ones an ESP32 runs (MicroPython docs, "MicroPython .mpy files":
+https://docs.micropython.org/en/latest/reference/mpyfiles.html).
 """
 
 from __future__ import annotations
