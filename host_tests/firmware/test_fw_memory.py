@@ -20,7 +20,8 @@ from rmkit.deploy import deploy_to_flash_dir
 from rmkit.net import free_port
 from rmkit.provision import HttpTransport, Provisioner
 from support.node_process import NodeProcess
-from support.paths import FW_UNIT, MICROPYTHON, MPY_CROSS, launcher
+from rmkit.benchmarks import ESP32_STACK, MQTT_NODE_LAUNCHER
+from support.paths import MICROPYTHON, MPY_CROSS, launcher
 
 # What the node imports before any of ours (main.py runs asyncio; the others are built in).
 PRELOADED = ("asyncio", "os", "time", "hashlib", "json", "cryptolib", "rmnode")
@@ -162,9 +163,9 @@ def test_online_modules_fit_their_budget_and_leave_provisioning_out(flash):
 
 @pytest.fixture(scope="module")
 def online_flash(flash) -> Path:
-    """The deployed firmware plus support/launch_mqtt_node.py (and the ESP32-stack runner it uses)
+    """The deployed firmware plus rmkit/benchmarks/launch_mqtt_node.py (and the ESP32-stack runner it uses)
     precompiled next to it."""
-    for source in (launcher("mqtt_node"), FW_UNIT / "esp32_stack.py"):
+    for source in (MQTT_NODE_LAUNCHER, ESP32_STACK):
         subprocess.run([str(MPY_CROSS), "-o", str(flash / source.with_suffix(".mpy").name), str(source)],
                        check=True, capture_output=True)
     return flash

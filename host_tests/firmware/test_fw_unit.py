@@ -11,11 +11,11 @@ import subprocess
 import sys
 import pytest
 
-from support.paths import FIRMWARE, FW_UNIT as UNIT_DIR, MICROPYTHON, SIM_DIR
+from support.paths import BENCHMARKS, FIRMWARE, FW_UNIT as UNIT_DIR, MICROPYTHON, SIM_DIR
 
 UNIX_PORT_ONLY = "# unix-port only"  # marker in a module's docstring: it needs MicroPython itself
 
-# firmware/, its CPython stand-ins and this folder's unit/ are on sys.path: host_tests/firmware/conftest.py
+# firmware/, its CPython stand-ins, unit/ and tools/rmkit/benchmarks are on sys.path: host_tests/firmware/conftest.py
 
 
 def _test_names(cpython: bool) -> list[str]:
@@ -55,7 +55,7 @@ def unix_port_results(tmp_path_factory) -> dict[str, str]:
     """Runs every unit test once on the unix port; maps `module::test` to "" (pass) or the error."""
     tmp = tmp_path_factory.mktemp("fw_unit")
     # the simulated ESP32 `network` of the virtual board, for test_wifi_sim
-    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:{UNIT_DIR}:{SIM_DIR}", FW_TMP=str(tmp),
+    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:{UNIT_DIR}:{BENCHMARKS}:{SIM_DIR}", FW_TMP=str(tmp),
                VBOARD_MAC="24:0a:c4:1a:2b:3c", VBOARD_AIR=str(tmp / "air.json"))
     proc = subprocess.run([str(MICROPYTHON), str(UNIT_DIR / "run_unit.py")], env=env, cwd=str(tmp),
                           capture_output=True, text=True, timeout=300)

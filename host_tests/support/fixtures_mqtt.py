@@ -18,10 +18,10 @@ import paho.mqtt.client as paho
 import pytest
 
 from rmkit.broker import Broker
-from rmkit.factory import write_factory_data
+from rmkit.benchmarks import MQTT_NODE_LAUNCHER, make_flash  # noqa: F401 - make_flash: the tests' flash dirs
 from rmkit.pki import Pki
 from support.node_process import NodeProcess
-from support.paths import FIRMWARE, MICROPYTHON, launcher
+from support.paths import FIRMWARE, MICROPYTHON
 
 NODE_TOPICS = ("node/#", "$aws/rules/+/node/#")
 
@@ -140,36 +140,15 @@ def subscriber(pki):
 
 # -- a node running the firmware's online sequence under the MicroPython unix port ----------------
 
-LAUNCHER = launcher("mqtt_node")
-# fast schedule for tests: the first retry after 0.1-0.2 s, never more than 2 s
-TEST_SETTINGS = {"mqtt_backoff_ms": [200, 2000], "mqtt_keepalive_s": 10, "mqtt_connect_timeout_ms": 5000}
-
-
-def make_flash(directory: Path, pki: Pki, node_id: str, port: int, pending=None, mapped_user_id=None,
-               topic_prefix: str = "", settings=None) -> Path:
-    """A flash-like dir with factory data, settings and (optionally) a pending mapping in state.json."""
-    directory.mkdir(parents=True, exist_ok=True)
-    write_factory_data(directory, pki, node_id=node_id, pop="abcd1234", sec_ver=1, mqtt_host="localhost",
-                       mqtt_port=port, topic_prefix=topic_prefix)
-    (directory / "settings.json").write_text(json.dumps(settings or TEST_SETTINGS))
-    state = {}
-    if pending is not None:
-        user_id, secret_key = pending
-        state["pending_mapping"] = {"user_id": user_id, "secret_key": secret_key, "reset": mapped_user_id != user_id}
-    if mapped_user_id is not None:
-        state["mapped_user_id"] = mapped_user_id
-    (directory / "state.json").write_text(json.dumps(state))
-    return directory
-
-
 def read_state(flash: Path) -> dict:
     return json.loads((flash / "state.json").read_text())
 
 
 def start_mqtt_node(flash: Path, log_path: Path, mode: str = "online", env=None, firmware: Path = FIRMWARE,
                     heap: Optional[str] = None) -> NodeProcess:
-    """`micropython launch_mqtt_node.py` on a flash dir (the node's online sequence)."""
-    command = [MICROPYTHON] + (["-X", f"heapsize={heap}"] if heap else []) + [LAUNCHER, firmware, flash, mode]
+    """`micropython launch_mqtt_node.py` (tools/rmkit/benchmarks/, shared with `rmkit bench`) on a flash dir
+    made by make_flash: the node's online sequence."""
+    command = [MICROPYTHON] + (["-X", f"heapsize={heap}"] if heap else []) + [MQTT_NODE_LAUNCHER, firmware, flash, mode]
     return NodeProcess(command, log_path, env=env or {}, interpreter="micropython")
 
 

@@ -14,6 +14,8 @@ FIRMWARE = REPO_ROOT / "firmware"
 ARTIFACTS = REPO_ROOT / "artifacts"
 #: the virtual board's simulated ESP32 modules (vb_network, ...)
 SIM_DIR = REPO_ROOT / "tools" / "rmkit" / "vboard" / "sim"
+#: `rmkit bench`'s unix-port scripts the tests share: esp32_stack.py, sec1_client.py, launch_mqtt_node.py
+BENCHMARKS = REPO_ROOT / "tools" / "rmkit" / "benchmarks"
 #: CPython stand-ins for MicroPython modules (cryptolib)
 MPY_STUBS = SUPPORT / "mpy_stubs"
 #: firmware unit tests and their helpers (fwtest.py, run_unit.py), run under CPython and the unix port
@@ -34,8 +36,9 @@ def launcher(name: str) -> Path:
 
 def use_firmware(unit_helpers: bool = False) -> None:
     """Make firmware code importable in this (CPython) process: firmware/ and the CPython stand-ins for
-    MicroPython modules, plus the firmware unit tests' helpers (fwtest) if asked."""
-    wanted = [FIRMWARE, MPY_STUBS] + ([FW_UNIT] if unit_helpers else [])
+    MicroPython modules, plus the firmware unit tests' helpers (fwtest, and the Security 1 client and
+    ESP32-stack runner they share with the benchmarks) if asked."""
+    wanted = [FIRMWARE, MPY_STUBS] + ([FW_UNIT, BENCHMARKS] if unit_helpers else [])
     for path in reversed(wanted):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))

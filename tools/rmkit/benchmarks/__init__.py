@@ -1,0 +1,46 @@
+"""The firmware-side benchmarks of `rmkit bench` (make bench), and the unix-port runners they share with
+the tests (which may use what is here; nothing here uses the tests).
+
+MicroPython scripts (run by the unix port with firmware/ and this folder on MICROPYPATH; also valid CPython):
+  sec1.py              device-side Security 1 handshake and secured requests, median of 20 sessions
+  stack_workload.py    a representative firmware workload (provisioning session with bad requests, MQTT codec,
+                       mapping payloads) for the deepest-C-stack bisection of bench.bench_stack_depth
+  esp32_stack.py       runs a function on no more C stack than an ESP32 gives MicroPython (15 KiB)
+  launch_mqtt_node.py  the node's online sequence against a flash-like directory (with test seams)
+  sec1_client.py       the client side of Security 1 built from the firmware's own primitives
+CPython:
+  mqtt_heap.py         TLS connect / mapping publish timings and the smallest GC heap of the online phase
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: this folder: MicroPython scripts run from here (MICROPYPATH)
+BENCH_DIR = Path(__file__).resolve().parent
+MQTT_NODE_LAUNCHER = BENCH_DIR / "launch_mqtt_node.py"
+ESP32_STACK = BENCH_DIR / "esp32_stack.py"
+
+# a fast retry schedule for runs on the host: the first retry after 0.1-0.2 s, never more than 2 s
+FAST_SETTINGS = {"mqtt_backoff_ms": [200, 2000], "mqtt_keepalive_s": 10, "mqtt_connect_timeout_ms": 5000}
+
+
+def make_flash(directory: Path, pki, node_id: str, port: int, pending=None, mapped_user_id=None,
+               topic_prefix: str = "", settings=None) -> Path:
+    """A flash-like dir for launch_mqtt_node.py: factory data for `node_id` (broker localhost:`port`),
+    settings.json and state.json (a pending mapping (user_id, secret_key) if given)."""
+    from rmkit.factory import write_factory_data
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_factory_data(directory, pki, node_id=node_id, pop="abcd1234", sec_ver=1, mqtt_host="localhost",
+                       mqtt_port=port, topic_prefix=topic_prefix)
+    (directory / "settings.json").write_text(json.dumps(settings or FAST_SETTINGS))
+    state = {}
+    if pending is not None:
+        user_id, secret_key = pending
+        state["pending_mapping"] = {"user_id": user_id, "secret_key": secret_key, "reset": mapped_user_id != user_id}
+    if mapped_user_id is not None:
+        state["mapped_user_id"] = mapped_user_id
+    (directory / "state.json").write_text(json.dumps(state))
+    return directory
