@@ -7,7 +7,7 @@ import pytest
 
 from rmkit.proto import gen, pb
 
-# (endpoint, description, message class name, hex) exactly as in golden-vectors.txt
+# (endpoint, description, message class name, hex) exactly as in host_tests/firmware/unit/golden_vectors.txt
 GOLDEN_VECTORS = [
     ("prov-session", "req (S0 cmd)", "SessionData", "5203a20100"),
     ("prov-session", "resp (S0 resp, status 0)", "SessionData", "52050801aa0100"),
