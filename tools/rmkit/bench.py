@@ -126,11 +126,18 @@ def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) 
     """Smallest heap (multiple of step) at which the flow confirms, by bisection. Above ~121K the
     internal-RAM model leaves no room for a TLS session (sim/vb_esp32.py), so the search starts there."""
     def works(kib: int) -> bool:
+        started = time.perf_counter()
+        print(f"  heap floor: the whole flow at {kib}K ...", end="", flush=True)
         with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
             try:
-                return _flow_once(f"{kib}K", Path(tmp))["status"] == "confirmed"
+                ok = _flow_once(f"{kib}K", Path(tmp))["status"] == "confirmed"
             except Exception:
-                return False
+                ok = False
+        print(f" {'confirms' if ok else 'fails'} ({time.perf_counter() - started:.1f} s)", flush=True)
+        return ok
+
+    print(f"heap floor: bisecting {low_kib}K..{high_kib}K in {step_kib}K steps, one whole flow per try",
+          flush=True)
 
     if not works(high_kib):
         print(f"heap floor: the flow does not confirm even at {high_kib}K")
@@ -151,13 +158,17 @@ def bench_stack_depth(step: int = 256) -> None:
     micropython = str(Path(sys.executable).with_name("micropython"))
 
     def passes(pad: int) -> bool:
+        print(f"  stack: the workload with {ESP32_STACK_BUDGET - pad} bytes of stack left ...", end="", flush=True)
         with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
             env = {"MICROPYPATH": f"{FIRMWARE_DIR}:{BENCH_DIR}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
                    "FW_STACK_PAD": str(pad)}
             result = subprocess.run([micropython, str(BENCH_DIR / "stack_workload.py")], cwd=tmp, env=env,
                                     capture_output=True, text=True, timeout=300)
-        return result.returncode == 0 and "\nDONE" in "\n" + result.stdout
+        ok = result.returncode == 0 and "\nDONE" in "\n" + result.stdout
+        print(" passes" if ok else " fails", flush=True)
+        return ok
 
+    print(f"stack: bisecting the {ESP32_STACK_BUDGET}-byte budget in {step}-byte steps", flush=True)
     if not passes(0):
         print("stack: the firmware workload fails on an ESP32-sized stack (15 KiB)")
         return
