@@ -9,7 +9,10 @@
 # - ilistdir() gives littlefs's 4-tuples (name, type, inode 0, size), so `mpremote fs ls` shows sizes;
 # - statvfs() reports the partition, with the blocks in use counted as littlefs would (two per
 #   directory, whole blocks per file), so `mpremote df` prints what a board prints;
-# - it prints as <VfsLfs2>, the name `mpremote df` shows for a board's filesystem.
+# - it prints as <VfsLfs2>, the name `mpremote df` shows for a board's filesystem;
+# - a write that needs a block when none is free fails with OSError(28) (ENOSPC), as littlefs's
+#   does: a file open for writing may grow by the blocks statvfs() called free when it was opened.
+import io
 import vfs
 
 _BLOCK = 4096
@@ -35,7 +38,15 @@ class Flash:
         return self._fs.rename(old, new)
 
     def open(self, path, mode):
-        return self._fs.open(path, mode)
+        f = self._fs.open(path, mode)
+        if "r" in mode and "+" not in mode:
+            return f
+        # after open(): "w" has truncated the file, so statvfs() counts it as it now is
+        size = f.seek(0, 2)
+        if "a" not in mode:
+            f.seek(0)
+        room = ((size + _BLOCK - 1) // _BLOCK + self.statvfs("/")[3]) * _BLOCK
+        return _Bounded(f, size, room, "a" in mode)
 
     def __repr__(self):
         return "<VfsLfs2>"
@@ -87,3 +98,49 @@ class Flash:
                 except OSError:
                     pass
         return blocks
+
+
+class _Bounded(io.IOBase):
+    """A file open for writing on the flash: a write past `room` bytes raises OSError(28) (ENOSPC)."""
+
+    def __init__(self, f, size, room, append):
+        self._f = f
+        self._size = size
+        self._room = room
+        self._append = append
+
+    def write(self, data):
+        end = (self._size if self._append else self._f.tell()) + len(data)
+        if end > self._room:
+            raise OSError(28)  # ENOSPC: littlefs found no free block
+        n = self._f.write(data)
+        if end > self._size:
+            self._size = end
+        return n
+
+    def read(self, *n):
+        return self._f.read(*n)
+
+    def readinto(self, buf, *n):
+        return self._f.readinto(buf, *n)
+
+    def readline(self, *n):
+        return self._f.readline(*n)
+
+    def seek(self, *args):
+        return self._f.seek(*args)
+
+    def tell(self):
+        return self._f.tell()
+
+    def flush(self):
+        return self._f.flush()
+
+    def close(self):
+        return self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
