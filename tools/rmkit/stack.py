@@ -1,4 +1,4 @@
-"""The whole bench in one object: PKI, mosquitto, the local cloud and virtual boards, started and
+"""The whole rig in one object: PKI, mosquitto, the local cloud and virtual boards, started and
 stopped together. `make demo`, `make sandbox` and the end-to-end tests are built on it.
 
 An SNTP server on 127.0.0.1 runs beside the broker: a board's clock starts at 2000-01-01 and
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Optional
 
 from rmkit import REPO_ROOT
-from rmkit.broker import Broker
+from rmkit.broker import Broker, check_listen, connect_host
 from rmkit.cloud.mqtt import MqttSettings
 from rmkit.cloud.service import CloudService
 from rmkit.deploy import deploy_to_flash_dir
 from rmkit.errors import UserError
 from rmkit.factory import write_factory_data
-from rmkit.pki import Pki
+from rmkit.pki import Pki, names_host
 from rmkit.sntp import SntpServer
 from rmkit.vboard import VirtualBoard
 from rmkit.vboard.air import LAB_SSID
@@ -71,8 +71,15 @@ class Stack:
     """Start with start(); add boards with add_board(); stop() ends every process it started."""
 
     def __init__(self, workdir: Path, mapping_timeout: float = 60.0, cloud_port: int = 0,
-                 heap: str = "110K", passphrase: Optional[str] = None):
+                 heap: str = "110K", passphrase: Optional[str] = None, broker_listen: str = "127.0.0.1",
+                 broker_port: int = 0, pki_dir: Optional[Path] = None):
         self.workdir = Path(workdir)
+        # the broker's address and port (127.0.0.1 and a free one unless a real board must reach it), and
+        # the PKI: a fresh one in the workdir unless given (make cloud: the repository's pki/, whose CA a
+        # real board's factory data holds)
+        self.broker_listen = broker_listen
+        self.broker_port = broker_port
+        self.pki_dir = Path(pki_dir) if pki_dir is not None else None
         self.mapping_timeout = mapping_timeout
         self.cloud_port = cloud_port
         self.heap = heap
@@ -99,8 +106,16 @@ class Stack:
     def start(self) -> "Stack":
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.pki = Pki(self.workdir / "pki")
-            self.broker = Broker(self.pki, self.workdir / "broker").start()
+            self.pki = Pki(self.pki_dir or self.workdir / "pki")
+            listen = check_listen(self.broker_listen, "--broker-listen")
+            if self.pki_dir is None and connect_host(listen) != "127.0.0.1":
+                self.pki.broker_identity(hosts=[listen])  # this run's own PKI: name where the cloud connects
+            self.broker = Broker(self.pki, self.workdir / "broker", port=self.broker_port, listen=listen)
+            if not names_host(self.broker.identity.certificate(), self.broker.host):
+                raise UserError(f"the broker certificate in {self.pki.directory} does not name {self.broker.host}, "
+                                f"where the local cloud connects: run `rmkit pki --dir {self.pki.directory} init "
+                                f"--broker-host {self.broker.host}` first")
+            self.broker.start()
             # boards set their clock by SNTP before TLS (they power on at 2000-01-01)
             self.sntp = SntpServer().start()
             self._capture_cloud_log()
