@@ -30,7 +30,7 @@ HEAP    ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo vboard repl deploy provision cloud sandbox bench espcli clean
+.PHONY: help setup test demo vboard repl monitor deploy provision cloud sandbox bench espcli clean
 
 help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
@@ -77,8 +77,11 @@ vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PO
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
 	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR))
 
-repl: setup ## open a REPL on the board started by `make vboard` (BOARD)
-	$(RMKIT) repl --name $(BOARD)
+repl: setup ## open a REPL on the board started by `make vboard` (BOARD), or on a real board (PORT=/dev/ttyUSB0, or auto)
+	$(RMKIT) repl $(if $(PORT),--port $(PORT),--name $(BOARD))
+
+monitor: setup ## follow a board's serial output with timestamps: PORT= (default: the one ESP32 on USB) or BOARD= (virtual)
+	$(RMKIT) monitor $(if $(PORT),--port $(PORT),$(if $(filter command line environment,$(origin BOARD)),--name $(BOARD),--port auto))
 
 deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyUSB0 (real), as .mpy
 	$(if $(and $(PORT),$(filter command line environment,$(origin FLASH))),$(error give FLASH= (a virtual board's flash directory) or PORT= (a board's serial port), not both))

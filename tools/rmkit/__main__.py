@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "rmkit.sandbox",
     "rmkit.vboard.cli",
     "rmkit.deploy",
+    "rmkit.monitor",
     "rmkit.provision.cli",
     "rmkit.pki",
     "rmkit.factory",

@@ -46,9 +46,12 @@ def register(sub) -> None:
 
     repl = sub.add_parser(
         "repl", help="open a terminal on a running virtual board",
-        description="Connect this terminal to the board started by `rmkit vboard --name NAME` "
+        description="Connect this terminal to the board started by `rmkit vboard --name NAME`, or to a real "
+        "board's serial port with --port (through mpremote; `auto`: the one ESP32 on USB) "
         "(Ctrl-] quits; Ctrl-C, Ctrl-D, Ctrl-E go to the board).")
-    repl.add_argument("--name", default="vb1", help="board name (default vb1)")
+    where = repl.add_mutually_exclusive_group()
+    where.add_argument("--name", default="vb1", help="virtual board name (default vb1)")
+    where.add_argument("--port", help="a board's serial port, e.g. /dev/ttyUSB0, or auto")
     repl.set_defaults(func=run_repl)
 
 
@@ -100,6 +103,15 @@ def run_vboard(args: argparse.Namespace) -> int:
     finally:
         board.stop()
         runtime.remove_record(args.name, os.getpid())
+
+
+def _repl_on_port(port: str) -> int:
+    """A real board's REPL through mpremote's terminal, after checking the port opens (one clear line if not)."""
+    from rmkit.serialport import open_port, resolve_port
+
+    port = resolve_port(port)
+    open_port(port).close()
+    return os.spawnv(os.P_WAIT, str(VENV_BIN / "mpremote"), ["mpremote", "connect", port, "repl"])
 
 
 def _raise_interrupt(signum, frame):
@@ -191,6 +203,9 @@ def _provisioning_help(board: VirtualBoard, wifi) -> str:
 
 def run_repl(args: argparse.Namespace) -> int:
     from rmkit.vboard.terminal import run_terminal
+
+    if args.port:
+        return _repl_on_port(args.port)
 
     try:
         runtime.check_name(args.name)
