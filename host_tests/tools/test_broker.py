@@ -1,13 +1,17 @@
 """The local broker: real mosquitto, mutual TLS, per-node ACLs, and a lifecycle the crash tests can drive."""
 
+import json
 import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 
 import paho.mqtt.client as paho
 import pytest
 
-from rmkit.broker import Broker, BrokerError
+from rmkit.broker import Broker, BrokerError, config_text, exposure_warnings
 from rmkit.pki import Pki
 
 
@@ -174,3 +178,141 @@ def test_a_certificate_cannot_take_another_clients_id(pki, broker, subscriber, v
             victim_client.loop_stop()
     log = broker.log_text()
     assert f"as nodeA (p2" in log and f"Client {victim} already connected" not in log
+
+
+# -- listening where a real board can reach it -------------------------------------------------------
+
+def test_the_listen_address_goes_into_the_config_and_local_clients_use_loopback(pki, tmp_path):
+    everywhere = Broker(pki, tmp_path / "b1", port=18883, listen="0.0.0.0")
+    assert (everywhere.listen, everywhere.host) == ("0.0.0.0", "127.0.0.1")
+    text = config_text(18883, pki.ca_pem, everywhere.identity, tmp_path / "acl", tmp_path / "log", everywhere.listen)
+    assert "listener 18883 0.0.0.0" in text.splitlines()
+    assert Broker(pki, tmp_path / "b2", port=18883, listen="192.168.1.20").host == "192.168.1.20"
+    assert Broker(pki, tmp_path / "b3", port=18883).listen == "127.0.0.1"  # the default stays
+    assert "listener 18883 127.0.0.1" in config_text(18883, pki.ca_pem, everywhere.identity, tmp_path / "acl",
+                                                     tmp_path / "log").splitlines()
+
+
+@pytest.mark.parametrize("bad", ["localhost", "192.168.1", "::", "0.0.0.0:8883", "eth0"])
+def test_a_listen_address_that_is_no_ipv4_address_is_one_line(tmp_path, bad):
+    for command in (["broker", f"--listen={bad}"], ["sandbox", "--no-board", f"--broker-listen={bad}"]):
+        result = subprocess.run([sys.executable, "-m", "rmkit", *command, "--workdir", str(tmp_path / "w")],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        knob = "--listen" if command[0] == "broker" else "--broker-listen (make cloud BROKER_LISTEN=)"
+        assert result.stderr.strip().splitlines() == [
+            f"rmkit {command[0]}: {knob} {bad!r}: give an IPv4 address of this machine: 127.0.0.1 (the default, this "
+            "machine only), 0.0.0.0 (every interface) or one interface's address"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_listening_beyond_loopback_warns_that_the_network_can_reach_it(tmp_path):
+    pki = Pki(tmp_path / "pki")
+    default = pki.broker_identity().certificate()
+    assert exposure_warnings("127.0.0.1", 8883, default) == []
+    assert exposure_warnings("0.0.0.0", 8883, default) == [
+        "warning: the broker listens on every interface of this machine (port 8883): other machines on your network "
+        "can reach it (each still needs a client certificate from this PKI)",
+        "warning: its certificate names only localhost and 127.0.0.1: a board refuses it; run `rmkit pki init "
+        "--broker-host <this machine's LAN address or name>` and restart"]
+    assert exposure_warnings("192.168.1.20", 8883, default)[1] == (
+        "warning: its certificate does not name 192.168.1.20 (localhost, 127.0.0.1): a board connecting there "
+        "refuses it; run `rmkit pki init --broker-host 192.168.1.20` and restart")
+    named = pki.broker_identity(hosts=["192.168.1.20"]).certificate()
+    # once the certificate names an address a board can use, only the first warning stays
+    assert exposure_warnings("192.168.1.20", 8883, named) == [
+        "warning: the broker listens on 192.168.1.20 (port 8883): other machines on your network can reach it (each "
+        "still needs a client certificate from this PKI)"]
+    assert len(exposure_warnings("0.0.0.0", 8883, named)) == 1
+
+
+# Runs inside `unshare -rn` (a network namespace of its own, where this process is root): 10.9.8.7 stands
+# for the computer's LAN address. A board-like TLS client (node certificate, host name checked) reaches
+# `rmkit broker --listen 10.9.8.7` and `rmkit sandbox --no-board --broker-listen 0.0.0.0` there.
+IN_NAMESPACE = r"""
+import json, signal, socket, ssl, subprocess, sys, time
+from pathlib import Path
+work = Path(sys.argv[1])
+rmkit = [sys.executable, "-m", "rmkit"]
+LAN = "10.9.8.7"
+result = {}
+
+def connack(port, host=LAN):
+    pki = work / "pki"
+    context = ssl.create_default_context(cafile=str(pki / "ca" / "ca.crt.pem"))
+    context.load_cert_chain(str(pki / "nodes" / "NODE1" / "NODE1.crt.pem"), str(pki / "nodes" / "NODE1" / "NODE1.key.pem"))
+    with socket.create_connection((host, port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(b"\x10\x11\x00\x04MQTT\x04\x02\x00\x3c\x00\x05NODE1")
+            return tls.recv(4).hex()
+
+def until(proc, marker):
+    for line in proc.stdout:
+        if marker in line:
+            return line
+    raise SystemExit("no %r: %s" % (marker, proc.stderr.read()))
+
+subprocess.run(rmkit + ["pki", "--dir", str(work / "pki"), "init", "--broker-host", LAN], check=True, capture_output=True)
+subprocess.run(rmkit + ["pki", "--dir", str(work / "pki"), "node", "NODE1"], check=True, capture_output=True)
+
+broker = subprocess.Popen(rmkit + ["broker", "--listen", LAN, "--port", "18883", "--pki-dir", str(work / "pki"),
+                                   "--workdir", str(work / "broker")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+result["broker_line"] = until(broker, "broker: listening").strip()
+result["broker_connack"] = connack(18883)
+try:
+    connack(18883, "127.0.0.1")
+    result["loopback"] = "reached"
+except OSError as exc:
+    result["loopback"] = type(exc).__name__
+broker.send_signal(signal.SIGINT)
+result["broker_stderr"] = broker.communicate(timeout=30)[1].strip().splitlines()
+
+sandbox = subprocess.Popen(rmkit + ["sandbox", "--no-board", "--broker-listen", "0.0.0.0", "--broker-port", "18884",
+                                    "--pki-dir", str(work / "pki"), "--workdir", str(work / "sb")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+result["sandbox"] = json.loads(until(sandbox, "SANDBOX ").split(" ", 1)[1])
+result["sandbox_connack"] = connack(18884)
+sandbox.terminate()
+result["sandbox_stderr"] = sandbox.communicate(timeout=30)[1].strip().splitlines()
+
+# one address only: the local cloud connects there too, so the certificate must name it; a PKI of the
+# sandbox's own (no --pki-dir) gets it named, a given one that does not is refused before anything starts
+subprocess.run(rmkit + ["pki", "--dir", str(work / "pki2"), "init"], check=True, capture_output=True)
+refused = subprocess.run(rmkit + ["sandbox", "--no-board", "--broker-listen", LAN, "--broker-port", "18885",
+                                  "--pki-dir", str(work / "pki2"), "--workdir", str(work / "sb2")],
+                         capture_output=True, text=True, timeout=60)
+result["refused"] = [refused.returncode, refused.stderr.strip().splitlines()]
+own = subprocess.Popen(rmkit + ["sandbox", "--no-board", "--broker-listen", LAN, "--broker-port", "18886",
+                                "--workdir", str(work / "sb3")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+result["own"] = json.loads(until(own, "SANDBOX ").split(" ", 1)[1])
+own.terminate()
+own.communicate(timeout=30)
+print("RESULT " + json.dumps(result))
+"""
+
+
+def test_a_board_on_the_network_reaches_the_broker_on_the_address_it_listens_on(tmp_path):
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -rn (user and network namespaces)")
+    script = ("ip link set lo up && ip addr add 10.9.8.7/32 dev lo && exec \"$0\" -c \"$1\" \"$2\"")
+    proc = subprocess.run(["unshare", "-rn", "sh", "-c", script, sys.executable, IN_NAMESPACE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["broker_line"] == ("broker: listening on 10.9.8.7:18883 (mutual TLS; certificate for localhost, "
+                                     "127.0.0.1, 10.9.8.7)")
+    assert result["broker_connack"] == "20020000"  # TLS with the host name checked, then CONNACK accepted
+    assert result["loopback"] == "ConnectionRefusedError"  # it listens where it was told, nowhere else
+    assert result["broker_stderr"] == [
+        "broker: warning: the broker listens on 10.9.8.7 (port 18883): other machines on your network can reach it "
+        "(each still needs a client certificate from this PKI)"]
+    assert result["sandbox"]["broker"] == "127.0.0.1:18884" and result["sandbox"]["broker_listen"] == "0.0.0.0"
+    assert result["sandbox"]["pki"] == str(tmp_path / "pki")
+    assert result["sandbox_connack"] == "20020000"
+    assert result["refused"] == [2, [
+        f"rmkit sandbox: the broker certificate in {tmp_path / 'pki2'} does not name 10.9.8.7, where the local cloud "
+        f"connects: run `rmkit pki --dir {tmp_path / 'pki2'} init --broker-host 10.9.8.7` first"]]
+    assert result["own"]["broker"] == "10.9.8.7:18886"  # the cloud connected there, its certificate checked
+    assert result["sandbox_stderr"] == [
+        "sandbox: warning: the broker listens on every interface of this machine (port 18884): other machines on "
+        "your network can reach it (each still needs a client certificate from this PKI)"]

@@ -8,6 +8,7 @@ import pytest
 from rmkit.__main__ import main as rmkit_main
 from rmkit.errors import UserError
 from rmkit.factory import mpremote_command, write_factory_data
+from rmkit.pki import Pki
 
 
 def test_factory_data_in_a_virtual_boards_flash(pki, tmp_path):
@@ -87,3 +88,38 @@ def test_cli_refuses_a_flash_path_that_is_a_file(pki, tmp_path, capsys):
     assert status != 0
     assert "is a file" in capsys.readouterr().err
     assert flash.read_bytes() == b"\xff" * 8
+
+
+# -- the broker host must be one the broker certificate names -------------------------------------------
+
+def test_factory_refuses_a_broker_host_the_broker_certificate_does_not_name(tmp_path, capsys):
+    pki_dir = tmp_path / "pki"
+    Pki(pki_dir).broker_identity(hosts=["mypc.lan"])
+    flash = tmp_path / "flash"
+    status = rmkit_main(["factory", "--flash", str(flash), "--node-id", "node1", "--pop", "p", "--mqtt-host",
+                         "192.168.1.20", "--mqtt-port", "8883", "--pki-dir", str(pki_dir)])
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "rmkit factory: --mqtt-host 192.168.1.20: the broker certificate names localhost, mypc.lan, 127.0.0.1, so the "
+        f"board would refuse the broker there: run `rmkit pki --dir {pki_dir} init --broker-host mypc.lan "
+        "--broker-host 192.168.1.20` first (and restart the broker)"]
+    assert not (flash / "factory").exists()
+
+
+def test_factory_takes_a_host_after_rmkit_pki_init_named_it(tmp_path, capsys):
+    pki_dir = tmp_path / "pki"
+    assert rmkit_main(["pki", "--dir", str(pki_dir), "init", "--broker-host", "192.168.1.20"]) == 0
+    flash = tmp_path / "flash"
+    for host in ("192.168.1.20", "localhost", "127.0.0.1"):
+        assert rmkit_main(["factory", "--flash", str(flash), "--node-id", "node1", "--pop", "p", "--mqtt-host", host,
+                           "--mqtt-port", "8883", "--pki-dir", str(pki_dir)]) == 0
+        assert json.loads((flash / "factory" / "factory.json").read_text())["mqtt_host"] == host
+
+
+def test_factory_refuses_a_broker_host_with_a_port(tmp_path, capsys):
+    status = rmkit_main(["factory", "--flash", str(tmp_path / "flash"), "--node-id", "node1", "--pop", "p",
+                         "--mqtt-host", "192.168.1.20:8883", "--pki-dir", str(tmp_path / "pki")])
+    assert status == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "rmkit factory: --mqtt-host '192.168.1.20:8883': give the broker's host name or IP address, without port or "
+        "scheme (the port is --mqtt-port)"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from rmkit.errors import UserError
-from rmkit.pki import DEFAULT_PKI_DIR, Pki
+from rmkit.pki import DEFAULT_BROKER_HOSTS, DEFAULT_PKI_DIR, Pki, check_host, names_host, san_names
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,28 @@ def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None
             raise UserError(f"mpremote on {port} failed: {detail[-1] if detail else 'exit status %d' % result.returncode}")
 
 
+def check_broker_host(pki: Pki, mqtt_host: str) -> None:
+    """A board checks the broker's certificate against `mqtt_host` (CERT_REQUIRED with the host name):
+    refuse factory data naming a host the broker certificate does not name."""
+    try:
+        check_host(mqtt_host)
+    except UserError:
+        raise UserError(f"--mqtt-host {mqtt_host!r}: give the broker's host name or IP address, without port or "
+                        "scheme (the port is --mqtt-port)") from None
+    cert = pki.broker_identity().certificate()  # issues the default one (localhost, 127.0.0.1) if there is none
+    if names_host(cert, mqtt_host):
+        return
+    where = "" if Path(pki.directory).resolve() == DEFAULT_PKI_DIR.resolve() else f" --dir {pki.directory}"
+    names = san_names(cert)
+    keep = [name for name in names if name not in DEFAULT_BROKER_HOSTS]  # --broker-host replaces the set
+    hosts = " ".join(f"--broker-host {shlex.quote(host)}" for host in (*keep, mqtt_host))
+    raise UserError(f"--mqtt-host {mqtt_host}: the broker certificate names {', '.join(names)}, so the board would "
+                    f"refuse the broker there: run `rmkit pki{where} init {hosts}` first (and restart the broker)")
+
+
 def _cmd_factory(args) -> int:
     pki = Pki(args.pki_dir)
+    check_broker_host(pki, args.mqtt_host)
     where = args.flash or args.port
     print(f"factory: node id {args.node_id or '(from MAC, no certificate)'}, broker {args.mqtt_host}:{args.mqtt_port}"
           f"{', topic prefix ' + args.topic_prefix if args.topic_prefix else ''} -> {where}")
@@ -161,7 +182,9 @@ def register(subparsers) -> None:
     parser.add_argument("--node-id", help="node id (certificate CN); without it the board uses its MAC and gets no certificate")
     parser.add_argument("--pop", default="", help="proof of possession, required for security 1 (not printed)")
     parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1), help="provisioning security: 1 (default) or 0")
-    parser.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST, help="broker host name, checked against its certificate")
+    parser.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST,
+                        help="where the board finds the broker: a host name or IP address its certificate names "
+                        "(see `rmkit pki init --broker-host`; default %(default)s)")
     parser.add_argument("--mqtt-port", type=int, default=DEFAULT_MQTT_PORT, help="broker port (see `rmkit broker`)")
     parser.add_argument("--topic-prefix", default="", help='"" for node/<id>/..., or "$aws/rules/esp_user_node_mapping/" '
                         "for RainMaker's basic-ingest topics")

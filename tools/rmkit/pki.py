@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -50,6 +50,62 @@ def cloud_identity(slot: int) -> str:
 
 def cloud_identities() -> list[str]:
     return [cloud_identity(slot) for slot in range(CLOUD_SLOTS)]
+# The broker certificate always names these (the local cloud and virtual boards connect to them);
+# `rmkit pki init --broker-host` adds the names and addresses a real board uses.
+DEFAULT_BROKER_HOSTS = ("localhost", "127.0.0.1")
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host(host: str) -> str:
+    """A host name or IP address for the broker certificate, normalized (lower case, no trailing dot)."""
+    text = host.strip() if isinstance(host, str) else ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    name = text.rstrip(".").lower()
+    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in name.split(".")) \
+            or name.replace(".", "").isdigit():
+        raise PkiError(f"--broker-host {host!r}: give a host name (e.g. mypc.local) or an IP address "
+                       "(e.g. 192.168.1.20), without port or scheme")
+    return name
+
+
+def _split_hosts(hosts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses), the defaults first, each once, in the order given."""
+    dns, ips = [], []
+    for host in (*DEFAULT_BROKER_HOSTS, *hosts):
+        host = check_host(host)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            target = dns
+        else:
+            target = ips
+        if host not in target:
+            target.append(host)
+    return dns, ips
+
+
+def san_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a certificate names (its subjectAltName), as text."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """True when a TLS client checking `host` accepts `cert`: an IP address must be one of its IP
+    entries, a name one of its DNS entries (no wildcards are issued here)."""
+    try:
+        wanted = str(ipaddress.ip_address(host.strip()))
+    except ValueError:
+        wanted = host.strip().rstrip(".").lower()
+    return wanted in [name.lower() for name in san_names(cert)]
+
+
 # node ids and client names end up in file names and in mosquitto's `%u` ACL pattern, so they must
 # not carry '/', '+', '#' or whitespace (RainMaker node ids are 12 hex chars or 22 base62 chars, docs/protocol.md 7.3)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -165,9 +221,19 @@ class Pki:
 
     # -- identities -----------------------------------------------------------------------------
 
-    def broker_identity(self) -> Identity:
-        """The broker's server certificate: SAN DNS:localhost + IP:127.0.0.1, EKU serverAuth."""
-        return self.server_identity(BROKER_NAME, dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    def broker_identity(self, hosts: Optional[Iterable[str]] = None) -> Identity:
+        """The broker's server certificate (EKU serverAuth): SAN localhost, 127.0.0.1 and `hosts` (host
+        names or IP addresses a board connects to). hosts=None keeps the names of the current broker
+        certificate (localhost and 127.0.0.1 for a new one); other hosts re-issue it, the CA stays."""
+        if hosts is None:
+            current = self._usable_certificate(self._identity_paths(self.directory / "broker", BROKER_NAME))
+            hosts = san_names(current) if current is not None else ()
+        dns_names, ip_addresses = _split_hosts(hosts)
+        return self.server_identity(BROKER_NAME, dns_names=dns_names, ip_addresses=ip_addresses)
+
+    def broker_certificate(self) -> Optional[x509.Certificate]:
+        """The current broker certificate, or None when there is none from this CA."""
+        return self._usable_certificate(self._identity_paths(self.directory / "broker", BROKER_NAME))
 
     def server_identity(self, name: str, dns_names: Iterable[str] = (), ip_addresses: Iterable[str] = ()) -> Identity:
         """A server certificate for other host names (tests use it to present a broker naming another host)."""
@@ -197,22 +263,32 @@ class Pki:
                         cert_pem=directory / f"{name}.crt.pem", key_pem=directory / f"{name}.key.pem",
                         cert_der=directory / f"{name}.crt.der", key_der=directory / f"{name}.key.der")
 
-    def _is_current(self, identity: Identity, cn: str, san: list) -> bool:
-        """True when the files on disk are a usable identity from this CA with the wanted names."""
+    def _usable_certificate(self, identity: Identity) -> Optional[x509.Certificate]:
+        """The certificate of the files on disk when they are an identity from this CA (signed by it,
+        the key matching, valid for more than a day), else None."""
         if not identity.exists():
-            return False
+            return None
         try:
             cert = identity.certificate()
             key = serialization.load_pem_private_key(identity.key_pem.read_bytes(), password=None)
         except ValueError:
-            return False
+            return None
         if cert.issuer != self._ca_cert.subject:
-            return False
+            return None
         try:
             cert.verify_directly_issued_by(self._ca_cert)
         except (ValueError, TypeError, Exception):  # InvalidSignature is not a ValueError
-            return False
+            return None
         if key.public_key().public_numbers() != cert.public_key().public_numbers():
+            return None
+        if cert.not_valid_after_utc <= _now() + datetime.timedelta(days=1):
+            return None
+        return cert
+
+    def _is_current(self, identity: Identity, cn: str, san: list) -> bool:
+        """True when the files on disk are a usable identity from this CA with the wanted names."""
+        cert = self._usable_certificate(identity)
+        if cert is None:
             return False
         if cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value != cn:
             return False
@@ -220,9 +296,7 @@ class Pki:
             have_san = list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             have_san = []
-        if sorted(map(repr, have_san)) != sorted(map(repr, san)):
-            return False
-        return cert.not_valid_after_utc > _now() + datetime.timedelta(days=1)
+        return sorted(map(repr, have_san)) == sorted(map(repr, san))
 
     def _issue(self, directory: Path, name: str, cn: str, eku, san: list) -> Identity:
         identity = self._identity_paths(directory, name)
@@ -263,14 +337,22 @@ class Pki:
 
 def _describe(identity: Identity) -> str:
     cert = identity.certificate()
-    return f"{identity.name}: {cert.subject.rfc4514_string()} valid until {cert.not_valid_after_utc:%Y-%m-%d}  {identity.cert_pem}"
+    names = san_names(cert)
+    return (f"{identity.name}: {cert.subject.rfc4514_string()} valid until {cert.not_valid_after_utc:%Y-%m-%d}  "
+            f"{identity.cert_pem}" + (f"  (for {', '.join(names)})" if names else ""))
 
 
 def _cmd_init(args) -> int:
+    hosts = [check_host(host) for host in args.broker_host] if args.broker_host else None
     pki = Pki(args.dir)
     print(f"CA: {pki.ca_pem}")
-    for identity in (pki.broker_identity(), pki.client_identity("cloud"), pki.client_identity("harness")):
+    before = pki.broker_certificate()
+    broker = pki.broker_identity(hosts)
+    for identity in (broker, pki.client_identity("cloud"), pki.client_identity("harness")):
         print(_describe(identity))
+    if before is not None and before.serial_number != broker.certificate().serial_number:
+        print(f"broker certificate re-issued for {', '.join(san_names(broker.certificate()))} (same CA): restart "
+              "a running broker (make cloud, rmkit broker) so that it presents the new one")
     return 0
 
 
@@ -302,13 +384,21 @@ def _cmd_show(args) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pki", help="local CA and certificates (stand-in for RainMaker claiming)",
-        description="Create and inspect the local PKI: a CA, the broker certificate (localhost, 127.0.0.1), "
+        description="Create and inspect the local PKI: a CA, the broker certificate (localhost, 127.0.0.1 and "
+        "the hosts given to `init --broker-host`), "
         "per-node client certificates (CN = node id) and host identities (cloud, harness). Keys are EC P-256, "
         "mode 0600, written as PEM (host) and DER (board); they never leave this machine.")
     parser.add_argument("--dir", default=str(DEFAULT_PKI_DIR), help="PKI directory (default: %(default)s)")
     sub = parser.add_subparsers(dest="pki_command", metavar="ACTION")
     sub.required = True
-    p = sub.add_parser("init", help="create the CA, broker, cloud and harness identities (idempotent)")
+    p = sub.add_parser("init", help="create the CA, broker, cloud and harness identities (idempotent)",
+                       description="Create the CA (kept once made), the broker's server certificate and the cloud "
+                       "and harness client certificates. The broker certificate names localhost and 127.0.0.1 "
+                       "plus every --broker-host: the name or address a real board connects to (it checks it). "
+                       "Giving other hosts re-issues the broker certificate, none keeps its names.")
+    p.add_argument("--broker-host", action="append", metavar="HOST",
+                   help="a host name or IP address the broker certificate names, e.g. this computer's LAN "
+                   "address 192.168.1.20 (repeatable; localhost and 127.0.0.1 are always named)")
     p.set_defaults(func=_cmd_init)
     p = sub.add_parser("node", help="issue (or show) a node's client certificate")
     p.add_argument("node_id", help="the node id, used as the certificate CN and the broker user name")

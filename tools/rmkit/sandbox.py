@@ -21,7 +21,9 @@ import threading
 from pathlib import Path
 
 from rmkit import REPO_ROOT
+from rmkit.broker import check_listen, exposure_warnings
 from rmkit.errors import UserError
+from rmkit.pki import san_names
 from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.vboard import runtime
 from rmkit.vboard.errors import BoardError
@@ -32,6 +34,7 @@ SANDBOX_USER = "sandbox@example.com"
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     check_heap(args.heap, "--heap (make sandbox HEAP=)")  # before anything is started or any directory emptied
+    check_listen(args.broker_listen, "--broker-listen (make cloud BROKER_LISTEN=)")
     workdir = Path(args.workdir)
     lock = workdir.with_name(workdir.name + ".pid")
     if lock.exists() and _alive(lock):
@@ -71,10 +74,12 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
     signal.signal(signal.SIGHUP, lambda *_: restart_requests.append("graceful"))
     signal.signal(signal.SIGUSR1, lambda *_: restart_requests.append("SIGKILL"))
     password = args.password or secrets.token_hex(6)
-    with Stack(workdir, mapping_timeout=args.mapping_timeout, cloud_port=args.cloud_port, heap=args.heap) as stack:
+    with Stack(workdir, mapping_timeout=args.mapping_timeout, cloud_port=args.cloud_port, heap=args.heap,
+               broker_listen=args.broker_listen, broker_port=args.broker_port, pki_dir=args.pki_dir) as stack:
         stack.add_user(SANDBOX_USER, password)
         info = {"cloud_url": stack.cloud.base_url, "user": SANDBOX_USER, "password": password,
-                "broker": f"{stack.broker.host}:{stack.broker.port}", "ca": str(stack.pki.ca_pem),
+                "broker": f"{stack.broker.host}:{stack.broker.port}", "broker_listen": stack.broker.listen,
+                "ca": str(stack.pki.ca_pem),
                 "pki": str(stack.pki.directory), "sntp": f"{stack.sntp.host}:{stack.sntp.port}",
                 "pid": os.getpid()}
         board = None
@@ -87,7 +92,12 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
             runtime.record_board(board)  # so `make repl BOARD=` and `rmkit repl --name` find it
         print(f"sandbox ready (everything on this machine; logs in {workdir}):")
         print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
-        print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS; PKI in {stack.pki.directory})")
+        print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS; PKI in {stack.pki.directory}"
+              + (f"; listening on {stack.broker.listen}, certificate for "
+                 f"{', '.join(san_names(stack.broker.identity.certificate()))})"
+                 if stack.broker.listen != stack.broker.host else ")"))
+        for line in exposure_warnings(stack.broker.listen, stack.broker.port, stack.broker.identity.certificate()):
+            print(f"sandbox: {line}", file=sys.stderr, flush=True)
         print(f"  time        SNTP on udp {stack.sntp.host}:{stack.sntp.port} (boards power on at 2000-01-01)")
         if board is not None:
             print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
@@ -152,5 +162,11 @@ def register(subparsers) -> None:
     p.add_argument("--board", default="vb-sandbox", help="the board's name (its MAC and node id derive from it)")
     p.add_argument("--heap", default="110K", help="the board's MicroPython heap")
     p.add_argument("--no-board", action="store_true", help="only the broker and the cloud (make cloud)")
+    p.add_argument("--broker-listen", default="127.0.0.1", metavar="ADDR",
+                   help="the broker's IPv4 address: 127.0.0.1 (default, this machine only), 0.0.0.0 or one "
+                   "interface's address for a real board on the network (a warning says the network can reach it)")
+    p.add_argument("--broker-port", type=int, default=0, help="the broker's port (default: a free one)")
+    p.add_argument("--pki-dir", help="the PKI (default: a new one in the workdir); a real board's factory data and "
+                   "the broker must come from the same one (make cloud uses the repository's pki/)")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where logs go (emptied first)")
     p.set_defaults(func=_cmd_sandbox)
