@@ -17,6 +17,8 @@ AIR     ?=
 PORT    ?=
 TCP_PORT ?=
 CLOUD_PORT ?=
+BROKER_LISTEN ?=
+BROKER_PORT ?=
 TIMEOUT ?=
 HOST    ?=
 POP     ?=
@@ -91,9 +93,10 @@ provision: setup ## provision a node: HOST=ip:port POP= SSID= PASSPHRASE= and CL
 	@RMKIT_POP="$(POP)" RMKIT_PASSPHRASE="$(PASSPHRASE)" $(RMKIT) provision --host "$(HOST)" --ssid "$(SSID)" \
 	  $(if $(CLOUD_URL),--cloud-url "$(CLOUD_URL)" --email "$(EMAIL)",--user-id "$(USER_ID)")
 
-cloud: setup ## mosquitto (mutual TLS) + the local cloud with a test user, until Ctrl-C (CLOUD_PORT, TIMEOUT)
-	$(RMKIT) sandbox --no-board --workdir build/cloud $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
-	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT))
+cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a test user, until Ctrl-C (CLOUD_PORT, TIMEOUT; for a real board BROKER_LISTEN=0.0.0.0 BROKER_PORT=8883)
+	$(RMKIT) sandbox --no-board --workdir build/cloud --pki-dir pki $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(BROKER_LISTEN),--broker-listen $(BROKER_LISTEN)) \
+	  $(if $(BROKER_PORT),--broker-port $(BROKER_PORT))
 
 sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
 	$(RMKIT) sandbox $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \

@@ -62,3 +62,11 @@ def test_setup_shows_each_package_while_it_installs(tmp_path):
     assert not any("Using cached" in text for text in lines)  # one line per package, not pip's every line
     first = next(t for t, text in arrivals if "Collecting flask" in text)
     assert arrivals[-1][0] - first > 1.0, "the lines came only at the end, not while installing"
+
+
+def test_cloud_listens_where_broker_listen_says_with_the_pki_a_real_boards_factory_data_uses():
+    default = make("cloud").stdout
+    assert "sandbox --no-board --workdir build/cloud --pki-dir pki" in default
+    assert "--broker-listen" not in default and "--broker-port" not in default  # 127.0.0.1, a free port
+    real = make("cloud", "BROKER_LISTEN=0.0.0.0", "BROKER_PORT=8883").stdout
+    assert "--broker-listen 0.0.0.0" in real and "--broker-port 8883" in real
