@@ -17,7 +17,8 @@ import struct
 import time
 
 from rmnode import BUILD_DATE, log
-from rmnode.mqtt import backoff_delay, describe, sleep_ms, ticks_diff, ticks_ms
+from rmnode.log import ticks_diff, ticks_ms
+from rmnode.mqtt import backoff_delay, describe, sleep_ms
 
 _TAG = "clock"
 _NTP_TO_UNIX = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01

@@ -20,7 +20,12 @@ _TAG = const("config")
 # const()s: inlined by the compiler, no heap on the always-loaded path
 _DEFAULT_PROV_PORT = const(80)
 _DEFAULT_PROV_LINGER_S = const(30)  # the longest wait for a client to read "Connected"
+# MQTT (docs/protocol.md 5.1): defined here only; rmnode.mqtt takes every value from its caller
 _DEFAULT_MQTT_PORT = const(8883)
+_DEFAULT_MQTT_KEEPALIVE_S = const(120)
+_DEFAULT_MQTT_CONNECT_TIMEOUT_MS = const(20000)
+_DEFAULT_MQTT_BACKOFF_FIRST_MS = const(1000)
+_DEFAULT_MQTT_BACKOFF_CAP_MS = const(60000)
 _DEFAULT_SNTP_HOST = const("pool.ntp.org")
 
 
@@ -95,15 +100,18 @@ class NodeConfig:
         self.prov_port = _int(st, "prov_port", _DEFAULT_PROV_PORT, 1, 65535, "settings")
         self.prov_linger_s = _int(st, "prov_linger_s", _DEFAULT_PROV_LINGER_S, 0, 3600, "settings")
         # MQTT settings (online.build): checked here so a bad value costs one log line, not a boot loop
-        self.mqtt_keepalive_s = _int(st, "mqtt_keepalive_s", 120, 10, 65535, "settings")
-        self.mqtt_connect_timeout_ms = _int(st, "mqtt_connect_timeout_ms", 20000, 1000, 600000, "settings")
+        self.mqtt_keepalive_s = _int(st, "mqtt_keepalive_s", _DEFAULT_MQTT_KEEPALIVE_S, 10, 65535, "settings")
+        self.mqtt_connect_timeout_ms = _int(st, "mqtt_connect_timeout_ms", _DEFAULT_MQTT_CONNECT_TIMEOUT_MS, 1000,
+                                            600000, "settings")
         backoff = st.get("mqtt_backoff_ms", None)
         if backoff is not None and not (isinstance(backoff, list) and len(backoff) == 2
                                         and all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 3600000
                                                 for v in backoff) and backoff[0] <= backoff[1]):
-            log.warning(_TAG, "settings mqtt_backoff_ms must be [first, cap] in ms, using [1000, 60000]")
+            log.warning(_TAG, "settings mqtt_backoff_ms must be [first, cap] in ms, using [%d, %d]"
+                        % (_DEFAULT_MQTT_BACKOFF_FIRST_MS, _DEFAULT_MQTT_BACKOFF_CAP_MS))
             backoff = None
-        self.mqtt_backoff_ms = tuple(backoff) if backoff else (1000, 60000)
+        self.mqtt_backoff_ms = tuple(backoff) if backoff else (_DEFAULT_MQTT_BACKOFF_FIRST_MS,
+                                                                _DEFAULT_MQTT_BACKOFF_CAP_MS)
         self.node_name = _str(st, "node_name", "rmnode")
         self.node_type = _str(st, "node_type", "Other")
         self.node_id, self.node_id_source = _node_id(factory.get("node_id"), self.cert_path, mac)

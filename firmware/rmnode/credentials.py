@@ -1,22 +1,13 @@
-"""Wi-Fi credentials on flash, and how an SSID is shown in a log line.
+"""Wi-Fi credentials on flash.
 
 SSIDs and passphrases are bytes (an SSID need not be UTF-8). On flash they are JSON values: the text
-when it is UTF-8, so state.json stays readable, else {"hex": ...}.
+when it is UTF-8, so state.json stays readable, else {"hex": ...}. A log line shows an SSID with
+rmnode.log.shown.
 """
-
-from binascii import hexlify, unhexlify
 
 from rmnode import log
 
 WIFI_KEY = "wifi"  # {"ssid": ..., "passphrase": ...} in the state store, as ESP-IDF keeps them in NVS
-
-
-def shown(ssid):
-    """An SSID for a log line: text when it is UTF-8, else its hex."""
-    try:
-        return bytes(ssid).decode()
-    except UnicodeError:
-        return hexlify(bytes(ssid)).decode()
 
 
 def to_flash(value):
@@ -24,6 +15,8 @@ def to_flash(value):
     try:
         return bytes(value).decode()
     except UnicodeError:
+        from binascii import hexlify  # built in: importing it costs nothing, a global here would
+
         return {"hex": hexlify(bytes(value)).decode()}
 
 
@@ -31,6 +24,8 @@ def from_flash(value):
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, dict) and isinstance(value.get("hex"), str):
+        from binascii import unhexlify
+
         return unhexlify(value["hex"])
     raise ValueError("not a stored byte string")
 

@@ -22,7 +22,6 @@ server keeps serving. Bodies are read with `readexactly` only after their length
 """
 
 import os
-import time
 
 try:
     import asyncio
@@ -37,7 +36,7 @@ except ImportError:  # CPython, for host-side unit tests
 
 from rmnode import log
 
-_TAG = "http"
+_TAG = const("http")
 _CHUNK = const(256)  # bytes per socket read while looking for the end of the header block
 _MAX_LINE = const(512)  # request line or one header line, CRLF included
 # The largest request body served. ESP-IDF's protocomm takes 4096 bytes, but a fresh Security 1
@@ -132,13 +131,6 @@ def _new_session_id(avoid):
         sid = int.from_bytes(os.urandom(4), "big")
         if sid != 0 and sid != avoid:
             return sid
-
-
-def _ticks():
-    # only compared for ordering within minutes, so a wrapping ticks_ms() is fine
-    if hasattr(time, "ticks_ms"):
-        return time.ticks_ms()
-    return int(time.monotonic() * 1000)
 
 
 class ProvHttpServer:
@@ -237,7 +229,7 @@ class ProvHttpServer:
             conn.task = asyncio.current_task()
         except AttributeError:
             conn.task = None
-        conn.last_active = _ticks()
+        conn.last_active = log.ticks_ms()
         self._purge_for(conn)
         self._conns.append(conn)
         try:
@@ -252,7 +244,7 @@ class ProvHttpServer:
                     request = await asyncio.wait_for(self._read_request(conn), self.read_timeout_s)
                 except asyncio.TimeoutError:
                     raise HttpError(408, "request not complete within %s s" % self.read_timeout_s)
-                conn.last_active = _ticks()
+                conn.last_active = log.ticks_ms()
                 if not await self._handle(conn, request):
                     break
         except HttpError as exc:
@@ -283,7 +275,7 @@ class ProvHttpServer:
         while len(self._conns) >= self.max_connections:
             oldest = self._conns[0]
             for conn in self._conns:
-                if conn.last_active < oldest.last_active:
+                if log.ticks_diff(conn.last_active, oldest.last_active) < 0:  # ticks wrap: never compare with <
                     oldest = conn
             self._conns.remove(oldest)
             log.info(_TAG, "conn %d: closed to make room for conn %d" % (oldest.number, newcomer.number))

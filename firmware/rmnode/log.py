@@ -1,4 +1,6 @@
-"""One-line log output in ESP-IDF's shape: `I (uptime_ms) tag: message`.
+"""One-line log output in ESP-IDF's shape: `I (uptime_ms) tag: message`; the uptime clock it stamps
+lines with (`ticks_ms`/`ticks_diff`, for every timeout in the node too) and how bytes from outside
+appear in a line (`shown`).
 
 Never pass secret keys, PoPs, private keys or Wi-Fi passphrases to these functions.
 """
@@ -19,17 +21,37 @@ WARNING = const(2)
 ERROR = const(1)
 
 level = INFO
-_t0 = time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.time() * 1000)
+
+# Milliseconds that wrap on MicroPython (compare them with ticks_diff only); CPython, which runs the
+# unit tests, gets a monotonic clock. Here because every module imports log: no module of its own.
+if hasattr(time, "ticks_ms"):
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+else:
+    def ticks_ms():
+        return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+_t0 = ticks_ms()
+
+
+def shown(value):
+    """Bytes from outside (an SSID) for a log line: the text when it is UTF-8, else its hex. Never raises:
+    an SSID need not be text, and a log line must not be what fails."""
+    try:
+        return str(bytes(value), "utf-8")
+    except (UnicodeError, ValueError):
+        from binascii import hexlify  # built in: importing it costs nothing, a global here would
+
+        return hexlify(bytes(value)).decode()
 
 
 def _emit(severity, tag, msg):
     if severity <= level:
-        if hasattr(time, "ticks_ms"):
-            uptime_ms = time.ticks_diff(time.ticks_ms(), _t0)
-        else:  # CPython
-            uptime_ms = int(time.time() * 1000) - _t0
         try:
-            print("%s (%d) %s: %s" % ("?EWID"[severity], uptime_ms, tag, msg))
+            print("%s (%d) %s: %s" % ("?EWID"[severity], ticks_diff(ticks_ms(), _t0), tag, msg))
         except MemoryError:
             # a log line must never be what takes the node down; say so without allocating
             print("log: line dropped (out of memory)")

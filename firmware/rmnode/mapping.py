@@ -20,14 +20,15 @@ except ImportError:
     def const(value):
         return value
 
-_TAG = "mapping"
+_TAG = const("mapping")
 
 PENDING_KEY = "pending_mapping"
 USER_ID_KEY = "mapped_user_id"
 # docs/protocol.md 5.3: the dummy mapping a node sends on factory reset (USER_RESET_ID / USER_RESET_KEY)
 RESET_USER_ID = "esp-rmaker"
 RESET_SECRET_KEY = "failed"
-# Espressif's node formats the mapping into a 200-byte buffer; keep each field well inside it
+# The one limit on a user id and a secret key, in characters (docs/protocol.md 4.2): Espressif's node
+# formats the mapping into a 200-byte buffer; keep each field well inside it
 _MAX_FIELD = const(128)
 
 
@@ -38,14 +39,23 @@ class MappingError(ValueError):
 def json_string(value):
     """A JSON string literal, identical on MicroPython and CPython (non-ASCII kept as UTF-8).
 
-    The usual value (no quote, backslash or control character) costs one new string.
+    The usual value (no quote, backslash or control character) costs one new string (and a bytes copy
+    that is garbage at once).
     """
     value = value.replace("\\", "\\\\").replace('"', '\\"')  # no copy when there is nothing to escape
-    for ch in value:
-        if ch < " ":  # rare: rebuild with \u escapes
-            value = "".join("\\u%04x" % ord(ch) if ch < " " else ch for ch in value)
-            break
+    if _has_control(value):  # rare: rebuild with \u escapes
+        value = "".join("\\u%04x" % ord(ch) if ch < " " else ch for ch in value)
     return '"%s"' % value
+
+
+def _has_control(value):
+    # Over the UTF-8 bytes, not the characters: MicroPython interns every character a str loop yields
+    # as a qstr, for good, and a new qstr pool at the online phase's peak cost its heap floor 4 KiB.
+    # A UTF-8 byte below 0x20 is always that control character itself.
+    for byte in value.encode():
+        if byte < 0x20:
+            return True
+    return False
 
 
 def mapping_payload(node_id, user_id, secret_key, reset=False):
@@ -62,14 +72,19 @@ def reset_payload(node_id):
     return mapping_payload(node_id, RESET_USER_ID, RESET_SECRET_KEY, True)
 
 
-def _check_field(name, value):
-    if not isinstance(value, str) or not value:
-        raise MappingError("%s must be a non-empty string" % name)
-    if len(value) > _MAX_FIELD:
-        raise MappingError("%s too long: %d characters (max %d)" % (name, len(value), _MAX_FIELD))
-    for ch in value:
-        if ord(ch) < 0x20:
+def check_mapping(user_id, secret_key):
+    """The one check of a mapping (docs/protocol.md 4.2), on arrival and before every publish: two
+    non-empty strings of at most 128 characters, no control character (the payload stays one plain JSON
+    line), and not the reset report's user id. MappingError says what is wrong, never the secret key."""
+    for name, value in (("user id", user_id), ("secret key", secret_key)):
+        if not isinstance(value, str) or not value:
+            raise MappingError("%s must be a non-empty string" % name)
+        if len(value) > _MAX_FIELD:
+            raise MappingError("%s too long: %d characters (max %d)" % (name, len(value), _MAX_FIELD))
+        if _has_control(value):
             raise MappingError("%s contains a control character" % name)
+    if user_id == RESET_USER_ID:
+        raise MappingError("user id %r is reserved for the reset report" % user_id)
 
 
 class MappingState:
@@ -80,10 +95,7 @@ class MappingState:
 
     def set_pending(self, user_id, secret_key):
         """Persist a mapping from cloud_user_assoc at once (one atomic write). MappingError on bad input."""
-        _check_field("user_id", user_id)
-        _check_field("secret_key", secret_key)
-        if user_id == RESET_USER_ID:
-            raise MappingError("user_id %r is reserved for the reset report" % user_id)
+        check_mapping(user_id, secret_key)
         stored = self.store.get(USER_ID_KEY)
         reset = stored != user_id  # also true when no user id is stored
         changes = {PENDING_KEY: {"user_id": user_id, "secret_key": secret_key, "reset": reset}}
@@ -98,8 +110,7 @@ class MappingState:
         if entry is None:
             return None
         try:
-            _check_field("user_id", entry.get("user_id"))
-            _check_field("secret_key", entry.get("secret_key"))
+            check_mapping(entry.get("user_id"), entry.get("secret_key"))
         except (AttributeError, MappingError) as exc:
             log.warning(_TAG, "ignoring malformed pending mapping: %s" % exc)
             return None

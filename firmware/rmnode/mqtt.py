@@ -18,7 +18,6 @@ Payloads are never logged: the mapping payload carries the secret key.
 import gc
 import struct
 import sys
-import time
 
 try:
     import asyncio
@@ -31,6 +30,7 @@ except ImportError:
     random = None
 
 from rmnode import log
+from rmnode.log import ticks_diff, ticks_ms
 
 try:
     from micropython import const
@@ -38,7 +38,7 @@ except ImportError:
     def const(value):
         return value
 
-_TAG = "mqtt"
+_TAG = const("mqtt")
 _MICROPYTHON = sys.implementation.name == "micropython"
 
 # packet types (MQTT 3.1.1 §2.2.1), high nibble of the first byte
@@ -62,17 +62,7 @@ class MQTTError(Exception):
     """The peer broke the protocol or refused us, a publish timed out, or the client was closed."""
 
 
-# -- time (ticks on MicroPython, monotonic on CPython) ----------------------------------------------
-
-if hasattr(time, "ticks_ms"):
-    ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-else:
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
+# -- time (rmnode.log's ticks; asyncio's sleep_ms where it has one) -----------------------------------
 
 if hasattr(asyncio, "sleep_ms"):
     sleep_ms = asyncio.sleep_ms
@@ -247,11 +237,12 @@ class MQTTClient:
     read-only for callers; `on_connect` is called after each accepted CONNECT.
     `before_connect`, when given, is awaited once the network is up and before every connect
     (the node sets its clock there: TLS checks certificate dates).
+    keepalive_s, backoff_ms and connect_timeout_ms have no defaults here: the node's come from its
+    settings (rmnode.config, the one place that defines them).
     """
 
-    def __init__(self, client_id, host, port, ssl_context=None, server_hostname=None, keepalive_s=120,
-                 is_network_up=None, backoff_ms=(1000, 60000), connect_timeout_ms=20000, stable_ms=10000,
-                 ping_timeout_ms=None, before_connect=None):
+    def __init__(self, client_id, host, port, ssl_context=None, server_hostname=None, *, keepalive_s, backoff_ms,
+                 connect_timeout_ms, is_network_up=None, stable_ms=10000, ping_timeout_ms=None, before_connect=None):
         self.client_id = client_id
         self.host = host
         self.port = port

@@ -62,7 +62,7 @@ class Node:
             log.info(_TAG, "provisioned; rebooting into station mode")
             self.reboot()
             return
-        self.enter("connecting", credentials.shown(stored[0]))
+        self.enter("connecting", log.shown(stored[0]))
         self.wifi.connect(stored[0], stored[1])
         # and the online phase's code only for that one (rmnode.node_online)
         from rmnode.node_online import run_online

@@ -15,12 +15,10 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-from rmnode import credentials, log
+from rmnode import log
+from rmnode.wifi import STA_DISCONNECTED
 
 _TAG = const("node")
-# wifi_constants.proto WifiStationState
-_STA_DISCONNECTED = const(2)
-_STA_CONNECTION_FAILED = const(3)
 _REJOIN_FIRST_MS = const(2000)
 _REJOIN_CAP_MS = const(60000)
 
@@ -44,11 +42,11 @@ async def _keep_station_up(node):
             delay = _REJOIN_FIRST_MS
             continue
         state = wifi.status().state
-        if state in (_STA_CONNECTION_FAILED, _STA_DISCONNECTED):
+        if state >= STA_DISCONNECTED:  # Disconnected or ConnectionFailed, the two states after it
             stored = node.stored_credentials()
             if stored is None:
                 continue
-            log.info(_TAG, "station down; rejoining %s in %d ms" % (credentials.shown(stored[0]), delay))
+            log.info(_TAG, "station down; rejoining %s in %d ms" % (log.shown(stored[0]), delay))
             await asyncio.sleep(delay / 1000)
             wifi.connect(stored[0], stored[1])
             delay = min(delay * 2, _REJOIN_CAP_MS)

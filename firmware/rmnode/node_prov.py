@@ -24,10 +24,6 @@ _GRACE_MS = const(500)
 _POLL_MS = const(100)
 
 
-def _text(value):
-    return value.decode() if isinstance(value, (bytes, bytearray)) else value
-
-
 async def provision(node):
     """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
     gc.collect()  # load the provisioning code into an unfragmented heap
@@ -39,13 +35,9 @@ async def provision(node):
     wifi = node.wifi
     joining = []  # [(ssid, passphrase)] applied through provisioning, persisted once joined
 
-    def on_user_mapping(user_id, secret_key):
-        # persisted before cloud_user_assoc answers (docs/protocol.md 4.2 keeps it in RAM only; we do not)
-        node.mapping.set_pending(_text(user_id), _text(secret_key))
-
     def on_wifi_config_applied(ssid, passphrase):
         joining[:] = [(bytes(ssid), bytes(passphrase))]  # SSIDs need not be UTF-8: kept as bytes
-        node.enter("connecting", credentials.shown(ssid))
+        node.enter("connecting", log.shown(ssid))
 
     def on_prov_reset():
         joining[:] = []
@@ -57,11 +49,12 @@ async def provision(node):
         if node.stored_credentials() is None:
             ssid, passphrase = joining[0]
             credentials.save(node.state_store, ssid, passphrase)
-            log.info(_TAG, "joined %s; credentials stored" % credentials.shown(ssid))
+            log.info(_TAG, "joined %s; credentials stored" % log.shown(ssid))
         return True
 
     wifi.ap_up(cfg.service_name)
-    prov = Provisioning(cfg, wifi, on_user_mapping, on_wifi_config_applied=on_wifi_config_applied,
+    # the mapping is persisted before cloud_user_assoc answers (upstream keeps it in RAM only; docs/protocol.md 4.2)
+    prov = Provisioning(cfg, wifi, node.mapping.set_pending, on_wifi_config_applied=on_wifi_config_applied,
                         on_reset=on_prov_reset)
     server = ProvHttpServer(wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
                             endpoints=prov.endpoints)

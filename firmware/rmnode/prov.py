@@ -11,7 +11,7 @@ except ImportError:  # CPython, for host-side unit tests
     def const(value):
         return value
 
-from rmnode import credentials, log
+from rmnode import log, mapping, wifi
 from rmnode import pb
 from rmnode import protocomm
 from rmnode import security
@@ -21,11 +21,6 @@ from rmnode import security
 _STATUS_SUCCESS = const(0)
 _STATUS_INVALID_ARGUMENT = const(4)
 _STATUS_INTERNAL_ERROR = const(5)
-# wifi_constants.proto WifiStationState
-_STA_CONNECTED = const(0)
-_STA_CONNECTING = const(1)
-_STA_DISCONNECTED = const(2)
-_STA_CONNECTION_FAILED = const(3)
 # wifi_config.proto WiFiConfigMsgType
 _CONFIG_CMD_GET_STATUS = const(0)
 _CONFIG_RESP_GET_STATUS = const(1)
@@ -52,12 +47,11 @@ _MAPPING_SUCCESS = const(0)
 _MAPPING_INVALID_PARAM = const(1)
 _MAPPING_INVALID_STATE = const(2)
 
-_TAG = "prov"
+_TAG = const("prov")
 
 # const()s: inlined, no heap
 _MAX_SSID = const(32)
 _MAX_PASSPHRASE = const(64)
-_MAX_MAPPING_FIELD = const(128)  # user id / secret key; the MQTT mapping message must stay small (docs/protocol.md 5.3)
 _MAX_SCAN_PAGE = const(100)  # the CLI's page size on SoftAP (docs/protocol.md 2.3)
 
 
@@ -78,8 +72,8 @@ class Provisioning:
 
     config: rmnode.config.NodeConfig (node_id, pop, sec_ver).
     station: rmnode.wifi.Wifi (or anything with connect/disconnect/status/scan).
-    on_user_mapping(user_id, secret_key): must persist the pending mapping before returning;
-        if it raises, the client gets InvalidState.
+    on_user_mapping(user_id, secret_key): must persist the pending mapping before returning; it gets
+        only a mapping that passed rmnode.mapping.check_mapping. If it raises, the client gets InvalidState.
     on_wifi_config_applied(ssid, passphrase): after ApplyConfig started the join (bytes args).
     on_reset(): after prov-ctrl reset. on_reprov(): after prov-ctrl reprov.
     """
@@ -144,14 +138,14 @@ class Provisioning:
 
     def _get_status(self):
         if not self._applied:
-            return {"status": _STATUS_SUCCESS, "sta_state": _STA_DISCONNECTED}
+            return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_DISCONNECTED}
         st = self.station.status()
         resp = {"status": _STATUS_SUCCESS, "sta_state": st.state}
-        if st.state == _STA_CONNECTED:
+        if st.state == wifi.STA_CONNECTED:
             resp["connected"] = {"ip4_addr": st.ip4_addr, "auth_mode": st.auth_mode, "ssid": st.ssid,
                                  "bssid": st.bssid, "channel": st.channel}
             self.connected_reported = True
-        elif st.state == _STA_CONNECTION_FAILED:
+        elif st.state == wifi.STA_CONNECTION_FAILED:
             resp["fail_reason"] = st.fail_reason
         return resp
 
@@ -168,12 +162,12 @@ class Provisioning:
         if bssid and len(bssid) != 6:
             log.warning(_TAG, "SetConfig refused: BSSID of %d bytes" % len(bssid))
             return _STATUS_INVALID_ARGUMENT
-        if self._applied and self.station.status().state in (_STA_CONNECTING, _STA_CONNECTED):
+        if self._applied and self.station.status().state in (wifi.STA_CONNECTING, wifi.STA_CONNECTED):
             # ESP-IDF refuses new credentials while a join is under way; prov-ctrl reset first
             log.warning(_TAG, "SetConfig refused: a join is already under way")
             return _STATUS_INTERNAL_ERROR
         self._wifi_config = (ssid, passphrase, bssid)
-        log.info(_TAG, "Wi-Fi credentials received for %s" % (credentials.shown(ssid),))
+        log.info(_TAG, "Wi-Fi credentials received for %s" % (log.shown(ssid),))
         return _STATUS_SUCCESS
 
     def _apply_config(self):
@@ -238,7 +232,7 @@ class Provisioning:
         msg = req["msg"]
         if msg == _CTRL_CMD_RESET:
             status = _STATUS_SUCCESS
-            if self._applied and self.station.status().state == _STA_CONNECTED:
+            if self._applied and self.station.status().state == wifi.STA_CONNECTED:
                 # ESP-IDF only resets after a failure; a connected node has nothing to undo
                 log.warning(_TAG, "prov-ctrl reset refused: station is connected")
                 status = _STATUS_INTERNAL_ERROR
@@ -274,12 +268,11 @@ class Provisioning:
         if cmd is None:
             log.warning(_TAG, "cloud_user_assoc without cmd_set_user_mapping")
             return {"Status": _MAPPING_INVALID_PARAM}
-        user_id, secret_key = cmd["UserID"], cmd["SecretKey"]
-        if not user_id or not secret_key:
-            log.warning(_TAG, "cloud_user_assoc refused: empty %s" % ("user id" if not user_id else "secret key"))
-            return {"Status": _MAPPING_INVALID_PARAM}
-        if len(user_id) > _MAX_MAPPING_FIELD or len(secret_key) > _MAX_MAPPING_FIELD:
-            log.warning(_TAG, "cloud_user_assoc refused: user id or secret key over %d characters" % _MAX_MAPPING_FIELD)
+        user_id, secret_key = cmd["UserID"], cmd["SecretKey"]  # str: the codec checked the UTF-8
+        try:
+            mapping.check_mapping(user_id, secret_key)
+        except mapping.MappingError as e:  # its message never holds the secret key
+            log.warning(_TAG, "cloud_user_assoc refused: %s" % e)
             return {"Status": _MAPPING_INVALID_PARAM}
         try:
             # persisted before we answer: a reboot after the reply still has the mapping

@@ -25,21 +25,25 @@ _AUTH_WPA2_PSK = const(3)
 # AUTH_FAIL (202), HANDSHAKE_TIMEOUT (204), CONNECTION_FAIL (205). A string: no heap per lookup.
 _AUTH_REASONS = b"\x02\x04\x0e\x0f\xca\xcc\xcd"
 
-# wifi_constants.proto WifiStationState and WifiConnectFailedReason: what StationStatus reports.
-# Here, not in rmnode.pb, so the always-loaded station code does not pull in the codec.
-_STA_CONNECTED = const(0)
-_STA_CONNECTING = const(1)
-_STA_DISCONNECTED = const(2)
-_STA_CONNECTION_FAILED = const(3)
+# wifi_constants.proto WifiStationState: what StationStatus.state holds. The one definition: prov and
+# node_online compare with these (public, so each costs a global here; inlined in this module). Here,
+# not in rmnode.pb, so the always-loaded station code does not pull in the codec.
+STA_CONNECTED = const(0)
+STA_CONNECTING = const(1)
+STA_DISCONNECTED = const(2)
+STA_CONNECTION_FAILED = const(3)
+# WifiConnectFailedReason
 _FAIL_AUTH_ERROR = const(0)
 _FAIL_NETWORK_NOT_FOUND = const(1)
 
 
-def _text(value):
+def _driver_arg(value):
+    """What WLAN.connect gets: str when UTF-8 (the usual form; the simulated air compares text), else
+    the bytes themselves (the ESP32 port takes both). Not for log lines: those use log.shown."""
     try:
-        return str(bytes(value), "utf-8")
+        return str(value, "utf-8")
     except (UnicodeError, ValueError):
-        return bytes(value)
+        return value
 
 
 class StationStatus:
@@ -95,14 +99,14 @@ class Wifi:
         self._joining = True
         self._failure_logged = None
         self._set_reconnects(self._join_retries)
-        log.info(_TAG, "joining %s" % (_text(self._ssid),))  # never the passphrase
+        log.info(_TAG, "joining %s" % log.shown(self._ssid))  # never the passphrase
         self._start()
 
     def _start(self):
         """WLAN.connect(), unless the driver is still busy with an earlier connect: the ESP32 port then
         raises OSError("Wifi Internal Error"), so try again on the next status() or is_connected()."""
         # str where possible: the usual form for WLAN.connect (the ESP32 port takes bytes too)
-        ssid, passphrase = _text(self._ssid), _text(self._passphrase)
+        ssid, passphrase = _driver_arg(self._ssid), _driver_arg(self._passphrase)
         try:
             if self._bssid:
                 self._sta.connect(ssid, passphrase, bssid=self._bssid)
@@ -140,24 +144,24 @@ class Wifi:
         if self._start_pending:
             self._start()
             if self._start_pending:
-                return StationStatus(_STA_CONNECTING if self._joining else _STA_DISCONNECTED)
+                return StationStatus(STA_CONNECTING if self._joining else STA_DISCONNECTED)
         code = self._sta.status()
         connecting = getattr(net, "STAT_CONNECTING", _STAT_CONNECTING)
         if code == getattr(net, "STAT_GOT_IP", _STAT_GOT_IP) or (code != connecting and self._sta.isconnected()):
             return self._connected_status()
         if not self._joining:
-            return StationStatus(_STA_DISCONNECTED)
+            return StationStatus(STA_DISCONNECTED)
         if code == connecting or code == getattr(net, "STAT_IDLE", _STAT_IDLE):
             # IDLE right after connect(): the driver has not started yet
-            return StationStatus(_STA_CONNECTING)
+            return StationStatus(STA_CONNECTING)
         auth = 0 < code < 256 and code in _AUTH_REASONS
         if self._failure_logged != code:
             self._failure_logged = code
             log.warning(_TAG, "joining %s failed: reason %d (%s)"
-                        % (_text(self._ssid), code, "authentication" if auth else "network not found"))
+                        % (log.shown(self._ssid), code, "authentication" if auth else "network not found"))
         # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: network not found, as ESP-IDF's
         # provisioning manager reports them
-        return StationStatus(_STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR if auth else _FAIL_NETWORK_NOT_FOUND)
+        return StationStatus(STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR if auth else _FAIL_NETWORK_NOT_FOUND)
 
     def _config(self, key, default):
         try:
@@ -185,7 +189,7 @@ class Wifi:
         auth_mode = self._config("security", None)
         if auth_mode is None:
             auth_mode = known[2] if known else (_AUTH_WPA2_PSK if self._passphrase else _AUTH_OPEN)
-        return StationStatus(_STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
+        return StationStatus(STA_CONNECTED, None, ip4_addr, ssid, bytes(bssid), channel or 0, auth_mode)
 
     def scan(self):
         """Visible access points as dicts (WiFiScanResult field names), strongest first."""

@@ -58,4 +58,4 @@ def test_the_graph_is_read_as_expected():
     # a guard for the two tests above: they see the lazy imports too
     edges = graph()
     assert {"node_prov", "node_online", "credentials"} <= edges["node"]
-    assert "mqtt" in edges["clock"] and "credentials" in edges["prov"]
+    assert "mqtt" in edges["clock"] and {"log", "mapping", "wifi"} <= edges["prov"]

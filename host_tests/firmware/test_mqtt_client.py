@@ -16,7 +16,8 @@ from support.wait import wait_until
 def _client(pki, broker, node_id="nodeA", **kwargs):
     identity = pki.node_identity(node_id)
     context = mqtt.make_ssl_context(str(identity.cert_pem), str(identity.key_pem), str(pki.ca_pem))
-    options = dict(keepalive_s=30, backoff_ms=(100, 400), stable_ms=1000)
+    # the client has no defaults for these: the node's come from rmnode.config
+    options = dict(keepalive_s=30, backoff_ms=(100, 400), connect_timeout_ms=20000, stable_ms=1000)
     options.update(kwargs)
     return mqtt.MQTTClient(node_id, "localhost", broker.port, ssl_context=context, **options)
 
@@ -154,7 +155,8 @@ def test_wrong_ca_is_refused_by_the_client(pki, broker, tmp_path, capsys):
     other = Pki(tmp_path / "other")
     identity = pki.node_identity("nodeA")
     context = mqtt.make_ssl_context(str(identity.cert_pem), str(identity.key_pem), str(other.ca_pem))
-    client = mqtt.MQTTClient("nodeA", "localhost", broker.port, ssl_context=context, backoff_ms=(100, 200))
+    client = mqtt.MQTTClient("nodeA", "localhost", broker.port, ssl_context=context, keepalive_s=30,
+                             backoff_ms=(100, 200), connect_timeout_ms=20000)
 
     async def scenario(client):
         while capsys.readouterr().out.count("connect failed") < 1:

@@ -170,7 +170,8 @@ def test_the_node_refuses_an_expired_broker_certificate_once_its_clock_is_right(
     outcome = vboard.exec(f"""
 import asyncio
 from rmnode import mqtt
-client = mqtt.MQTTClient('N1', 'localhost', {server.port}, ssl_context=mqtt.make_ssl_context(None, None, '/ca.der'))
+client = mqtt.MQTTClient('N1', 'localhost', {server.port}, ssl_context=mqtt.make_ssl_context(None, None, '/ca.der'),
+                          keepalive_s=120, backoff_ms=(1000, 60000), connect_timeout_ms=20000)
 try:
     asyncio.run(asyncio.wait_for(client._open(), 10))
     print('CONNECTED')

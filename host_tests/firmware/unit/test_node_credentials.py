@@ -1,6 +1,6 @@
 """Wi-Fi credentials on flash: any bytes round-trip through state.json (SSIDs need not be UTF-8)."""
 
-from rmnode import credentials
+from rmnode import credentials, log
 from rmnode.store import Store
 from fwtest import equal, tmpdir
 
@@ -15,7 +15,7 @@ def test_non_utf8_credentials_round_trip_through_the_store():
     store = Store(tmpdir("cred") + "/state.json")
     credentials.save(store, ssid, passphrase)
     equal(credentials.load(Store(store.path)), (ssid, passphrase), "non-UTF-8 bytes survive")
-    equal(credentials.shown(ssid), "fffe436166e9", "a non-UTF-8 SSID is logged as hex")
+    equal(log.shown(ssid), "fffe436166e9", "a non-UTF-8 SSID is logged as hex")
 
 
 def test_malformed_or_missing_credentials_mean_provision_again():

@@ -7,7 +7,7 @@ if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
     sys.path.append(".frozen")  # the runner's MICROPYPATH drops the frozen asyncio package
 
 from rmnode.store import Store
-from rmnode.mapping import MappingState, MappingError, mapping_payload, reset_payload, json_string
+from rmnode.mapping import MappingState, MappingError, check_mapping, mapping_payload, reset_payload, json_string
 from rmnode import online
 from fwtest import raises, check, equal, tmpdir
 
@@ -26,6 +26,10 @@ def test_payload_is_compact_with_espressif_key_order():
 
 def test_json_strings_escape_quotes_backslashes_and_controls():
     equal(json_string('a"b\\c\x01'), '"a\\"b\\\\c\\u0001"', "escapes")
+    # control characters are found in the UTF-8 bytes (no per-character str on MicroPython): never a
+    # byte of a multi-byte character
+    equal(json_string("\u00e9t\u00e9\x1f"), '"\u00e9t\u00e9\\u001f"', "non-ASCII kept, control escaped")
+    equal(json_string("\u00e9t\u00e9"), '"\u00e9t\u00e9"', "non-ASCII alone")
     equal(json.loads(mapping_payload('n"1', "u\\", "k")), {"node_id": 'n"1', "user_id": "u\\", "secret_key": "k"}, "parses")
 
 
@@ -76,9 +80,11 @@ def test_bad_mappings_are_refused_without_echoing_the_secret():
     for user_id, secret_key in (("", "k"), ("u", ""), (None, "k"), ("u", 5), ("u" * 129, "k"), ("u\n", "k"),
                                 ("esp-rmaker", "k")):
         raises(MappingError, state.set_pending, user_id, secret_key)
+        raises(MappingError, check_mapping, user_id, secret_key)  # the same check, for cloud_user_assoc
     error = raises(MappingError, state.set_pending, "u", "topsecret\x00")
     check("topsecret" not in str(error), "secret leaked into the message")
     equal(state.pending(), None, "nothing stored")
+    check_mapping("u" * 128, "\u00e9" * 128)  # the limit counts characters, not UTF-8 bytes
 
 
 def test_malformed_stored_entry_is_ignored_not_raised():

@@ -108,17 +108,21 @@ def test_mapping_store_failure_is_invalid_state():
     equal(resp["resp_set_user_mapping"], {"Status": fwtest.MAPPING_INVALID_STATE, "NodeId": ""}, "InvalidState, no id")
 
 
-def test_empty_user_id_or_secret_is_invalid_param():
+def test_a_mapping_the_node_would_not_publish_is_invalid_param():
     node = Node()
     client = _sec1(node)
-    for cmd in ({"UserID": "", "SecretKey": "k"}, {"UserID": "u", "SecretKey": ""}, {"UserID": "u" * 129, "SecretKey": "k"}):
+    # rmnode.mapping.check_mapping, the one check: empty, over 128 characters, a control character, the
+    # reset report's user id (docs/protocol.md 4.2)
+    for cmd in ({"UserID": "", "SecretKey": "k"}, {"UserID": "u", "SecretKey": ""}, {"UserID": "u" * 129, "SecretKey": "k"},
+                {"UserID": "u", "SecretKey": "k" * 129}, {"UserID": "u\x01", "SecretKey": "k"},
+                {"UserID": "esp-rmaker", "SecretKey": "k"}):
         resp = secured(node.prov.dispatch, client, 7, "cloud_user_assoc", pb.RMakerConfigPayload,
                        {"cmd_set_user_mapping": cmd})
         equal(resp["resp_set_user_mapping"]["Status"], fwtest.MAPPING_INVALID_PARAM, "InvalidParam for %r" % cmd)
     resp = secured(node.prov.dispatch, client, 7, "cloud_user_assoc", pb.RMakerConfigPayload, {"msg": 0})
     equal(resp["resp_set_user_mapping"]["Status"], fwtest.MAPPING_INVALID_PARAM, "no command")
     equal(node.store.get("pending_mapping"), None, "nothing stored")
-    equal(node.events, [], "callback never called")
+    equal(node.events, [], "mapping callback never called")
 
 
 def test_ssid_and_passphrase_limits():
