@@ -50,6 +50,14 @@ _PINGRESP = const(0xD0)
 
 _MAX_REMAINING = const(268435455)  # 4-byte Remaining Length (§2.2.3)
 
+# An outbox entry (a QoS 1 publish waiting for its PUBACK) is a list, not an object: a class would
+# cost heap for the online phase's whole life. const() names for its fields are inlined: free.
+_ACKED_EVENT = const(0)  # asyncio.Event, set on the PUBACK (or when the client closes)
+_PACKET = const(1)  # the PUBLISH as a bytearray; a resend sets its DUP bit in place
+_TOPIC = const(2)  # for the log line
+_PAYLOAD_LEN = const(3)  # for the log line (the payload itself is never kept or logged)
+_ACKED = const(4)  # True once the PUBACK came
+
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 
@@ -265,8 +273,7 @@ class MQTTClient:
         self._up = asyncio.Event()  # set while connected
         self._lost = asyncio.Event()  # set when the current connection ends; reason in _why
         self._why = None
-        # packet id -> [acked event, packet, topic, payload bytes, acked?], in send order
-        self._outbox = {}
+        self._outbox = {}  # packet id -> entry (_ACKED_EVENT, _PACKET, ...), in send order
         self._next_id = 0
         self._closing = False
         self._failures = 0
@@ -339,14 +346,14 @@ class MQTTClient:
                 except Exception as exc:  # the link broke under us: the entry is resent on reconnect
                     self._lose("send failed: " + describe(exc))
             if timeout_ms is None:
-                await entry[0].wait()
+                await entry[_ACKED_EVENT].wait()
             else:
-                await asyncio.wait_for(entry[0].wait(), timeout_ms / 1000)
+                await asyncio.wait_for(entry[_ACKED_EVENT].wait(), timeout_ms / 1000)
         except asyncio.TimeoutError:
             raise MQTTError("no PUBACK for msg id %d on %s within %d ms" % (packet_id, topic, timeout_ms))
         finally:
             self._outbox.pop(packet_id, None)
-        if not entry[4]:
+        if not entry[_ACKED]:
             raise MQTTError("client closed before PUBACK of msg id %d" % packet_id)
 
     async def close(self):
@@ -359,7 +366,7 @@ class MQTTClient:
                 pass
             self._lose("closed")
         for entry in self._outbox.values():
-            entry[0].set()  # wake waiters; publish() pops its entry
+            entry[_ACKED_EVENT].set()  # wake waiters; publish() pops its entry
         log.info(_TAG, "closed")
 
     # -- internals ----------------------------------------------------------------------------------
@@ -382,11 +389,11 @@ class MQTTClient:
             self._last_tx = ticks_ms()
 
     async def _send_entry(self, packet_id, entry):
-        packet = entry[1]
+        packet = entry[_PACKET]
         dup = packet[0] & 8  # §4.4: a message sent before goes out again with DUP=1 and the same id
         await self._send(packet)
         packet[0] |= 8
-        log.info(_TAG, "published %s (msg id %d, %d bytes%s)" % (entry[2], packet_id, entry[3],
+        log.info(_TAG, "published %s (msg id %d, %d bytes%s)" % (entry[_TOPIC], packet_id, entry[_PAYLOAD_LEN],
                                                                  ", dup" if dup else ""))
 
     async def _backoff(self, why):
@@ -440,7 +447,7 @@ class MQTTClient:
         try:
             for packet_id in list(self._outbox):  # in order; new ids cannot collide with these
                 entry = self._outbox.get(packet_id)
-                if entry is not None and not entry[0].is_set():
+                if entry is not None and not entry[_ACKED_EVENT].is_set():
                     await self._send_entry(packet_id, entry)
         except Exception as exc:
             self._lose("send failed: " + describe(exc))
@@ -475,8 +482,8 @@ class MQTTClient:
                     entry = self._outbox.get(packet_id)
                     if entry is not None:
                         log.info(_TAG, "acked msg id %d" % packet_id)
-                        entry[4] = True
-                        entry[0].set()
+                        entry[_ACKED] = True
+                        entry[_ACKED_EVENT].set()
                 elif kind == _PINGRESP:
                     self._ping_sent = None
                 else:  # we never subscribe, so not even a PUBLISH is expected

@@ -9,11 +9,24 @@ Every failure leaves `dispatch` as a ProtocommError subclass with the reason; th
 answers it with an error status or by closing the connection (docs/protocol.md 1.1).
 """
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
 from rmnode import log
 from rmnode import pb
 from rmnode import security
 
-_TAG = "protocomm"
+_TAG = const("protocomm")
+
+# A session is a list [id, security, dead], not an object: a class would cost its own heap in the
+# provisioning phase, the one with the least to spare. const() names for its fields are inlined: free.
+# `dead` is None, or the reason string once the CTR stream may be out of step.
+_ID = const(0)
+_SECURITY = const(1)
+_DEAD = const(2)
 
 
 class ProtocommError(Exception):
@@ -60,9 +73,7 @@ class Protocomm:
         self._security_endpoint = security_endpoint
         self._handlers = handlers
         self._max_sessions = max_sessions
-        # [session_id, security, dead], oldest first; dead is the reason string once the CTR
-        # stream may be out of step. Lists, not objects: no class to keep in RAM.
-        self._sessions = []
+        self._sessions = []  # oldest first
 
     def endpoints(self):
         return list(self._handlers) + [self._version_endpoint, self._security_endpoint]
@@ -70,7 +81,7 @@ class Protocomm:
     # -- sessions ------------------------------------------------------------------------------
     def _find(self, session_id):
         for session in self._sessions:
-            if session[0] == session_id:
+            if session[_ID] == session_id:
                 return session
         return None
 
@@ -82,7 +93,7 @@ class Protocomm:
 
     def session_established(self, session_id):
         session = self._find(session_id)
-        return session is not None and session[2] is None and session[1].established
+        return session is not None and session[_DEAD] is None and session[_SECURITY].established
 
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, session_id, endpoint, body):
@@ -108,10 +119,10 @@ class Protocomm:
         session = self._find(session_id)
         if session is None:
             raise SessionError("no security session %d: run the %s handshake first" % (session_id, self._security_endpoint))
-        if session[2] is not None:
-            raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session[2]))
+        if session[_DEAD] is not None:
+            raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session[_DEAD]))
         try:
-            request = session[1].decrypt(body)
+            request = session[_SECURITY].decrypt(body)
         except security.NotEstablished as e:
             raise SessionError(str(e))
         # From here on the keystream has advanced: any failure desynchronises the two sides
@@ -119,28 +130,28 @@ class Protocomm:
         try:
             response = handler(session_id, request)
         except pb.DecodeError as e:
-            session[2] = "bad request"
+            session[_DEAD] = "bad request"
             raise BadRequest("undecodable request: %s" % e)
         except RequestRejected as e:
-            session[2] = "request rejected"
+            session[_DEAD] = "request rejected"
             raise BadRequest(str(e))
         except Exception:
-            session[2] = "handler failed"
+            session[_DEAD] = "handler failed"
             raise
-        return session[1].encrypt(response)
+        return session[_SECURITY].encrypt(response)
 
     def _handshake(self, session_id, body):
         session = self._find(session_id)
-        if session is None or session[2] is not None:
+        if session is None or session[_DEAD] is not None:
             # a new session: drop a dead one under this id, evict the oldest beyond the limit
             self.session_closed(session_id)
             while len(self._sessions) >= self._max_sessions:
                 old = self._sessions.pop(0)
-                log.info(_TAG, "session %d replaced by session %d" % (old[0], session_id))
+                log.info(_TAG, "session %d replaced by session %d" % (old[_ID], session_id))
             session = [session_id, self._new_security(), None]
             self._sessions.append(session)
         try:
-            return session[1].handle(body)
+            return session[_SECURITY].handle(body)
         except security.SecurityError as e:
-            session[2] = "handshake failed"
+            session[_DEAD] = "handshake failed"
             raise HandshakeFailed(str(e))
