@@ -20,8 +20,6 @@ from rmnode.wifi import Wifi
 
 _TAG = const("node")
 
-_RESET_TIMEOUT_MS = const(5000)
-
 
 def reboot_board():
     import machine
@@ -67,33 +65,42 @@ class Node:
         # and the online phase's code only for that one (rmnode.node_online)
         from rmnode.node_online import run_online
 
-        await run_online(self)
+        await run_online(self, self._erase_and_reboot)
 
     def stored_credentials(self):
         """(ssid, passphrase) as bytes from flash, or None (none stored, or malformed: provision again)."""
         return credentials.load(self.state_store)
 
-    # -- factory reset -----------------------------------------------------------------------------
+    # -- factory reset -------------------------------------------------------------------------------
+    # One entry point per caller: the reset button (Node.reset_button_pressed), the REPL or a script
+    # (factory_reset_from_repl below); both end in _erase_and_reboot, after the cloud was told when online.
 
-    def request_factory_reset(self):
-        """Hook for a reset button (safe from an IRQ handler): report when online, erase, reboot."""
+    def reset_button_pressed(self):
+        """The reset button's hook, safe from a scheduled IRQ handler (micropython.schedule): online, the
+        online sequence reports the reset to the cloud first (docs/protocol.md 5.3); else erase and reboot now."""
         if self.online is not None:
-            self.online.request_factory_reset()
+            self.online.reset_requested.set()
         else:
-            self.erase_and_reboot(False)
+            self._erase_and_reboot(False)
 
-    def erase_and_reboot(self, reported):
-        """Forget Wi-Fi credentials and mapping state, then reboot into provisioning."""
-        self.mapping.erase()
+    def _erase_and_reboot(self, reported):
+        """Forget Wi-Fi credentials and mapping state (one write), then reboot into provisioning."""
         self.state_store.clear()
         log.info(_TAG, "factory reset done (%s); rebooting into provisioning"
                  % ("reported to the cloud" if reported else "cloud not told"))
         self.reboot()
 
 
-def factory_reset(root="/", timeout_ms=_RESET_TIMEOUT_MS, reboot=True):
-    """Factory reset from the REPL or a script: report it to the cloud if the node can get online
-    within `timeout_ms`, erase Wi-Fi credentials and mapping state, then reboot into provisioning."""
-    from rmnode.reset import factory_reset as reset  # loaded only when a reset is asked for
+def factory_reset_from_repl(root="/", timeout_ms=None, reboot=True):
+    """Factory reset from the REPL or a script: report it to the cloud if the node gets online within
+    `timeout_ms` (default 5 s, docs/protocol.md 5.3), erase Wi-Fi credentials and mapping state, then
+    reboot into provisioning. reboot=False returns whether the cloud acknowledged instead (for tests)."""
+    from rmnode.reset import factory_reset_from_repl as run  # loaded only when a reset is asked for
 
-    return reset(Node, root, timeout_ms, reboot)
+    # the Node class and its erase step are passed in: rmnode.reset neither imports this module (that
+    # would be an import circle) nor reaches into its internals
+    return run(Node, Node._erase_and_reboot, root, timeout_ms, reboot)
+
+
+# The name docs/protocol.md gave this before: kept, so that what users learnt still works
+factory_reset = factory_reset_from_repl

@@ -23,11 +23,12 @@ _REJOIN_FIRST_MS = const(2000)
 _REJOIN_CAP_MS = const(60000)
 
 
-async def run_online(node):
-    """Join the stored network (already started by the node), then run the online sequence for good."""
+async def run_online(node, on_factory_reset):
+    """Join the stored network (already started by the node), then run the online sequence for good.
+    on_factory_reset(reported): the node's last step of a reset-button reset, once the cloud was told."""
     keeper = asyncio.create_task(_keep_station_up(node))
     try:
-        await _go_online(node)
+        await _go_online(node, on_factory_reset)
     finally:
         keeper.cancel()
 
@@ -52,13 +53,13 @@ async def _keep_station_up(node):
             delay = min(delay * 2, _REJOIN_CAP_MS)
 
 
-async def _go_online(node):
+async def _go_online(node, on_factory_reset):
     from rmnode import online as online_seq
 
     cfg = node.config
     try:
         node.online = online_seq.build(cfg, node.state_store, is_network_up=node.wifi.is_connected,
-                                       on_factory_reset=node.erase_and_reboot)
+                                       on_factory_reset=on_factory_reset)
     except Exception as exc:  # OnlineConfigError, or a bug: either way no boot loop, nothing lost
         log.error(_TAG, "cannot go online: %s; the pending mapping stays stored" % exc)
         while True:

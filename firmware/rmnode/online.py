@@ -7,7 +7,9 @@ is retransmitted across reconnects and, being persisted, across reboots.
 
 Factory reset (docs/protocol.md 5.3, factory-reset reporting): when online, publish the dummy mapping
 {"user_id":"esp-rmaker","secret_key":"failed","reset":true} and wait (bounded) for its PUBACK;
-then the caller erases its state and reboots into provisioning.
+then the caller erases its state and reboots into provisioning. `report_factory_reset()` is that
+step for the REPL's reset (rmnode.reset); the reset button sets `reset_requested` instead, and the
+running sequence reports, then calls `on_factory_reset`.
 """
 
 import sys
@@ -18,14 +20,24 @@ try:
 except ImportError:
     import uasyncio as asyncio
 
+try:
+    from micropython import const
+except ImportError:  # CPython, for host-side unit tests
+    def const(value):
+        return value
+
 import rmnode
 from rmnode import BUILD_DATE, VERSION, log
 from rmnode import mqtt
 from rmnode.mapping import MappingState, json_string, reset_payload
 
-_TAG = "online"
+_TAG = const("online")
 
-_BASIC_INGEST = "$aws/rules/"
+# docs/protocol.md 5.3: how long a factory reset waits for the cloud, to get online (REPL) and for the
+# report's PUBACK. The one definition (public: rmnode.reset uses it too).
+RESET_TIMEOUT_MS = const(5000)
+
+_BASIC_INGEST = const("$aws/rules/")
 
 
 class OnlineConfigError(ValueError):
@@ -60,19 +72,18 @@ class Online:
     node_info (optional keys name, type, fw_version, platform) goes into the node config.
     """
 
-    def __init__(self, client, mapping_state, node_id, topic_prefix="", node_info=None, on_factory_reset=None,
-                 reset_timeout_ms=5000):
+    def __init__(self, client, mapping_state, node_id, topic_prefix="", node_info=None, on_factory_reset=None):
         self.client = client
         self.mapping = mapping_state
         self.node_id = node_id
         self.node_info = node_info or {}
         self.on_factory_reset = on_factory_reset  # callable(reported: bool): erase state, reboot
-        self.reset_timeout_ms = reset_timeout_ms
         self.config_topic = topic(topic_prefix or "", node_id, "config")
         self.mapping_topic = topic(topic_prefix or "", node_id, "user/mapping")
         self._wake = asyncio.Event()
-        # a button handler may run outside the event loop (scheduled IRQ on the board)
-        self._reset_flag = asyncio.ThreadSafeFlag() if hasattr(asyncio, "ThreadSafeFlag") else asyncio.Event()
+        # Set by the reset button (rmnode.node.Node.reset_button_pressed), which may run outside the event
+        # loop (a scheduled IRQ on the board): run() then reports the reset and calls on_factory_reset.
+        self.reset_requested = asyncio.ThreadSafeFlag() if hasattr(asyncio, "ThreadSafeFlag") else asyncio.Event()
         client.on_connect = self._wake.set
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -104,11 +115,7 @@ class Online:
 
     # -- factory reset --------------------------------------------------------------------------
 
-    def request_factory_reset(self):
-        """Hook for a button handler: report the reset (if online), then call on_factory_reset."""
-        self._reset_flag.set()
-
-    async def factory_reset(self, timeout_ms=None):
+    async def report_factory_reset(self, timeout_ms=RESET_TIMEOUT_MS):
         """Publish the reset mapping when online and wait for its PUBACK (bounded); forget the mapping.
 
         Returns True if the cloud acknowledged the report. Never raises on network errors.
@@ -117,8 +124,7 @@ class Online:
         if self.client.connected:
             log.info(_TAG, "factory reset: reporting to the cloud")
             try:
-                await self.client.publish(self.mapping_topic, reset_payload(self.node_id),
-                                          timeout_ms=self.reset_timeout_ms if timeout_ms is None else timeout_ms)
+                await self.client.publish(self.mapping_topic, reset_payload(self.node_id), timeout_ms=timeout_ms)
                 reported = True
                 log.info(_TAG, "factory reset reported")
             except Exception as exc:
@@ -129,8 +135,8 @@ class Online:
         return reported
 
     async def _reset_watcher(self):
-        await self._reset_flag.wait()
-        reported = await self.factory_reset()
+        await self.reset_requested.wait()
+        reported = await self.report_factory_reset()
         if self.on_factory_reset is not None:
             self.on_factory_reset(reported)
 

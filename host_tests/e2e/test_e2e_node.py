@@ -236,7 +236,7 @@ def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_
     since = board.log_offset()
     # what a user types at the REPL; it interrupts main.py, and its machine.reset() ends the REPL session
     with pytest.raises(BoardError, match="rebooted while running the code"):
-        board.exec("import rmnode.node as n\nn.factory_reset()", timeout=30)
+        board.exec("import rmnode.node as n\nn.factory_reset_from_repl()", timeout=30)
     board.wait_for_log(r"factory reset done \(reported to the cloud\)", since=since, timeout=5)
     payloads = watcher.wait_for_topic(mapping_topic, count=2, timeout=15)
     assert payloads[1] == json.dumps({"node_id": board.node_id, "user_id": RESET_USER_ID,

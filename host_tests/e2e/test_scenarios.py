@@ -189,9 +189,10 @@ def test_factory_reset_then_another_user_takes_the_node(rig):
     assert alice.nodes() == [node_id]
 
     since = board.log_offset()
-    # factory_reset() reports the reset, erases the state and ends in machine.reset(), taking the REPL with it
+    # factory_reset_from_repl() reports the reset, erases the state and ends in machine.reset(), taking the REPL
+    # with it
     with pytest.raises(BoardError, match="rebooted while running the code"):
-        board.exec("import rmnode.node\nrmnode.node.factory_reset()", timeout=20)
+        board.exec("import rmnode.node\nrmnode.node.factory_reset_from_repl()", timeout=20)
     board.wait_for_log(r"online: factory reset reported", since=since)
     board.wait_for_log(r"node: state: provisioning", timeout=30, since=since)
     # the reset report alone removed alice's association (before anyone provisions the node again)

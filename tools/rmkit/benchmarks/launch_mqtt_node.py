@@ -13,7 +13,7 @@ firmware (environment variables):
   RMNODE_TEST_EXIT_MAPPED exit 0 once no mapping is pending after a connect (benchmarks)
   RMNODE_TEST_RESIDENT    comma-separated rmnode modules to import first and keep, e.g. "wifi,node":
                           the heap they hold in the real node's online phase (memory benchmark)
-Mode "reset": once connected, press the factory-reset "button" (Online.request_factory_reset);
+Mode "reset": once connected, press the factory-reset "button" (Online.reset_requested);
 the reset callback clears state.json and exits, as a reboot into provisioning would.
 """
 
@@ -95,7 +95,7 @@ async def main():
     task = asyncio.create_task(node.run())
     if MODE == "reset":
         await node.client.wait_connected()
-        node.request_factory_reset()
+        node.reset_requested.set()
         await finished.wait()
         print("TEST factory reset finished, reported=%s" % outcome[0])
     elif os.getenv("RMNODE_TEST_EXIT_MAPPED"):
