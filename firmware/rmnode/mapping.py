@@ -139,6 +139,10 @@ class MappingState:
         self.store.update(changes)
         log.info(_TAG, "mapping for user %s acknowledged, pending cleared" % entry["user_id"])
 
+    def drop_pending(self):
+        """Forget the pending mapping, not the stored user id (a reset it decided stays decided)."""
+        self.store.delete(PENDING_KEY)
+
     def erase(self):
         """Forget the pending mapping and the stored user id (factory reset)."""
         self.store.delete(PENDING_KEY, USER_ID_KEY)

@@ -35,6 +35,16 @@ async def provision(node):
     wifi = node.wifi
     joining = []  # [(ssid, passphrase)] applied through provisioning, persisted once joined
 
+    def on_session(session_id):
+        # docs/protocol.md 4.3: each provisioning attempt carries its own mapping. One still pending when
+        # a session starts came in an earlier session (this one's can only follow its handshake), maybe
+        # before a power cut; unless that attempt's join completed, it must not be published as current.
+        entry = node.mapping.pending()
+        if entry is not None and not joined():
+            node.mapping.drop_pending()
+            log.info(_TAG, "pending mapping for user %s dropped: it came in an earlier session, whose Wi-Fi "
+                           "join did not complete" % entry["user_id"])
+
     def on_wifi_config_applied(ssid, passphrase):
         joining[:] = [(bytes(ssid), bytes(passphrase))]  # SSIDs need not be UTF-8: kept as bytes
         node.enter("connecting", log.shown(ssid))
@@ -55,7 +65,7 @@ async def provision(node):
     wifi.ap_up(cfg.service_name)
     # the mapping is persisted before cloud_user_assoc answers (upstream keeps it in RAM only; docs/protocol.md 4.2)
     prov = Provisioning(cfg, wifi, node.mapping.set_pending, on_wifi_config_applied=on_wifi_config_applied,
-                        on_reset=on_prov_reset)
+                        on_reset=on_prov_reset, on_session=on_session)
     server = ProvHttpServer(wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
                             endpoints=prov.endpoints)
     await server.start()

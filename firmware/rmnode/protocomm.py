@@ -65,14 +65,17 @@ class Protocomm:
     `handler(session_id, plaintext) -> plaintext response`.
     At most `max_sessions` sessions are kept; a handshake on a new session id evicts the
     oldest (ESP-IDF keeps exactly one: a new client replaces the previous one, docs/protocol.md 1.1).
+    `on_established(session_id)`, if given, is called each time a handshake completes, before its
+    last response goes out: a new session has started (also when a client restarts the handshake).
     """
 
-    def __init__(self, new_security, version, security_endpoint, handlers, max_sessions=1):
+    def __init__(self, new_security, version, security_endpoint, handlers, max_sessions=1, on_established=None):
         self._new_security = new_security
         self._version_endpoint, self._version_handler = version
         self._security_endpoint = security_endpoint
         self._handlers = handlers
         self._max_sessions = max_sessions
+        self._on_established = on_established
         self._sessions = []  # oldest first
 
     def endpoints(self):
@@ -150,8 +153,15 @@ class Protocomm:
                 log.info(_TAG, "session %d replaced by session %d" % (old[_ID], session_id))
             session = [session_id, self._new_security(), None]
             self._sessions.append(session)
+        sec = session[_SECURITY]
         try:
-            return session[_SECURITY].handle(body)
+            response = sec.handle(body)
         except security.SecurityError as e:
             session[_DEAD] = "handshake failed"
             raise HandshakeFailed(str(e))
+        if sec.established and self._on_established is not None:
+            # dead until the hook returns: if it raises, the session must not be usable without what it does
+            session[_DEAD] = "session start failed"
+            self._on_established(session_id)
+            session[_DEAD] = None
+        return response

@@ -76,10 +76,12 @@ class Provisioning:
         only a mapping that passed rmnode.mapping.check_mapping. If it raises, the client gets InvalidState.
     on_wifi_config_applied(ssid, passphrase): after ApplyConfig started the join (bytes args).
     on_reset(): after prov-ctrl reset. on_reprov(): after prov-ctrl reprov.
+    on_session(session_id): a new protocomm session's handshake completed (a new client, or one starting over);
+        if it raises, that session is unusable.
     """
 
     def __init__(self, config, station, on_user_mapping, on_wifi_config_applied=None, on_reset=None,
-                 on_reprov=None, max_sessions=1):
+                 on_reprov=None, max_sessions=1, on_session=None):
         self.config = config
         self.station = station
         self.on_user_mapping = on_user_mapping
@@ -98,7 +100,8 @@ class Provisioning:
         pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), ("proto-ver", lambda: self._version),
                                  "prov-session", {"prov-config": self._config_handler, "prov-scan": self._scan_handler,
                                                   "prov-ctrl": self._ctrl_handler,
-                                                  "cloud_user_assoc": self._user_mapping_handler}, max_sessions)
+                                                  "cloud_user_assoc": self._user_mapping_handler}, max_sessions,
+                                 on_session)
         self.protocomm = pc
 
     # -- transport contract --------------------------------------------------------------------

@@ -160,11 +160,15 @@ def test_wrong_pop_is_refused_and_a_correct_session_right_after_succeeds(rig):
     assert board.running and board.crashes == []
 
 
-def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_retry(rig):
+def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_retry(rig, harness):
+    """A retry within the same session (ESP-IDF lets a client send the config again after a failure) keeps
+    the mapping that session delivered: it is published once the node is online (docs/protocol.md 4.3)."""
+    watcher = harness()
     board = rig.add_board("vb-e2e-wifi")
+    user_id, secret_key = "user-wifi", str(uuid.uuid4())
     client = rig.provisioner(board)
     client.start_session()
-    client.set_user_mapping("user-wifi", str(uuid.uuid4()))
+    client.set_user_mapping(user_id, secret_key)
     client.set_wifi_config(rig.ssid, "not-the-passphrase")
     client.apply_wifi_config()
     with pytest.raises(WifiJoinFailed) as failed:
@@ -179,6 +183,43 @@ def test_wrong_wifi_password_fails_with_auth_error_and_prov_ctrl_reset_allows_a_
     assert client.wait_for_wifi(rig.ssid).state == "Connected"
     board.wait_for_log(r"state: online", timeout=20)
     assert read_state(board)["wifi"] == {"ssid": rig.ssid, "passphrase": rig.passphrase}
+    mapping_topic = f"node/{board.node_id}/user/mapping"
+    assert watcher.wait_for_topic(mapping_topic, timeout=30) == [
+        mapping_json(board.node_id, user_id, secret_key, reset=True)]
+    assert "dropped" not in board.read_log()
+
+
+def test_a_mapping_from_a_session_whose_join_failed_is_dropped_when_a_new_session_starts(rig, harness):
+    """docs/protocol.md 4.3. Session 1 delivers a mapping and a wrong passphrase, and the join fails;
+    session 2 (another client, or the same one starting over) sends only the right Wi-Fi credentials. The
+    node says it dropped session 1's mapping, goes online, and never publishes that mapping as current."""
+    watcher = harness()
+    board = rig.add_board("vb-e2e-stale")
+    first = rig.provisioner(board)
+    first.start_session()
+    first.set_user_mapping("user-stale", str(uuid.uuid4()))
+    first.set_wifi_config(rig.ssid, "not-the-passphrase")
+    first.apply_wifi_config()
+    with pytest.raises(WifiJoinFailed):
+        first.wait_for_wifi(rig.ssid)
+    assert read_state(board)["pending_mapping"]["user_id"] == "user-stale"  # kept while session 1 lasts
+    first.transport.close()
+    since = board.log_offset()
+    second = rig.provisioner(board)  # a new connection without the cookie: a new session
+    second.start_session()
+    board.wait_for_log(r"node: pending mapping for user user-stale dropped: it came in an earlier session, "
+                       r"whose Wi-Fi join did not complete", since=since, timeout=5)
+    second.set_wifi_config(rig.ssid, rig.passphrase)
+    second.apply_wifi_config()
+    assert second.wait_for_wifi(rig.ssid).state == "Connected"
+    config_topic = f"node/{board.node_id}/config"
+    watcher.wait_for_topic(config_topic, timeout=30)
+    # the mapping would follow the config's PUBACK: give it the time it takes, then look
+    board.wait_for_log(r"online: config reported", since=since, timeout=10)
+    time.sleep(1)
+    assert watcher.payloads(f"node/{board.node_id}/user/mapping") == []
+    assert "user/mapping" not in board.read_log()
+    assert "pending_mapping" not in read_state(board)
 
 
 def test_apply_while_the_join_is_under_way_does_not_crash_the_node(rig):
@@ -198,9 +239,10 @@ def test_apply_while_the_join_is_under_way_does_not_crash_the_node(rig):
     assert board.crashes == []
 
 
-def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_publishes_it(rig, harness):
-    """The node persists the mapping the moment it arrives (beyond Espressif's node): a power cut
-    before any Wi-Fi data loses nothing, and the next provisioning publishes that mapping."""
+def test_power_cut_right_after_cloud_user_assoc_keeps_the_mapping_until_a_new_session(rig, harness):
+    """The node persists the mapping the moment it arrives (beyond Espressif's node): a power cut before
+    any Wi-Fi data leaves it on flash. The client must provision again, and its new session replaces it
+    (docs/protocol.md 4.3): the mapping published is the one that session sends."""
     watcher = harness()
     board = rig.add_board("vb-e2e-cut")
     user_id, secret_key = "user-cut", str(uuid.uuid4())
@@ -212,15 +254,18 @@ def test_power_cut_right_after_cloud_user_assoc_keeps_the_pending_mapping_and_pu
     board.power_cut()
     assert read_state(board) == {"pending_mapping": {"user_id": user_id, "secret_key": secret_key, "reset": True}}
     board.wait_for_log(r"state: provisioning", since=since, timeout=20)
-    # the client comes back for Wi-Fi only (no second cloud_user_assoc)
+    assert read_state(board)["pending_mapping"]["secret_key"] == secret_key  # still there: no session yet
     again = rig.provisioner(board)
     again.start_session()
+    board.wait_for_log(rf"pending mapping for user {user_id} dropped", since=since, timeout=5)
+    new_key = str(uuid.uuid4())
+    assert again.set_user_mapping(user_id, new_key) == board.node_id
     again.set_wifi_config(rig.ssid, rig.passphrase)
     again.apply_wifi_config()
     assert again.wait_for_wifi(rig.ssid).state == "Connected"
     mapping_topic = f"node/{board.node_id}/user/mapping"
     assert watcher.wait_for_topic(mapping_topic, timeout=30) == [
-        mapping_json(board.node_id, user_id, secret_key, reset=True)]
+        mapping_json(board.node_id, user_id, new_key, reset=True)]
 
 
 def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_again(rig, harness):

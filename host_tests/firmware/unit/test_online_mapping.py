@@ -95,6 +95,17 @@ def test_malformed_stored_entry_is_ignored_not_raised():
     equal(state.payload("N1"), None, "entry without secret")
 
 
+def test_drop_pending_keeps_the_stored_user_id():
+    state, _ = _state()
+    state.set_pending("user-1", "secret-1")
+    state.acknowledged(state.pending())
+    state.set_pending("user-2", "secret-2")  # another owner: user-1 erased until user-2's PUBACK
+    state.drop_pending()
+    equal((state.pending(), state.mapped_user_id()), (None, None), "dropped; the reset it decided stays decided")
+    state.set_pending("user-1", "secret-3")
+    check(state.pending()["reset"], "so user-1 again resets too")
+
+
 def test_erase_forgets_everything_about_the_mapping():
     state, _ = _state()
     state.set_pending("user-1", "secret-1")

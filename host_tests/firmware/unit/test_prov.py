@@ -15,13 +15,15 @@ from fwtest import (raises, check, equal, FakeStation, FakeConfig, Sec1Client, s
 class Node:
     """A Provisioning wired like the lead wires it: pending mapping persisted in a Store."""
 
-    def __init__(self, sec_ver=1, pop="abcd1234", scan_results=None, fail_store=False):
+    def __init__(self, sec_ver=1, pop="abcd1234", scan_results=None, fail_store=False, fail_session=False):
         self.store = Store(tmpdir("prov") + "/state.json")
         self.station = FakeStation(scan_results)
         self.events = []
         self.fail_store = fail_store
+        self.fail_session = fail_session
         self.prov = Provisioning(FakeConfig(sec_ver, pop, "node-1"), self.station, self.on_user_mapping,
-                                 on_wifi_config_applied=self.on_applied, on_reset=self.on_reset)
+                                 on_wifi_config_applied=self.on_applied, on_reset=self.on_reset,
+                                 on_session=self.on_session)
 
     def on_user_mapping(self, user_id, secret_key):
         if self.fail_store:
@@ -34,6 +36,11 @@ class Node:
 
     def on_reset(self):
         self.events.append("reset")
+
+    def on_session(self, session_id):
+        self.events.append(("session", session_id))
+        if self.fail_session:
+            raise OSError(5, "flash gone")
 
 
 def _sec1(node, session_id=7, pop=b"abcd1234"):
@@ -80,7 +87,7 @@ def test_full_sec1_sequence_reaches_connected():
     equal(status["sta_state"], fwtest.STA_CONNECTED, "connected")
     equal(status["connected"], {"ip4_addr": "198.51.100.7", "auth_mode": 3, "ssid": b"home",
                                 "bssid": b"\x01\x02\x03\x04\x05\x06", "channel": 6}, "connected state")
-    equal(node.events, ["mapping stored", ("applied", b"home")], "callbacks")
+    equal(node.events, [("session", 7), "mapping stored", ("applied", b"home")], "callbacks")
 
 
 def test_sec0_sequence():
@@ -89,6 +96,35 @@ def test_sec0_sequence():
     req = pb.encode(pb.RMakerConfigPayload, {"cmd_set_user_mapping": {"UserID": "u", "SecretKey": "k"}})
     resp = pb.decode(pb.RMakerConfigPayload, node.prov.dispatch(3, "cloud_user_assoc", req))
     equal(resp["resp_set_user_mapping"]["NodeId"], "node-1", "node id over sec0")
+
+
+def test_on_session_runs_for_every_completed_handshake_only():
+    """docs/protocol.md 4.3 rests on this: the node hears of each session once its handshake is done (a new
+    client, or one starting over on the same session id), never of a half-done or failed one."""
+    node = Node()
+    client = Sec1Client(b"abcd1234")
+    resp0 = node.prov.dispatch(7, "prov-session", client.cmd0())
+    equal(node.events, [], "not after Command0")
+    client.check_resp1(node.prov.dispatch(7, "prov-session", client.cmd1(resp0)))
+    equal(node.events, [("session", 7)], "after Command1, before the client has Response1")
+    _sec1(node, session_id=7)  # the same client starting over
+    _sec1(node, session_id=8)  # another client
+    equal(node.events, [("session", 7), ("session", 7), ("session", 8)], "once per handshake")
+    raises(protocomm.ProtocommError, _sec1, node, 9, b"not-the-pop")
+    equal(len(node.events), 3, "not for a failed handshake")
+    sec0 = Node(sec_ver=0)
+    sec0.prov.dispatch(3, "prov-session", bytes.fromhex("5203a20100"))
+    equal(sec0.events, [("session", 3)], "Security 0")
+
+
+def test_a_session_whose_start_failed_is_unusable():
+    """If the node cannot do what a new session requires (drop an earlier session's mapping), the client
+    gets an error and the session serves nothing."""
+    node = Node(fail_session=True)
+    raises(protocomm.ProtocommError, _sec1, node)
+    request = pb.encode(pb.RMakerConfigPayload, {"cmd_set_user_mapping": {"UserID": "u", "SecretKey": "k"}})
+    raises(protocomm.SessionError, node.prov.dispatch, 7, "cloud_user_assoc", request)
+    equal(node.store.get("pending_mapping"), None, "nothing stored")
 
 
 def test_pending_mapping_persisted_before_reply():
@@ -122,7 +158,7 @@ def test_a_mapping_the_node_would_not_publish_is_invalid_param():
     resp = secured(node.prov.dispatch, client, 7, "cloud_user_assoc", pb.RMakerConfigPayload, {"msg": 0})
     equal(resp["resp_set_user_mapping"]["Status"], fwtest.MAPPING_INVALID_PARAM, "no command")
     equal(node.store.get("pending_mapping"), None, "nothing stored")
-    equal(node.events, [], "mapping callback never called")
+    equal(node.events, [("session", 7)], "mapping callback never called")
 
 
 def test_ssid_and_passphrase_limits():
