@@ -42,8 +42,8 @@ async def provision(node):
         entry = node.mapping.pending()
         if entry is not None and not joined():
             node.mapping.drop_pending()
-            log.info(_TAG, "pending mapping for user %s dropped: it came in an earlier session, whose Wi-Fi "
-                           "join did not complete" % entry["user_id"])
+            log.info(_TAG, "pending mapping for user %s dropped: an earlier session's, join not completed"
+                     % entry["user_id"])
 
     def on_wifi_config_applied(ssid, passphrase):
         joining[:] = [(bytes(ssid), bytes(passphrase))]  # SSIDs need not be UTF-8: kept as bytes

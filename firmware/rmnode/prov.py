@@ -117,11 +117,6 @@ class Provisioning:
         """Names served here, for the transport's 404 check (ProvHttpServer(endpoints=...))."""
         return self.protocomm.endpoints()
 
-    @property
-    def wifi_applied(self):
-        """True once ApplyConfig started a join (until prov-ctrl reset)."""
-        return self._applied
-
     # -- prov-config ---------------------------------------------------------------------------
     def _config_handler(self, session_id, request):
         req = pb.decode(pb.WiFiConfigPayload, request)

@@ -42,9 +42,6 @@ class Store:
     def get(self, key, default=None):
         return self._data.get(key, default)
 
-    def __contains__(self, key):
-        return key in self._data
-
     def update(self, changes):
         """Set several keys in one atomic write; a value of None deletes its key."""
         data = dict(self._data)

@@ -207,8 +207,8 @@ def test_a_mapping_from_a_session_whose_join_failed_is_dropped_when_a_new_sessio
     since = board.log_offset()
     second = rig.provisioner(board)  # a new connection without the cookie: a new session
     second.start_session()
-    board.wait_for_log(r"node: pending mapping for user user-stale dropped: it came in an earlier session, "
-                       r"whose Wi-Fi join did not complete", since=since, timeout=5)
+    board.wait_for_log(r"node: pending mapping for user user-stale dropped: an earlier session's, join not "
+                       r"completed", since=since, timeout=5)
     second.set_wifi_config(rig.ssid, rig.passphrase)
     second.apply_wifi_config()
     assert second.wait_for_wifi(rig.ssid).state == "Connected"
