@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "rmkit.demo",
     "rmkit.sandbox",
     "rmkit.vboard.cli",
+    "rmkit.flash",
     "rmkit.deploy",
     "rmkit.monitor",
     "rmkit.provision.cli",

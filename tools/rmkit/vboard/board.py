@@ -24,6 +24,7 @@ from rmkit.vboard import runtime
 from rmkit.vboard.air import load_air
 from rmkit.vboard.errors import BoardCrashed, BoardError
 from rmkit.vboard.rawrepl import RawRepl
+from rmkit.vboard.rom import SpiFlash
 from rmkit.vboard.supervisor import LAUNCHER, Supervisor
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class VirtualBoard:
                  air: Optional[PathLike] = None, heap: str = "110K", tcp_port: int = 0,
                  pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
                  log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
-                 reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None):
+                 reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None,
+                 rfc2217_port: int = 0, reset_circuit: str = "uart"):
         self.name = runtime.check_name(name)
         # what the factory data on its flash says, when whoever wrote it passes it on (rmkit.stack):
         # a client needs the PoP to open a session; kept with the board, never logged
@@ -118,6 +120,12 @@ class VirtualBoard:
         self.heap = heap
         self.heap_bytes = parse_heap(heap)
         self.tcp_port = int(tcp_port)
+        # the serial port with modem lines (esptool resets the board through DTR/RTS there); reset
+        # circuit "uart" (a DevKit's USB-serial adapter) or "usb-jtag" (see rom.ResetLines)
+        self.rfc2217_port = int(rfc2217_port)
+        if reset_circuit not in ("uart", "usb-jtag"):
+            raise BoardError(f"reset circuit {reset_circuit!r} must be 'uart' or 'usb-jtag'")
+        self.reset_circuit = reset_circuit
         self.pty_link = Path(pty_link) if pty_link else runtime.runtime_dir() / f"{self.name}.pty"
         self._softap_arg = softap
         self.softap = parse_softap(softap) if softap else None
@@ -150,6 +158,23 @@ class VirtualBoard:
         return f"socket://127.0.0.1:{self.tcp_port}"
 
     @property
+    def rfc2217_url(self) -> str:
+        """The serial port with DTR/RTS, for esptool (and mpremote): rfc2217://127.0.0.1:PORT."""
+        return f"rfc2217://127.0.0.1:{self.rfc2217_port}"
+
+    @property
+    def spi_flash_path(self) -> Path:
+        """The raw 4 MB SPI flash (bootloader, partition table, app) next to the flash directory,
+        which is the filesystem partition; it exists once esptool wrote or erased anything."""
+        return self.flash_dir.with_name(self.flash_dir.name + ".spiflash.bin")
+
+    @property
+    def chip_state(self) -> str:
+        """"app" (MicroPython runs or boots), "reset" (EN held low), "download" (ROM download mode or
+        esptool's stub), "bootloop" (no MicroPython in flash) or "idle" (another app in flash)."""
+        return self._sup.chip if self._sup else "off"
+
+    @property
     def pty_path(self) -> str:
         """The /dev/pts/N behind pty_link."""
         return self._supervisor().pty_name
@@ -180,15 +205,20 @@ class VirtualBoard:
             self.softap = ("127.0.0.1", free_port())
         self._write_settings()
         tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            tcp.bind(("127.0.0.1", self.tcp_port))
-        except OSError:
-            tcp.close()
-            raise BoardError(f"TCP port {self.tcp_port} on 127.0.0.1 is already in use "
-                             f"(pick another --port, or omit it for a free one)") from None
-        try:  # from here on, any failure closes the port and removes the state dir
+        rfc = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        for sock, port, option in ((tcp, self.tcp_port, "--port"), (rfc, self.rfc2217_port, "--rfc2217-port")):
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                tcp.close()
+                rfc.close()
+                raise BoardError(f"TCP port {port} on 127.0.0.1 is already in use "
+                                 f"(pick another {option}, or omit it for a free one)") from None
+        try:  # from here on, any failure closes the ports and removes the state dir
             tcp.listen(8)
+            rfc.listen(4)
             self.tcp_port = tcp.getsockname()[1]
+            self.rfc2217_port = rfc.getsockname()[1]
             self._state_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-vboard-{self.name}-"))
             sim_dir = self._compile_sim()
             self.serial_log.parent.mkdir(parents=True, exist_ok=True)
@@ -203,19 +233,24 @@ class VirtualBoard:
                     "-i", str(SIM_DIR / "vb_boot.py")]
             self._sup = Supervisor(name=self.name, argv=argv, env=env, state_dir=self._state_dir,
                                    log_path=self.serial_log, tcp_sock=tcp, pty_link=self.pty_link,
-                                   boot_mode="full" if self.run_main else "none", on_output=self._echo)
+                                   boot_mode="full" if self.run_main else "none", on_output=self._echo,
+                                   rfc2217_sock=rfc, spi_flash=SpiFlash(self.spi_flash_path),
+                                   mac=bytes(int(part, 16) for part in self.mac.split(":")),
+                                   reset_circuit=self.reset_circuit)
         except (OSError, FileExistsError) as exc:
             tcp.close()
+            rfc.close()
             self._cleanup_state()
             raise BoardError(f"board {self.name}: {exc}") from None
         except BaseException:
             tcp.close()
+            rfc.close()
             self._cleanup_state()
             raise
         _live_boards.add(self)
         self._sup.start()
-        try:
-            self._wait_ready(1, timeout)
+        try:  # a board whose flash holds no MicroPython starts too (its boot loop is what it does)
+            self._wait_ready(1, timeout, attempts=0, rom_ok=True)
         except BoardError:
             self.stop()
             raise
@@ -258,11 +293,26 @@ class VirtualBoard:
         tmp.write_text(str(nbytes))
         os.replace(tmp, state / "idf_reserve")
 
+    def enter_download_mode(self, timeout: float = 10.0) -> None:
+        """Hold BOOT (IO0 low) and press EN, as by hand: the chip starts the ROM's download mode, for
+        esptool on any of the board's ports (on the pty or socket:// with `--before no-reset`)."""
+        sup = self._supervisor()
+        attempts = sup.boot_attempts
+        sup.request("download")
+        deadline = time.monotonic() + timeout
+        with sup.cond:
+            while not (sup.boot_attempts > attempts and sup.chip == "download"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or sup.halted == "stopped":
+                    raise BoardError(f"board {self.name} did not enter download mode within {timeout:g} s "
+                                     f"({sup.rom_state or 'running'})")
+                sup.cond.wait(remaining)
+
     def _restart(self, what: str, timeout: float) -> None:
         sup = self._supervisor()
-        gen = sup.gen
+        gen, attempts = sup.gen, sup.boot_attempts
         sup.request(what)
-        self._wait_ready(gen + 1, timeout)
+        self._wait_ready(gen + 1, timeout, attempts=attempts)
 
     # ---- talking to the board ---------------------------------------------------------------
 
@@ -361,12 +411,16 @@ class VirtualBoard:
         tail = text.replace("\r\n", "\n").splitlines()[-lines:]
         return f"\n--- last {len(tail)} lines of the serial log ---\n" + "\n".join(tail)
 
-    def _wait_ready(self, gen: int, timeout: float) -> None:
+    def _wait_ready(self, gen: int, timeout: float, attempts: Optional[int] = None, rom_ok: bool = False) -> None:
+        # attempts: the supervisor's boot_attempts before the boot waited for; a boot after it that
+        # found no MicroPython to run (rom_state) ends the wait: fine when rom_ok, else an error
         sup = self._supervisor()
         deadline = time.monotonic() + timeout
         with sup.cond:
             while sup.ready_gen < gen:
                 if sup.halted:
+                    break
+                if attempts is not None and sup.boot_attempts > attempts and sup.rom_state:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -374,6 +428,13 @@ class VirtualBoard:
                 sup.cond.wait(remaining)
             ok = sup.ready_gen >= gen
             halted = sup.halted
+            rom_state = sup.rom_state if attempts is not None and sup.boot_attempts > attempts else None
+        if not ok and rom_state and not halted:
+            if rom_ok:
+                log.info("vboard %s: not running MicroPython: %s", self.name, rom_state)
+                return
+            raise BoardError(f"board {self.name} did not boot MicroPython: {rom_state}" + self._log_tail(lines=8)
+                             + f"\n(serial log: {self.serial_log})")
         if not ok:
             why = halted or f"MicroPython did not finish booting within {timeout:g} s"
             raise BoardError(f"board {self.name}: {why}" + self._log_tail()
@@ -383,10 +444,12 @@ class VirtualBoard:
         # a reboot may be under way (reset, crash): talk to the new process, not the old one
         deadline = time.monotonic() + timeout
         with sup.cond:
-            while sup.rebooting and not sup.halted and time.monotonic() < deadline:
+            while sup.rebooting and not sup.halted and not sup.rom_state and time.monotonic() < deadline:
                 sup.cond.wait(deadline - time.monotonic())
         if sup.halted:
             raise BoardError(f"board {self.name} is halted: {sup.halted}")
+        if sup.rom_state:
+            raise BoardError(f"board {self.name} is not running MicroPython: {sup.rom_state}")
         if sup.rebooting:
             raise BoardError(f"board {self.name}: MicroPython did not finish rebooting within {timeout:g} s")
 
@@ -450,6 +513,7 @@ class VirtualBoard:
             self._state_dir = None
         if self._temp_flash and self.flash_dir is not None:
             shutil.rmtree(self.flash_dir, ignore_errors=True)
+            self.spi_flash_path.unlink(missing_ok=True)
             self.flash_dir = None
 
 

@@ -30,6 +30,8 @@ def register(sub) -> None:
     vboard.add_argument("--flash", required=True, type=Path,
                         help="flash directory, mounted as / on the board (created if missing; new = erased board)")
     vboard.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: a free one)")
+    vboard.add_argument("--rfc2217-port", type=int, default=0,
+                        help="TCP port of the RFC 2217 serial port (DTR/RTS for esptool; default: a free one)")
     vboard.add_argument("--pty", type=Path, help="path of the pty symlink (default: <runtime dir>/<name>.pty)")
     vboard.add_argument("--softap", metavar="HOST:PORT",
                         help="where the firmware's SoftAP HTTP server listens (AP ifconfig() reports HOST, "
@@ -70,13 +72,16 @@ def run_vboard(args: argparse.Namespace) -> int:
                         f"give this board its own --flash (make vboard FLASH=..., default vboards/<BOARD>)")
     if args.port and port_in_use(args.port):
         raise UserError(f"TCP port {args.port} on 127.0.0.1 is already in use (pick another --port, or omit it)")
+    if args.rfc2217_port and port_in_use(args.rfc2217_port):
+        raise UserError(f"TCP port {args.rfc2217_port} on 127.0.0.1 is already in use "
+                        f"(pick another --rfc2217-port, or omit it)")
     air = args.air or args.flash.with_name(args.flash.name + ".air.json")
     echo = None if args.quiet else _Echo()
     try:
         wifi = lab_air(air) if args.air is None else None
         board = VirtualBoard(name=args.name, flash_dir=args.flash, mac=args.mac, air=air, heap=args.heap,
                              tcp_port=args.port, pty_link=args.pty, softap=args.softap, log_path=args.log,
-                             run_main=not args.no_main, echo=echo)
+                             run_main=not args.no_main, echo=echo, rfc2217_port=args.rfc2217_port)
     except BoardError as exc:
         raise UserError(str(exc)) from None
     # Ctrl-C (even when started with SIGINT ignored, as `cmd &` does), `kill` and a closed
@@ -154,6 +159,8 @@ def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
     print(f"vboard {board.name}: up in {board.start_seconds:.2f} s, MAC {board.mac}\n"
           f"  serial (socket) {board.url}\n"
           f"  serial (pty)    {board.pty_link} -> {board.pty_path}\n"
+          f"  serial (RFC 2217, DTR/RTS) {board.rfc2217_url} (esptool, make flash PORT=...)\n"
+          f"  raw SPI flash   {board.spi_flash_path} (bootloader, partition table, app; / is the flash dir)\n"
           f"  SoftAP          {board.softap[0]}:{board.softap[1]} (prov_port in /settings.json)\n"
           f"  serial log      {board.serial_log}\n"
           + (f"  Wi-Fi           simulated network {wifi[0]!r}, passphrase {wifi[1]} (in {air}; AIR= for another)\n"
@@ -163,6 +170,7 @@ def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
           f"  {mpremote} connect {pty} repl\n"
           f"  {ampy} --port {pty} ls\n"
           f"  make repl BOARD={board.name}\n"
+          f"  {shlex.quote(str(VENV_BIN / 'esptool'))} --port {board.rfc2217_url} chip-id\n"
           f"  {shlex.quote(str(VENV_BIN / 'rmkit'))} repl --name {board.name}\n"
           "(ampy needs the pty: it cannot open socket:// URLs; Ctrl-] leaves `make repl`)", flush=True)
     print(_provisioning_help(board, wifi), flush=True)

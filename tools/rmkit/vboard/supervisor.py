@@ -20,6 +20,11 @@ process whenever the board "reboots". Why each piece is there (each measured on 
   power_cut(); anything else (a signal, a FATAL error) is a crash, reported in the serial stream
   and to waiting callers, and followed by a reboot like an ESP32 panic; three crashes within
   10 s halt the board instead of looping.
+- Below MicroPython is the chip (rom.py): DTR/RTS from RFC 2217 clients reach EN and IO0. EN low
+  stops the process (the chip is in reset); EN high with IO0 low starts the ROM's download mode,
+  which answers esptool until it resets the chip or leaves for the app; every boot from flash first
+  checks the image there and, when it is no MicroPython, prints the ROM's or the bootloader's
+  messages in a loop (timed, never a busy loop) instead of starting the process.
 """
 
 import logging
@@ -36,6 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from rmkit.vboard.rfc2217 import Rfc2217Client
+from rmkit.vboard.rom import STRAP_WINDOW_S, Boot, Loader, ResetLines, SpiFlash, boot_from
+
 log = logging.getLogger(__name__)
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit"
@@ -43,6 +51,13 @@ FRIENDLY_BANNER = b'Type "help()" for more information.'
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 POWER_ON = b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
 SW_RESET = b"rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+DOWNLOAD_BOOT = b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"
+DOWNLOAD_REBOOT = b"rst:0xc (SW_CPU_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"
+RTCWDT_RESET = b"rst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+SYSTEM_RESET = b"rst:0x3 (SW_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+# boot loops: the ROM prints "invalid header" every 50 ms until its RTC watchdog resets the chip
+# (about 1 s); the bootloader prints its errors and resets at once (a boot takes about 0.3 s)
+ROM_LINE_S, ROM_LINES_PER_RESET, ROM_HALT_S, BOOTLOADER_LOOP_S = 0.05, 20, 1.0, 0.3
 # machine.reset_cause() values on the ESP32 port
 PWRON_RESET, SOFT_RESET = 1, 5
 CRASH_LIMIT, CRASH_WINDOW_S = 3, 10.0
@@ -69,6 +84,7 @@ class Child:
     gen: int
     ready: bool = False
     pending: bytearray = field(default_factory=bytearray)
+    closed: bool = False    # killed and cleaned up at once (EN reset), no exit to handle
 
 
 @dataclass
@@ -82,7 +98,9 @@ class Supervisor(threading.Thread):
 
     def __init__(self, *, name: str, argv: list, env: dict, state_dir: Path, log_path: Path,
                  tcp_sock: socket.socket, pty_link: Path, boot_mode: str,
-                 on_output: Optional[Callable[[bytes], None]] = None):
+                 on_output: Optional[Callable[[bytes], None]] = None,
+                 rfc2217_sock: Optional[socket.socket] = None, spi_flash: Optional[SpiFlash] = None,
+                 mac: bytes = bytes(6), reset_circuit: str = "uart"):
         super().__init__(name=f"vboard-{name}", daemon=True)
         self.board_name = name
         self._argv = argv
@@ -116,6 +134,19 @@ class Supervisor(threading.Thread):
         self.halted: Optional[str] = None
         self.pids: list = []
         self.startup_failure: Optional[str] = None
+        # the chip: its flash, the RFC 2217 port's modem lines, download mode, timed boot loops
+        self._rfc_listen = rfc2217_sock
+        self._rfc_clients: dict = {}
+        self._flash = spi_flash
+        self._mac = bytes(mac)
+        self._lines = ResetLines(reset_circuit)
+        self._loader: Optional[Loader] = None
+        self._timer: Optional[tuple] = None
+        self._loop: Optional[dict] = None
+        self._strap_window = False   # EN released, IO0 not yet seen low, window still open
+        self.chip = "app"            # app, reset (EN low), download, bootloop, idle
+        self.rom_state: Optional[str] = None   # why MicroPython is not running, while it is not
+        self.boot_attempts = 0       # boots from flash or into download mode so far
 
         self.host_master, self.host_slave = os.openpty()
         tty.setraw(self.host_slave)  # no echo of the board's own output back into it
@@ -147,13 +178,18 @@ class Supervisor(threading.Thread):
             self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             self._sel.register(self.host_master, selectors.EVENT_READ, "host")
             self._sel.register(self._tcp, selectors.EVENT_READ, "listen")
+            if self._rfc_listen is not None:
+                self._sel.register(self._rfc_listen, selectors.EVENT_READ, "listen-rfc2217")
             self._emit(POWER_ON)
-            self._spawn(self._boot_mode)
+            self._boot_app()
             while not self._stopping:
                 child = self._child
                 timeout = 0.005 if child and not child.ready else 0.5
+                if self._timer is not None:
+                    timeout = min(timeout, max(0.0, self._timer[0] - time.monotonic()))
                 for key, events in self._sel.select(timeout):
                     self._dispatch(key, events)
+                self._run_timer()
                 self._check_ready()
                 self._handle_requests()
         except Exception:  # keep the reason in the log; callers see a halted board
@@ -183,6 +219,27 @@ class Supervisor(threading.Thread):
             conn.settimeout(2.0)
             self._clients.append(conn)
             self._sel.register(conn, selectors.EVENT_READ, conn)
+        elif what == "listen-rfc2217":
+            conn, _ = self._rfc_listen.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(2.0)
+            try:
+                client = Rfc2217Client(conn, self._on_lines)
+            except OSError:
+                conn.close()
+                return
+            self._rfc_clients[conn] = client
+            self._sel.register(conn, selectors.EVENT_READ, client)
+        elif isinstance(what, Rfc2217Client):
+            try:
+                data = what.sock.recv(65536)
+                data = what.decode(data) if data else None
+            except OSError:
+                data = None
+            if data is None:
+                self._drop_rfc2217(what)
+            elif data:
+                self._on_input(data)
         elif isinstance(what, socket.socket):
             try:
                 data = what.recv(65536)
@@ -193,6 +250,8 @@ class Supervisor(threading.Thread):
             else:
                 self._drop_client(what)
         elif isinstance(what, Child):
+            if what.closed:
+                return
             if events & selectors.EVENT_READ:
                 try:
                     data = os.read(what.master, 65536)
@@ -211,6 +270,13 @@ class Supervisor(threading.Thread):
             self._clients.remove(conn)
             self._sel.unregister(conn)
         conn.close()
+
+    def _drop_rfc2217(self, client: Rfc2217Client) -> None:
+        if self._rfc_clients.pop(client.sock, None) is not None:
+            self._sel.unregister(client.sock)
+        client.sock.close()
+        if not self._rfc_clients:  # the port closed: the adapter releases DTR and RTS (HUPCL)
+            self._on_lines(dtr=False, rts=False)
 
     # ---- output: child -> log, pty, TCP clients -------------------------------------------
 
@@ -244,15 +310,26 @@ class Supervisor(threading.Thread):
             except Exception:  # a broken echo (closed stdout) must not take the board down
                 log.exception("vboard %s: output callback failed; disabling it", self.board_name)
                 self._on_output = None
+        self._send_raw(data)
+        with self.cond:
+            self.log_size += len(data)
+            self.cond.notify_all()
+
+    def _send_raw(self, data: bytes) -> None:
+        """To every client, not to the log: _emit() for what the board prints, this alone for the
+        download-mode protocol (binary, and megabytes when esptool reads the flash)."""
         self._write_host_pty(data)
         for conn in list(self._clients):
             try:
                 conn.sendall(data)
             except OSError:  # a client that stopped reading is dropped, like a closed terminal
                 self._drop_client(conn)
-        with self.cond:
-            self.log_size += len(data)
-            self.cond.notify_all()
+        if self._rfc_clients:
+            for client in list(self._rfc_clients.values()):
+                try:
+                    client.sock.sendall(client.encode(data))
+                except OSError:
+                    self._drop_rfc2217(client)
 
     def _write_host_pty(self, data: bytes) -> None:
         # Nobody may have the pty open: like a UART with nothing attached, old bytes are lost
@@ -271,6 +348,14 @@ class Supervisor(threading.Thread):
     # ---- input: clients -> child -------------------------------------------------------------
 
     def _on_input(self, data: bytes) -> None:
+        if self.chip != "app":
+            if self.chip == "download":
+                out = self._loader.feed(data)
+                if out:
+                    self._send_raw(out)
+                if self._loader.event:
+                    self._rom_event(self._loader.event)
+            return  # in reset, or the ROM or a bootloader loops: nobody reads the UART
         child = self._child
         if child is None:
             return  # rebooting: a UART drops what arrives meanwhile
@@ -398,6 +483,8 @@ class Supervisor(threading.Thread):
             self._child = None
         if self._stopping:
             return
+        if self.chip != "app":  # gone while the chip was reset (the kill raced with its own end)
+            return
         kind, note = self._classify(rc, child)
         self._expected_kill = None
         log.debug("vboard %s: gen %d ended with %s -> %s", self.board_name, child.gen, rc, kind)
@@ -425,7 +512,7 @@ class Supervisor(threading.Thread):
             self._reset_cause = PWRON_RESET
             self._power_off_rtc()
             self._emit(POWER_ON)
-        self._spawn(self._boot_mode)
+        self._boot_app()
 
     def _classify(self, rc: int, child: Child):
         if self._expected_kill and rc == -signal.SIGKILL:
@@ -471,7 +558,13 @@ class Supervisor(threading.Thread):
             if what == "stop":
                 self._stopping = True
                 return
-            # reset / power: restart the process; a halted board powers up again too
+            if what in ("download", "en"):  # buttons: EN pressed, BOOT (IO0) held for "download"
+                self._enter_reset()
+                if not self._lines.in_reset:     # unless the serial adapter holds EN low
+                    self._release_reset(download=what == "download" or self._lines.io0_low)
+                continue
+            # reset / power: restart the process; a halted board, or a chip not running
+            # MicroPython, powers up again too
             child = self._child
             if child is not None:
                 self._expected_kill = "hard" if what == "reset" else "power"
@@ -481,11 +574,152 @@ class Supervisor(threading.Thread):
                     self.halted = None
                 self._crash_times.clear()
                 self._raw_mode = False
+                self._cancel_timer()
+                self._loader = None
+                if self._lines.in_reset:
+                    self._set_chip("reset", "held in reset: the serial adapter holds EN low (RTS)", attempt=True)
+                    continue
                 self._reset_cause = PWRON_RESET if what == "power" else SOFT_RESET
                 if what == "power":
                     self._power_off_rtc()
                 self._emit(POWER_ON if what == "power" else SW_RESET)
-                self._spawn(self._boot_mode)
+                self._boot_app()
+
+    # ---- the chip: EN, IO0, download mode, boots from flash -----------------------------------
+
+    def _set_chip(self, state: str, why: Optional[str], attempt: bool = False) -> None:
+        with self.cond:
+            self.chip = state
+            self.rom_state = None if state == "app" else why
+            if attempt:
+                self.boot_attempts += 1
+            if state != "app":
+                self.rebooting = True
+            self.cond.notify_all()
+
+    def _set_timer(self, delay: float, callback) -> None:
+        self._timer = (time.monotonic() + delay, callback)
+
+    def _cancel_timer(self) -> None:
+        self._timer = None
+        self._loop = None
+        self._strap_window = False
+
+    def _run_timer(self) -> None:
+        timer = self._timer
+        if timer is not None and time.monotonic() >= timer[0]:
+            self._timer = None
+            timer[1]()
+
+    def _stop_child(self) -> None:
+        """Kill the MicroPython process now, as a chip reset stops the CPU (unsent output is lost)."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        child.closed = True
+        try:
+            self._sel.unregister(child.master)
+        except (KeyError, ValueError):
+            pass
+        child.proc.kill()
+        try:
+            child.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        os.close(child.master)
+
+    def _on_lines(self, dtr: Optional[bool] = None, rts: Optional[bool] = None) -> None:
+        """DTR/RTS from an RFC 2217 client, through the board's reset circuit to EN and IO0."""
+        lines = self._lines
+        change = lines.set(dtr, rts)
+        if change == "reset":
+            self._enter_reset()
+        elif change == "release":
+            if lines.circuit == "usb-jtag" or lines.io0_low:
+                self._release_reset(download=lines.usb_download if lines.circuit == "usb-jtag" else True)
+            else:   # see rom.STRAP_WINDOW_S
+                self._set_timer(STRAP_WINDOW_S, self._straps_latched)
+                self._strap_window = True
+        elif self._strap_window and lines.io0_low:
+            self._cancel_timer()
+            self._release_reset(download=True)
+
+    def _straps_latched(self) -> None:
+        self._strap_window = False
+        self._release_reset(download=False)
+
+    def _enter_reset(self) -> None:
+        self._cancel_timer()
+        self._stop_child()
+        self._loader = None
+        self._raw_mode = False
+        self._expected_kill = None
+        self._reset_cause = PWRON_RESET    # EN is the chip's power-on reset; the RTC restarts too
+        self._power_off_rtc()
+        with self.cond:
+            self.halted = None if self.halted != "stopped" else self.halted
+        self._crash_times.clear()
+        self._set_chip("reset", "held in reset (EN low)")
+
+    def _release_reset(self, download: bool) -> None:
+        if download:
+            self._emit(DOWNLOAD_BOOT)
+            self._start_loader()
+        else:
+            self._emit(POWER_ON)
+            self._boot_app()
+
+    def _start_loader(self) -> None:
+        baud = next((c.lines.baudrate for c in self._rfc_clients.values()), 115200)
+        self._loader = Loader(self._flash, self._mac, baud=baud)
+        self._set_chip("download", "in the ROM's download mode (IO0 was low at reset): waiting for esptool",
+                       attempt=True)
+
+    def _rom_event(self, event: str) -> None:
+        self._loader = None
+        if event == "reboot":      # a CPU reset keeps the latched straps: download mode again
+            self._emit(DOWNLOAD_REBOOT)
+            self._start_loader()
+        elif event == "run":       # the ROM leaves for the app in flash
+            self._boot_app()
+        else:                      # "ram": code loaded to RAM runs; nothing here can run it
+            self._set_chip("idle", "running code esptool loaded to RAM, which a virtual board cannot run")
+
+    def _boot_app(self) -> None:
+        """Boot from flash: MicroPython when the flash holds it, else the ROM's or the bootloader's
+        boot loop (or a valid app of another project, which sits idle here)."""
+        boot = boot_from(self._flash) if self._flash is not None else Boot("micropython", [], "")
+        if boot.kind == "micropython":
+            self._set_chip("app", None, attempt=True)
+            self._spawn(self._boot_mode)
+            return
+        log.info("vboard %s: no MicroPython to boot: %s", self.board_name, boot.reason)
+        if boot.kind == "foreign":
+            self._emit(f"[vboard] {boot.reason}: a virtual board runs only MicroPython; it stays here "
+                       f"until reset or flashed again\r\n".encode())
+            self._set_chip("idle", boot.reason, attempt=True)
+            return
+        if boot.kind == "rom" and len(boot.lines) == 1:    # invalid header, over and over
+            loop = {"every": ROM_LINE_S, "count": ROM_LINES_PER_RESET, "pause": ROM_LINE_S, "banner": RTCWDT_RESET}
+        elif boot.kind == "rom":                            # the ROM stops; its watchdog resets it
+            loop = {"every": 0, "count": 1, "pause": ROM_HALT_S, "banner": RTCWDT_RESET}
+        else:                                               # the bootloader resets the chip itself
+            loop = {"every": 0, "count": 1, "pause": BOOTLOADER_LOOP_S, "banner": SYSTEM_RESET}
+        loop.update(n=0, text="".join(line + "\r\n" for line in boot.lines).encode())
+        self._loop = loop
+        self._set_chip("bootloop", f"boot loop: {boot.reason}", attempt=True)
+        self._bootloop_tick()
+
+    def _bootloop_tick(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if loop["n"] == loop["count"]:
+            self._emit(loop["banner"])
+            loop["n"] = 0
+        self._emit(loop["text"])
+        loop["n"] += 1
+        self._set_timer(loop["every"] if loop["n"] < loop["count"] else loop["pause"], self._bootloop_tick)
 
     def _shutdown(self) -> None:
         self._stopping = True
@@ -500,6 +734,14 @@ class Supervisor(threading.Thread):
             os.close(child.master)
         for conn in list(self._clients):
             self._drop_client(conn)
+        for client in list(self._rfc_clients.values()):
+            self._sel.unregister(client.sock)
+            client.sock.close()
+        self._rfc_clients.clear()
+        if self._rfc_listen is not None:
+            self._rfc_listen.close()
+        if self._flash is not None:
+            self._flash.close()
         for fd in (self.host_master, self.host_slave, self._wake_r, self._wake_w):
             try:
                 os.close(fd)
