@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.paths import VENV_BIN
+from support.paths import REPO_ROOT, VENV_BIN
 from rmkit import espimage
 
 RMKIT = str(VENV_BIN / "rmkit")
@@ -185,3 +185,17 @@ def test_chip_table_agrees_with_esptool():
         assert (target.IMAGE_CHIP_ID, target.CHIP_NAME, target.BOOTLOADER_FLASH_OFFSET) == \
             (chip.image_id, chip.name, chip.firmware_offset)
 
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-n", "-o", ".venv/.installed", "-o", "mosquitto", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_make_flash_passes_its_knobs():
+    out = make("flash", "PORT=/dev/ttyUSB0", "FIRMWARE=fw.bin").stdout
+    assert re.search(r"rmkit flash --port /dev/ttyUSB0 +\"fw\.bin\"", out), out
+    out = make("flash", "PORT=rfc2217://127.0.0.1:4000", "FIRMWARE=fw.bin", "ERASE=1", "BAUD=921600").stdout
+    assert re.search(r"rmkit flash --port rfc2217://127\.0\.0\.1:4000 --baud 921600 --erase +\"fw\.bin\"", out), out
+    for args, missing in ((["FIRMWARE=fw.bin"], "PORT="), (["PORT=/dev/ttyUSB0"], "FIRMWARE=")):
+        result = make("flash", *args)
+        assert result.returncode != 0 and missing in result.stderr, result.stderr
