@@ -3,8 +3,8 @@
 A message is a plain dict keyed by field name. `decode()` fills every field: scalars with their
 proto3 default, sub-messages and oneof scalars with None, repeated fields with []. `encode()`
 writes fields in field-number order and leaves out defaults exactly as Google's protobuf does,
-so the bytes match the host side (spec golden-vectors.txt): a scalar equal to its default is
-omitted, a sub-message is written whenever it is present (even empty: `{}`), and a oneof scalar
+so the bytes match the host side (the golden vectors of docs/protocol.md 3.5): a scalar equal to
+its default is omitted, a sub-message is written whenever it is present (even empty: `{}`), and a oneof scalar
 is written whenever it is set (even to 0), because oneof members have explicit presence.
 
 A schema is a string, not an object: on a board without PSRAM the tables must cost no more than
