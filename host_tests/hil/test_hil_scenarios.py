@@ -1,0 +1,115 @@
+"""The end-to-end mapping scenarios on a board, through its serial port and the network only
+(hardware in the loop: `pytest host_tests/hil --board PORT ...`, README "Hardware in the loop").
+
+Each test starts with the board reset into provisioning with nothing stored (the `hil` fixture); the
+client is ours (rmkit.flow, rmkit.provision, the cloud API client), the broker, SNTP server and cloud the
+harness's. host_tests/e2e/test_scenarios.py runs the same scenarios, and more, against virtual boards
+it can reach into; these only do what can be done to a board on a desk.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from rmkit.flow import map_node
+
+from support.hil import ONLINE_S
+
+pytestmark = pytest.mark.hil
+
+# the cloud's mapping timeout in the wrong-secret scenario (RainMaker: 60 s); the PUT comes right after
+# the node's report, well inside it
+SHORT_TIMEOUT_S = 3.0
+
+
+def acked_line(user_id: str) -> str:
+    """The node's log line once the broker's PUBACK for the user's mapping arrived."""
+    return rf"mapping: mapping for user {re.escape(user_id)} acknowledged"
+
+
+def poll_until_final(client, request_id: str, give_up_s: float = 30.0) -> list:
+    """Every status the cloud returns, polling every 0.1 s until a final one (the last in the list)."""
+    statuses = []
+    deadline = time.monotonic() + give_up_s
+    while time.monotonic() < deadline:
+        statuses.append(client.mapping_status(request_id))
+        if statuses[-1] in ("confirmed", "timedout", "discarded"):
+            return statuses
+        time.sleep(0.1)
+    raise AssertionError(f"request {request_id} not final after {give_up_s:g} s: {statuses[-5:]}")
+
+
+def test_client_first_then_node_confirmed(hil):
+    """The client asks the cloud first (PUT with the node id the board's factory data holds), then
+    provisions the board: `requested` until the node's publish arrives, then `confirmed`."""
+    alice = hil.user("alice")
+    secret_key = str(uuid.uuid4())
+    request_id = alice.request_mapping(hil.node_id, secret_key)
+    assert alice.mapping_status(request_id) == "requested"
+
+    assert hil.provision(alice, secret_key) == hil.node_id
+    outcome = alice.wait_for_mapping(request_id, poll_interval_s=0.2, give_up_s=ONLINE_S)
+    assert outcome.status == "confirmed"
+    assert alice.nodes() == [hil.node_id]
+    hil.board.wait_for_log(acked_line(alice.user_id), timeout=ONLINE_S)
+
+
+def test_node_first_then_client_confirmed(hil):
+    """The node's publish is in before the client's PUT: the PUT itself is answered `confirmed`."""
+    alice = hil.user("alice")
+    secret_key = str(uuid.uuid4())
+    since = hil.board.log_offset()
+    node_id = hil.provision(alice, secret_key)
+    assert node_id == hil.node_id
+    hil.board.wait_for_log(acked_line(alice.user_id), timeout=ONLINE_S, since=since)
+    hil.wait_for_cloud_log(rf"node {node_id} reported a mapping for user {alice.user_id}")
+
+    request_id = alice.request_mapping(node_id, secret_key)
+    assert alice.mapping_status(request_id) == "confirmed"
+    assert alice.nodes() == [node_id]
+
+
+def test_wrong_secret_stays_requested_then_times_out(hil):
+    """The node was given key A, the cloud is asked with key B: the node's report does not match, the
+    request stays `requested` and ends `timedout`, never `confirmed`."""
+    alice = hil.user("alice")
+    key_for_node, key_for_cloud = str(uuid.uuid4()), str(uuid.uuid4())
+    node_id = hil.provision(alice, key_for_node)
+    hil.board.wait_for_log(acked_line(alice.user_id), timeout=ONLINE_S)
+    hil.wait_for_cloud_log(rf"node {node_id} reported a mapping for user {alice.user_id}")
+
+    with hil.mapping_timeout(SHORT_TIMEOUT_S):
+        before_put = time.monotonic()
+        request_id = alice.request_mapping(node_id, key_for_cloud)
+        statuses = poll_until_final(alice, request_id)
+        waited = time.monotonic() - before_put
+
+    assert statuses[-1] == "timedout"
+    assert set(statuses[:-1]) == {"requested"}, statuses
+    assert waited >= SHORT_TIMEOUT_S
+    assert alice.nodes() == []
+
+
+def test_factory_reset_from_the_repl_is_reported_and_reboots_into_provisioning(hil):
+    """A mapped, online node reset from its REPL over the serial port: it reports the reset (the cloud
+    drops the user's association), erases its state and reboots into provisioning."""
+    alice = hil.user("alice")
+    secret_key = str(uuid.uuid4())
+    node_id = hil.provision(alice, secret_key)
+    assert map_node(alice, hil.timeline, node_id, secret_key, poll_interval_s=0.2).status == "confirmed"
+    hil.board.wait_for_log(r"online: config reported", timeout=ONLINE_S)
+    assert alice.nodes() == [node_id]
+
+    since = hil.factory_reset_from_repl()
+    hil.board.wait_for_log(r"online: factory reset reported", timeout=ONLINE_S, since=since)
+    hil.board.wait_for_log(r"node: factory reset done \(reported to the cloud\)", timeout=ONLINE_S, since=since)
+    hil.wait_for_cloud_log(rf"node {node_id} reset: associations of 1 user\(s\) removed \({alice.user_id}\)")
+    assert alice.nodes() == []
+
+    hil.wait_for_provisioning(since)
+    info = hil.provisioner().proto_ver()  # the provisioning service answers again
+    assert info["prov"]["sec_ver"] == 1
