@@ -18,7 +18,7 @@ import pytest
 from support.paths import REPO_ROOT, VENV_BIN
 
 # a printed command: an indented line that starts with `make` or a program of the project's venv
-COMMAND = re.compile(r"^\s+((?:make|/\S+/(?:mpremote|ampy|rmkit))\s.*)$")
+COMMAND = re.compile(r"^\s+((?:make|/\S+/(?:mpremote|ampy|rmkit|esptool))\s.*)$")
 
 
 def printed_commands(text: str) -> list[str]:
@@ -127,7 +127,8 @@ def test_every_command_make_vboard_prints_works_when_pasted(tmp_path):
                                    "Ctrl-C stops the board.")
     try:
         commands = check_every_command(banner, env)
-        kinds = {"mpremote exec", "mpremote repl", "ampy", "make repl", "rmkit repl", "make deploy"}
+        kinds = {"mpremote exec", "mpremote repl", "ampy", "make repl", "rmkit repl", "make deploy",
+                 "esptool chip-id"}
         seen = {k for k in kinds for c in commands if all(w in c for w in k.split())}
         assert seen == kinds, (kinds - seen, banner)
         assert (flash / "main.py").exists() or (flash / "main.mpy").exists(), "the printed deploy did not deploy"

@@ -82,7 +82,8 @@ def record_board(board) -> Path:
     """Record a started board under its name, for `rmkit repl --name` (make repl BOARD=) and for the
     flash check below; `rmkit vboard` and `rmkit sandbox` both do, so their printed commands work."""
     return write_record(board.name, {
-        "name": board.name, "pid": os.getpid(), "url": board.url, "tcp_port": board.tcp_port,
+        "name": board.name, "pid": os.getpid(), "url": board.url, "rfc2217": board.rfc2217_url,
+        "tcp_port": board.tcp_port,
         "pty_link": str(Path(board.pty_link).absolute()), "pty": board.pty_path, "mac": board.mac,
         "flash": str(Path(board.flash_dir).resolve()), "softap": "%s:%d" % board.softap,
         "serial_log": str(Path(board.serial_log).resolve()),
