@@ -81,13 +81,7 @@ def test_vboard_cli_connect_repl_and_ctrl_c(tmp_path, artifacts_dir, cli_env):
         board_pids = child_pids(proc.pid)
         assert board_pids, "rmkit vboard started no MicroPython process"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _stop_board(proc)
     assert proc.returncode == 0, proc.stderr.read()
     for pid in board_pids:
         with pytest.raises(ProcessLookupError):
