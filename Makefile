@@ -88,10 +88,9 @@ repl: setup ## open a REPL on the board started by `make vboard` (BOARD), or on 
 monitor: setup ## follow a board's serial output with timestamps: PORT= (default: the one ESP32 on USB) or BOARD= (virtual)
 	$(RMKIT) monitor $(if $(PORT),--port $(PORT),$(if $(filter command line environment,$(origin BOARD)),--name $(BOARD),--port auto))
 
-flash: setup ## write MicroPython to a board with esptool and verify it: PORT=/dev/ttyUSB0 (or a virtual board's rfc2217:// URL) FIRMWARE=ESP32_GENERIC-*.bin [ERASE=1 BAUD=460800]
-	$(if $(PORT),,$(error give PORT= (the board's serial device, e.g. /dev/ttyUSB0, or the rfc2217:// URL make vboard prints)))
+flash: setup ## write MicroPython to a board with esptool and verify it: FIRMWARE=ESP32_GENERIC-*.bin, PORT=/dev/ttyUSB0 (default: the one ESP32 on USB; or a virtual board's rfc2217:// URL) [ERASE=1 BAUD=460800]
 	$(if $(FIRMWARE),,$(error give FIRMWARE= (a MicroPython firmware .bin, e.g. ESP32_GENERIC-*.bin from micropython.org)))
-	$(RMKIT) flash --port $(PORT) $(if $(BAUD),--baud $(BAUD)) $(if $(filter 1 yes true,$(ERASE)),--erase) "$(FIRMWARE)"
+	$(RMKIT) flash --port $(or $(PORT),auto) $(if $(BAUD),--baud $(BAUD)) $(if $(filter 1 yes true,$(ERASE)),--erase) "$(FIRMWARE)"
 
 deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyUSB0 (real), as .mpy
 	$(if $(and $(PORT),$(filter command line environment,$(origin FLASH))),$(error give FLASH= (a virtual board's flash directory) or PORT= (a board's serial port), not both))

@@ -79,3 +79,25 @@ def test_monitor_and_repl_on_a_port_that_does_not_exist_are_one_line():
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [f"rmkit {args[0]}: no serial port /dev/ttyNOSUCH0: check the "
                                                       "cable, or list ports with `python -m serial.tools.list_ports`"]
+
+
+@pytest.mark.parametrize("args", [
+    ["flash", "--port", "auto", "image.bin"],
+    ["flash", "image.bin"],  # auto is the default
+    ["deploy", "--port", "auto"],
+    ["factory", "--port", "auto", "--node-id", "N1", "--pop", "p"],
+    ["monitor"],
+    ["repl", "--port", "auto"],
+])
+def test_every_serial_command_finds_the_board_on_usb_or_says_how_to_name_it(args, tmp_path):
+    # this machine has no ESP32 on USB: each command says so in one line and names its --port
+    if args[0] == "flash":
+        (tmp_path / "image.bin").write_bytes(b"\xe9" + bytes(4095))
+    if args[0] == "factory":
+        subprocess.run([RMKIT, "pki", "--dir", str(tmp_path / "pki"), "init"], check=True, capture_output=True)
+        args = args + ["--pki-dir", str(tmp_path / "pki")]
+    result = subprocess.run([RMKIT, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rmkit {args[0]}: no ESP32 board found on USB"), result.stderr
+    assert "--port" in lines[0]

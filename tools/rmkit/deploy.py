@@ -645,7 +645,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         else:
             target = FlashDir(flash)
     else:
-        target = SerialPort(args.port)
+        from rmkit.serialport import resolve_port
+
+        target = SerialPort(resolve_port(args.port))
     result = deploy(target, compile_mpy=not args.source, source=source,
                     say=lambda line: print(f"deploy: {line}", flush=True))
     where = target.where
@@ -672,7 +674,8 @@ def register(subparsers) -> None:
                     "are touched, never /factory, settings or state. A serial deploy ends with a soft reset.")
     p.add_argument("--flash", metavar="DIR", help="virtual board flash directory")
     p.add_argument("--port", metavar="PORT",
-                   help="serial port or URL of a board, e.g. /dev/ttyUSB0, a virtual board's pty or socket://127.0.0.1:PORT")
+                   help="serial port or URL of a board, e.g. /dev/ttyUSB0, a virtual board's pty or socket://127.0.0.1:PORT; "
+                   "auto: the one ESP32 board on USB")
     p.add_argument("--source", action="store_true", help="copy .py sources instead of .mpy (needs more heap on the board)")
     p.add_argument("--firmware", metavar="DIR", default=str(FIRMWARE_DIR),
                    help="the firmware tree to deploy (default: %(default)s)")

@@ -165,6 +165,9 @@ def _cmd_factory(args) -> int:
         path = write_factory_data(flash, pki, **options)
         print(f"factory: wrote {path} and the DER files next to it")
     else:
+        from rmkit.serialport import resolve_port
+
+        args.port = resolve_port(args.port)
         write_factory_data_serial(args.port, pki, **options)
         print(f"factory: copied factory data to /{FACTORY_DIR} on {args.port}")
     return 0
@@ -178,7 +181,7 @@ def register(subparsers) -> None:
         "The node certificate is issued by the local PKI (`rmkit pki`) with CN = node id.")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--flash", metavar="DIR", help="a virtual board's flash directory")
-    target.add_argument("--port", metavar="SERIAL", help="a board's serial port (or socket://host:port)")
+    target.add_argument("--port", metavar="SERIAL", help="a board's serial port (or socket://host:port); auto: the one ESP32 board on USB")
     parser.add_argument("--node-id", help="node id (certificate CN); without it the board uses its MAC and gets no certificate")
     parser.add_argument("--pop", default="", help="proof of possession, required for security 1 (not printed)")
     parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1), help="provisioning security: 1 (default) or 0")

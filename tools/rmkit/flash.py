@@ -217,7 +217,9 @@ def _interrupted(port: str) -> str:
 
 
 def _cmd_flash(args: argparse.Namespace) -> int:
-    flash(args.port, Path(args.firmware), baud=args.baud, erase=args.erase, no_stub=args.no_stub,
+    from rmkit.serialport import resolve_port
+
+    flash(resolve_port(args.port), Path(args.firmware), baud=args.baud, erase=args.erase, no_stub=args.no_stub,
           connect_attempts=args.connect_attempts)
     return 0
 
@@ -230,8 +232,9 @@ def register(subparsers) -> None:
                     "ESP32, 0x0 on the S3/C3/C6), verify, reset. The chip comes from the image's header. A "
                     "virtual board is flashed through its rfc2217:// URL (printed by `rmkit vboard`).")
     p.add_argument("firmware", metavar="FIRMWARE", help="the firmware .bin (bootloader, partition table and app)")
-    p.add_argument("--port", "-p", required=True,
-                   help="the board's serial port: /dev/ttyUSB0, /dev/ttyACM0, or a URL such as rfc2217://127.0.0.1:PORT")
+    p.add_argument("--port", "-p", default="auto",
+                   help="the board's serial port: /dev/ttyUSB0, /dev/ttyACM0, or a URL such as rfc2217://127.0.0.1:PORT "
+                   "(default auto: the one ESP32 board on USB)")
     p.add_argument("--baud", "-b", type=int, default=DEFAULT_BAUD, help=f"baud rate for the write (default {DEFAULT_BAUD})")
     p.add_argument("--erase", action="store_true", help="erase the whole flash first (the filesystem too, on a real board)")
     p.add_argument("--no-stub", action="store_true", help="talk to the ROM only, without esptool's flasher stub (slower)")
