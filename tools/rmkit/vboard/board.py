@@ -22,6 +22,7 @@ from typing import Optional, Union
 from rmkit.net import free_port
 from rmkit.vboard import runtime
 from rmkit.vboard.air import load_air
+from rmkit.vboard.ble_radio import BleRadio
 from rmkit.vboard.errors import BoardCrashed, BoardError
 from rmkit.vboard.rawrepl import RawRepl
 from rmkit.vboard.rom import SpiFlash
@@ -31,13 +32,13 @@ log = logging.getLogger(__name__)
 
 SIM_DIR = Path(__file__).resolve().parent / "sim"
 SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py", "vb_sys.py", "vb_esp32.py",
-               "vb_socket.py", "vb_tls.py")
+               "vb_socket.py", "vb_tls.py", "vb_bluetooth.py")
 ESPRESSIF_OUI = "24:0a:c4"
 # The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
 # process gets this much GC heap on top of `heap` so firmware still has `heap` to itself.
 # measured 29.4 KB after boot: network, machine, flash, time, sys, esp32 (the internal-RAM model),
-# socket, tls and the boot code
-SIM_HEAP_ALLOWANCE = 30 * 1024
+# socket, tls and the boot code; + 7.6 KB for bluetooth (vb_bluetooth.mpy, imported at boot)
+SIM_HEAP_ALLOWANCE = 38 * 1024
 _HEAP = re.compile(r"^(\d+)([KkMm]?)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 PathLike = Union[str, Path]
@@ -139,6 +140,9 @@ class VirtualBoard:
         self._sup: Optional[Supervisor] = None
         self._state_dir: Optional[Path] = None
         self._exec_lock = threading.Lock()
+        # the Bluetooth LE radio (Bumble, on the host side; sim/vb_bluetooth.py is the board's end);
+        # it outlives resets of the MicroPython process as the chip's radio does
+        self.radio: Optional[BleRadio] = None
         self.start_seconds: Optional[float] = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -221,11 +225,13 @@ class VirtualBoard:
             self.rfc2217_port = rfc.getsockname()[1]
             self._state_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-vboard-{self.name}-"))
             sim_dir = self._compile_sim()
+            self.radio = BleRadio(self.name, self.mac).start()
             self.serial_log.parent.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
                        VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
                        VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0],
                        VBOARD_HEAP=str(self.heap_bytes), VBOARD_MPY_VERSION=self.reported_version or "",
+                       VBOARD_BLE=str(self.radio.board_port),
                        **clock_environment())
             env.pop("MICROPYPATH", None)
             env.pop("MICROPYTHONINSPECT", None)
@@ -507,7 +513,18 @@ class VirtualBoard:
             os.replace(tmp, target)  # atomic: boards starting in parallel never see half a file
         return out
 
+    @property
+    def ble_hci_port(self) -> int:
+        """127.0.0.1 TCP port where a BLE central's host gets a controller on this board's air
+        (HCI, H4 framing; Bumble transport `tcp-client:127.0.0.1:PORT`, rmkit.vboard.ble_central)."""
+        if self.radio is None:
+            raise BoardError(f"board {self.name} is not started")
+        return self.radio.hci_port
+
     def _cleanup_state(self) -> None:
+        radio, self.radio = self.radio, None
+        if radio is not None:
+            radio.stop()
         if self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
             self._state_dir = None

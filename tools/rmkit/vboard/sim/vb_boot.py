@@ -21,12 +21,13 @@ def _vboard_power_on():
     import vb_network
     import vb_socket
     import vb_tls
+    import vb_bluetooth
 
     # `import network` / `import machine` look in sys.modules before the built-in table,
     # so these win over the unix port's own modules (its `machine` has no reset(), its `time`
     # counts from 1970, its sys.platform is "linux", it has no `esp32`; sockets and TLS sessions
     # are charged to the internal-RAM model in vb_esp32).
-    for name in ("time", "sys", "esp32", "machine", "network", "socket", "tls"):
+    for name in ("time", "sys", "esp32", "machine", "network", "socket", "tls", "bluetooth"):
         sys.modules[name] = sys.modules.pop("vb_" + name)
 
     import vb_flash  # VfsPosix plus a fix for atomic renames (see vb_flash.py)

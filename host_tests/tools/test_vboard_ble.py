@@ -1,0 +1,211 @@
+"""The virtual board's Bluetooth LE (sim/vb_bluetooth.py on the board, rmkit.vboard.ble_radio's
+Bumble stack on the host) behaves as MicroPython's BLE on an ESP32 where firmware can tell, and a
+Bumble central reaches it with real ATT/GATT (MTU exchange, discovery, long reads, prepared writes):
+
+- a central's write longer than the attribute buffer (20 bytes) is silently truncated, unless
+  gatts_set_buffer() enlarged it;
+- the MTU stays 23 until config(mtu=N), and the exchange raises _IRQ_MTU_EXCHANGED;
+- reads go through _IRQ_GATTS_READ_REQUEST, whose return value can refuse them;
+- the IRQ handler runs on a small stack of its own."""
+
+import asyncio
+import re
+import time
+
+import pytest
+
+from rmkit.vboard.ble_central import BleCentral
+
+SERVICE = "021a9004-0382-4aea-bff4-6b3f1c5adfb4"
+CHAR = "021aff50-0382-4aea-bff4-6b3f1c5adfb4"
+NAME = "PROV_abcdef"
+
+PERIPHERAL = """
+import bluetooth
+ble = bluetooth.BLE()
+ble.active(True)
+events = []
+deny = [0]
+def irq(event, data):
+    events.append((event,) + tuple(bytes(x) if isinstance(x, memoryview) else x for x in data))
+    if event == 4:
+        return deny[0]
+ble.irq(irq)
+((value_h, desc_h),) = ble.gatts_register_services(((bluetooth.UUID({service!r}),
+    ((bluetooth.UUID({char!r}), bluetooth.FLAG_READ | bluetooth.FLAG_WRITE,
+      ((bluetooth.UUID(0x2901), bluetooth.FLAG_READ),)),)),))
+ble.gatts_write(desc_h, b"prov-session")
+{extra}
+name = {name!r}
+ble.gap_advertise(100000, bytes((2, 1, 6, len(name) + 1, 9)) + name)
+"""
+
+
+def peripheral(board, extra=""):
+    board.exec(PERIPHERAL.format(service=SERVICE, char=CHAR, name=NAME.encode(), extra=extra))
+
+
+def board_value(board, expr):
+    return board.exec(f"print(repr({expr}))").strip()
+
+
+async def connect(board, exchange_mtu=True):
+    central = BleCentral(board.ble_hci_port)
+    await central.__aenter__()
+    address, _ = await central.scan(NAME)
+    await central.connect(address, exchange_mtu=exchange_mtu)
+    return central
+
+
+def wait_board(board, expr, expected, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = board_value(board, expr)
+        if value == expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def test_long_write_is_truncated_to_the_20_byte_buffer_without_gatts_set_buffer(vboard):
+    peripheral(vboard)
+
+    async def scenario():
+        central = await connect(vboard)
+        try:
+            assert central.connection.att_mtu == 23
+            # 100 bytes at MTU 23: a prepared (long) write, assembled by the stack, then truncated
+            await central.characteristic(CHAR).write_value(b"A" * 100, with_response=True)
+            assert wait_board(vboard, "len(ble.gatts_read(value_h))", "20") == "20"
+            assert await central.characteristic(CHAR).read_value() == b"A" * 20
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    assert ("write", vboard.radio.events[-3][1], 100, 20) in vboard.radio.events
+    assert "(3, 1, " in board_value(vboard, "events")
+
+
+def test_gatts_set_buffer_takes_the_whole_long_write(vboard):
+    peripheral(vboard, extra="ble.gatts_set_buffer(value_h, 300)")
+
+    async def scenario():
+        central = await connect(vboard)
+        try:
+            await central.characteristic(CHAR).write_value(bytes(range(256)) + b"xyz", with_response=True)
+            assert wait_board(vboard, "len(ble.gatts_read(value_h))", "259") == "259"
+            assert board_value(vboard, "ble.gatts_read(value_h)[-3:]") == "b'xyz'"
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+
+
+def test_mtu_is_23_until_config_mtu_then_the_exchange_settles_and_raises_the_irq(vboard):
+    peripheral(vboard)
+    assert board_value(vboard, "ble.config('mtu')") == "23"
+
+    async def exchange():
+        central = await connect(vboard)
+        try:
+            return central.connection.att_mtu
+        finally:
+            await central.__aexit__(None, None, None)
+
+    assert asyncio.run(exchange()) == 23
+    # as on a board, advertising stopped when the central connected
+    vboard.exec("ble.config(mtu=256); events.clear(); ble.gap_advertise(100000)")
+    assert asyncio.run(exchange()) == 256
+    assert wait_board(vboard, "[e for e in events if e[0] == 21]", "[(21, 1, 256)]") == "[(21, 1, 256)]"
+
+
+def test_long_read_of_a_value_longer_than_the_mtu_and_read_requests_reach_the_board(vboard):
+    peripheral(vboard, extra="ble.gatts_write(value_h, bytes(range(200)) * 2)")
+
+    async def scenario():
+        central = await connect(vboard)  # MTU 23: Read Request, then Read Blob Requests
+        try:
+            assert await central.characteristic(CHAR).read_value() == bytes(range(200)) * 2
+            descriptor = central.characteristic(CHAR).descriptors[0]
+            assert await descriptor.read_value() == b"prov-session"
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    reads = re.findall(r"\(4, 1, \d+\)", board_value(vboard, "events"))
+    assert len(reads) >= 400 // 22 + 1  # one IRQ per ATT read, as NimBLE's access callback
+
+
+def test_a_read_request_the_handler_refuses_is_an_att_error(vboard):
+    from bumble.att import ATT_Error
+
+    peripheral(vboard, extra="deny[0] = 0x02  # read not permitted")
+
+    async def scenario():
+        central = await connect(vboard)
+        try:
+            with pytest.raises(ATT_Error) as error:
+                await central.characteristic(CHAR).read_value()
+            assert error.value.error_code == 0x02
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+
+
+def test_the_irq_handler_runs_on_a_small_stack_and_a_slow_one_is_reported(vboard):
+    peripheral(vboard, extra="""
+def deep(n):
+    return deep(n + 1)
+def irq2(event, data):
+    if event == 3:
+        try:
+            deep(0)
+        except RuntimeError:
+            events.append("stack")
+        time.sleep_ms(50)
+import time
+ble.irq(irq2)""")
+
+    async def scenario():
+        central = await connect(vboard)
+        try:
+            await central.characteristic(CHAR).write_value(b"hi", with_response=True)
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    assert "'stack'" in wait_board(vboard, "events", "['stack']")
+    assert "IRQ handler (event 3) ran" in vboard.read_log()
+
+
+def test_bluetooth_api_refuses_calls_while_inactive_and_reports_the_esp32_bt_mac(vboard):
+    out = vboard.exec("""
+import bluetooth
+ble = bluetooth.BLE()
+try:
+    ble.config('mac')
+except OSError as e:
+    print('EPERM', e.errno)
+ble.active(True)
+print(ble.config('mac')[1].hex(), ble.active())""")
+    assert "EPERM 1" in out
+    mac = int(vboard.mac.replace(":", ""), 16) + 2
+    assert f"{mac:012x}" in out
+
+
+def test_a_board_reset_drops_the_central_and_clears_the_gatt_database(vboard):
+    peripheral(vboard)
+
+    async def scenario():
+        central = await connect(vboard)
+        try:
+            gone = asyncio.get_running_loop().create_future()
+            central.connection.on("disconnection", lambda reason: gone.done() or gone.set_result(reason))
+            await asyncio.get_running_loop().run_in_executor(None, vboard.reset)
+            await asyncio.wait_for(gone, 5)
+            with pytest.raises(asyncio.TimeoutError):
+                await central.scan(NAME, timeout=0.5)  # nothing advertises after the reset
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())

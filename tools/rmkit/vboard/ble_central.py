@@ -1,0 +1,81 @@
+"""A Bumble central that reaches a virtual board's radio (ble_radio.BleRadio) over its HCI port.
+
+Real ATT/GATT from the host side: scanning, connecting, MTU exchange, discovery, long reads and
+prepared writes are Bumble's. Used by tests and by `rmkit provision --transport ble`.
+"""
+
+import asyncio
+from typing import Optional
+
+
+class BleCentral:
+    """Async; `async with BleCentral(hci_port) as central:` powers on a fresh central."""
+
+    def __init__(self, hci_port: int, mtu: int = 517):
+        self.hci_port = hci_port
+        self.mtu = mtu
+        self.device = None
+        self.connection = None
+        self.peer = None
+        self._transport = None
+
+    async def __aenter__(self) -> "BleCentral":
+        from bumble.device import Device
+        from bumble.hci import Address
+        from bumble.transport import open_transport
+
+        self._transport = await open_transport(f"tcp-client:127.0.0.1:{self.hci_port}")
+        self.device = Device.with_hci("rmkit-central", Address("F0:F1:F2:F3:F4:F5"), self._transport.source,
+                                      self._transport.sink)
+        await self.device.power_on()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            if self.connection is not None:
+                await asyncio.wait_for(self.connection.disconnect(), 2)
+        except Exception:  # noqa: BLE001 - the board may have dropped it already
+            pass
+        await self._transport.close()
+
+    async def scan(self, name: Optional[str] = None, timeout: float = 5.0):
+        """The first advertiser (whose complete local name is `name`, if given) -> (address, name)."""
+        from bumble.core import AdvertisingData
+
+        found = asyncio.get_running_loop().create_future()
+
+        def on_advertisement(advertisement):
+            local = advertisement.data.get(AdvertisingData.COMPLETE_LOCAL_NAME)
+            if (name is None or local == name) and not found.done():
+                found.set_result((advertisement.address, local))
+
+        self.device.on("advertisement", on_advertisement)
+        await self.device.start_scanning(active=True)
+        try:
+            return await asyncio.wait_for(found, timeout)
+        finally:
+            self.device.remove_listener("advertisement", on_advertisement)
+            await self.device.stop_scanning()
+
+    async def connect(self, address, exchange_mtu: bool = True):
+        from bumble.device import Peer
+
+        self.connection = await self.device.connect(address, timeout=5.0)
+        self.peer = Peer(self.connection)
+        if exchange_mtu:
+            await self.peer.request_mtu(self.mtu)
+        await self.peer.discover_services()
+        for service in self.peer.services:
+            await service.discover_characteristics()
+            for characteristic in service.characteristics:
+                await characteristic.discover_descriptors()
+        return self.peer
+
+    def characteristic(self, uuid: str):
+        from bumble.core import UUID
+
+        for service in self.peer.services:
+            for characteristic in service.characteristics:
+                if characteristic.uuid == UUID(uuid):
+                    return characteristic
+        raise KeyError(uuid)

@@ -1,0 +1,249 @@
+# Simulated `bluetooth` for the virtual board: MicroPython's BLE API (the subset a peripheral uses)
+# over a host-side radio, rmkit/vboard/ble_radio.py (a Bumble host stack holding the GATT server),
+# reached on 127.0.0.1:$VBOARD_BLE, one JSON object a line. Installed as sys.modules["bluetooth"].
+#
+# As on an ESP32 (MicroPython's NimBLE binding):
+# - attribute buffers are 20 bytes; a central's longer write is silently truncated (the radio does
+#   it) unless gatts_set_buffer() enlarged the buffer; a local gatts_write() grows it;
+# - the MTU offered is 23 until config(mtu=N); the central's exchange raises _IRQ_MTU_EXCHANGED;
+# - the IRQ handler runs in another context, the BLE host task: here a thread with a small stack
+#   (IRQ_STACK; deep recursion raises RuntimeError there) while the firmware's own code keeps
+#   running. A handler that runs longer than IRQ_BUDGET_MS gets a warning on the console: on a
+#   board the BLE host task (and every other BLE event) waits meanwhile. Hand heavy work (protocomm,
+#   X25519) to asyncio, e.g. with asyncio.ThreadSafeFlag; on a board the host task's stack is
+#   too small for it.
+# - every method but active() and irq() raises OSError(EPERM) while the radio is off.
+import socket as _s
+import json
+import os
+import time
+import _thread
+
+FLAG_READ = 0x0002
+FLAG_WRITE_NO_RESPONSE = 0x0004
+FLAG_WRITE = 0x0008
+FLAG_NOTIFY = 0x0010
+FLAG_INDICATE = 0x0020
+IRQ_STACK = 8 * 1024
+IRQ_BUDGET_MS = 20
+_EPERM = 1
+_EINVAL = 22
+
+
+class UUID:
+    def __init__(self, value):
+        if isinstance(value, UUID):
+            self._s = value._s
+        elif isinstance(value, int):
+            if not 0 <= value <= 0xFFFF:
+                raise ValueError("invalid UUID")
+            self._s = "%04X" % value
+        elif isinstance(value, str):
+            hexpart = value.replace("-", "")
+            if len(hexpart) != 32:
+                raise ValueError("invalid UUID")
+            int(hexpart, 16)
+            self._s = value.upper()
+        else:
+            raise TypeError("invalid UUID")
+
+    def __eq__(self, other):
+        return isinstance(other, UUID) and other._s == self._s
+
+    def __hash__(self):
+        return hash(self._s)
+
+    def __str__(self):
+        return "UUID(0x%s)" % self._s.lower() if len(self._s) == 4 else "UUID('%s')" % self._s.lower()
+
+    __repr__ = __str__
+
+
+class BLE:
+    _instance = None
+
+    def __new__(cls):
+        if BLE._instance is None:
+            BLE._instance = object.__new__(cls)
+            BLE._instance._init()
+        return BLE._instance
+
+    def __init__(self):
+        pass
+
+    def _init(self):
+        self._sock = None
+        self._on = False
+        self._handler = None
+        self._values = {}
+        self._mtu = 23
+        self._name = b"MPY ESP32"
+        self._send_lock = _thread.allocate_lock()
+        self._reply_lock = _thread.allocate_lock()
+        self._reply = None
+
+    # ---- wire -------------------------------------------------------------------------------
+    def _send(self, msg):
+        line = json.dumps(msg) + "\n"
+        with self._send_lock:
+            self._sock.write(line)
+
+    def _check(self):
+        if not self._on:
+            raise OSError(_EPERM)
+
+    def _reader(self, sock):
+        while True:
+            try:
+                line = sock.readline()
+            except OSError:
+                line = b""
+            if not line:
+                return
+            msg = json.loads(line)
+            if "re" in msg:
+                self._reply = msg["re"]
+                self._reply_lock.release()
+                continue
+            ev = msg["ev"]
+            if ev == 3:  # the radio already truncated it to the attribute's buffer
+                self._values[msg["h"]] = bytes.fromhex(msg["v"])
+                data = (msg["c"], msg["h"])
+            elif ev == 4:
+                data = (msg["c"], msg["h"])
+            elif ev == 21:
+                data = (msg["c"], msg["mtu"])
+            else:
+                data = (msg["c"], msg["at"], memoryview(bytes.fromhex(msg["a"])))
+            result = self._call(ev, data)
+            if ev == 4:
+                self._send({"op": "rr", "id": msg["id"], "code": result or 0})
+
+    def _call(self, ev, data):
+        handler = self._handler
+        if handler is None:
+            return None
+        t0 = time.ticks_ms()
+        try:
+            result = handler(ev, data)
+        except Exception as exc:  # as on the board: printed, the stack carries on
+            print("Unhandled exception in IRQ callback handler")
+            import sys
+
+            sys.print_exception(exc)
+            result = None
+        spent = time.ticks_diff(time.ticks_ms(), t0)
+        if spent > IRQ_BUDGET_MS:
+            print("vb_bluetooth: IRQ handler (event %d) ran %d ms; on an ESP32 the BLE host task waits meanwhile"
+                  % (ev, spent))
+        return result
+
+    # ---- API ----------------------------------------------------------------------------------
+    def active(self, value=None):
+        if value is None:
+            return self._on
+        value = bool(value)
+        if value and self._sock is None:
+            port = int(os.getenv("VBOARD_BLE") or 0)
+            if not port:
+                raise OSError(19)  # ENODEV: this board has no radio
+            sock = _s.socket()
+            sock.connect(_s.getaddrinfo("127.0.0.1", port)[0][-1])
+            self._sock = sock
+            _thread.stack_size(IRQ_STACK)
+            _thread.start_new_thread(self._reader, (sock,))
+            _thread.stack_size(0)
+        if value != self._on and self._sock is not None:
+            self._send({"op": "on" if value else "off"})
+            if not value:
+                self._values = {}
+                self._mtu = 23
+        self._on = value
+        return value
+
+    def irq(self, handler):
+        self._handler = handler
+
+    def config(self, *args, **kwargs):
+        self._check()
+        if args:
+            name = args[0]
+            if name == "mac":
+                mac = os.getenv("VBOARD_MAC").split(":")
+                value = int("".join(mac), 16) + 2
+                return (0, bytes((value >> (8 * i)) & 0xFF for i in range(5, -1, -1)))
+            if name == "mtu":
+                return self._mtu
+            if name == "gap_name":
+                return self._name
+            raise ValueError("unknown config param")
+        for key, value in kwargs.items():
+            if key == "mtu":
+                if not 23 <= value <= 517:
+                    raise OSError(_EINVAL)
+                self._mtu = value
+                self._send({"op": "mtu", "mtu": value})
+            elif key == "gap_name":
+                self._name = value.encode() if isinstance(value, str) else bytes(value)
+                self._send({"op": "name", "name": self._name.decode()})
+            else:
+                raise ValueError("unknown config param")
+
+    def gap_advertise(self, interval_us, adv_data=None, *, resp_data=None, connectable=True):
+        self._check()
+        self._send({"op": "adv", "interval_us": interval_us,
+                    "adv": None if adv_data is None else bytes(adv_data).hex(),
+                    "resp": None if resp_data is None else bytes(resp_data).hex(), "conn": connectable})
+
+    def gap_disconnect(self, conn_handle):
+        self._check()
+        self._send({"op": "disc", "c": conn_handle})
+        return True
+
+    def gatts_register_services(self, services):
+        self._check()
+        spec = []
+        for service_uuid, characteristics in services:
+            chars = []
+            for char in characteristics:
+                descs = [[d[0]._s, d[1]] for d in (char[2] if len(char) > 2 else ())]
+                chars.append([char[0]._s, char[1], descs])
+            spec.append([service_uuid._s, chars])
+        self._reply_lock.acquire()  # released by the reader thread when the reply comes
+        self._send({"op": "reg", "services": spec})
+        self._reply_lock.acquire()
+        self._reply_lock.release()
+        handles = self._reply
+        self._values = {}
+        for row in handles:
+            for handle in row:
+                self._values[handle] = b""
+        return tuple(tuple(row) for row in handles)
+
+    def gatts_read(self, value_handle):
+        self._check()
+        if value_handle not in self._values:
+            raise OSError(_EINVAL)
+        return self._values[value_handle]
+
+    def gatts_write(self, value_handle, data, send_update=False):
+        self._check()
+        if value_handle not in self._values:
+            raise OSError(_EINVAL)
+        data = bytes(data)
+        self._values[value_handle] = data
+        self._send({"op": "write", "h": value_handle, "v": data.hex()})
+
+    def gatts_notify(self, conn_handle, value_handle, data=None):
+        self._check()
+        self._send({"op": "notify", "c": conn_handle, "h": value_handle,
+                    "v": None if data is None else bytes(data).hex()})
+
+    def gatts_set_buffer(self, value_handle, length, append=False):
+        self._check()
+        if value_handle not in self._values:
+            raise OSError(_EINVAL)
+        self._send({"op": "buf", "h": value_handle, "len": length, "append": append})
+
+
+__name__ = "bluetooth"
