@@ -76,7 +76,11 @@ def pytest_report_header(config):
     boards = config.getoption("board")
     if not boards:
         return None
-    lines = [f"hil: board(s) {', '.join(boards)}; broker and SNTP for the board on {config.getoption('broker_host')}"]
+    host = config.getoption("broker_host")
+    lines = [f"hil: board(s) {', '.join(boards)}; broker and SNTP for the board on {host}"]
+    if host not in ("localhost", "127.0.0.1"):
+        lines.append(f"hil: warning: the broker and SNTP server listen on {host}: other machines on that network can "
+                     "reach them while the tests run (the broker admits only certificates of the session's own CA)")
     if len(boards) > 1 and not _xdist_workers(config):
         lines.append(f"hil: {len(boards)} boards but no pytest-xdist workers: only {boards[0]} is used "
                      f"(pip install pytest-xdist, then -n {len(boards)})")
