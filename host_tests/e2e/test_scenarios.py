@@ -14,6 +14,7 @@ import pytest
 
 from rmkit.flow import map_node, provision_node
 from rmkit.vboard.errors import BoardError
+from support.mapping_status import poll_until_final
 
 SHORT_TIMEOUT_S = 2.0  # the cloud's mapping timeout in the `timedout` scenarios (RainMaker: 60 s)
 
@@ -33,18 +34,6 @@ def wait_for_cloud_log(rig, pattern: str, timeout: float = 10.0) -> re.Match:
             raise AssertionError(f"cloud never logged {pattern!r} within {timeout:g} s; log tail:\n"
                                  + "\n".join(text.splitlines()[-15:]))
         time.sleep(0.02)
-
-
-def poll_until_final(client, request_id: str, give_up_s: float = 30.0) -> list:
-    """Every status the cloud returns, polling every 0.1 s until a final one (the last in the list)."""
-    statuses = []
-    deadline = time.monotonic() + give_up_s
-    while time.monotonic() < deadline:
-        statuses.append(client.mapping_status(request_id))
-        if statuses[-1] in ("confirmed", "timedout", "discarded"):
-            return statuses
-        time.sleep(0.1)
-    raise AssertionError(f"request {request_id} not final after {give_up_s:g} s: {statuses[-5:]}")
 
 
 def start_session_and_assoc(provisioner, user_id: str, secret_key: str) -> str:

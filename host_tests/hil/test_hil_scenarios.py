@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from rmkit.flow import map_node
+from support.mapping_status import poll_until_final
 
 from support.hil import ONLINE_S
 
@@ -29,18 +30,6 @@ SHORT_TIMEOUT_S = 3.0
 def acked_line(user_id: str) -> str:
     """The node's log line once the broker's PUBACK for the user's mapping arrived."""
     return rf"mapping: mapping for user {re.escape(user_id)} acknowledged"
-
-
-def poll_until_final(client, request_id: str, give_up_s: float = 30.0) -> list:
-    """Every status the cloud returns, polling every 0.1 s until a final one (the last in the list)."""
-    statuses = []
-    deadline = time.monotonic() + give_up_s
-    while time.monotonic() < deadline:
-        statuses.append(client.mapping_status(request_id))
-        if statuses[-1] in ("confirmed", "timedout", "discarded"):
-            return statuses
-        time.sleep(0.1)
-    raise AssertionError(f"request {request_id} not final after {give_up_s:g} s: {statuses[-5:]}")
 
 
 def test_client_first_then_node_confirmed(hil):
