@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from rmkit import REPO_ROOT
+from rmkit import REPO_ROOT, venv_tool
 from rmkit.broker import check_listen, exposure_warnings
 from rmkit.errors import UserError
 from rmkit.pki import san_names
@@ -104,12 +104,12 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                   f"PoP {board.pop}")
             print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
             print(f"  serial      any of these (Ctrl-] leaves):\n"
-                  f"    {_tool('mpremote')} connect {shlex.quote(str(board.pty_link))} resume repl\n"
+                  f"    {venv_tool('mpremote')} connect {shlex.quote(str(board.pty_link))} resume repl\n"
                   f"    make repl BOARD={board.name}\n"
-                  f"    {_tool('rmkit')} repl --name {board.name}")
+                  f"    {venv_tool('rmkit')} repl --name {board.name}")
             print("  try:\n    %s provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
                   "      --cloud-url %s --email %s --password %s"
-                  % (_tool("rmkit"), host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
+                  % (venv_tool("rmkit"), host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
                      SANDBOX_USER, password))
         print(f"  restarts    kill -HUP {os.getpid()} restarts the broker, kill -USR1 {os.getpid()} kills it "
               "(SIGKILL) and starts it again; its sessions and queued messages are kept")
@@ -129,12 +129,6 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                 runtime.remove_record(board.name, os.getpid())
     print("sandbox: stopped", flush=True)
     return 0
-
-
-def _tool(name: str) -> str:
-    """A tool of this project's venv by its full path: printed commands must work when pasted into a
-    shell where the venv is not activated."""
-    return shlex.quote(str(Path(sys.executable).parent / name))
 
 
 def _restart_broker(stack: Stack, how: str) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from rmkit import VENV_BIN, venv_tool
 from rmkit.errors import UserError
 from rmkit.net import port_in_use
 from rmkit.vboard import runtime
@@ -17,7 +18,6 @@ from rmkit.vboard.air import lab_air
 from rmkit.vboard.board import VirtualBoard
 from rmkit.vboard.errors import BoardError
 
-VENV_BIN = Path(sys.executable).parent
 
 
 def register(sub) -> None:
@@ -153,7 +153,7 @@ class _Echo:
 
 
 def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
-    mpremote, ampy = shlex.quote(str(VENV_BIN / "mpremote")), shlex.quote(str(VENV_BIN / "ampy"))
+    mpremote, ampy = venv_tool("mpremote"), venv_tool("ampy")
     mac_cmd = "import network; print(network.WLAN(network.STA_IF).config('mac'))"
     pty = shlex.quote(str(board.pty_link))
     print(f"vboard {board.name}: up in {board.start_seconds:.2f} s, MAC {board.mac}\n"
@@ -170,8 +170,8 @@ def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
           f"  {mpremote} connect {pty} repl\n"
           f"  {ampy} --port {pty} ls\n"
           f"  make repl BOARD={board.name}\n"
-          f"  {shlex.quote(str(VENV_BIN / 'esptool'))} --port {board.rfc2217_url} chip-id\n"
-          f"  {shlex.quote(str(VENV_BIN / 'rmkit'))} repl --name {board.name}\n"
+          f"  {venv_tool('esptool')} --port {board.rfc2217_url} chip-id\n"
+          f"  {venv_tool('rmkit')} repl --name {board.name}\n"
           "(ampy needs the pty: it cannot open socket:// URLs; Ctrl-] leaves `make repl`)", flush=True)
     print(_provisioning_help(board, wifi), flush=True)
     print("Ctrl-C stops the board.", flush=True)
@@ -199,7 +199,7 @@ def _provisioning_help(board: VirtualBoard, wifi) -> str:
     help_text = (f"provisioning: SoftAP HTTP at {board.softap[0]}:{board.softap[1]}, Security {sec}, "
                  f"PoP {pop or '(none)'} ({where})" + (", for example:\n" if wifi else "\n"))
     if wifi:
-        rmkit = shlex.quote(str(VENV_BIN / "rmkit"))
+        rmkit = venv_tool("rmkit")
         security = f"--sec 1 --pop {shlex.quote(pop)}" if sec == 1 and pop else "--sec auto"
         help_text += (f"  {rmkit} provision --host {board.softap[0]}:{board.softap[1]} {security} "
                       f"--ssid {shlex.quote(wifi[0])} --passphrase {shlex.quote(wifi[1])} --user-id my-user\n")
