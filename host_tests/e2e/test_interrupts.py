@@ -56,6 +56,7 @@ def test_ctrl_c_stops_a_command_started_with_sigint_ignored(name, tmp_path):
     env = dict(os.environ, RMKIT_RUNTIME_DIR=str(tmp_path / "run"))
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=_ignore_sigint)
+    started: set[int] = set()
     try:
         out, deadline = "", time.monotonic() + 90
         while ready not in out:
@@ -67,6 +68,11 @@ def test_ctrl_c_stops_a_command_started_with_sigint_ignored(name, tmp_path):
         rest, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
+            for pid in _descendants(proc.pid) | started:  # mosquitto runs in a session of its own
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             pytest.fail(f"{name} ignored Ctrl-C")
