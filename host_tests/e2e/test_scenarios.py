@@ -14,6 +14,7 @@ import pytest
 
 from rmkit.flow import map_node, provision_node
 from rmkit.vboard.errors import BoardError
+from support.log_wait import wait_for_log_line
 from support.mapping_status import poll_until_final
 
 SHORT_TIMEOUT_S = 2.0  # the cloud's mapping timeout in the `timedout` scenarios (RainMaker: 60 s)
@@ -23,17 +24,7 @@ SHORT_TIMEOUT_S = 2.0  # the cloud's mapping timeout in the `timedout` scenarios
 
 def wait_for_cloud_log(rig, pattern: str, timeout: float = 10.0) -> re.Match:
     """Wait until the cloud logs a line matching `pattern` (its log is written as events happen)."""
-    regex = re.compile(pattern)
-    deadline = time.monotonic() + timeout
-    while True:
-        text = Path(rig.stack.cloud_log).read_text(errors="replace")
-        match = regex.search(text)
-        if match:
-            return match
-        if time.monotonic() > deadline:
-            raise AssertionError(f"cloud never logged {pattern!r} within {timeout:g} s; log tail:\n"
-                                 + "\n".join(text.splitlines()[-15:]))
-        time.sleep(0.02)
+    return wait_for_log_line(rig.stack.cloud_log, pattern, timeout)
 
 
 def start_session_and_assoc(provisioner, user_id: str, secret_key: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -44,6 +43,7 @@ from rmkit.sntp import SntpServer
 from rmkit.stack import Stack, node_id_for_mac
 from rmkit.timeline import Timeline, render_svg
 
+from support.log_wait import wait_for_log_line
 from support import paths
 from support.hil_board import HilBoard
 from support.hil_plugin import DEFAULT_SOFTAP, worker_index
@@ -279,20 +279,8 @@ class HilSession:
 
     def wait_for_cloud_log(self, pattern: str, timeout: float = ONLINE_S):
         """The first line the cloud logged during this test matching `pattern`."""
-        regex = re.compile(pattern)
-        offset = self._offsets.get(self.stack.cloud_log, 0)
-        deadline = time.monotonic() + timeout
-        while True:
-            with open(self.stack.cloud_log, "rb") as f:
-                f.seek(offset)
-                text = f.read().decode("utf-8", "replace")
-            match = regex.search(text)
-            if match:
-                return match
-            if time.monotonic() > deadline:
-                raise AssertionError(f"cloud never logged {pattern!r} within {timeout:g} s; log tail:\n"
-                                     + "\n".join(text.splitlines()[-15:]))
-            time.sleep(0.05)
+        return wait_for_log_line(self.stack.cloud_log, pattern, timeout,
+                                 offset=self._offsets.get(self.stack.cloud_log, 0))
 
     @contextlib.contextmanager
     def mapping_timeout(self, seconds: float) -> Iterator[None]:
