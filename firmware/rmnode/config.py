@@ -27,6 +27,7 @@ _DEFAULT_MQTT_CONNECT_TIMEOUT_MS = const(20000)
 _DEFAULT_MQTT_BACKOFF_FIRST_MS = const(1000)
 _DEFAULT_MQTT_BACKOFF_CAP_MS = const(60000)
 _DEFAULT_SNTP_HOST = const("pool.ntp.org")
+_DEFAULT_BLE_IDLE_S = const(60)
 
 
 def valid_node_id(node_id):
@@ -98,6 +99,15 @@ class NodeConfig:
         self.pop = "".join("%02x" % b for b in mac[2:]) if pop is None else pop
 
         self.prov_port = _int(st, "prov_port", _DEFAULT_PROV_PORT, 1, 65535, "settings")
+        # docs/protocol.md 1: which provisioning transports serve (softap, ble, both); settings override factory
+        value = _str(st, "transport", _factory_str(factory, "transport", "softap") or "softap")
+        if value not in ("softap", "ble", "both"):
+            log.warning(_TAG, "transport %r is not softap, ble or both, using softap" % (value,))
+            value = "softap"
+        self.transport = value
+        # None: rmnode.ble's default; checked by rmnode.node_prov, which alone uses it (the checker loads only there)
+        self.ble_service_uuid = st.get("ble_service_uuid") or _factory_str(factory, "ble_service_uuid", None)
+        self.ble_idle_s = _int(st, "ble_idle_s", _DEFAULT_BLE_IDLE_S, 1, 3600, "settings")
         self.prov_linger_s = _int(st, "prov_linger_s", _DEFAULT_PROV_LINGER_S, 0, 3600, "settings")
         # MQTT settings (online.build): checked here so a bad value costs one log line, not a boot loop
         self.mqtt_keepalive_s = _int(st, "mqtt_keepalive_s", _DEFAULT_MQTT_KEEPALIVE_S, 10, 65535, "settings")

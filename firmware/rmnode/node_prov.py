@@ -1,4 +1,5 @@
-"""The node's provisioning phase: access point and HTTP service up until the station joined the network.
+"""The node's provisioning phase: access point and HTTP service, or BLE, or both (settings `transport`), up
+until the station joined the network.
 
 Loaded only when the node has no Wi-Fi credentials (rmnode.node imports it then), so the online
 phase after the reboot never carries this code.
@@ -26,12 +27,15 @@ _POLL_MS = const(100)
 
 async def provision(node):
     """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
+    cfg = node.config
     gc.collect()  # load the provisioning code into an unfragmented heap
-    from rmnode.http import ProvHttpServer
     from rmnode.prov import Provisioning
+    if cfg.transport != "ble":
+        from rmnode.http import ProvHttpServer
+    if cfg.transport != "softap":
+        from rmnode.ble import DEFAULT_SERVICE_UUID, ProvBleServer, valid_service_uuid
     gc.collect()
 
-    cfg = node.config
     wifi = node.wifi
     joining = []  # [(ssid, passphrase)] applied through provisioning, persisted once joined
 
@@ -62,14 +66,28 @@ async def provision(node):
             log.info(_TAG, "joined %s; credentials stored" % log.shown(ssid))
         return True
 
-    wifi.ap_up(cfg.service_name)
     # the mapping is persisted before cloud_user_assoc answers (upstream keeps it in RAM only; docs/protocol.md 4.2)
     prov = Provisioning(cfg, wifi, node.mapping.set_pending, on_wifi_config_applied=on_wifi_config_applied,
                         on_reset=on_prov_reset, on_session=on_session)
-    server = ProvHttpServer(wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
-                            endpoints=prov.endpoints)
-    await server.start()
-    node.enter("provisioning", "service %s, security %d" % (cfg.service_name, cfg.sec_ver))
+    server = radio = None
+    try:
+        if cfg.transport != "ble":
+            wifi.ap_up(cfg.service_name)
+            server = ProvHttpServer(wifi.ap_ip(), cfg.prov_port, prov.dispatch, prov.session_closed,
+                                    endpoints=prov.endpoints)
+            await server.start()
+        if cfg.transport != "softap":
+            uuid = cfg.ble_service_uuid or DEFAULT_SERVICE_UUID
+            if not valid_service_uuid(uuid):
+                log.warning(_TAG, "ble_service_uuid %r is not a 128-bit UUID, using %s" % (uuid, DEFAULT_SERVICE_UUID))
+                uuid = DEFAULT_SERVICE_UUID
+            radio = ProvBleServer(cfg.service_name, uuid, prov.endpoints, prov.dispatch, prov.session_closed,
+                                  idle_s=cfg.ble_idle_s)
+            await radio.start()
+    except BaseException:
+        _stop(wifi, server, radio)
+        raise
+    node.enter("provisioning", "service %s, security %d, %s" % (cfg.service_name, cfg.sec_ver, cfg.transport))
     try:
         while not joined():
             await asyncio.sleep(_POLL_MS / 1000)
@@ -81,8 +99,17 @@ async def provision(node):
             waited_ms += _POLL_MS
         await asyncio.sleep(_GRACE_MS / 1000)
     finally:
-        server.stop()
-        await server.wait_closed()
-        wifi.ap_down()
+        _stop(wifi, server, radio)
+        if server is not None:
+            await server.wait_closed()
         # no unloading needed: the node reboots right after this (rmnode.node.Node.run)
         log.info(_TAG, "provisioning stopped")
+
+
+def _stop(wifi, server, radio):
+    # BLE off before the reboot into station mode, as ESP-IDF's provisioning manager does
+    if radio is not None:
+        radio.stop()
+    if server is not None:
+        server.stop()
+    wifi.ap_down()

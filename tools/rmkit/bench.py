@@ -27,7 +27,7 @@ from pathlib import Path
 
 from rmkit import FIRMWARE_DIR
 from rmkit.benchmarks import BENCH_DIR
-from rmkit.flow import run_flow
+from rmkit.flow import board_transport, run_flow
 from rmkit.provision.client import Provisioner
 from rmkit.provision.transport import HttpTransport
 from rmkit.stack import Stack
@@ -70,7 +70,7 @@ def _flow_once(heap: str, workdir: Path) -> dict:
         board.wait_for_log(r"state: provisioning", timeout=30)
         host, port = board.softap
         timeline = Timeline()
-        result = run_flow(host, port, board.pop, 1, stack.ssid, stack.passphrase, stack.cloud.base_url,
+        result = run_flow(lambda: board_transport(board), board.pop, 1, stack.ssid, stack.passphrase, stack.cloud.base_url,
                           EMAIL, PASSWORD, timeline)
         marks = {"status": result.status}
         if result.status == "confirmed":

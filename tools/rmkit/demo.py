@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rmkit import REPO_ROOT
 from rmkit.cloud_client import CloudError
-from rmkit.flow import run_flow
+from rmkit.flow import board_transport, run_flow
 from rmkit.provision.errors import ProvisionError
 from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
 from rmkit.stack import Stack, check_heap, fresh_workdir
@@ -33,7 +33,7 @@ def _print_event(event) -> None:
     _say(f"  [{event.t:6.3f} s] {who:<26} {event.text}")
 
 
-def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0) -> int:
+def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0, transport: str = "softap") -> int:
     fresh_workdir(workdir)
     started = time.monotonic()
 
@@ -45,19 +45,21 @@ def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0) -
         step(f"broker on {stack.broker.host}:{stack.broker.port}, cloud on {stack.cloud.base_url}")
         stack.add_user(DEMO_EMAIL, DEMO_PASSWORD)
         step(f"demo user {DEMO_EMAIL} created")
-        board = stack.add_board("vb-demo", heap=heap, start=False)
+        board = stack.add_board("vb-demo", heap=heap, start=False, transport=transport)
         step(f"booting virtual ESP32 'vb-demo' ({heap} heap, MAC {board.mac}, firmware precompiled with mpy-cross)")
         board.start()
         board.wait_for_log(r"state: provisioning", timeout=30)
-        host, port = board.softap
-        step(f"node {board.node_id} is provisioning: SoftAP service PROV_{board.mac.replace(':', '')[6:]} "
-             f"on {host}:{port}, Security 1")
+        if transport == "ble":
+            where = f"BLE service {board.service_name} on the simulated radio ({board.ble_hci})"
+        else:
+            where = "SoftAP service %s on %s:%d" % (board.service_name, *board.softap)
+        step(f"node {board.node_id} is provisioning: {where}, Security 1")
         step("the seed's sequence, as it happens:")
         timeline = Timeline(echo=_print_event)
         watchers = [LogWatcher(board.serial_log, timeline, NODE_PATTERNS).start(),
                     LogWatcher(stack.cloud_log, timeline, CLOUD_PATTERNS).start()]
         try:
-            result = run_flow(host, port, board.pop, 1, stack.ssid, stack.passphrase, stack.cloud.base_url,
+            result = run_flow(lambda: board_transport(board), board.pop, 1, stack.ssid, stack.passphrase, stack.cloud.base_url,
                               DEMO_EMAIL, DEMO_PASSWORD, timeline)
             if result.status == "confirmed":
                 # the node's last words (PUBACK) may trail the cloud's confirmation by a moment
@@ -80,7 +82,8 @@ def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0) -
 def _cmd_demo(args: argparse.Namespace) -> int:
     check_heap(args.heap)  # before anything is started or any directory emptied
     try:
-        return run_demo(Path(args.workdir), heap=args.heap, mapping_timeout=args.mapping_timeout)
+        return run_demo(Path(args.workdir), heap=args.heap, mapping_timeout=args.mapping_timeout,
+                        transport=args.transport)
     except (ProvisionError, CloudError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -90,11 +93,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="run the whole user-node mapping flow on a virtual board (make demo)",
         description="Start mosquitto (mutual TLS), the local cloud and a virtual ESP32 running the firmware; "
-                    "create a demo user; provision the board over SoftAP with Security 1; map it to the user; "
+                    "create a demo user; provision the board over SoftAP (or BLE) with Security 1; map it to the user; "
                     "print each step of the seed's sequence with elapsed times and draw it as an SVG. "
                     "Exits 0 only when the mapping is confirmed. Everything started is stopped at the end, "
                     "also on Ctrl-C.")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where logs and the picture go (emptied first)")
     p.add_argument("--heap", default="110K", help="the board's MicroPython heap (default 110K, an ESP32 without PSRAM)")
+    p.add_argument("--transport", choices=("softap", "ble"), default="softap",
+                   help="how the client provisions the board: softap (HTTP on its access point, default) or ble "
+                        "(GATT over the board's simulated Bluetooth radio)")
     p.add_argument("--mapping-timeout", type=float, default=60.0, help="the cloud's mapping timeout in seconds")
     p.set_defaults(func=_cmd_demo)

@@ -30,9 +30,13 @@ DEFAULT_MQTT_HOST = "localhost"
 DEFAULT_MQTT_PORT = 8883
 
 
+# docs/protocol.md 1: how the node serves provisioning
+TRANSPORTS = ("softap", "ble", "both")
+
+
 def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str, mqtt_port: int,
                  topic_prefix: str, with_credentials: bool, sntp_host: Optional[str] = None,
-                 sntp_port: Optional[int] = None) -> dict:
+                 sntp_port: Optional[int] = None, transport: str = "softap") -> dict:
     if sec_ver not in (0, 1, 2):
         raise UserError(f"sec_ver must be 0, 1 or 2, not {sec_ver!r}")
     if not isinstance(mqtt_port, int) or not 0 < mqtt_port < 65536:
@@ -43,6 +47,8 @@ def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str,
         raise UserError(f"invalid SNTP host {sntp_host!r} (1..64 characters)")
     if sntp_port is not None and (not isinstance(sntp_port, int) or not 0 < sntp_port < 65536):
         raise UserError(f"invalid SNTP port {sntp_port!r}")
+    if transport not in TRANSPORTS:
+        raise UserError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
     data: dict = {}
     if node_id is not None:
         data["node_id"] = node_id
@@ -52,6 +58,8 @@ def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str,
         data["sntp_host"] = sntp_host
     if sntp_port is not None:
         data["sntp_port"] = sntp_port
+    if transport != "softap":  # the node's default (docs/protocol.md 1)
+        data["transport"] = transport
     if with_credentials:
         data.update({"cert": f"/{FACTORY_DIR}/{CERT_FILE}", "key": f"/{FACTORY_DIR}/{KEY_FILE}",
                      "ca": f"/{FACTORY_DIR}/{CA_FILE}"})
@@ -61,7 +69,7 @@ def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str,
 def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str, sec_ver: int = 1,
                         mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
                         topic_prefix: str = "", sntp_host: Optional[str] = None,
-                        sntp_port: Optional[int] = None) -> list[Path]:
+                        sntp_port: Optional[int] = None, transport: str = "softap") -> list[Path]:
     """Write factory.json and the DER files into `target` (the board's /factory); returns the files.
 
     Without a node id there is no certificate to issue (its CN is the node id): the board then gets
@@ -80,7 +88,7 @@ def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str
     else:
         log.warning("no node id: factory data without an MQTT client certificate")
     data = factory_json(node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix, node_id is not None,
-                        sntp_host, sntp_port)
+                        sntp_host, sntp_port, transport)
     path = target / "factory.json"
     tmp = path.with_name("factory.json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -93,13 +101,13 @@ def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str
 def write_factory_data(flash_dir: Path | str, pki: Pki, node_id: Optional[str] = None, pop: str = "",
                        sec_ver: int = 1, mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
                        topic_prefix: str = "", sntp_host: Optional[str] = None,
-                       sntp_port: Optional[int] = None) -> Path:
+                       sntp_port: Optional[int] = None, transport: str = "softap") -> Path:
     """Write /factory/... into a virtual board's flash directory; returns the factory.json path."""
     flash = Path(flash_dir)
     if not flash.is_dir():
         raise UserError(f"flash directory {flash} does not exist")
     files = stage_factory_files(flash / FACTORY_DIR, pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix,
-                                sntp_host, sntp_port)
+                                sntp_host, sntp_port, transport)
     return files[0]
 
 
@@ -114,11 +122,11 @@ def mpremote_command(port: str, files: list[Path]) -> list[str]:
 def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None, pop: str = "", sec_ver: int = 1,
                               mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
                               topic_prefix: str = "", timeout: float = 60.0, sntp_host: Optional[str] = None,
-                              sntp_port: Optional[int] = None) -> None:
+                              sntp_port: Optional[int] = None, transport: str = "softap") -> None:
     """Copy the factory files onto a real (or virtual) board through mpremote on `port`."""
     with tempfile.TemporaryDirectory(prefix="rmkit-factory-") as tmp:
         files = stage_factory_files(Path(tmp), pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix,
-                                    sntp_host, sntp_port)
+                                    sntp_host, sntp_port, transport)
         command = mpremote_command(port, files)
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -156,7 +164,7 @@ def _cmd_factory(args) -> int:
           f"{', topic prefix ' + args.topic_prefix if args.topic_prefix else ''} -> {where}")
     options = dict(node_id=args.node_id, pop=args.pop, sec_ver=args.sec_ver, mqtt_host=args.mqtt_host,
                    mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, sntp_host=args.sntp_host,
-                   sntp_port=args.sntp_port)
+                   sntp_port=args.sntp_port, transport=args.transport)
     if args.flash:
         flash = Path(args.flash)
         if flash.exists() and not flash.is_dir():
@@ -185,6 +193,9 @@ def register(subparsers) -> None:
     parser.add_argument("--node-id", help="node id (certificate CN); without it the board uses its MAC and gets no certificate")
     parser.add_argument("--pop", default="", help="proof of possession, required for security 1 (not printed)")
     parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1), help="provisioning security: 1 (default) or 0")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="softap",
+                        help="how the board serves provisioning: softap (its access point and HTTP, default), "
+                        "ble (Bluetooth LE GATT) or both")
     parser.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST,
                         help="where the board finds the broker: a host name or IP address its certificate names "
                         "(see `rmkit pki init --broker-host`; default %(default)s)")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from rmkit.cloud_client import CloudClient, MappingOutcome
 from rmkit.provision.client import Provisioner
-from rmkit.provision.transport import HttpTransport
+from rmkit.provision.transport import HttpTransport, Transport
 from rmkit.timeline import Timeline
 
 
@@ -28,20 +28,32 @@ class FlowResult:
 
 def provision_node(provisioner: Provisioner, timeline: Timeline, user_id: str, secret_key: str,
                    ssid: str, passphrase: str) -> str:
-    """Step 1: session, user mapping, Wi-Fi credentials, wait for Connected. Returns the node id."""
+    """Step 1: session, user mapping, Wi-Fi credentials, wait for Connected. Returns the node id.
+    The client<->node arrows name the transport (SoftAP, BLE)."""
+    via = f" [{provisioner.transport.label}]" if provisioner.transport.label else ""
     info = provisioner.proto_ver()
-    timeline.add("client", "node", f"proto-ver -> {info.get('prov', {}).get('ver', '?')}")
+    timeline.add("client", "node", f"proto-ver -> {info.get('prov', {}).get('ver', '?')}{via}")
     provisioner.start_session()
-    timeline.add("client", "node", f"prov-session: Security {provisioner.security_version} session")
+    timeline.add("client", "node", f"prov-session: Security {provisioner.security_version} session{via}")
     node_id = provisioner.set_user_mapping(user_id, secret_key)
-    timeline.add("client", "node", "cloud_user_assoc {user_id, secret_key}")
-    timeline.add("node", "client", f"node_id {node_id}")
+    timeline.add("client", "node", f"cloud_user_assoc {{user_id, secret_key}}{via}")
+    timeline.add("node", "client", f"node_id {node_id}{via}")
     provisioner.set_wifi_config(ssid, passphrase)
     provisioner.apply_wifi_config()
-    timeline.add("client", "node", f"prov-config: Wi-Fi '{ssid}' set and applied")
+    timeline.add("client", "node", f"prov-config: Wi-Fi '{ssid}' set and applied{via}")
     wifi = provisioner.wait_for_wifi(ssid)
-    timeline.add("node", "client", f"prov-config status: Connected ({wifi.ip4_addr})")
+    timeline.add("node", "client", f"prov-config status: Connected ({wifi.ip4_addr}){via}")
     return node_id
+
+
+def board_transport(board, timeout: float = 15.0) -> Transport:
+    """A client's channel to a virtual board in provisioning: its simulated Bluetooth radio when it
+    serves BLE only, else its SoftAP HTTP service."""
+    if board.transport == "ble":
+        from rmkit.provision.ble import BumbleTransport
+
+        return BumbleTransport(board.service_name, board.ble_hci, timeout=timeout)
+    return HttpTransport(*board.softap, timeout=timeout)
 
 
 def map_node(cloud: CloudClient, timeline: Timeline, node_id: str, secret_key: str,
@@ -58,15 +70,15 @@ def map_node(cloud: CloudClient, timeline: Timeline, node_id: str, secret_key: s
     return cloud.wait_for_mapping(request_id, poll_interval_s=poll_interval_s, on_status=on_status)
 
 
-def run_flow(host: str, port: int, pop: Optional[str], sec: int, ssid: str, passphrase: str,
+def run_flow(open_transport: Callable[[], Transport], pop: Optional[str], sec: int, ssid: str, passphrase: str,
              cloud_url: str, email: str, password: str, timeline: Timeline,
              secret_key: Optional[str] = None, poll_interval_s: float = 0.2) -> FlowResult:
-    """Log in, provision the node at host:port, map it to the logged-in user, wait for the result."""
+    """Log in, provision the node `open_transport()` reaches, map it to the logged-in user, wait for the result."""
     cloud = CloudClient(cloud_url)
     user_id = cloud.login(email, password)
     timeline.add("client", "cloud", f"login {email}")
     secret_key = secret_key or str(uuid.uuid4())
-    transport = HttpTransport(host, port)
+    transport = open_transport()
     try:
         provisioner = Provisioner(transport, sec=sec, pop=pop)
         node_id = provision_node(provisioner, timeline, user_id, secret_key, ssid, passphrase)

@@ -21,7 +21,7 @@ NODE_PATTERNS: Sequence[Pattern] = (
     (r"mapping: pending mapping for user \S+ stored", "node", "node", "pending mapping stored on flash"),
     (r"node: state: connecting", "node", "node", "joining Wi-Fi"),
     (r"node: joined \S+; credentials stored", "node", "node", "joined Wi-Fi, credentials stored"),
-    (r"node: provisioning stopped", "node", "node", "access point and HTTP service stopped"),
+    (r"node: provisioning stopped", "node", "node", "provisioning service stopped (access point / BLE off)"),
     (r"node: provisioned; rebooting", "node", "node", "reboots into station mode (fresh heap for TLS)"),
     (r"mqtt: connected in (\d+) ms", "node", "cloud", lambda m: f"MQTT connected (mutual TLS, {m.group(1)} ms)"),
     (r"mqtt: published \S+/user/mapping", "node", "cloud", "MQTT user/mapping {node_id, user_id, secret_key}"),

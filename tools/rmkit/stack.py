@@ -163,7 +163,8 @@ class Stack:
         return self.cloud.add_user(email, password)
 
     def add_board(self, name: str, pop: Optional[str] = None, softap: Optional[str] = None,
-                  heap: Optional[str] = None, start: bool = True, sec_ver: int = 1) -> VirtualBoard:
+                  heap: Optional[str] = None, start: bool = True, sec_ver: int = 1,
+                  transport: str = "softap") -> VirtualBoard:
         """A virtual board with the firmware deployed and factory data (node certificate, broker) written."""
         flash = self.workdir / "boards" / name
         flash.mkdir(parents=True, exist_ok=True)
@@ -172,9 +173,10 @@ class Stack:
         pop = pop if pop is not None else secrets.token_hex(4)
         write_factory_data(flash, self.pki, node_id=node_id_for_mac(mac), pop=pop, sec_ver=sec_ver,
                            mqtt_host="localhost", mqtt_port=self.broker.port, sntp_host=self.sntp.host,
-                           sntp_port=self.sntp.port)
+                           sntp_port=self.sntp.port, transport=transport)
         board = VirtualBoard(name, flash, mac=mac, air=self.air_path, heap=heap or self.heap, softap=softap,
-                             log_path=self.workdir / f"{name}.log", pop=pop, node_id=node_id_for_mac(mac))
+                             log_path=self.workdir / f"{name}.log", pop=pop, node_id=node_id_for_mac(mac),
+                             transport=transport)
         self.boards[name] = board
         if start:
             board.start()

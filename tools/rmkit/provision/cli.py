@@ -1,4 +1,4 @@
-"""`rmkit provision`: provision a node over SoftAP HTTP (user mapping + Wi-Fi) and print its node id."""
+"""`rmkit provision`: provision a node over SoftAP HTTP or BLE (user mapping + Wi-Fi) and print its node id."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rmkit.errors import UserError
 from rmkit.provision.client import MAX_PASSPHRASE_BYTES, MAX_SSID_BYTES, Provisioner
 from rmkit.provision.errors import (DeviceUnreachable, HandshakeFailed, MappingRefused, ProtocolError,
                                     ProvisionError, TransportError, WifiJoinFailed)
-from rmkit.provision.transport import HttpTransport, parse_host
+from rmkit.provision.transport import HttpTransport, Transport, parse_host
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,14 @@ never printed.
 """
 
 EPILOG = f"""\
-Addresses: a virtual board serves on 127.0.0.1 at the port it prints. A real ESP32 in provisioning
+SoftAP: a virtual board serves on 127.0.0.1 at the port it prints. A real ESP32 in provisioning
 mode serves on {ESP32_SOFTAP_ADDRESS}, reachable only after this computer has joined the board's
 access point (PROV_xxxxxx); pass it explicitly with --host {ESP32_SOFTAP_ADDRESS}. There is no default.
+
+BLE (--transport ble --device PROV_xxxxxx): a real board through this computer's Bluetooth (bleak);
+a virtual board through its simulated radio with --hci tcp-client:127.0.0.1:PORT (the line `rmkit vboard`
+and `rmkit sandbox` print); --hci usb:0 drives a USB Bluetooth controller with Bumble instead of the
+operating system's stack.
 
 Exit status: 0 provisioned; 2 bad arguments; {EXIT_UNREACHABLE} node unreachable; {EXIT_HANDSHAKE} session refused
 (wrong PoP or security version); {EXIT_MAPPING_REFUSED} node refused the user mapping; {EXIT_WIFI_FAILED} node could not
@@ -60,12 +65,19 @@ def register(sub) -> None:
     parser = sub.add_parser("provision", help="provision a node: user mapping + Wi-Fi, prints the node id",
                             description=DESCRIPTION, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--transport", choices=["softap"], default="softap",
-                        help="how to reach the node: softap = protocomm over HTTP (the only one so far; BLE later)")
-    parser.add_argument("--host", required=True, metavar="HOST:PORT",
-                        help="the node's HTTP address, e.g. 127.0.0.1:8080 for a virtual board, or "
+    parser.add_argument("--transport", choices=["softap", "ble"], default="softap",
+                        help="how to reach the node: softap = protocomm over HTTP (default; needs --host), "
+                             "ble = protocomm over Bluetooth LE GATT (needs --device)")
+    parser.add_argument("--host", metavar="HOST:PORT",
+                        help="softap: the node's HTTP address, e.g. 127.0.0.1:8080 for a virtual board, or "
                              f"{ESP32_SOFTAP_ADDRESS} for a real ESP32 once you are on its access point "
                              "(port defaults to 80)")
+    parser.add_argument("--device", metavar="NAME|ADDRESS",
+                        help="ble: the node's advertised name (PROV_ and the last 6 hex digits of its MAC) or its "
+                             "Bluetooth address")
+    parser.add_argument("--hci", metavar="SPEC",
+                        help="ble: drive this HCI transport with Bumble instead of the operating system's Bluetooth: "
+                             "tcp-client:127.0.0.1:PORT for a virtual board's radio, usb:0 for a USB controller")
     parser.add_argument("--sec", choices=["0", "1", "auto"], default="1",
                         help="security version: 1 = X25519 + PoP + AES-CTR (default), 0 = no encryption "
                              "(credentials in clear), auto = whatever the node's proto-ver says. An explicit "
@@ -92,7 +104,8 @@ def register(sub) -> None:
     parser.add_argument("--show-secret-key", action="store_true",
                         help="also print the secret key (needed when you confirm the mapping with the cloud yourself)")
     parser.add_argument("--scan", action="store_true", help="ask the node to scan Wi-Fi first and list what it sees")
-    parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each HTTP answer (default 15)")
+    parser.add_argument("--timeout", type=float, default=15.0,
+                        help="seconds to wait for each answer from the node (default 15)")
     parser.add_argument("--wifi-timeout", type=float, default=60.0,
                         help="seconds to wait for the node to join Wi-Fi (default 60)")
     parser.add_argument("--poll-interval", type=float, default=0.2,
@@ -104,14 +117,31 @@ def _progress(line: str) -> None:
     print(f"provision: {line}", file=sys.stderr, flush=True)
 
 
-def run(args) -> int:
-    if not args.host.strip():
-        raise UserError("--host is empty: give the node's address as IP:PORT (make provision HOST=IP:PORT; "
+def _open_transport(args):
+    """A function opening the transport the arguments name, and what it reaches, checked before any step."""
+    if args.transport == "ble":
+        if args.host:
+            raise UserError("--host is for --transport softap; over BLE name the node with --device PROV_xxxxxx")
+        if not (args.device or "").strip():
+            raise UserError("--transport ble needs --device: the node's advertised name (PROV_xxxxxx) or address")
+        from rmkit.provision.ble import open_ble
+
+        where = f"{args.device} over BLE" + (f" (Bumble on {args.hci})" if args.hci else "")
+        return (lambda: open_ble(args.device, args.hci, args.timeout)), where
+    if args.device or args.hci:
+        raise UserError("--device and --hci are for --transport ble")
+    if not (args.host or "").strip():
+        raise UserError("--host is missing or empty: give the node's address as IP:PORT (make provision HOST=IP:PORT; "
                         f"{ESP32_SOFTAP_ADDRESS} once this computer has joined a board's access point)")
     try:
         host, port = parse_host(args.host)
     except ValueError as exc:
         raise UserError(f"--host: {exc}") from None
+    return (lambda: HttpTransport(host, port, timeout=args.timeout)), f"{host}:{port}"
+
+
+def run(args) -> int:
+    open_transport, where = _open_transport(args)
     sec = None if args.sec == "auto" else int(args.sec)
     if sec == 1 and not args.pop:
         raise UserError("--pop is required with --sec 1 (use --sec auto for a node started without PoP)")
@@ -134,9 +164,10 @@ def run(args) -> int:
     if not user_id:
         raise UserError("no user id: give --user-id, or --cloud-url with --email and --password")
 
-    _progress(f"connecting to {host}:{port}")
+    _progress(f"connecting to {where}")
     try:
-        with HttpTransport(host, port, timeout=args.timeout) as transport:
+        transport: Transport
+        with open_transport() as transport:
             provisioner = Provisioner(transport, sec=sec, pop=args.pop, poll_interval_s=args.poll_interval,
                                       wifi_timeout_s=args.wifi_timeout, progress=_progress)
             result = provisioner.provision(args.ssid, args.passphrase, user_id, secret_key, scan=args.scan)

@@ -1,8 +1,8 @@
 """Protocomm transports on the host: send (endpoint, request bytes), get response bytes.
 
 `Transport` is the interface the Provisioner uses; HttpTransport speaks SoftAP HTTP (docs/protocol.md 1.1) the way
-Espressif's client does (docs/protocol.md 1.1). A BLE transport (bleak, docs/protocol.md 1.2) would implement the
-same two methods, `send` and `close`.
+Espressif's client does (docs/protocol.md 1.1); rmkit.provision.ble carries the same requests over BLE GATT
+(docs/protocol.md 1.2).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ MAX_REQUEST = 2048
 
 class Transport:
     """One protocomm channel to one node."""
+
+    label = ""  # how the node is reached, for pictures and progress lines ("SoftAP", "BLE")
 
     def send(self, endpoint: str, data: bytes) -> bytes:  # pragma: no cover - interface
         raise NotImplementedError
@@ -61,6 +63,8 @@ class HttpTransport(Transport):
     request carries it back as `Cookie`, so the session survives a reconnect (docs/protocol.md 1.1). Requests are never
     retried: with Security 1 a request the node has already decrypted moves its keystream (docs/protocol.md 3.3).
     """
+
+    label = "SoftAP"
 
     def __init__(self, host: str, port: int = 80, timeout: float = 15.0):
         self.host = host

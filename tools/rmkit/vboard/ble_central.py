@@ -1,4 +1,5 @@
-"""A Bumble central that reaches a virtual board's radio (ble_radio.BleRadio) over its HCI port.
+"""A Bumble central on an HCI transport: a virtual board's radio (ble_radio.BleRadio) over its HCI port,
+or any transport Bumble opens (a USB Bluetooth controller: "usb:0").
 
 Real ATT/GATT from the host side: scanning, connecting, MTU exchange, discovery, long reads and
 prepared writes are Bumble's. Used by tests and by `rmkit provision --transport ble`.
@@ -9,10 +10,11 @@ from typing import Optional
 
 
 class BleCentral:
-    """Async; `async with BleCentral(hci_port) as central:` powers on a fresh central."""
+    """Async; `async with BleCentral(hci) as central:` powers on a fresh central. `hci` is a virtual
+    board's HCI port or a Bumble transport spec ("tcp-client:127.0.0.1:PORT", "usb:0")."""
 
-    def __init__(self, hci_port: int, mtu: int = 517):
-        self.hci_port = hci_port
+    def __init__(self, hci, mtu: int = 517):
+        self.hci = f"tcp-client:127.0.0.1:{hci}" if isinstance(hci, int) else hci
         self.mtu = mtu
         self.device = None
         self.connection = None
@@ -24,7 +26,7 @@ class BleCentral:
         from bumble.hci import Address
         from bumble.transport import open_transport
 
-        self._transport = await open_transport(f"tcp-client:127.0.0.1:{self.hci_port}")
+        self._transport = await open_transport(self.hci)
         self.device = Device.with_hci("rmkit-central", Address("F0:F1:F2:F3:F4:F5"), self._transport.source,
                                       self._transport.sink)
         await self.device.power_on()
@@ -56,6 +58,34 @@ class BleCentral:
         finally:
             self.device.remove_listener("advertisement", on_advertisement)
             await self.device.stop_scanning()
+
+    async def find(self, device: str, timeout: float = 10.0):
+        """The advertiser named `device` (complete local name) or at address `device` -> (address, its one
+        advertised 128-bit service UUID, lower case); RuntimeError naming what was wrong."""
+        from bumble.core import AdvertisingData
+
+        found = asyncio.get_running_loop().create_future()
+
+        def on_advertisement(advertisement):
+            local = advertisement.data.get(AdvertisingData.COMPLETE_LOCAL_NAME)
+            address = str(advertisement.address).split("/")[0]
+            if device in (local, address) or device.upper() == address.upper():
+                uuids = advertisement.data.get(AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS)
+                if uuids is not None and not found.done():
+                    found.set_result((advertisement.address, uuids))
+
+        self.device.on("advertisement", on_advertisement)
+        await self.device.start_scanning(active=True)
+        try:
+            address, uuids = await asyncio.wait_for(found, timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"no device {device} advertising a service within {timeout:g} s") from None
+        finally:
+            self.device.remove_listener("advertisement", on_advertisement)
+            await self.device.stop_scanning()
+        if len(uuids) != 1:
+            raise RuntimeError(f"{device} advertises {len(uuids)} service UUIDs, a provisioning node one")
+        return address, str(uuids[0]).lower()
 
     async def connect(self, address, exchange_mtu: bool = True):
         from bumble.device import Peer

@@ -23,6 +23,7 @@ travel as hex.
 """
 
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -39,7 +40,9 @@ IRQ_CENTRAL_DISCONNECT = 2
 IRQ_GATTS_WRITE = 3
 IRQ_GATTS_READ_REQUEST = 4
 IRQ_MTU_EXCHANGED = 21
-READ_REQUEST_TIMEOUT = 2.0  # seconds the board's IRQ handler may take to answer a read
+# Seconds the board's IRQ handler may take to answer a read: NimBLE sets no limit of its own, the
+# central's ATT transaction times out after 30 s (Bluetooth Core, Vol 3 Part F 3.3.3)
+READ_REQUEST_TIMEOUT = 30.0
 
 
 def ble_mac(base_mac: str) -> str:
@@ -56,6 +59,44 @@ class _Attr:
         self.value = b""
         self.alloc = DEFAULT_ATTR_LEN
         self.append = False
+
+
+def _central_controller(controller_class):
+    """A Bumble Controller class whose active scans get the advertiser's scan response. Bumble's virtual
+    link carries no SCAN_REQ/SCAN_RSP: its controller reports the advertising data a second time as the
+    scan response, so a board's name (in the scan response, docs/protocol.md 1.2) would never be seen."""
+    from bumble import hci
+
+    class CentralController(controller_class):
+        scan_response_of = staticmethod(lambda address: None)
+
+        def on_advertising_pdu(self, pdu) -> None:
+            response = self.scan_response_of(pdu.advertiser_address)
+            if response is None:
+                super().on_advertising_pdu(pdu)
+                return
+            send = self.send_hci_packet
+
+            def with_scan_response(packet) -> None:
+                if isinstance(packet, hci.HCI_LE_Advertising_Report_Event):
+                    packet = hci.HCI_LE_Advertising_Report_Event([
+                        dataclasses.replace(report, data=response)
+                        if report.event_type == hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP else report
+                        for report in packet.reports])
+                elif isinstance(packet, hci.HCI_LE_Extended_Advertising_Report_Event):
+                    scan_response = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE
+                    packet = hci.HCI_LE_Extended_Advertising_Report_Event([
+                        dataclasses.replace(report, data=response) if report.event_type & scan_response else report
+                        for report in packet.reports])
+                send(packet)
+
+            self.send_hci_packet = with_scan_response
+            try:
+                super().on_advertising_pdu(pdu)
+            finally:
+                del self.send_hci_packet
+
+    return CentralController
 
 
 class BleRadio:
@@ -156,8 +197,10 @@ class BleRadio:
                 if not writer.is_closing():
                     writer.write(packet)
 
-        controller = Controller(f"central-{number}", host_sink=Sink(), link=self._link,
-                                public_address=f"C0:00:00:00:{number >> 8 & 255:02X}:{number & 255:02X}")
+        controller = _central_controller(Controller)(
+            f"central-{number}", host_sink=Sink(), link=self._link,
+            public_address=f"C0:00:00:00:{number >> 8 & 255:02X}:{number & 255:02X}")
+        controller.scan_response_of = self._scan_response_of
         source = StreamPacketSource()
         source.set_packet_sink(controller)
         try:
@@ -180,6 +223,12 @@ class BleRadio:
             await asyncio.sleep(0.05)
             self._link.remove_controller(controller)
             writer.close()
+
+    def _scan_response_of(self, address) -> Optional[bytes]:
+        """The board's scan response data when `address` is the board advertising, else None."""
+        if self._adv is None or self._device is None or str(address).split("/")[0].upper() != self.address:
+            return None
+        return self._resp_data
 
     # ---- the board ----------------------------------------------------------------------------
 

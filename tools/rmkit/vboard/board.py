@@ -106,12 +106,13 @@ class VirtualBoard:
                  pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
                  log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
                  reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None,
-                 rfc2217_port: int = 0, reset_circuit: str = "uart"):
+                 rfc2217_port: int = 0, reset_circuit: str = "uart", transport: str = "softap"):
         self.name = runtime.check_name(name)
         # what the factory data on its flash says, when whoever wrote it passes it on (rmkit.stack):
         # a client needs the PoP to open a session; kept with the board, never logged
         self.pop = pop
         self.node_id = node_id
+        self.transport = transport  # softap, ble or both (docs/protocol.md 1)
         self._temp_flash = flash_dir is None
         self.flash_dir = Path(flash_dir) if flash_dir is not None else None
         self.mac = (mac or mac_for_name(name)).lower()
@@ -512,6 +513,16 @@ class VirtualBoard:
                 return fallback
             os.replace(tmp, target)  # atomic: boards starting in parallel never see half a file
         return out
+
+    @property
+    def service_name(self) -> str:
+        """The name it provisions under (docs/protocol.md 7.4): PROV_ and the last three MAC bytes."""
+        return "PROV_" + self.mac.replace(":", "")[6:]
+
+    @property
+    def ble_hci(self) -> str:
+        """The Bumble transport spec a central uses to reach this board's radio (`rmkit provision --hci`)."""
+        return f"tcp-client:127.0.0.1:{self.ble_hci_port}"
 
     @property
     def ble_hci_port(self) -> int:

@@ -8,16 +8,18 @@
 # - the MTU offered is 23 until config(mtu=N); the central's exchange raises _IRQ_MTU_EXCHANGED;
 # - the IRQ handler runs in another context, the BLE host task: here a thread with a small stack
 #   (IRQ_STACK; deep recursion raises RuntimeError there) while the firmware's own code keeps
-#   running. A handler that runs longer than IRQ_BUDGET_MS gets a warning on the console: on a
+#   running. A handler that computes longer than IRQ_BUDGET_MS gets a warning on the console: on a
 #   board the BLE host task (and every other BLE event) waits meanwhile. Hand heavy work (protocomm,
 #   X25519) to asyncio, e.g. with asyncio.ThreadSafeFlag; on a board the host task's stack is
-#   too small for it.
+#   too small for it. Time in time.sleep_ms() is not counted: the main task runs meanwhile.
+# - gatts_set_buffer() takes its bytes from the GC heap, as MicroPython's attribute buffers do.
 # - every method but active() and irq() raises OSError(EPERM) while the radio is off.
 import socket as _s
 import json
 import os
 import time
 import _thread
+import vb_time  # imported before us by vb_boot: the module that becomes `time`, with slept_ms
 
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
@@ -76,6 +78,7 @@ class BLE:
         self._on = False
         self._handler = None
         self._values = {}
+        self._buffers = {}  # value handle -> the GC-heap buffer gatts_set_buffer() sized
         self._mtu = 23
         self._name = b"MPY ESP32"
         self._send_lock = _thread.allocate_lock()
@@ -123,6 +126,8 @@ class BLE:
         handler = self._handler
         if handler is None:
             return None
+        me = _thread.get_ident()
+        slept0 = vb_time.slept_ms.get(me, 0)
         t0 = time.ticks_ms()
         try:
             result = handler(ev, data)
@@ -132,9 +137,9 @@ class BLE:
 
             sys.print_exception(exc)
             result = None
-        spent = time.ticks_diff(time.ticks_ms(), t0)
+        spent = time.ticks_diff(time.ticks_ms(), t0) - (vb_time.slept_ms.get(me, 0) - slept0)
         if spent > IRQ_BUDGET_MS:
-            print("vb_bluetooth: IRQ handler (event %d) ran %d ms; on an ESP32 the BLE host task waits meanwhile"
+            print("vb_bluetooth: IRQ handler (event %d) computed %d ms; on an ESP32 the BLE host task waits meanwhile"
                   % (ev, spent))
         return result
 
@@ -157,6 +162,7 @@ class BLE:
             self._send({"op": "on" if value else "off"})
             if not value:
                 self._values = {}
+                self._buffers = {}
                 self._mtu = 23
         self._on = value
         return value
@@ -230,7 +236,7 @@ class BLE:
         self._check()
         if value_handle not in self._values:
             raise OSError(_EINVAL)
-        data = bytes(data)
+        data = data.encode() if isinstance(data, str) else bytes(data)  # any buffer, str included, as on a board
         self._values[value_handle] = data
         self._send({"op": "write", "h": value_handle, "v": data.hex()})
 
@@ -243,6 +249,7 @@ class BLE:
         self._check()
         if value_handle not in self._values:
             raise OSError(_EINVAL)
+        self._buffers[value_handle] = bytearray(length)  # MemoryError when the heap cannot hold it, as on a board
         self._send({"op": "buf", "h": value_handle, "len": length, "append": append})
 
 

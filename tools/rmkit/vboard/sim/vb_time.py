@@ -9,6 +9,18 @@
 # Installed as sys.modules["time"] by vb_boot.py.
 from time import *  # noqa: F401,F403 - ticks_ms, ticks_diff, sleep_ms, ... unchanged
 import time as _host
+import _thread
+
+# Milliseconds each thread spent in sleep_ms(), so that vb_bluetooth can tell an IRQ handler that waits
+# (sleeping lets the main task run, on a board as here) from one that computes (which blocks the BLE host task).
+slept_ms = {}
+
+
+def sleep_ms(ms):
+    t0 = _host.ticks_ms()
+    _host.sleep_ms(ms)
+    me = _thread.get_ident()
+    slept_ms[me] = slept_ms.get(me, 0) + _host.ticks_diff(_host.ticks_ms(), t0)
 
 EPOCH_2000 = 946684800  # seconds from 1970-01-01 to 2000-01-01
 
