@@ -75,8 +75,8 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (PYTEST_ARGS=... for pytest)
 	$(VENV)/bin/pytest host_tests $(PYTEST_ARGS)
 
-demo: setup ## the whole mapping flow on a virtual board, broker and local cloud
-	$(RMKIT) demo
+demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE)
+	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT))
 
 vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
@@ -105,8 +105,8 @@ cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a tes
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(BROKER_LISTEN),--broker-listen $(BROKER_LISTEN)) \
 	  $(if $(BROKER_PORT),--broker-port $(BROKER_PORT))
 
-sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
-	$(RMKIT) sandbox $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
+	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP))
 
 bench: setup ## benchmarks: crypto, provisioning handshake, memory

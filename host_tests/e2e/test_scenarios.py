@@ -47,17 +47,24 @@ def acked_line(user_id: str) -> str:
     return rf"mapping: mapping for user {re.escape(user_id)} acknowledged"
 
 
+# The seed's scenarios 1-3 and the factory reset run over SoftAP (Security 1) and over BLE with
+# Security 0 and 1: the client reaches the node through the board's simulated radio (docs/protocol.md 1.2)
+OVER_EACH_TRANSPORT = pytest.mark.parametrize("transport, sec", [("softap", 1), ("ble", 0), ("ble", 1)],
+                                              ids=["softap-sec1", "ble-sec0", "ble-sec1"])
+
+
 # -- the seed's scenarios ---------------------------------------------------------------------------
 
-def test_client_first_then_node_requested_then_confirmed(rig):
+@OVER_EACH_TRANSPORT
+def test_client_first_then_node_requested_then_confirmed(rig, transport, sec):
     """Seed steps 1, 2, 3, 4 in order: the cloud says `requested` until the node's publish arrives."""
     rig.add_user("alice@example.com")
     alice = rig.login("alice@example.com")
-    board = rig.add_board("vb-s1")
+    board = rig.add_board("vb-s1", transport=transport, sec_ver=sec)
     secret_key = str(uuid.uuid4())
     rig.stack.broker.pause()  # the node cannot reach the broker until the client's request is in
     try:
-        node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+        node_id = provision_node(rig.provisioner(board, sec=sec), rig.timeline, alice.user_id, secret_key,
                                  rig.ssid, rig.passphrase)
         request_id = alice.request_mapping(node_id, secret_key)
         assert alice.mapping_status(request_id) == "requested"
@@ -69,13 +76,14 @@ def test_client_first_then_node_requested_then_confirmed(rig):
     assert node_id == board.node_id
 
 
-def test_node_first_then_client_confirmed(rig):
+@OVER_EACH_TRANSPORT
+def test_node_first_then_client_confirmed(rig, transport, sec):
     """Steps 2 and 3 reversed (the seed allows it): the node's publish is in before the client's PUT."""
     rig.add_user("alice@example.com")
     alice = rig.login("alice@example.com")
-    board = rig.add_board("vb-s2")
+    board = rig.add_board("vb-s2", transport=transport, sec_ver=sec)
     secret_key = str(uuid.uuid4())
-    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
+    node_id = provision_node(rig.provisioner(board, sec=sec), rig.timeline, alice.user_id, secret_key,
                              rig.ssid, rig.passphrase)
     board.wait_for_log(acked_line(alice.user_id), timeout=20)
     wait_for_cloud_log(rig, rf"node {node_id} reported a mapping for user {alice.user_id}")
@@ -112,14 +120,15 @@ def test_node_never_online_times_out_never_confirmed(rig_factory):
     assert "mqtt: connected" not in board.read_log()  # it really never came online
 
 
-def test_node_publishes_another_secret_key_never_confirmed(rig_factory):
+@OVER_EACH_TRANSPORT
+def test_node_publishes_another_secret_key_never_confirmed(rig_factory, transport, sec):
     """The client gives the node key A and the cloud key B: the node's report does not match, `timedout`."""
     rig = rig_factory(mapping_timeout=SHORT_TIMEOUT_S)
     rig.add_user("alice@example.com")
     alice = rig.login("alice@example.com")
-    board = rig.add_board("vb-s4")
+    board = rig.add_board("vb-s4", transport=transport, sec_ver=sec)
     key_for_node, key_for_cloud = str(uuid.uuid4()), str(uuid.uuid4())
-    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, key_for_node,
+    node_id = provision_node(rig.provisioner(board, sec=sec), rig.timeline, alice.user_id, key_for_node,
                              rig.ssid, rig.passphrase)
     request_id = alice.request_mapping(node_id, key_for_cloud)
     board.wait_for_log(acked_line(alice.user_id), timeout=20)
@@ -156,14 +165,15 @@ def test_poll_while_node_joins_wifi_is_requested_then_confirmed(rig):
     assert alice.nodes() == [node_id]
 
 
-def test_factory_reset_then_another_user_takes_the_node(rig):
+@OVER_EACH_TRANSPORT
+def test_factory_reset_then_another_user_takes_the_node(rig, transport, sec):
     """After a factory reset the board is provisioned for bob: bob has the node, alice no longer does."""
     for email in ("alice@example.com", "bob@example.com"):
         rig.add_user(email)
     alice, bob = rig.login("alice@example.com"), rig.login("bob@example.com")
-    board = rig.add_board("vb-s6")
+    board = rig.add_board("vb-s6", transport=transport, sec_ver=sec)
     alice_key = str(uuid.uuid4())
-    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, alice_key,
+    node_id = provision_node(rig.provisioner(board, sec=sec), rig.timeline, alice.user_id, alice_key,
                              rig.ssid, rig.passphrase)
     assert map_node(alice, rig.timeline, node_id, alice_key, poll_interval_s=0.1).status == "confirmed"
     assert alice.nodes() == [node_id]
@@ -180,7 +190,7 @@ def test_factory_reset_then_another_user_takes_the_node(rig):
     assert alice.nodes() == []
 
     bob_key = str(uuid.uuid4())
-    assert provision_node(rig.provisioner(board), rig.timeline, bob.user_id, bob_key,
+    assert provision_node(rig.provisioner(board, sec=sec), rig.timeline, bob.user_id, bob_key,
                           rig.ssid, rig.passphrase) == node_id
     assert map_node(bob, rig.timeline, node_id, bob_key, poll_interval_s=0.1).status == "confirmed"
     assert bob.nodes() == [node_id]

@@ -17,7 +17,7 @@ import pytest
 
 from rmkit.cloud_client import CloudClient
 from rmkit.provision.client import Provisioner
-from rmkit.provision.transport import HttpTransport
+from rmkit.flow import board_transport
 from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
 from rmkit.stack import Stack
 from rmkit.timeline import Timeline, render_svg
@@ -58,8 +58,8 @@ class Rig:
         return client
 
     def provisioner(self, board, pop: Optional[str] = None, sec: int = 1) -> Provisioner:
-        host, port = board.softap
-        transport = HttpTransport(host, port)
+        """A client for the board over the transport it serves (BLE when it serves only that, else SoftAP)."""
+        transport = board_transport(board)
         self._transports.append(transport)
         return Provisioner(transport, sec=sec, pop=board.pop if pop is None else pop, poll_interval_s=0.1)
 

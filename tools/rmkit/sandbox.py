@@ -3,7 +3,8 @@ client to try (our CLI, Espressif's esp-rainmaker-cli, a phone app's logic in a 
 
 Prints what a client needs, then, for scripts, the same once as one line:
 `SANDBOX {"softap": ..., "pop": ..., "sec": ..., "ssid": ..., "passphrase": ..., "cloud_url": ...,
-"user": ..., "password": ..., "pid": ...}` when everything is ready. Ctrl-C (or SIGTERM) stops
+"user": ..., "password": ..., "pid": ...}` when everything is ready (with --transport ble, "ble_device" and
+"ble_hci" instead of "softap": the board's name and the HCI transport a Bumble central reaches its radio on). Ctrl-C (or SIGTERM) stops
 everything; SIGHUP restarts the broker, SIGUSR1 kills it (SIGKILL) and starts it again, its
 persistence kept, so fault tests can be run by hand.
 """
@@ -84,11 +85,18 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                 "pid": os.getpid()}
         board = None
         if not args.no_board:
-            board = stack.add_board(args.board, softap=args.softap)
+            board = stack.add_board(args.board, softap=args.softap, transport=args.transport)
             board.wait_for_log(r"state: provisioning", timeout=30)
             host, port = board.softap
-            info.update({"softap": f"{host}:{port}", "pop": board.pop, "sec": 1, "ssid": stack.ssid,
-                         "passphrase": stack.passphrase})
+            if args.transport == "ble":
+                info.update({"ble_device": board.service_name, "ble_hci": board.ble_hci})
+                where = f"BLE as {board.service_name}, simulated radio at {board.ble_hci}"
+                reach = f"--transport ble --device {board.service_name} --hci {board.ble_hci}"
+            else:
+                info["softap"] = f"{host}:{port}"
+                where = f"SoftAP HTTP at {host}:{port}"
+                reach = f"--host {host}:{port}"
+            info.update({"pop": board.pop, "sec": 1, "ssid": stack.ssid, "passphrase": stack.passphrase})
             runtime.record_board(board)  # so `make repl BOARD=` and `rmkit repl --name` find it
         print(f"sandbox ready (everything on this machine; logs in {workdir}):")
         print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
@@ -100,16 +108,15 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
             print(f"sandbox: {line}", file=sys.stderr, flush=True)
         print(f"  time        SNTP on udp {stack.sntp.host}:{stack.sntp.port} (boards power on at 2000-01-01)")
         if board is not None:
-            print(f"  node        {board.node_id}, provisioning over SoftAP HTTP at {host}:{port}, Security 1, "
-                  f"PoP {board.pop}")
+            print(f"  node        {board.node_id}, provisioning over {where}, Security 1, PoP {board.pop}")
             print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
             print(f"  serial      any of these (Ctrl-] leaves):\n"
                   f"    {venv_tool('mpremote')} connect {shlex.quote(str(board.pty_link))} resume repl\n"
                   f"    make repl BOARD={board.name}\n"
                   f"    {venv_tool('rmkit')} repl --name {board.name}")
-            print("  try:\n    %s provision --host %s:%d --pop %s --ssid %s --passphrase %s \\\n"
+            print("  try:\n    %s provision %s --pop %s --ssid %s --passphrase %s \\\n"
                   "      --cloud-url %s --email %s --password %s"
-                  % (venv_tool("rmkit"), host, port, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
+                  % (venv_tool("rmkit"), reach, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
                      SANDBOX_USER, password))
         print(f"  restarts    kill -HUP {os.getpid()} restarts the broker, kill -USR1 {os.getpid()} kills it "
               "(SIGKILL) and starts it again; its sessions and queued messages are kept")
@@ -150,6 +157,9 @@ def register(subparsers) -> None:
                     "Espressif's esp-rainmaker-cli looks for a SoftAP node.")
     p.add_argument("--softap", metavar="HOST:PORT",
                    help="where the node serves provisioning (default 127.0.0.1 and a free port)")
+    p.add_argument("--transport", choices=("softap", "ble", "both"), default="softap",
+                   help="how the board serves provisioning: softap (HTTP, default), ble (GATT on its simulated "
+                   "radio; the printed line says how to reach it) or both")
     p.add_argument("--cloud-port", type=int, default=0, help="the cloud's port (default: a free one)")
     p.add_argument("--mapping-timeout", type=float, default=60.0, help="seconds before a request times out")
     p.add_argument("--password", help="the test user's password (default: random, printed)")
