@@ -96,8 +96,9 @@ deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyU
 	$(if $(and $(PORT),$(filter command line environment,$(origin FLASH))),$(error give FLASH= (a virtual board's flash directory) or PORT= (a board's serial port), not both))
 	$(RMKIT) deploy $(if $(PORT),--port $(PORT),--flash $(FLASH))
 
-provision: setup ## provision a node: HOST=ip:port POP= SSID= PASSPHRASE= and CLOUD_URL= EMAIL= (password in RMKIT_PASSWORD) or USER_ID=
-	@RMKIT_POP="$(POP)" RMKIT_PASSPHRASE="$(PASSPHRASE)" $(RMKIT) provision --host "$(HOST)" --ssid "$(SSID)" \
+provision: setup ## provision a node: HOST=ip:port (SoftAP) or DEVICE=PROV_xxxxxx [HCI=tcp-client:127.0.0.1:N] (BLE), POP= SSID= PASSPHRASE= and CLOUD_URL= EMAIL= (password in RMKIT_PASSWORD) or USER_ID=
+	@RMKIT_POP="$(POP)" RMKIT_PASSPHRASE="$(PASSPHRASE)" $(RMKIT) provision \
+	  $(if $(DEVICE),--transport ble --device "$(DEVICE)" $(if $(HCI),--hci "$(HCI)"),--host "$(HOST)") --ssid "$(SSID)" \
 	  $(if $(CLOUD_URL),--cloud-url "$(CLOUD_URL)" --email "$(EMAIL)",--user-id "$(USER_ID)")
 
 cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a test user, until Ctrl-C (CLOUD_PORT, TIMEOUT; for a real board BROKER_LISTEN=0.0.0.0 BROKER_PORT=8883)

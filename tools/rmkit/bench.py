@@ -6,6 +6,8 @@
    median of N runs, each on a fresh stack;
 3. the smallest virtual-board heap at which the whole flow still confirms (firmware as .mpy), and the
    internal-RAM headroom (ESP-IDF heap model) at the online phase's worst moment, the TLS handshake;
+   the smallest heap at which provisioning alone (session, scan, mapping, Wi-Fi to Connected) succeeds,
+   over SoftAP, over BLE and with both served, in the same run;
 4. the firmware's deepest C stack use in a representative workload (benchmarks/stack_workload.py: a
    provisioning session with bad requests, MQTT packets, mapping payloads), against the 15 KiB an ESP32
    gives MicroPython;
@@ -148,6 +150,41 @@ def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) 
           f"(fails at {low * step_kib}K; firmware as .mpy)")
 
 
+def _provisions(kib: int, transport: str) -> bool:
+    """Whether a board with a `kib` heap, serving `transport`, is provisioned to Connected (Security 1, with a
+    scan) by a client over BLE when it serves BLE, else over SoftAP."""
+    with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp, Stack(Path(tmp), heap=f"{kib}K") as stack:
+        board = stack.add_board("vb-bench", transport=transport)
+        try:
+            board.wait_for_log(r"state: provisioning", timeout=30)
+            with board_transport(board, over="softap" if transport == "softap" else "ble") as client_transport:
+                Provisioner(client_transport, sec=1, pop=board.pop, poll_interval_s=0.1).provision(
+                    stack.ssid, stack.passphrase, "bench-user", str(uuid.uuid4()), scan=True)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "does not fit"
+            return False
+
+
+def bench_provisioning_floor(low_kib: int = 40, high_kib: int = 110) -> dict:
+    """Per transport, the smallest heap (1K steps) at which provisioning succeeds, by bisection."""
+    floors = {}
+    for transport in ("softap", "ble", "both"):
+        def works(kib: int) -> bool:
+            started = time.perf_counter()
+            print(f"  provisioning floor ({transport}): {kib}K ...", end="", flush=True)
+            ok = _provisions(kib, transport)
+            print(f" {'provisioned' if ok else 'fails'} ({time.perf_counter() - started:.1f} s)", flush=True)
+            return ok
+
+        if not works(high_kib):
+            print(f"provisioning over {transport} fails even at {high_kib}K")
+            continue
+        _, floors[transport] = _bisect(low_kib, high_kib, lambda mid: not works(mid))
+    print("smallest virtual-board heap at which provisioning succeeds (Security 1, scan, mapping, Wi-Fi; .mpy): "
+          + ", ".join(f"{t} {k}K" for t, k in floors.items()), flush=True)
+    return floors
+
+
 ESP32_STACK_BUDGET = 15 * 1024  # the ESP32 port's MicroPython task: 16 KiB, 1 KiB kept as a margin
 
 
@@ -195,6 +232,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bench_flow(args.runs, args.heap)
     if not args.quick:
         bench_heap_floor()
+        bench_provisioning_floor()
         bench_stack_depth()
         run_firmware_benches()
     return 0

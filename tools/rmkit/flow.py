@@ -46,10 +46,10 @@ def provision_node(provisioner: Provisioner, timeline: Timeline, user_id: str, s
     return node_id
 
 
-def board_transport(board, timeout: float = 15.0) -> Transport:
-    """A client's channel to a virtual board in provisioning: its simulated Bluetooth radio when it
-    serves BLE only, else its SoftAP HTTP service."""
-    if board.transport == "ble":
+def board_transport(board, over: Optional[str] = None, timeout: float = 15.0) -> Transport:
+    """A client's channel to a virtual board in provisioning, `over` "ble" (its simulated Bluetooth radio)
+    or "softap" (its HTTP service); by default BLE when the board serves only that, else SoftAP."""
+    if (over or ("ble" if board.transport == "ble" else "softap")) == "ble":
         from rmkit.provision.ble import BumbleTransport
 
         return BumbleTransport(board.service_name, board.ble_hci, timeout=timeout)
