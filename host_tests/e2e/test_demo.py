@@ -9,6 +9,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 RMKIT = [sys.executable, "-m", "rmkit"]
 
 
@@ -46,14 +48,19 @@ def _processes_using(workdir: Path) -> list[str]:
     return hits
 
 
-def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path):
+@pytest.mark.parametrize("transport, label", [("softap", "SoftAP"), ("ble", "BLE")])
+def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path, transport, label):
+    """make demo, and make demo TRANSPORT=ble: confirmed, and the picture names the transport on every
+    client<->node arrow."""
     workdir = tmp_path / "demo"
-    run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir), "--transport", transport],
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "confirmed" in run.stdout
+    assert "request_status: confirmed" in run.stdout
     picture = workdir / "user-node-mapping.svg"
     texts = [t.text for t in ET.parse(picture).getroot().iter("{http://www.w3.org/2000/svg}text")]
-    for step in ("cloud_user_assoc {user_id, secret_key}", "PUT user/nodes/mapping {node_id, secret_key}",
+    for step in (f"cloud_user_assoc {{user_id, secret_key}} [{label}]", f"prov-config: Wi-Fi 'rmkit-lab' set and "
+                 f"applied [{label}]", "PUT user/nodes/mapping {node_id, secret_key}",
                  "MQTT user/mapping {node_id, user_id, secret_key}", "request_status: confirmed"):
         assert step in texts, step
     assert str(picture) in run.stdout

@@ -131,8 +131,9 @@ def _open_transport(args):
     if args.device or args.hci:
         raise UserError("--device and --hci are for --transport ble")
     if not (args.host or "").strip():
-        raise UserError("--host is missing or empty: give the node's address as IP:PORT (make provision HOST=IP:PORT; "
-                        f"{ESP32_SOFTAP_ADDRESS} once this computer has joined a board's access point)")
+        raise UserError(f"--host is {'missing' if args.host is None else 'empty'}: give the node's address as IP:PORT "
+                        f"(make provision HOST=IP:PORT; {ESP32_SOFTAP_ADDRESS} once this computer has joined a board's "
+                        "access point), or --transport ble --device PROV_xxxxxx (make provision DEVICE=PROV_xxxxxx)")
     try:
         host, port = parse_host(args.host)
     except ValueError as exc:
