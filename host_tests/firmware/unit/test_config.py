@@ -115,3 +115,21 @@ def test_mqtt_settings_are_checked_not_trusted():
 def test_a_float_sec_ver_is_refused():
     cfg = config.NodeConfig(MAC, _board(factory='{"sec_ver": 0.0}'))
     equal(cfg.sec_ver, 1, "0.0 is not Security 0")
+
+
+def test_provisioning_transport_from_settings_then_factory():
+    equal(config.NodeConfig(MAC, _board()).transport, "softap", "default")
+    equal(config.NodeConfig(MAC, _board(factory='{"transport": "ble"}')).transport, "ble", "factory")
+    cfg = config.NodeConfig(MAC, _board(factory='{"transport": "ble"}', settings='{"transport": "both"}'))
+    equal(cfg.transport, "both", "settings override factory data")
+    for bad in ('"bluetooth"', '7', '""', 'null', '["ble"]'):
+        equal(config.NodeConfig(MAC, _board(settings='{"transport": %s}' % bad)).transport, "softap", bad)
+
+
+def test_ble_settings():
+    cfg = config.NodeConfig(MAC, _board())
+    equal((cfg.ble_service_uuid, cfg.ble_idle_s), (None, 60), "defaults: rmnode.ble's service, 60 s")
+    cfg = config.NodeConfig(MAC, _board(settings='{"ble_service_uuid": "1775244d-6b43-439b-877c-060f2d9bed07", '
+                                                  '"ble_idle_s": 5}'))
+    equal((cfg.ble_service_uuid, cfg.ble_idle_s), ("1775244d-6b43-439b-877c-060f2d9bed07", 5), "settings")
+    equal(config.NodeConfig(MAC, _board(settings='{"ble_idle_s": 0}')).ble_idle_s, 60, "out of range")

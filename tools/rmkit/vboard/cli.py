@@ -196,12 +196,25 @@ def _provisioning_help(board: VirtualBoard, wifi) -> str:
     else:  # the firmware's default (docs/protocol.md 7.4): hex of the MAC's last four bytes
         pop, where = board.mac.replace(":", "")[4:], "derived from the MAC: no factory data"
     sec = factory.get("sec_ver", 1)
-    help_text = (f"provisioning: SoftAP HTTP at {board.softap[0]}:{board.softap[1]}, Security {sec}, "
+    # settings.json overrides the factory data's transport, as on the node (rmnode/config.py)
+    try:
+        settings = json.loads((flash / "settings.json").read_text())
+    except (OSError, ValueError):
+        settings = {}
+    transport = (settings.get("transport") if isinstance(settings, dict) else None) or factory.get("transport")
+    if transport == "ble":
+        served = f"BLE as {board.service_name} on the simulated radio {board.ble_hci}"
+        reach = f"--transport ble --device {board.service_name} --hci {board.ble_hci}"
+    else:
+        served = f"SoftAP HTTP at {board.softap[0]}:{board.softap[1]}" + (
+            f" and BLE as {board.service_name}" if transport == "both" else "")
+        reach = f"--host {board.softap[0]}:{board.softap[1]}"
+    help_text = (f"provisioning: {served}, Security {sec}, "
                  f"PoP {pop or '(none)'} ({where})" + (", for example:\n" if wifi else "\n"))
     if wifi:
         rmkit = venv_tool("rmkit")
         security = f"--sec 1 --pop {shlex.quote(pop)}" if sec == 1 and pop else "--sec auto"
-        help_text += (f"  {rmkit} provision --host {board.softap[0]}:{board.softap[1]} {security} "
+        help_text += (f"  {rmkit} provision {reach} {security} "
                       f"--ssid {shlex.quote(wifi[0])} --passphrase {shlex.quote(wifi[1])} --user-id my-user\n")
     if not factory.get("cert"):
         help_text += ("This board has no node certificate, so it joins Wi-Fi but cannot reach a broker to publish "

@@ -87,6 +87,7 @@ def record_board(board) -> Path:
         "pty_link": str(Path(board.pty_link).absolute()), "pty": board.pty_path, "mac": board.mac,
         "flash": str(Path(board.flash_dir).resolve()), "softap": "%s:%d" % board.softap,
         "serial_log": str(Path(board.serial_log).resolve()),
+        "ble_device": board.service_name, "ble_hci": board.ble_hci,
     })
 
 
