@@ -309,3 +309,20 @@ def test_silent_central_is_dropped(board):
     run(scenario())
     board.wait_for_log(rf"ble: central silent for {IDLE_S} s \(session \d+\): disconnecting", since=since)
     assert served_next_central(board)["prov"]["ver"] == "v1.1"
+
+
+def test_power_cut_after_the_mapping_keeps_it_and_the_node_advertises_again(board):
+    """The pending mapping is on flash the moment cloud_user_assoc answers: a power cut right after loses
+    nothing, and the node comes back advertising."""
+    transport = BumbleTransport(board.service_name, board.ble_hci)
+    try:
+        client = Provisioner(transport, sec=1, pop=board.pop)
+        client.start_session()
+        client.set_user_mapping("user-before-power-cut", str(uuid.uuid4()))
+        since = board.log_offset()
+        board.power_cut()
+    finally:
+        transport.close()
+    board.wait_for_log(r"state: provisioning \(service PROV_\w+, security 1, ble\)", since=since, timeout=30)
+    assert "user-before-power-cut" in (board.flash_dir / "state.json").read_text()
+    assert served_next_central(board)["prov"]["ver"] == "v1.1"

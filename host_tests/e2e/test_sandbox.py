@@ -107,3 +107,63 @@ def test_provision_without_a_host_says_which_knob_to_give():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--host is empty: give the node's address as IP:PORT (make provision HOST=IP:PORT" in result.stderr
+
+
+def test_sandbox_over_ble_prints_a_line_that_provisions_its_board(tmp_path):
+    """make sandbox TRANSPORT=ble: the SANDBOX line names the board's BLE device and radio instead of a SoftAP
+    address, and the printed `rmkit provision` line, run as printed, maps the board to `confirmed`."""
+    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", "--transport", "ble",
+                             "--workdir", str(tmp_path / "sb")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    pump = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    pump.start()
+    try:
+        wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
+        info = json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+        assert "softap" not in info
+        assert info["ble_device"].startswith("PROV_") and info["ble_hci"].startswith("tcp-client:127.0.0.1:")
+        start = next(i for i, line in enumerate(lines) if line.strip() == "try:")
+        command = (lines[start + 1].rstrip().rstrip("\\") + lines[start + 2]).strip()
+        assert f"--transport ble --device {info['ble_device']} --hci {info['ble_hci']}" in command
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "request_status confirmed" in result.stdout
+        assert info["passphrase"] not in result.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_provision_over_ble_needs_a_device_and_says_so():
+    def provision(*args):
+        return subprocess.run([sys.executable, "-m", "rmkit", "provision", "--ssid", "x", "--user-id", "u",
+                               "--sec", "0", *args], capture_output=True, text=True, timeout=60)
+
+    result = provision("--transport", "ble")
+    assert result.returncode == 2
+    assert "--transport ble needs --device: the node's advertised name (PROV_xxxxxx) or address" in result.stderr
+    result = provision("--transport", "ble", "--device", "PROV_123456", "--host", "127.0.0.1:80")
+    assert result.returncode == 2 and "--host is for --transport softap" in result.stderr
+    result = provision("--host", "127.0.0.1:80", "--device", "PROV_123456")
+    assert result.returncode == 2 and "--device and --hci are for --transport ble" in result.stderr
+
+
+def test_provision_over_ble_with_nothing_advertising_is_unreachable(tmp_path):
+    """A radio with no node on it: exit 3 (unreachable) with a line naming the device, after --scan-timeout."""
+    from rmkit.vboard.ble_radio import BleRadio
+
+    radio = BleRadio("empty-air", "24:0a:c4:00:00:01").start()
+    try:
+        result = subprocess.run([sys.executable, "-m", "rmkit", "provision", "--transport", "ble", "--device",
+                                 "PROV_000001", "--hci", f"tcp-client:127.0.0.1:{radio.hci_port}", "--ssid", "x",
+                                 "--user-id", "u", "--sec", "0", "--scan-timeout", "1.5"],
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        radio.stop()
+    assert result.returncode == 3, result.stderr
+    assert "node unreachable: connect: PROV_000001 over BLE: no device PROV_000001 advertising a service within " \
+        "1.5 s" in result.stderr

@@ -197,6 +197,22 @@ def test_factory_reset_then_another_user_takes_the_node(rig, transport, sec):
     assert alice.nodes() == []
 
 
+def test_a_board_serving_both_transports_is_provisioned_over_ble_then_stops_both(rig):
+    """transport "both": the access point and the radio serve at once; a BLE client provisions the node,
+    which then stops both before its reboot, and the mapping is confirmed."""
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-both", transport="both")
+    assert softap_listening(board)
+    secret_key = str(uuid.uuid4())
+    node_id = provision_node(rig.provisioner(board, over="ble"), rig.timeline, alice.user_id, secret_key,
+                             rig.ssid, rig.passphrase)
+    assert map_node(alice, rig.timeline, node_id, secret_key, poll_interval_s=0.1).status == "confirmed"
+    board.wait_for_log(r"ble: stopped, radio off")
+    board.wait_for_log(r"node: state: online")
+    assert not softap_listening(board)
+
+
 def test_two_boards_two_users_at_the_same_time(rig):
     """Two boards provisioned concurrently for two users: each user gets exactly their node."""
     emails = ("alice@example.com", "bob@example.com")

@@ -57,9 +57,10 @@ class Rig:
         client.user_id = client.login(email, password)
         return client
 
-    def provisioner(self, board, pop: Optional[str] = None, sec: int = 1) -> Provisioner:
-        """A client for the board over the transport it serves (BLE when it serves only that, else SoftAP)."""
-        transport = board_transport(board)
+    def provisioner(self, board, pop: Optional[str] = None, sec: int = 1, over: Optional[str] = None) -> Provisioner:
+        """A client for the board `over` "ble" or "softap"; by default over the transport it serves (BLE when
+        it serves only that, else SoftAP)."""
+        transport = board_transport(board, over=over)
         self._transports.append(transport)
         return Provisioner(transport, sec=sec, pop=board.pop if pop is None else pop, poll_interval_s=0.1)
 

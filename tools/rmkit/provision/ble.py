@@ -225,9 +225,9 @@ def _describe(exc: BaseException) -> str:
     return text or name
 
 
-def open_ble(device: str, hci: Optional[str], timeout: float) -> Transport:
+def open_ble(device: str, hci: Optional[str], timeout: float, scan_timeout: float = 10.0) -> Transport:
     """Bumble on `hci` when given, else the operating system's stack (bleak)."""
     if hci:
-        return BumbleTransport(device, hci, timeout=timeout)
-    return BleakTransport(device, timeout=timeout)
+        return BumbleTransport(device, hci, timeout=timeout, scan_timeout=scan_timeout)
+    return BleakTransport(device, timeout=timeout, scan_timeout=scan_timeout)
 

@@ -78,6 +78,8 @@ def register(sub) -> None:
     parser.add_argument("--hci", metavar="SPEC",
                         help="ble: drive this HCI transport with Bumble instead of the operating system's Bluetooth: "
                              "tcp-client:127.0.0.1:PORT for a virtual board's radio, usb:0 for a USB controller")
+    parser.add_argument("--scan-timeout", type=float, default=10.0,
+                        help="ble: seconds to look for the device's advertisement (default 10)")
     parser.add_argument("--sec", choices=["0", "1", "auto"], default="1",
                         help="security version: 1 = X25519 + PoP + AES-CTR (default), 0 = no encryption "
                              "(credentials in clear), auto = whatever the node's proto-ver says. An explicit "
@@ -127,7 +129,7 @@ def _open_transport(args):
         from rmkit.provision.ble import open_ble
 
         where = f"{args.device} over BLE" + (f" (Bumble on {args.hci})" if args.hci else "")
-        return (lambda: open_ble(args.device, args.hci, args.timeout)), where
+        return (lambda: open_ble(args.device, args.hci, args.timeout, args.scan_timeout)), where
     if args.device or args.hci:
         raise UserError("--device and --hci are for --transport ble")
     if not (args.host or "").strip():
