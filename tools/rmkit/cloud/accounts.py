@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from rmkit.cloud.storage import Storage, User, now as wall_now
+from rmkit.cloud.token_cache import TokenCache
 from rmkit.cloud.tokens import (DUMMY_PASSWORD_HASH, AccessClaims, TokenError, TokenSigner, hash_password,
                                 refresh_token_hash, verify_password)
 
@@ -62,6 +63,7 @@ class Accounts:
         self.storage = storage
         self.signer = TokenSigner(storage.deployment_secret(), token_ttl_s)
         self.login_limits = login_limits
+        self.open_sessions = TokenCache(storage.revocation_epoch)
 
     def add_user(self, email: str, password: str) -> str:
         email = validate_email(email)
@@ -77,17 +79,17 @@ class Accounts:
         return user_id
 
     def list_users(self) -> list[User]:
-        with self.storage.transaction() as tx:
+        with self.storage.read() as tx:
             return tx.list_users()
 
     def user(self, user_id: str) -> Optional[User]:
-        with self.storage.transaction() as tx:
+        with self.storage.read() as tx:
             return tx.user_by_id(user_id)
 
     def login(self, user_name: str, password: str, address: str = "-") -> LoginTokens:
         limits = self.login_limits
         user_key, address_key = "user:" + user_name.lower(), "addr:" + address
-        with self.storage.transaction() as tx:
+        with self.storage.read() as tx:
             wait_s = self._throttled(tx, ((user_key, limits.per_user), (address_key, limits.per_address)))
             user = tx.user_by_email(user_name.lower())
         if wait_s:
@@ -127,7 +129,7 @@ class Accounts:
         return math.ceil(wait_s) if wait_s > 0 else 0
 
     def refresh(self, refresh_token: str) -> LoginTokens:
-        with self.storage.transaction() as tx:
+        with self.storage.read() as tx:
             session = tx.session_by_refresh_hash(refresh_token_hash(refresh_token))
             user = tx.user_by_id(session.user_id) if session else None
         if session is None or session.revoked or user is None:
@@ -137,11 +139,15 @@ class Accounts:
 
     def authenticate(self, access_token: str) -> AccessClaims:
         """Claims of a valid access token whose session is still open; TokenError otherwise."""
-        claims = self.signer.verify(access_token, "access")
-        with self.storage.transaction() as tx:
+        claims = self.signer.verify(access_token, "access")  # signature and expiry: every time
+        if self.open_sessions.get(access_token) is not None:
+            return claims
+        epoch = self.open_sessions.current_epoch()  # before the read: a logout after it moves the epoch on
+        with self.storage.read() as tx:
             session = tx.session_by_id(claims.session_id)
         if session is None or session.revoked or session.user_id != claims.user_id:
             raise TokenError("revoked", "session has ended (logged out)")
+        self.open_sessions.put(access_token, claims, epoch)
         return claims
 
     def logout(self, claims: AccessClaims, everywhere: bool) -> int:
@@ -151,6 +157,7 @@ class Accounts:
             else:
                 tx.revoke_session(claims.session_id)
                 count = 1
+        self.storage.note_revocation()  # after the commit: every process's token cache checks again
         log.info("user %s logged out (%s)", claims.user_id, "all sessions" if everywhere else "one session")
         return count
 

@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from rmkit.cloud.group_commit import GroupCommitter
 from rmkit.cloud.storage import MappingRequest, Storage, StorageTx, now as wall_now
 
 log = logging.getLogger("rmkit.cloud.mapping")
@@ -44,6 +45,8 @@ class ReportOutcome:
     removed_users: list
     confirmed_requests: list
     timedout_requests: list
+    user_id: str = ""
+    reset: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class MappingService:
         self.storage = storage
         self.timeout_s = float(timeout_s)
         self._clock = clock
+        # the hot writes (client PUTs, node reports) share commits when they come together
+        self._writes = GroupCommitter(storage)
 
     # ------------------------------------------------------------------------------ client side
 
@@ -102,7 +107,8 @@ class MappingService:
         """Record a client's PUT (operation add); confirmed at once if the node already reported."""
         now = self._clock()
         req = MappingRequest(_new_request_id(), user_id, node_id, secret_key, "add", REQUESTED, now, now)
-        with self.storage.transaction() as tx:
+
+        def record(tx: StorageTx) -> MappingRequest:
             tx.add_mapping_request(req)
             matched = False
             for report in tx.node_reports_since(node_id, now - self.timeout_s):  # oldest first
@@ -110,8 +116,9 @@ class MappingService:
                     matched = False  # a factory reset after the node's publish voids it
                 elif report.user_id == user_id and report.secret_key == secret_key:
                     matched = True
-            if matched:
-                req = self._confirm(tx, req, now)
+            return self._confirm(tx, req, now) if matched else req
+
+        req = self._writes.run(record)
         self._log_state(req, "client request")
         return req
 
@@ -128,11 +135,15 @@ class MappingService:
 
     def request_status(self, user_id: str, request_id: str) -> Optional[MappingRequest]:
         """The user's request (timing it out if its window passed), or None if unknown or someone else's."""
-        with self.storage.transaction() as tx:
+        with self.storage.read() as tx:  # a poll is a read: it must not queue behind writers
             req = tx.mapping_request(request_id)
-            if req is None or req.user_id != user_id:
-                return None
-            if req.status == REQUESTED and self._clock() > req.created + self.timeout_s:
+        if req is None or req.user_id != user_id:
+            return None
+        if req.status != REQUESTED or self._clock() <= req.created + self.timeout_s:
+            return req
+        with self.storage.transaction() as tx:  # its window has passed: time it out, unless a report just came
+            req = tx.mapping_request(request_id)
+            if req.status == REQUESTED:
                 req = self._time_out(tx, req)
                 timed_out = True
             else:
@@ -144,7 +155,7 @@ class MappingService:
     def user_nodes(self, user_id: str, start_id: Optional[str] = None,
                    limit: int = DEFAULT_PAGE_SIZE) -> NodePage:
         """The user's node ids from start_id (inclusive) on, at most `limit` of them."""
-        with self.storage.transaction() as tx:  # one snapshot: `total` counts the nodes the page was cut from
+        with self.storage.read() as tx:  # one snapshot: `total` counts the nodes the page was cut from
             ids = tx.user_nodes_page(user_id, start_id, limit + 1)  # the extra one is the next page's first
             total = tx.count_user_nodes(user_id)
         return NodePage(ids[:limit], total, ids[limit] if len(ids) > limit else None)
@@ -153,46 +164,76 @@ class MappingService:
 
     def node_reported(self, node_id: str, user_id: str, secret_key: str, reset: bool) -> ReportOutcome:
         """Apply a node's (already validated) mapping publish."""
+        return self.node_reports([(node_id, user_id, secret_key, reset)])[0]
+
+    def node_reports(self, reports: list[tuple[str, str, str, bool]]) -> list[ReportOutcome]:
+        """Apply validated mapping publishes in order, all in one transaction (one commit, one fsync)."""
         now = self._clock()
+
+        def apply(tx: StorageTx) -> list[ReportOutcome]:
+            outcomes = [self._apply_report(tx, now, *report) for report in reports]
+            tx.prune_node_reports(now - max(MIN_REPORT_RETENTION_S, 2 * self.timeout_s))
+            return outcomes
+
+        outcomes = self._writes.run(apply)
+        for outcome in outcomes:  # logged once committed: a rolled-back batch must not look applied
+            self._log_outcome(outcome)
+        return outcomes
+
+    def _apply_report(self, tx: StorageTx, now: float, node_id: str, user_id: str, secret_key: str,
+                      reset: bool) -> ReportOutcome:
         dummy = user_id == RESET_USER_ID
         confirmed, timedout, removed = [], [], []
-        with self.storage.transaction() as tx:
-            # A QoS1 redelivery or a re-publish of the same provisioning run (same user and secret_key,
-            # with or without `reset`) must not run `reset` again: that would drop the association its
-            # first copy just confirmed.
-            if not dummy and tx.has_node_report(node_id, user_id, secret_key):
-                return ReportOutcome(node_id, True, [], [], [])
-            if reset or dummy:
-                removed = tx.remove_node_users(node_id)
-            tx.add_node_report(node_id, user_id, secret_key, reset, now)
-            tx.prune_node_reports(now - max(MIN_REPORT_RETENTION_S, 2 * self.timeout_s))
-            if not dummy:
-                for req in tx.requested_mappings_for_node(node_id):
-                    if now > req.created + self.timeout_s:
-                        timedout.append(self._time_out(tx, req))
-                    elif req.user_id == user_id and req.secret_key == secret_key and req.operation == "add":
-                        confirmed.append(self._confirm(tx, req, now))
-        log.info("node %s reported a mapping for user %s%s", node_id, user_id, " (reset)" if reset else "")
-        if removed:
-            log.info("node %s reset: associations of %d user(s) removed (%s)", node_id, len(removed),
-                     ", ".join(removed))
-        for req in timedout:
+        # A QoS1 redelivery or a re-publish of the same provisioning run (same user and secret_key,
+        # with or without `reset`) must not run `reset` again: that would drop the association its
+        # first copy just confirmed.
+        if not dummy and tx.has_node_report(node_id, user_id, secret_key):
+            return ReportOutcome(node_id, True, [], [], [])
+        if reset or dummy:
+            removed = tx.remove_node_users(node_id)
+        tx.add_node_report(node_id, user_id, secret_key, reset, now)
+        if not dummy:
+            for req in tx.requested_mappings_for_node(node_id):
+                if now > req.created + self.timeout_s:
+                    timedout.append(self._time_out(tx, req))
+                elif req.user_id == user_id and req.secret_key == secret_key and req.operation == "add":
+                    confirmed.append(self._confirm(tx, req, now))
+        return ReportOutcome(node_id, False, removed, confirmed, timedout, user_id, reset)
+
+    def _log_outcome(self, outcome: ReportOutcome) -> None:
+        if outcome.duplicate:
+            return
+        log.info("node %s reported a mapping for user %s%s", outcome.node_id, outcome.user_id,
+                 " (reset)" if outcome.reset else "")
+        if outcome.removed_users:
+            log.info("node %s reset: associations of %d user(s) removed (%s)", outcome.node_id,
+                     len(outcome.removed_users), ", ".join(outcome.removed_users))
+        for req in outcome.timedout_requests:
             self._log_state(req, "node report came after the timeout")
-        for req in confirmed:
+        for req in outcome.confirmed_requests:
             self._log_state(req, "node report")
-        return ReportOutcome(node_id, False, removed, confirmed, timedout)
 
     def ingest(self, topic_node_id: str, payload: bytes) -> Optional[ReportOutcome]:
         """Validate and apply a raw publish; a bad one is logged and dropped (returns None)."""
-        try:
-            fields = parse_node_report(topic_node_id, payload)
-        except NodeReportRejected as exc:
-            log.warning("dropped mapping publish for node %r: %s", topic_node_id, exc)
-            return None
-        outcome = self.node_reported(*fields)
-        if outcome.duplicate:
-            log.info("node %s: repeated mapping publish ignored", topic_node_id)
-        return outcome
+        return self.ingest_batch([(topic_node_id, payload)])[0]
+
+    def ingest_batch(self, publishes: list[tuple[str, bytes]]) -> list[Optional[ReportOutcome]]:
+        """ingest() for several publishes, in order, in one transaction: the outcome of each (None for
+        a dropped one). A storage error applies none of them."""
+        fields: list[Optional[tuple]] = []
+        for topic_node_id, payload in publishes:
+            try:
+                fields.append(parse_node_report(topic_node_id, payload))
+            except NodeReportRejected as exc:
+                log.warning("dropped mapping publish for node %r: %s", topic_node_id, exc)
+                fields.append(None)
+        valid = [f for f in fields if f is not None]
+        applied = iter(self.node_reports(valid) if valid else [])
+        outcomes = [None if f is None else next(applied) for f in fields]
+        for outcome in outcomes:
+            if outcome is not None and outcome.duplicate:
+                log.info("node %s: repeated mapping publish ignored", outcome.node_id)
+        return outcomes
 
     # --------------------------------------------------------------------------------- helpers
 

@@ -13,6 +13,15 @@ restarts. Each publish is acknowledged to the broker only after MappingService h
 (manual acks): a crash before the commit leaves it unacknowledged, and the broker delivers it again
 (DUP) on the next connect.
 
+paho's network thread only receives: it puts each publish in a bounded inbox, and an ingest thread
+applies what has gathered there in one transaction (one commit, one fsync for up to MAX_BATCH
+reports), then acknowledges them in the order they came (MQTT 5.0, 4.6: PUBACKs in the order the
+PUBLISHes were received). So a slow commit never stops the cloud reading from the broker, and a
+burst of reports costs a few commits instead of one each. A full inbox makes paho's thread wait: the
+broker keeps whatever has not been acknowledged, as it does for a cloud that is down. An
+acknowledgement is only sent on the connection the publish came in on: after a reconnect the packet
+id may name another message, and the broker redelivers this one anyway.
+
 Several cloud processes on one database each hold their own plain subscription and get every
 publish; MappingService applies a report once (the duplicate check runs inside the write
 transaction), so the second copy is a no-op. No `$share` group: mosquitto 2.0.11 did not queue for a
@@ -23,6 +32,7 @@ acknowledged, never reached any cloud (measured).
 from __future__ import annotations
 
 import logging
+import queue
 import sqlite3
 import ssl
 import threading
@@ -50,6 +60,8 @@ DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 QUICK_DROP_S = 5.0  # a connection that ends sooner than this after CONNACK counts as a quick drop
 QUICK_DROPS_TO_WARN = 3
 RETRY_DELAYS_S = (0.5, 1, 2, 5)  # between attempts to apply a publish the storage refused; then every 5 s
+INBOX_SIZE = 2000  # received, not yet applied; mosquitto sends at most 20 unacknowledged (max_inflight_messages)
+MAX_BATCH = 500  # publishes applied in one transaction
 
 
 @dataclass
@@ -126,6 +138,11 @@ class MappingSubscriber:
         self.session_present: Optional[bool] = None  # of the latest connect: did the broker keep our session?
         self._connected_at = 0.0
         self._quick_drops = 0
+        self._inbox: queue.Queue = queue.Queue(INBOX_SIZE)
+        self._ingest_thread: Optional[threading.Thread] = None
+        # which connection a publish came in on: its packet id means something on that one only
+        self._connection = 0
+        self._connection_lock = threading.Lock()
         # MQTT 5 (not 3.1.1) for the session expiry: a 3.1.1 persistent session lives until the broker
         # forgets it. manual_ack: paho would send the PUBACK after on_message even when applying failed.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -143,6 +160,8 @@ class MappingSubscriber:
 
     def start(self, timeout: float = 10.0) -> None:
         self._stopping.clear()
+        self._ingest_thread = threading.Thread(target=self._ingest_loop, name="cloud-ingest", daemon=True)
+        self._ingest_thread.start()
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self.settings.session_expiry_s
         # clean_start=False on *every* connect: paho's default (MQTT_CLEAN_START_FIRST_ONLY) would
@@ -157,9 +176,12 @@ class MappingSubscriber:
 
     def stop(self) -> None:
         """Disconnect; the broker keeps the session (and queues) for session_expiry_s."""
-        self._stopping.set()  # ends a retry loop in _on_message; its publish stays unacknowledged
+        self._stopping.set()  # ends the ingest thread's retry loop; what it holds stays unacknowledged
         self._client.disconnect()
         self._client.loop_stop()
+        if self._ingest_thread is not None:
+            self._ingest_thread.join(timeout=15)
+            self._ingest_thread = None
 
     @property
     def subscribed(self) -> bool:
@@ -174,6 +196,8 @@ class MappingSubscriber:
             return
         self.session_present = bool(flags.session_present)
         self._connected_at = time.monotonic()
+        with self._connection_lock:
+            self._connection += 1
         log.info("connected to broker %s:%d as %s (%s)", self.settings.host, self.settings.port, self.client_id,
                  "resumed session" if self.session_present else "new session")
         # Subscribe on every connect: the broker may have lost the session (restart without persistence,
@@ -191,6 +215,8 @@ class MappingSubscriber:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         self._subscribed.clear()
+        with self._connection_lock:
+            self._connection += 1
         if reason_code.is_failure:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
         # Two connections with one client id (one certificate: the broker makes the CN the client id)
@@ -206,34 +232,70 @@ class MappingSubscriber:
                       self.client_id)
 
     def _on_message(self, client, userdata, message):
-        if self._apply(message):
-            # only now: the report (and any confirmation) is committed, so the broker may forget it
-            client.ack(message.mid, message.qos)
+        # paho's thread: queue only. Waiting for room is fine (the broker holds the rest); when stopping,
+        # the publish is left unacknowledged and comes again on the next connect.
+        item = (self._connection, message)
+        while not self._stopping.is_set():
+            try:
+                self._inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
-    def _apply(self, message) -> bool:
-        """True once the publish is committed or deliberately dropped; False if we are stopping first."""
-        node_id = node_id_from_topic(message.topic)
-        if node_id is None:
-            log.warning("dropped publish on unexpected topic %r", message.topic)
+    # the ingest thread
+
+    def _ingest_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                batch = [self._inbox.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            if self._apply([message for _, message in batch]):
+                self._ack(batch)
+
+    def _ack(self, batch: list) -> None:
+        """Only now: the reports (and any confirmations) are committed, so the broker may forget them."""
+        with self._connection_lock:
+            for connection, message in batch:
+                if connection == self._connection:
+                    self._client.ack(message.mid, message.qos)
+
+    def _apply(self, messages: list) -> bool:
+        """True once the publishes are committed or deliberately dropped; False if we are stopping first."""
+        publishes = []
+        for message in messages:
+            node_id = node_id_from_topic(message.topic)
+            if node_id is None:
+                log.warning("dropped publish on unexpected topic %r", message.topic)
+            elif len(message.payload) > MAX_PAYLOAD:
+                log.warning("dropped mapping publish for node %r: payload of %d bytes", node_id,
+                            len(message.payload))
+            else:
+                publishes.append((node_id, message.payload))
+        if not publishes:
             return True
-        if len(message.payload) > MAX_PAYLOAD:
-            log.warning("dropped mapping publish for node %r: payload of %d bytes", node_id,
-                        len(message.payload))
-            return True
+        nodes = ", ".join(repr(node_id) for node_id, _ in publishes[:3]) + (" ..." if len(publishes) > 3 else "")
         attempt = 0
         while True:
             try:
-                self.mapping.ingest(node_id, message.payload)  # bad payloads are logged and dropped inside
+                self.mapping.ingest_batch(publishes)  # bad payloads are logged and dropped inside
                 return True
-            except (sqlite3.Error, OSError):  # storage refused (locked, disk full): keep it, never ack it unapplied
+            except (sqlite3.Error, OSError):  # storage refused (locked, disk full): keep them, never ack unapplied
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-                log.exception("mapping publish for node %r not applied yet; retrying in %.1f s", node_id, delay)
+                log.exception("mapping publish for node %s not applied yet; retrying in %.1f s", nodes, delay)
                 attempt += 1
             except Exception:  # not a storage refusal: retrying cannot help, and other nodes must not wait
-                log.exception("dropped mapping publish for node %r: it could not be processed", node_id)
+                if len(messages) > 1:  # find the one that cannot be processed; apply the others
+                    return all([self._apply([message]) for message in messages])
+                log.exception("dropped mapping publish for node %s: it could not be processed", nodes)
                 return True
-            # Waiting here holds paho's thread: later publishes stay queued at the broker, in order.
+            # Waiting here holds the ingest thread: later publishes wait in the inbox and at the broker, in order.
             if self._stopping.wait(delay):
-                log.warning("stopping with node %r's mapping publish unapplied; the broker redelivers it "
-                            "on the next connect", node_id)
+                log.warning("stopping with the mapping publish for node %s unapplied; the broker redelivers "
+                            "it on the next connect", nodes)
                 return False

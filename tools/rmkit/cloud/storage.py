@@ -4,14 +4,25 @@
 SQLite file in WAL mode. Every write happens inside `transaction()`, which takes the database's write
 lock up front (BEGIN IMMEDIATE) so that several cloud processes sharing one file serialize their
 read-check-write sequences (a node publish and a client PUT can never both miss each other).
-A PostgreSQL implementation would provide the same two classes (e.g. SERIALIZABLE transactions).
+Read-only work (token checks, status polls, node lists) goes through `read()`: a WAL reader sees the
+last committed snapshot and never waits for, nor blocks, a writer.
+
+Writers queue on a lock file next to the database (flock) before BEGIN IMMEDIATE: the kernel wakes
+the next writer the moment the lock is free, where SQLite's own busy handler polls with sleeps that
+grow to 100 ms (sqlite3.c, sqliteDefaultBusyCallback) and made writes of one process wait behind
+another's for a tenth of a second at a time.
+
+A PostgreSQL implementation would provide the same two classes (e.g. SERIALIZABLE transactions and a
+plain READ ONLY transaction for read()).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import fcntl
 import logging
+import os
 import secrets
 import sqlite3
 import threading
@@ -118,6 +129,10 @@ class NodeReport:
 class StorageTx(abc.ABC):
     """The operations available inside one transaction; all or none of its writes persist."""
 
+    @abc.abstractmethod
+    def savepoint(self) -> contextlib.AbstractContextManager[None]:
+        """A nested part of the transaction: rolled back alone when its block raises."""
+
     # deployment
     @abc.abstractmethod
     def get_meta(self, key: str) -> Optional[str]: ...
@@ -192,13 +207,27 @@ class StorageTx(abc.ABC):
 
 
 class Storage(abc.ABC):
-    """A cloud database: `transaction()` yields a StorageTx, committed when the block exits cleanly."""
+    """A cloud database: `transaction()` yields a StorageTx, committed when the block exits cleanly;
+    `read()` yields one for reading only (a consistent snapshot; a write in it raises)."""
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[StorageTx]: ...
 
     @abc.abstractmethod
+    def read(self) -> contextlib.AbstractContextManager[StorageTx]: ...
+
+    @abc.abstractmethod
     def close(self) -> None: ...
+
+    # Sessions end (logout) rarely and are checked on every request, so token checks are cached
+    # (rmkit.cloud.token_cache). The revocation epoch tells every process sharing this database that
+    # a session ended: it grows after each committed revocation, and a cached check made at an
+    # older epoch is made again.
+    @abc.abstractmethod
+    def revocation_epoch(self) -> int: ...
+
+    @abc.abstractmethod
+    def note_revocation(self) -> None: ...
 
     def deployment_secret(self) -> bytes:
         """The HMAC key for tokens: made once per database, shared by every process using it."""
@@ -225,6 +254,17 @@ def _request(row) -> Optional[MappingRequest]:
 class SqliteTx(StorageTx):
     def __init__(self, conn: sqlite3.Connection):
         self._db = conn
+
+    @contextlib.contextmanager
+    def savepoint(self):
+        self._db.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO part")
+            self._db.execute("RELEASE part")
+            raise
+        self._db.execute("RELEASE part")
 
     def get_meta(self, key):
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -357,7 +397,8 @@ class SqliteTx(StorageTx):
 
 
 class SqliteStorage(Storage):
-    """SQLite file in WAL mode; one connection per thread; schema created on first use."""
+    """SQLite file in WAL mode; per thread one connection for writing and one for reading (query_only);
+    schema created on first use."""
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 10.0):
         self.path = Path(path)
@@ -366,6 +407,13 @@ class SqliteStorage(Storage):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # writers of this process queue here, then on the flock that other processes see too (an
+        # flock belongs to the open file, so threads sharing this descriptor would not exclude each other)
+        self._write_lock = threading.Lock()
+        self._write_lock_fd = os.open(self.path.with_name(self.path.name + ".write-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        # append-only: its size is the revocation epoch (one stat() per check, no database read)
+        self._revocations_path = self.path.with_name(self.path.name + ".revocations")
+        self._revocations_path.touch(mode=0o600, exist_ok=True)
         conn = self._conn()
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -386,15 +434,17 @@ class SqliteStorage(Storage):
             elif int(version) != SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path}: schema version {version}, this code knows {SCHEMA_VERSION}")
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def _conn(self, purpose: str = "conn") -> sqlite3.Connection:
+        conn = getattr(self._local, purpose, None)
         if conn is None:
             # autocommit mode (isolation_level=None): transactions are explicit BEGIN/COMMIT below
             conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=FULL")  # committed == on disk before we answer
-            self._local.conn = conn
+            if purpose == "reader":
+                conn.execute("PRAGMA query_only=ON")  # a write slipped into read() fails loudly
+            setattr(self._local, purpose, conn)
             with self._lock:
                 self._all.append(conn)
         return conn
@@ -402,14 +452,38 @@ class SqliteStorage(Storage):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[StorageTx]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        with self._write_lock:
+            fcntl.flock(self._write_lock_fd, fcntl.LOCK_EX)
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # still needed: a writer without our lock file (sqlite3 CLI)
+                try:
+                    yield SqliteTx(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                else:
+                    conn.execute("COMMIT")
+            finally:
+                fcntl.flock(self._write_lock_fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[StorageTx]:
+        conn = self._conn("reader")
+        conn.execute("BEGIN")  # deferred: a WAL read snapshot from the first SELECT on, no write lock
         try:
             yield SqliteTx(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        finally:
+            conn.execute("COMMIT")  # ends the snapshot, so the WAL can be checkpointed past it
+
+    def revocation_epoch(self) -> int:
+        return os.stat(self._revocations_path).st_size
+
+    def note_revocation(self) -> None:
+        fd = os.open(self._revocations_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b".")
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -420,6 +494,9 @@ class SqliteStorage(Storage):
                     pass
             self._all.clear()
         self._local = threading.local()
+        if self._write_lock_fd >= 0:
+            os.close(self._write_lock_fd)
+            self._write_lock_fd = -1
 
 
 def open_storage(url_or_path: str | Path) -> Storage:
