@@ -275,17 +275,22 @@ def test_second_central_waits_until_the_first_leaves(board):
     assert run(scenario())["prov"]["ver"] == "v1.1"
 
 
+async def dropped_by_the_node(central: BleCentral) -> None:
+    """Wait until the node drops the central's connection (its idle watch), then close the central."""
+    disconnected = asyncio.Event()
+    central.connection.on("disconnection", lambda reason: disconnected.set())
+    try:
+        await asyncio.wait_for(disconnected.wait(), IDLE_S + 5)
+    finally:
+        central.connection = None  # already gone
+        await central.__aexit__()
+
+
 def test_central_that_never_reads_its_response_is_dropped(board):
     async def scenario():
         central = await connected(board)
-        disconnected = asyncio.Event()
-        central.connection.on("disconnection", lambda reason: disconnected.set())
-        try:
-            await central.characteristic(uuid_of("proto-ver")).write_value(b"---", with_response=True)
-            await asyncio.wait_for(disconnected.wait(), IDLE_S + 5)
-        finally:
-            central.connection = None  # already gone
-            await central.__aexit__()
+        await central.characteristic(uuid_of("proto-ver")).write_value(b"---", with_response=True)
+        await dropped_by_the_node(central)
 
     since = board.log_offset()
     run(scenario())
@@ -296,14 +301,7 @@ def test_central_that_never_reads_its_response_is_dropped(board):
 
 def test_silent_central_is_dropped(board):
     async def scenario():
-        central = await connected(board)
-        disconnected = asyncio.Event()
-        central.connection.on("disconnection", lambda reason: disconnected.set())
-        try:
-            await asyncio.wait_for(disconnected.wait(), IDLE_S + 5)
-        finally:
-            central.connection = None
-            await central.__aexit__()
+        await dropped_by_the_node(await connected(board))
 
     since = board.log_offset()
     run(scenario())

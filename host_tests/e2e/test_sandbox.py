@@ -37,15 +37,24 @@ def publish_as_node(pki: Pki, broker: str, payload: dict) -> None:
         client.loop_stop()
 
 
-def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", "--no-board", "--workdir", str(tmp_path / "sb")],
+def start_sandbox(*args: str):
+    """`rmkit sandbox ARGS` in the background -> (process, its output lines so far, its SANDBOX json)."""
+    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
-    pump = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    pump.start()
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
         wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
-        info = json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, lines, json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+
+
+def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
+    proc, lines, info = start_sandbox("--no-board", "--workdir", str(tmp_path / "sb"))
+    try:
         assert info["pid"] == proc.pid
         api = ApiClient(info["cloud_url"])
         token = api.login(info["user"], info["password"])["accesstoken"]
@@ -112,15 +121,8 @@ def test_provision_without_a_host_says_which_knob_to_give():
 def test_sandbox_over_ble_prints_a_line_that_provisions_its_board(tmp_path):
     """make sandbox TRANSPORT=ble: the SANDBOX line names the board's BLE device and radio instead of a SoftAP
     address, and the printed `rmkit provision` line, run as printed, maps the board to `confirmed`."""
-    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", "--transport", "ble",
-                             "--workdir", str(tmp_path / "sb")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    lines: list[str] = []
-    pump = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    pump.start()
+    proc, lines, info = start_sandbox("--transport", "ble", "--workdir", str(tmp_path / "sb"))
     try:
-        wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
-        info = json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
         assert "softap" not in info
         assert info["ble_device"].startswith("PROV_") and info["ble_hci"].startswith("tcp-client:127.0.0.1:")
         start = next(i for i, line in enumerate(lines) if line.strip() == "try:")

@@ -57,6 +57,18 @@ async def connect(board, exchange_mtu=True):
     return central
 
 
+def write_once(board, data):
+    """A central connects, writes `data` to CHAR (with response) and leaves."""
+    async def scenario():
+        central = await connect(board)
+        try:
+            await central.characteristic(CHAR).write_value(data, with_response=True)
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+
+
 def wait_board(board, expr, expected, timeout=5.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -168,14 +180,7 @@ def irq2(event, data):
 import time
 ble.irq(irq2)""")
 
-    async def scenario():
-        central = await connect(vboard)
-        try:
-            await central.characteristic(CHAR).write_value(b"hi", with_response=True)
-        finally:
-            await central.__aexit__(None, None, None)
-
-    asyncio.run(scenario())
+    write_once(vboard, b"hi")
     assert "'stack'" in wait_board(vboard, "events", "['stack']")
     assert "IRQ handler (event 3) computed" in vboard.read_log()
 
@@ -191,14 +196,7 @@ def irq2(event, data):
         events.append("slept")
 ble.irq(irq2)""")
 
-    async def scenario():
-        central = await connect(vboard)
-        try:
-            await central.characteristic(CHAR).write_value(b"hi", with_response=True)
-        finally:
-            await central.__aexit__(None, None, None)
-
-    asyncio.run(scenario())
+    write_once(vboard, b"hi")
     assert "'slept'" in wait_board(vboard, "events", "['slept']")
     assert "IRQ handler" not in vboard.read_log()
 
