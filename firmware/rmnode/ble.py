@@ -55,7 +55,9 @@ MTU = const(256)
 # 128-character user id and secret key, about 280 bytes; ESP-IDF's Bluedroid build takes 257.
 MAX_REQUEST = const(512)
 _ADV_INTERVAL_US = const(160000)  # 0x100 * 0.625 ms, as ESP-IDF's simple_ble
-_WAIT_STEP_MS = const(5)
+# Sleep steps of the read handler's wait: two FreeRTOS ticks (10 ms each on an ESP32), so that sleep_ms
+# blocks with the GIL released; a shorter sleep busy-waits holding it (ports/esp32/mphalport.c).
+_WAIT_STEP_MS = const(20)
 # The longest a read waits for its response: a Wi-Fi scan blocks the interpreter for up to 3 s and a
 # Security 1 handshake costs a few seconds on an ESP32; a central's ATT transaction times out at 30 s.
 _WAIT_MS = const(25000)
@@ -173,6 +175,15 @@ class ProvBleServer:
 
     # -- IRQ handler: BLE host task, small stack; queue work, answer reads -------------------------
     def _irq(self, event, data):
+        # An exception escaping the handler makes MicroPython drop the handler for good (extmod/modbluetooth.c):
+        # the node would stop serving BLE. None is expected; if one comes, one line and the central gets an error.
+        try:
+            return self._on_event(event, data)
+        except Exception as e:
+            log.error(_TAG, "BLE event %d failed: %s" % (event, type(e).__name__))
+            return _ATT_UNLIKELY_ERROR if event == _IRQ_GATTS_READ_REQUEST else None
+
+    def _on_event(self, event, data):
         if event == _IRQ_GATTS_WRITE:
             conn, handle = data[0], data[1]
             if conn == self._conn and handle in self._names:

@@ -232,3 +232,29 @@ def test_a_board_reset_drops_the_central_and_clears_the_gatt_database(vboard):
             await central.__aexit__(None, None, None)
 
     asyncio.run(scenario())
+
+
+def test_an_exception_in_the_irq_handler_drops_the_handler_as_on_a_board(vboard):
+    """MicroPython prints it and sets the handler to None (extmod/modbluetooth.c): later events are lost."""
+    peripheral(vboard, extra="""
+def irq2(event, data):
+    events.append(event)
+    if event == 3:
+        raise ValueError("bug")
+ble.irq(irq2)""")
+
+    async def scenario():
+        central = await connect(vboard)
+        try:
+            for data in (b"one", b"two"):
+                await central.characteristic(CHAR).write_value(data, with_response=True)
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    log = vboard.read_log()
+    assert "Unhandled exception in IRQ callback handler" in log and "ValueError: bug" in log
+    # connect, MTU exchange, the first write (which raised); nothing after it: not the second write, nor the
+    # disconnect
+    assert wait_board(vboard, "events", "[1, 21, 3]") == "[1, 21, 3]"
+    assert board_value(vboard, "ble.gatts_read(value_h)") == "b'two'"  # the stack itself carried on

@@ -12,6 +12,7 @@
 #   board the BLE host task (and every other BLE event) waits meanwhile. Hand heavy work (protocomm,
 #   X25519) to asyncio, e.g. with asyncio.ThreadSafeFlag; on a board the host task's stack is
 #   too small for it. Time in time.sleep_ms() is not counted: the main task runs meanwhile.
+#   An exception escaping the handler is printed and the handler dropped (no more IRQs), as on a board.
 # - gatts_set_buffer() takes its bytes from the GC heap, as MicroPython's attribute buffers do.
 # - every method but active() and irq() raises OSError(EPERM) while the radio is off.
 import socket as _s
@@ -131,11 +132,12 @@ class BLE:
         t0 = time.ticks_ms()
         try:
             result = handler(ev, data)
-        except Exception as exc:  # as on the board: printed, the stack carries on
+        except Exception as exc:  # as on the board: printed, and the handler is dropped for good
             print("Unhandled exception in IRQ callback handler")
             import sys
 
             sys.print_exception(exc)
+            self._handler = None  # extmod/modbluetooth.c: "Disable the BLE IRQ handler"
             result = None
         spent = time.ticks_diff(time.ticks_ms(), t0) - (vb_time.slept_ms.get(me, 0) - slept0)
         if spent > IRQ_BUDGET_MS:
