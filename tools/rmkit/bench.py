@@ -65,10 +65,10 @@ def bench_sessions(runs: int, heap: str) -> None:
               f"  (min {_ms(min(assoc))}, max {_ms(max(assoc))})")
 
 
-def _flow_once(heap: str, workdir: Path) -> dict:
+def _flow_once(heap: str, workdir: Path, transport: str = "softap") -> dict:
     with Stack(workdir, heap=heap) as stack:
         stack.add_user(EMAIL, PASSWORD)
-        board = stack.add_board("vb-bench")
+        board = stack.add_board("vb-bench", transport=transport)
         board.wait_for_log(r"state: provisioning", timeout=30)
         host, port = board.softap
         timeline = Timeline()
@@ -124,15 +124,15 @@ def _bisect(low: int, high: int, like_low) -> tuple[int, int]:
     return low, high
 
 
-def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) -> None:
+def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8, transport: str = "softap") -> None:
     """Smallest heap (multiple of step) at which the flow confirms, by bisection. Above ~121K the
     internal-RAM model leaves no room for a TLS session (sim/vb_esp32.py), so the search starts there."""
     def works(kib: int) -> bool:
         started = time.perf_counter()
-        print(f"  heap floor: the whole flow at {kib}K ...", end="", flush=True)
+        print(f"  heap floor: the whole flow over {transport} at {kib}K ...", end="", flush=True)
         with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
             try:
-                ok = _flow_once(f"{kib}K", Path(tmp))["status"] == "confirmed"
+                ok = _flow_once(f"{kib}K", Path(tmp), transport)["status"] == "confirmed"
             except Exception:
                 ok = False
         print(f" {'confirms' if ok else 'fails'} ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -146,7 +146,7 @@ def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8) 
         return
     # in steps; high works, low is taken to fail
     low, high = _bisect(low_kib // step_kib, high_kib // step_kib, lambda mid: not works(mid * step_kib))
-    print(f"smallest virtual-board heap at which the whole flow confirms: {high * step_kib}K "
+    print(f"smallest virtual-board heap at which the whole flow over {transport} confirms: {high * step_kib}K "
           f"(fails at {low * step_kib}K; firmware as .mpy)")
 
 
@@ -232,6 +232,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     bench_flow(args.runs, args.heap)
     if not args.quick:
         bench_heap_floor()
+        bench_heap_floor(transport="ble")
         bench_provisioning_floor()
         bench_stack_depth()
         run_firmware_benches()
