@@ -5,6 +5,10 @@ the endpoint (clients build their endpoint table from those). A client writes it
 the response from the same characteristic; requests and responses longer than the MTU travel as ATT
 long writes and reads. The session is the connection: one central at a time.
 
+_IRQ_GATTS_READ_REQUEST reaches Python on an ESP32: its port runs BLE events synchronously
+(MICROPY_PY_BLUETOOTH_USE_SYNC_EVENTS in ports/esp32/mpconfigport.h), though MicroPython's documentation
+still says the event is STM32-only.
+
 The work is not done in the IRQ handler: on an ESP32 it runs in the BLE host task on a ~4 KiB stack,
 too small for protocomm and X25519. A write is queued and the main task (asyncio, `serve`) dispatches
 it; the read request that follows waits in the handler, sleeping, until the response is there. The host
