@@ -171,7 +171,7 @@ class Profiler:
     def __init__(self, output: Path, pid: int):
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         fmt = "raw" if output.suffix == ".txt" else ("speedscope" if output.suffix == ".json" else "flamegraph")
-        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--threads", "--rate", "200",
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--threads", "--nonblocking", "--rate", "100",
                                       "--format", fmt, "--output", str(output)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -186,9 +186,10 @@ class Profiler:
 
 # --------------------------------------------------------------------------------------------- run
 
-def run_once(nodes: int, load_processes: int, poll_s: float, say, py_spy: Optional[Path] = None) -> dict:
+def run_once(nodes: int, load_processes: int, poll_s: float, say, py_spy: Optional[Path] = None,
+             http_processes: Optional[int] = None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="rmkit-scale-"))
-    stack = Stack(workdir)
+    stack = Stack(workdir, cloud_http_processes=http_processes)
     load: Optional[LoadProcesses] = None
     profiler: Optional[Profiler] = None
     try:
@@ -256,6 +257,7 @@ def summarize(nodes: int, results: list[dict], answers: list[dict], raw: list[li
         "max_s": max(latencies, default=float("nan")),
         "mappings_per_s": len(confirmed) / wall, "wall_s": wall,
         "polls": sum(r["polls"] for r in results), "http_retries": sum(a["http_retries"] for a in answers),
+        "put_p99_s": percentile([r["put_answered"] - r["put"] for r in results if "put_answered" in r], 99),
         "puback_p99_s": percentile([r["puback"] - r["published"] for r in results if "puback" in r], 99),
         "cloud_cpu_pct": 100 * cloud_cpu / wall, "broker_cpu_pct": 100 * broker_cpu / wall,
         "load_cpu_pct": 100 * load_cpu / wall,
@@ -269,7 +271,7 @@ def summarize(nodes: int, results: list[dict], answers: list[dict], raw: list[li
 
 _COLUMNS = (("N", "nodes", "{}"), ("confirmed", "confirmed", "{}"), ("mappings/s", "mappings_per_s", "{:.0f}"),
             ("p50 s", "p50_s", "{:.2f}"), ("p99 s", "p99_s", "{:.2f}"), ("max s", "max_s", "{:.2f}"),
-            ("cloud CPU", "cloud_cpu_pct", "{:.0f} %"), ("broker CPU", "broker_cpu_pct", "{:.1f} %"),
+            ("PUT p99 s", "put_p99_s", "{:.2f}"), ("cloud CPU", "cloud_cpu_pct", "{:.0f} %"), ("broker CPU", "broker_cpu_pct", "{:.1f} %"),
             ("load CPU", "load_cpu_pct", "{:.0f} %"), ("raw QoS1/s", "raw_qos1_per_s", "{:.0f}"),
             ("raw p99 ms", "raw_qos1_p99_s", "{:.0f}", 1000), ("loadavg at start", "loadavg_start", "{}"))
 
@@ -292,6 +294,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--load-processes", type=int, default=2, metavar="P",
                         help="processes the simulated nodes and clients are spread over (default 2)")
     parser.add_argument("--poll", type=float, default=0.2, metavar="S", help="client poll interval (default 0.2 s)")
+    parser.add_argument("--http-processes", type=int, metavar="K",
+                        help="the cloud's REST processes (default: Stack's, one per core)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every run's figures here")
     parser.add_argument("--py-spy", type=Path, metavar="PROFILE",
                         help="record the cloud with py-spy during the mapping phase of each run (PROFILE.txt: "
@@ -312,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             profile = None
             if args.py_spy is not None:
                 profile = args.py_spy.with_name(f"{args.py_spy.stem}-n{nodes}-run{run}{args.py_spy.suffix}")
-            row = run_once(nodes, min(args.load_processes, nodes), args.poll, say, profile)
+            row = run_once(nodes, min(args.load_processes, nodes), args.poll, say, profile, args.http_processes)
             row["run"] = run
             rows.append(row)
             say(table([row]).splitlines()[1] + (f"   not confirmed: {row['failures']}" if row["failures"] else ""))

@@ -38,12 +38,15 @@ def _serve(args) -> int:
             raise UserError(f"--session-expiry {args.session_expiry} is out of range (0 .. 4294967295 s)")
         mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
                                      session_expiry_s=args.session_expiry)
+    if not 1 <= args.http_processes <= 64:
+        raise UserError(f"--http-processes {args.http_processes}: give 1 to 64")
     if args.login_attempts < 1 or not 0 < args.login_window <= 86400:
         raise UserError("--login-attempts must be 1 or more and --login-window 0 to 86400 s")
     limits = LoginLimits(per_user=args.login_attempts, per_address=6 * args.login_attempts,
                          window_s=args.login_window)
     service = CloudService(args.db, host=args.host, port=args.port, mapping_timeout=args.mapping_timeout,
-                           token_ttl=args.token_ttl, mqtt=mqtt, login_limits=limits)
+                           token_ttl=args.token_ttl, mqtt=mqtt, login_limits=limits,
+                           http_processes=args.http_processes)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -139,6 +142,10 @@ def register(subparsers) -> None:
                        help="seconds the broker keeps the session and its queued publishes after the cloud "
                        "disconnects (default 604800 = 7 days; 0 = no persistent session, publishes sent "
                        "while the cloud is down are lost)")
+    serve.add_argument("--http-processes", type=int, default=1, metavar="N",
+                       help="processes serving the REST API on one port and database, this one included "
+                       "(default 1; make cloud and make sandbox use two per core, which a thousand clients "
+                       "mapping at once need)")
     serve.add_argument("--no-mqtt", action="store_true", help="REST only, no broker connection")
     serve.set_defaults(func=_serve)
 

@@ -1,5 +1,9 @@
 """CloudService: the whole local cloud in one object (storage, REST API on waitress, MQTT subscriber).
 
+With http_processes=N the REST API is served by this process and N-1 more (rmkit.cloud.http_worker)
+on the same listening socket and database: one CPython process runs one thread at a time, and a
+thousand clients at once keep one busy. The MQTT side always runs here, once per instance.
+
 The MQTT client id names the cloud's persistent session at the broker (rmkit.cloud.mqtt), so it must
 be the same after a restart and differ between instances running together. Each instance holds a
 *slot*: the lowest n for which this process holds the lock file `<db>.mqtt-slot-<n>.lock` (flock,
@@ -21,10 +25,14 @@ no-ops. A slot that never comes back holds its queue until the session expires
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +43,7 @@ from waitress.server import create_server
 
 from rmkit.cloud.accounts import Accounts, LoginLimits
 from rmkit.cloud.api import create_app
+from rmkit.cloud.http_worker import relay_log_line
 from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.mqtt import MappingSubscriber, MqttSettings
 from rmkit.cloud.storage import Storage, open_storage
@@ -91,13 +100,21 @@ class CloudService:
     """Start with start(), stop with stop() (or use as a context manager); `base_url` once started.
 
     `db` is a SQLite file path (or sqlite:///path); `port=0` picks a free port; `mqtt=None` runs the
-    REST side only (node publishes can then be fed with `mapping.ingest(node_id, payload)`).
+    REST side only (node publishes can then be fed with `mapping.ingest(node_id, payload)`);
+    `http_processes` counts the processes serving REST, this one included (see the module's doc).
     """
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1", port: int = 0, mapping_timeout: float = 60.0,
                  token_ttl: int = 3600, mqtt: Optional[MqttSettings] = None, threads: int = 8,
-                 login_limits: LoginLimits = LoginLimits()):
+                 login_limits: LoginLimits = LoginLimits(), http_processes: int = 1):
+        if http_processes < 1:
+            raise ValueError(f"http_processes must be 1 or more, not {http_processes}")
         self.storage: Storage = open_storage(db)
+        self._db = db
+        self._login_limits = login_limits
+        self._token_ttl = token_ttl
+        self._http_processes = http_processes
+        self._workers: list[subprocess.Popen] = []
         self.accounts = Accounts(self.storage, token_ttl_s=token_ttl, login_limits=login_limits)
         self.mapping = MappingService(self.storage, timeout_s=mapping_timeout)
         self.host = host
@@ -132,8 +149,19 @@ class CloudService:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, args=(self._server,), name="cloud-http", daemon=True)
         self._thread.start()
-        log.info("REST API on %s/v1/ (mapping timeout %.0f s, db %s)", self.base_url,
-                 self.mapping.timeout_s, getattr(self.storage, "path", "?"))
+        try:
+            for _ in range(self._http_processes - 1):  # all started first: each takes a while to import
+                self._start_worker()
+            for worker in self._workers:
+                if worker.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"HTTP process {worker.pid} did not start (exit code {worker.wait()}); "
+                                       "see the log")
+        except Exception:
+            self.stop()
+            raise
+        log.info("REST API on %s/v1/ (%d process%s, mapping timeout %.0f s, db %s)", self.base_url,
+                 self._http_processes, "es" if self._http_processes > 1 else "", self.mapping.timeout_s,
+                 getattr(self.storage, "path", "?"))
         if self._mqtt_settings is not None:
             try:
                 settings = self._instance_settings()
@@ -160,6 +188,29 @@ class CloudService:
             return settings.for_slot(self._slot.number)
         return replace(settings, client_id=session_client_id(self.storage, self._slot.number))
 
+    def _start_worker(self) -> None:
+        listener = self._server.socket.fileno()
+        settings = {"fd": listener, "db": str(self._db), "mapping_timeout": self.mapping.timeout_s,
+                    "token_ttl": self._token_ttl, "login_limits": dataclasses.asdict(self._login_limits),
+                    "threads": self._threads, "log_level": logging.getLogger("rmkit.cloud").getEffectiveLevel()}
+        worker = subprocess.Popen([sys.executable, "-m", "rmkit.cloud.http_worker"], pass_fds=(listener,),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._workers.append(worker)
+        worker.stdin.write(json.dumps(settings) + "\n")
+        worker.stdin.flush()
+        threading.Thread(target=self._relay_log, args=(worker,), name=f"cloud-http-{worker.pid}-log",
+                         daemon=True).start()
+
+    def _relay_log(self, worker: subprocess.Popen) -> None:
+        for line in worker.stderr:
+            relay_log_line(line, worker.pid)
+        if not self._stopping.is_set():  # the others and this process go on serving
+            log.error("HTTP process %d ended (exit code %s)", worker.pid, worker.wait())
+
+    def worker_pids(self) -> list[int]:
+        """The extra HTTP processes (not this one)."""
+        return [worker.pid for worker in self._workers]
+
     @property
     def client_id(self) -> Optional[str]:
         """The MQTT client id (the broker-side session's name) while subscribed, else None."""
@@ -172,6 +223,19 @@ class CloudService:
         if self._slot is not None:  # only after the subscriber is gone: the next holder resumes its session
             self._slot.release()
             self._slot = None
+        self._stopping.set()
+        for worker in self._workers:
+            try:
+                worker.stdin.close()  # its signal to end
+            except OSError:
+                pass
+        for worker in self._workers:
+            try:
+                worker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        self._workers = []
         if self._server is not None:
             self._stopping.set()
             try:
