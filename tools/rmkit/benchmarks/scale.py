@@ -1,6 +1,6 @@
 """The local cloud at scale: N nodes and N logged-in clients map at once against one broker + cloud.
 
-    python -m rmkit.benchmarks.scale --nodes 1000 --runs 5 [--json PATH] [--py-spy PROFILE]
+    python -m rmkit.benchmarks.scale --nodes 100 1000 --runs 5 [--json PATH] [--py-spy PROFILE] [--http-processes K]
 
 Each run starts broker and cloud the project's way (rmkit.stack.Stack, a fresh work directory),
 issues N node certificates from the run's CA, creates N users with one session each, and starts
@@ -166,7 +166,10 @@ class LoadProcesses:
 
 
 class Profiler:
-    """py-spy recording one process (and its children) while the mappings run; needs py-spy installed."""
+    """py-spy recording this process (the cloud's main process: Stack runs CloudService in it) and its
+    children (the cloud's other REST processes, and the load processes: each sample names its process)
+    while the mappings run; needs py-spy installed. --nonblocking: stopping the processes to sample
+    them slowed the cloud past the benchmark's own timeout (measured)."""
 
     def __init__(self, output: Path, pid: int):
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -295,11 +298,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="processes the simulated nodes and clients are spread over (default 2)")
     parser.add_argument("--poll", type=float, default=0.2, metavar="S", help="client poll interval (default 0.2 s)")
     parser.add_argument("--http-processes", type=int, metavar="K",
-                        help="the cloud's REST processes (default: Stack's, one per core)")
+                        help="the cloud's REST processes (default: Stack's, two per core, at most 8)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every run's figures here")
     parser.add_argument("--py-spy", type=Path, metavar="PROFILE",
-                        help="record the cloud with py-spy during the mapping phase of each run (PROFILE.txt: "
-                        "collapsed stacks, .json: speedscope, else an SVG flame graph; py-spy must be installed)")
+                        help="record the cloud with py-spy during the mapping phase of each run, one file per run "
+                        "(PROFILE.txt: collapsed stacks per thread and process, .json: speedscope, else an SVG flame "
+                        "graph; py-spy must be installed: it is not in requirements-dev.txt)")
     args = parser.parse_args(argv)
     if min(args.nodes) < 1 or args.runs < 1 or args.load_processes < 1:
         parser.error("--nodes, --runs and --load-processes must be 1 or more")
