@@ -8,7 +8,7 @@ from rmkit import bench
 def test_heap_floor_search_prints_a_line_per_try(monkeypatch, capsys):
     tried = []
 
-    def flow(heap, workdir):
+    def flow(heap, workdir, transport="softap"):
         kib = int(heap.rstrip("K"))
         tried.append(kib)
         print("<flow>", end="")  # where the try's own output would land: after its announcement
@@ -17,9 +17,9 @@ def test_heap_floor_search_prints_a_line_per_try(monkeypatch, capsys):
     monkeypatch.setattr(bench, "_flow_once", flow)
     bench.bench_heap_floor(low_kib=64, high_kib=120, step_kib=8)
     out = capsys.readouterr().out.splitlines()
-    tries = [line for line in out if line.startswith("  heap floor: the whole flow at ")]
+    tries = [line for line in out if line.startswith("  heap floor: the whole flow over softap at ")]
     assert len(tries) == len(tried) >= 3, out
     for kib, line in zip(tried, tries):
-        assert line.startswith(f"  heap floor: the whole flow at {kib}K ...<flow>")
+        assert line.startswith(f"  heap floor: the whole flow over softap at {kib}K ...<flow>")
         assert line.endswith(" s)") and ("confirms" in line) == (kib >= 96)
-    assert out[-1].startswith("smallest virtual-board heap at which the whole flow confirms: 96K")
+    assert out[-1].startswith("smallest virtual-board heap at which the whole flow over softap confirms: 96K")
