@@ -3,6 +3,7 @@ graceful, SIGUSR1 as after a crash) with its persistence kept, so a mapping a no
 after each restart is confirmed; bad knobs and foreign work directories are one clear line."""
 
 import json
+import os
 import signal
 import ssl
 import subprocess
@@ -169,3 +170,15 @@ def test_provision_over_ble_with_nothing_advertising_is_unreachable(tmp_path):
     assert result.returncode == 3, result.stderr
     assert "node unreachable: connect: PROV_000001 over BLE: no device PROV_000001 advertising a service within " \
         "1.5 s" in result.stderr
+
+
+def test_provision_over_ble_without_a_usable_system_bluetooth_says_what_to_do():
+    """No --hci: the operating system's Bluetooth through bleak; with BlueZ unreachable (the system bus pointed
+    at nothing, as on a machine without BlueZ) that is one line naming the alternatives, exit 3."""
+    env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=/nonexistent/rmkit-test-system-bus")
+    result = subprocess.run([sys.executable, "-m", "rmkit", "provision", "--transport", "ble", "--device",
+                             "PROV_000001", "--ssid", "x", "--user-id", "u", "--sec", "0", "--scan-timeout", "1"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 3, result.stderr
+    assert "this computer's Bluetooth is not usable through bleak" in result.stderr
+    assert "--hci tcp-client:127.0.0.1:PORT" in result.stderr

@@ -31,6 +31,9 @@ T = TypeVar("T")
 USER_DESCRIPTION = "2901"
 # docs/protocol.md 1.2: what a client falls back to when the node names no endpoints
 FIXED_ENDPOINTS = {"prov-session": "ff51", "prov-config": "ff52", "proto-ver": "ff53"}
+NO_SYSTEM_BLUETOOTH = ("this computer's Bluetooth is not usable through bleak (%s): on Linux BlueZ must run with "
+                       "an adapter powered on; a virtual board's radio needs --hci tcp-client:127.0.0.1:PORT, a USB "
+                       "Bluetooth controller --hci usb:0")
 # The largest request our node takes over BLE (firmware/rmnode/ble.py MAX_REQUEST): the stack would
 # silently cut a longer write, so it is refused here
 MAX_REQUEST = 512
@@ -184,7 +187,14 @@ class BleakTransport(_GattTransport):
                 return True
             return False
 
-        device = await BleakScanner.find_device_by_filter(matches, timeout=self.scan_timeout)
+        try:
+            device = await BleakScanner.find_device_by_filter(matches, timeout=self.scan_timeout)
+        except (OSError, RuntimeError) as exc:
+            raise RuntimeError(NO_SYSTEM_BLUETOOTH % _describe(exc)) from exc
+        except Exception as exc:  # bleak's own errors: BleakError, BleakDBusError ("no adapter", "powered off")
+            if type(exc).__module__.startswith("bleak"):
+                raise RuntimeError(NO_SYSTEM_BLUETOOTH % _describe(exc)) from exc
+            raise
         if device is None:
             raise RuntimeError(f"no device {self.device} advertising within {self.scan_timeout:g} s")
         uuids = found[-1].service_uuids if found else []
