@@ -72,8 +72,8 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 	@$(call PIP_INSTALL,$(ESPCLI_VENV)/bin/python,requirements-espcli.txt)
 	@touch $@
 
-test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (PYTEST_ARGS=... for pytest)
-	$(VENV)/bin/pytest host_tests $(PYTEST_ARGS)
+test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (JOBS=2 workers, PYTEST_ARGS=... for pytest)
+	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) $(PYTEST_ARGS)
 
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE)
 	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT))

@@ -30,6 +30,16 @@ pytest_plugins = [
 ]
 
 
+def pytest_configure(config):
+    """Boards the tests start record themselves in a runtime directory of this test run's own (one per
+    pytest-xdist worker), so that they never meet a developer's running boards, nor each other's names."""
+    if "RMKIT_RUNTIME_DIR" not in os.environ:
+        import tempfile
+
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        os.environ["RMKIT_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"rmkit-test-run-{worker}-")
+
+
 def _artifacts_path(nodeid: str) -> Path:
     return paths.ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.replace("host_tests/", ""))
 

@@ -339,12 +339,16 @@ def test_deploy_to_the_flash_of_a_running_board_goes_through_its_port(vboard_fac
     from rmkit.vboard import runtime
 
     env = {"RMKIT_RUNTIME_DIR": str(tmp_path / "run")}
+    saved = os.environ.get("RMKIT_RUNTIME_DIR")
     os.environ.update(env)  # runtime.record_board writes where the child process will look
     try:
         board = vboard_factory(run_main=False)
         runtime.record_board(board)
     finally:
-        del os.environ["RMKIT_RUNTIME_DIR"]
+        if saved is None:
+            del os.environ["RMKIT_RUNTIME_DIR"]
+        else:
+            os.environ["RMKIT_RUNTIME_DIR"] = saved
     result = rmkit("deploy", "--flash", str(board.flash_dir), "--firmware", str(firmware), env=env)
     assert f"deploy: board {board.name} runs on {board.flash_dir}: deploying through its port" in result.stdout
     assert "runs MicroPython 1." in result.stdout and "soft reset" in result.stdout
