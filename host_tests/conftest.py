@@ -37,7 +37,16 @@ def pytest_configure(config):
         import tempfile
 
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        os.environ["RMKIT_RUNTIME_DIR"] = tempfile.mkdtemp(prefix=f"rmkit-test-run-{worker}-")
+        os.environ["RMKIT_RUNTIME_DIR"] = config._rmkit_runtime_dir = tempfile.mkdtemp(
+            prefix=f"rmkit-test-run-{worker}-")
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_rmkit_runtime_dir", None)
+    if made:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def _artifacts_path(nodeid: str) -> Path:
