@@ -111,22 +111,33 @@ def _time_cli_provision(env: dict, stack, board) -> FlowTiming:
     return chain(timeline, CLI_MARKS, board.read_log())
 
 
-def _inside(out: Path, runs: int, heap: str) -> dict:
-    from rmkit.stack import Stack
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
+def softap_address_on_loopback() -> None:
+    """Inside the namespace: loopback up, with the ESP32 SoftAP default address the CLI talks to."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "addr", "add", SOFTAP_IP + "/32", "dev", "lo"], check=True)
-    home = out / "espcli"
+
+
+def cli_environment(home: Path) -> dict:
+    """The CLI's environment: its profiles, tokens and logs under `home` (never the user's ~/.espressif),
+    no proxy between it and the local cloud or the node."""
     env = dict(os.environ, HOME=str(home / "home"), RM_USER_CONFIG_DIR=str(home / "cfg"),
                RMAKER_CLI_LOG_DIR=str(home / "logs"), NO_PROXY=f"127.0.0.1,localhost,{SOFTAP_IP}",
                PYTHONUNBUFFERED="1")
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ESP_RAINMAKER_PASSWORD"):
         env.pop(key, None)
     for sub in ("home", "cfg", "logs"):
-        (home / sub).mkdir(parents=True)
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def _inside(out: Path, runs: int, heap: str) -> dict:
+    from rmkit.stack import Stack
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    softap_address_on_loopback()
+    env = cli_environment(out / "espcli")
     timings = []
     with Stack(out / "stack", heap=heap) as stack:
         stack.add_user(EMAIL, PASSWORD)
