@@ -26,7 +26,7 @@ SERVICE = "021a9004-0382-4aea-bff4-6b3f1c5adfb4"
 ENDPOINTS = {"prov-ctrl": "ff4f", "prov-scan": "ff50", "prov-session": "ff51", "prov-config": "ff52",
              "proto-ver": "ff53", "cloud_user_assoc": "ff54"}
 NEIGHBOURS = 9
-IDLE_S = 2  # the board's ble_idle_s: a central silent this long is dropped
+IDLE_S = 3  # the board's ble_idle_s: a central silent this long is dropped
 # ATT error codes (Bluetooth Core, Vol 3 Part F 3.4.1.1)
 ATT_READ_NOT_PERMITTED = 0x02
 ATT_INVALID_PDU = 0x04
@@ -259,12 +259,20 @@ def test_second_central_waits_until_the_first_leaves(board):
     nothing; once the first leaves, the second is served."""
     async def scenario():
         first = await connected(board)
+
+        async def keep_talking():  # so that the node's idle watch (IDLE_S) has no reason to drop the first
+            while True:
+                assert (await read_proto_ver(first))["prov"]["ver"] == "v1.1"  # the first is undisturbed
+                await asyncio.sleep(0.3)
+
+        talking = asyncio.create_task(keep_talking())
         second = BleCentral(board.ble_hci)
         await second.__aenter__()
         try:
             with pytest.raises(RuntimeError, match="no device"):
                 await second.find(board.service_name, timeout=1.5)
-            assert (await read_proto_ver(first))["prov"]["ver"] == "v1.1"  # the first is undisturbed
+            assert not talking.done()
+            talking.cancel()
             await first.__aexit__()
             address, _ = await second.find(board.service_name)
             await second.connect(address)
