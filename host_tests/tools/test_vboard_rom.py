@@ -270,3 +270,25 @@ def test_md5_of_a_region_matches_hashlib(vboard, images):
         assert "digest matched" in out
     assert hashlib.md5(vboard.spi_flash_path.read_bytes()[0x1000:0x1000 + len(firmware)]).digest() == \
         hashlib.md5(firmware).digest()
+
+
+def test_a_slow_reader_of_a_flash_read_loses_nothing(vboard, images):
+    """esptool's stub streams a flash read with up to 256 KiB in flight; a reader slower than that (a busy
+    host) must get every byte late, not lose some, as through a USB-serial adapter's host buffers."""
+    import esptool
+
+    vboard.enter_download_mode()
+    on_pty(vboard, "write-flash", "0x1000", str(images["micropython"]))
+    with serial.Serial(str(vboard.pty_link), 115200, timeout=5) as port:
+        esp = esptool.ESP32ROM(port)
+        esp.connect("no-reset")
+        esp = esp.run_stub()
+        read = port.read
+
+        def slow_read(size=1):
+            time.sleep(0.002)  # ~500 reads a second, far below the stub's pace
+            return read(size)
+
+        port.read = slow_read
+        data = esp.read_flash(0x1000, 0x40000)
+    assert data == vboard.spi_flash_path.read_bytes()[0x1000:0x41000]

@@ -29,6 +29,7 @@ process whenever the board "reboots". Why each piece is there (each measured on 
 
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -44,6 +45,8 @@ from typing import Callable, Optional
 from rmkit.vboard.rfc2217 import Rfc2217Client
 from rmkit.vboard.rom import STRAP_WINDOW_S, Boot, Loader, ResetLines, SpiFlash, boot_from
 
+# How long download-mode output waits for a slow reader of the pty before it is dropped
+DOWNLOAD_READER_PATIENCE_S = 5.0
 log = logging.getLogger(__name__)
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit"
@@ -333,12 +336,19 @@ class Supervisor(threading.Thread):
 
     def _write_host_pty(self, data: bytes) -> None:
         # Nobody may have the pty open: like a UART with nothing attached, old bytes are lost
-        # rather than blocking the board.
+        # rather than blocking the board. In download mode someone is talking to the ROM (esptool,
+        # reading megabytes of flash with up to 256 KiB in flight), and a full pty means that reader
+        # is slow, not absent: wait for it, as a USB-serial adapter's host buffers would.
         view = memoryview(data)
         for _ in range(2):
             try:
                 while view:
-                    view = view[os.write(self.host_master, view):]
+                    try:
+                        view = view[os.write(self.host_master, view):]
+                    except BlockingIOError:
+                        if self.chip != "download" or not select.select([], [self.host_master], [],
+                                                                         DOWNLOAD_READER_PATIENCE_S)[1]:
+                            raise
                 return
             except BlockingIOError:
                 termios.tcflush(self.host_slave, termios.TCIFLUSH)
