@@ -110,7 +110,7 @@ sandbox: setup ## broker + cloud + one unprovisioned virtual board for any clien
 	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP))
 
-bench: setup espcli ## benchmarks (about 12 minutes): bench/results.md, one table with each figure beside its reference, results.json, scale.png
+bench: setup espcli ## benchmarks (about 5 minutes on 2 cores): bench/results.md, one table with each figure beside its reference, results.json, scale.png
 	$(RMKIT) bench
 
 clean: ## remove venvs, build output and virtual boards' flash
