@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,6 @@ def coarse_then_fine(low: int, high: int, works: Callable[[int, int], bool], coa
 def search(name: str, low: int, high: int, one_try: Callable[[int], bool], say, coarse: int = 8,
            repeats: int = 2) -> Floor:
     """coarse_then_fine over `one_try`, with a progress line per try."""
-    import time
-
     started, count = time.monotonic(), [0]
 
     def works(kib: int, times: int) -> bool:
@@ -140,8 +139,6 @@ def provisions(kib: int, transport: str) -> bool:
 def online_floor(say, repeats: int = 3, low: int = 40, high: int = 120) -> Floor:
     """The online phase alone (TLS connect, config and mapping publish) with the node's resident modules,
     on the unix port (benchmarks/mqtt_heap.py: its launcher, its 1 KiB bisection)."""
-    import time
-
     from rmkit.benchmarks import make_flash, mqtt_heap
     from rmkit.broker import Broker
     from rmkit.pki import Pki
