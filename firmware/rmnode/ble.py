@@ -171,6 +171,10 @@ class ProvBleServer:
                 self._session_closed(self._session)
             log.info(_TAG, "stopped, radio off")
 
+    def response_read(self):
+        """Whether no response waits to be read: the central read the last one, or there is no central."""
+        return self._conn is None or self._state != _READY or self._read
+
     def _advertise(self):
         # Service UUID in the advertisement, name in the scan response (docs/protocol.md 1.2)
         uuid = bytes(reversed(unhexlify(self.service_uuid.replace("-", ""))))

@@ -39,6 +39,9 @@ except ImportError:
         return value
 
 _TAG = const("mqtt")
+# How often the client looks whether the station is up before it connects: a status call, cheap; a
+# longer pause would add itself to every boot's time to online
+_NETWORK_POLL_MS = const(50)
 _MICROPYTHON = sys.implementation.name == "micropython"
 
 # packet types (MQTT 3.1.1 §2.2.1), high nibble of the first byte
@@ -288,7 +291,7 @@ class MQTTClient:
             if not self.is_network_up():
                 log.info(_TAG, "waiting for network")
                 while not self._closing and not self.is_network_up():
-                    await sleep_ms(250)
+                    await sleep_ms(_NETWORK_POLL_MS)
                 if self._closing:
                     break
                 log.info(_TAG, "network is up")

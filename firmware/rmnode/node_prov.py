@@ -21,8 +21,13 @@ except ImportError:  # CPython, for host-side unit tests
 from rmnode import credentials, log
 
 _TAG = const("node")
-_GRACE_MS = const(500)
+# After the client was told "Connected": time for that last answer to leave (an HTTP response is written
+# right after its handler; 150 ms covers the socket and the access point's airtime), and the longest wait
+# for a BLE central to read it (a phone reads within a connection interval or two)
+_GRACE_MS = const(150)
+_BLE_READ_WAIT_MS = const(1000)
 _POLL_MS = const(100)
+_STEP_MS = const(20)
 
 
 async def provision(node):
@@ -91,12 +96,17 @@ async def provision(node):
     try:
         while not joined():
             await asyncio.sleep(_POLL_MS / 1000)
-        # Keep serving until the client has read "Connected" (Espressif's client polls every
-        # 5 s), at most prov_linger_s, then a moment more so that last answer reaches it.
+        # Keep serving until the client has been told "Connected" (Espressif's client polls every
+        # 5 s), at most prov_linger_s; over BLE until the central has also read that answer; then a
+        # moment more so that the last answer reaches it.
         waited_ms = 0
         while not prov.connected_reported and waited_ms < cfg.prov_linger_s * 1000:
             await asyncio.sleep(_POLL_MS / 1000)
             waited_ms += _POLL_MS
+        waited_ms = 0
+        while radio is not None and not radio.response_read() and waited_ms < _BLE_READ_WAIT_MS:
+            await asyncio.sleep(_STEP_MS / 1000)
+            waited_ms += _STEP_MS
         await asyncio.sleep(_GRACE_MS / 1000)
     finally:
         _stop(wifi, server, radio)
