@@ -337,3 +337,13 @@ def test_flash_supports_atomic_replace_by_rename(vboard):
                       "print(open('/state.json').read(), sorted(os.listdir('/')))\n")
     assert out.strip() == "new ['b.txt', 'settings.json', 'state.json']"
     assert (vboard.flash_dir / "state.json").read_text() == "new"
+
+
+def test_a_baud_rate_paces_what_the_host_sends_as_a_uart_does(vboard_factory):
+    """VirtualBoard(baud=115200): at most 11,520 bytes a second reach the board (8N1), in order and complete."""
+    payload = "".join(chr(0x41 + i % 26) for i in range(3000))
+    code = f"s = {payload!r}\nprint(len(s), sum(map(ord, s)))"
+    board = vboard_factory(run_main=False, baud=115200)
+    started = time.monotonic()
+    assert board.exec(code, timeout=20).strip() == f"{len(payload)} {sum(map(ord, payload))}"
+    assert time.monotonic() - started >= len(code) / 11520

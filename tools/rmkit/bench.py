@@ -234,7 +234,8 @@ def register(subparsers) -> None:
                    help="end-to-end flows by esp-rainmaker-cli, about 10 s each: it polls every 5 s (default 5)")
     p.add_argument("--scale", type=_scale_plan, nargs="+", default=[(100, 5), (1000, 3)], metavar="N:RUNS",
                    help="cloud-at-scale runs per N (default 100:5 1000:3; a run at N = 1000 takes about 20 s)")
-    p.add_argument("--deploy-runs", type=int, default=5, help="deploy timings per method (default 5)")
+    p.add_argument("--deploy-runs", type=int, default=3,
+                   help="deploy timings per method, each at 115200 baud (default 3; a run takes about 25 s)")
     p.add_argument("--crypto-runs", type=int, default=5, help="runs of the crypto scripts (default 5)")
     p.add_argument("--floor-repeats", type=int, default=2,
                    help="good runs a heap size needs near the floor (default 2)")

@@ -106,13 +106,18 @@ class VirtualBoard:
                  pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
                  log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
                  reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None,
-                 rfc2217_port: int = 0, reset_circuit: str = "uart", transport: str = "softap"):
+                 rfc2217_port: int = 0, reset_circuit: str = "uart", transport: str = "softap",
+                 baud: Optional[int] = None):
         self.name = runtime.check_name(name)
         # what the factory data on its flash says, when whoever wrote it passes it on (rmkit.stack):
         # a client needs the PoP to open a session; kept with the board, never logged
         self.pop = pop
         self.node_id = node_id
         self.transport = transport  # softap, ble or both (docs/protocol.md 1)
+        # the serial link's speed toward the board (115200 for a DevKit's USB-UART bridge); None: no limit
+        if baud is not None and not 300 <= int(baud) <= 5_000_000:
+            raise BoardError(f"baud {baud!r} must be between 300 and 5000000")
+        self.baud = int(baud) if baud is not None else None
         self._temp_flash = flash_dir is None
         self.flash_dir = Path(flash_dir) if flash_dir is not None else None
         self.mac = (mac or mac_for_name(name)).lower()
@@ -243,7 +248,7 @@ class VirtualBoard:
                                    boot_mode="full" if self.run_main else "none", on_output=self._echo,
                                    rfc2217_sock=rfc, spi_flash=SpiFlash(self.spi_flash_path),
                                    mac=bytes(int(part, 16) for part in self.mac.split(":")),
-                                   reset_circuit=self.reset_circuit)
+                                   reset_circuit=self.reset_circuit, baud=self.baud)
         except (OSError, FileExistsError) as exc:
             tcp.close()
             rfc.close()

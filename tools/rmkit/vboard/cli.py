@@ -40,6 +40,9 @@ def register(sub) -> None:
                         help="air file: the simulated Wi-Fi access points (JSON). Default: <flash>.air.json, "
                         "written on first use with one WPA2 network, 'rmkit-lab', and a random passphrase")
     vboard.add_argument("--mac", help="base MAC, e.g. 24:0a:c4:12:34:56 (default: derived from --name)")
+    vboard.add_argument("--baud", type=int,
+                        help="pace what the host sends to the board as a UART at this rate does (115200: a DevKit's "
+                        "USB-serial bridge), to see deploys and pastes take a real board's time; default: no limit")
     vboard.add_argument("--heap", default="110K", help="MicroPython heap for the firmware (default 110K, ESP32 without PSRAM)")
     vboard.add_argument("--log", type=Path, help="serial log file (default: <runtime dir>/<name>.log)")
     vboard.add_argument("--no-main", action="store_true", help="do not run boot.py/main.py at power-on and resets")
@@ -81,7 +84,7 @@ def run_vboard(args: argparse.Namespace) -> int:
         wifi = lab_air(air) if args.air is None else None
         board = VirtualBoard(name=args.name, flash_dir=args.flash, mac=args.mac, air=air, heap=args.heap,
                              tcp_port=args.port, pty_link=args.pty, softap=args.softap, log_path=args.log,
-                             run_main=not args.no_main, echo=echo, rfc2217_port=args.rfc2217_port)
+                             run_main=not args.no_main, echo=echo, rfc2217_port=args.rfc2217_port, baud=args.baud)
     except BoardError as exc:
         raise UserError(str(exc)) from None
     # Ctrl-C (even when started with SIGINT ignored, as `cmd &` does), `kill` and a closed

@@ -45,6 +45,8 @@ from typing import Callable, Optional
 from rmkit.vboard.rfc2217 import Rfc2217Client
 from rmkit.vboard.rom import STRAP_WINDOW_S, Boot, Loader, ResetLines, SpiFlash, boot_from
 
+# The pacing step of a board with a baud rate: bytes cross its UART in slices of this much line time
+UART_SLICE_S = 0.01
 # How long download-mode output waits for a slow reader of the pty before it is dropped
 DOWNLOAD_READER_PATIENCE_S = 5.0
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class Supervisor(threading.Thread):
                  tcp_sock: socket.socket, pty_link: Path, boot_mode: str,
                  on_output: Optional[Callable[[bytes], None]] = None,
                  rfc2217_sock: Optional[socket.socket] = None, spi_flash: Optional[SpiFlash] = None,
-                 mac: bytes = bytes(6), reset_circuit: str = "uart"):
+                 mac: bytes = bytes(6), reset_circuit: str = "uart", baud: Optional[int] = None):
         super().__init__(name=f"vboard-{name}", daemon=True)
         self.board_name = name
         self._argv = argv
@@ -121,6 +123,11 @@ class Supervisor(threading.Thread):
         self._clients: list = []
         self._child: Optional[Child] = None
         self._raw_mode = False
+        # The UART's speed toward the board (8N1: 10 bits a byte), None for as fast as the pty goes: what
+        # the host sends reaches MicroPython at that pace, as through a USB-serial bridge at `baud`
+        self._byte_s = 10.0 / baud if baud else None
+        self._rx_line_free = 0.0     # when the line toward the board has sent what it was given
+        self._rx_due: Optional[float] = None
         self._ended_cr = False
         self._tail = b""
         self._last_sigint = 0.0
@@ -190,8 +197,13 @@ class Supervisor(threading.Thread):
                 timeout = 0.005 if child and not child.ready else 0.5
                 if self._timer is not None:
                     timeout = min(timeout, max(0.0, self._timer[0] - time.monotonic()))
+                if self._rx_due is not None:
+                    timeout = min(timeout, max(0.0, self._rx_due - time.monotonic()))
                 for key, events in self._sel.select(timeout):
                     self._dispatch(key, events)
+                if self._rx_due is not None and time.monotonic() >= self._rx_due:
+                    self._rx_due = None
+                    self._flush_child_input()
                 self._run_timer()
                 self._check_ready()
                 self._handle_requests()
@@ -400,17 +412,39 @@ class Supervisor(threading.Thread):
         child = self._child
         if child is None:
             return
+        paced = False
         while child.pending:
-            try:
-                n = os.write(child.master, child.pending)
-            except BlockingIOError:
+            allowed = self._uart_allowance(len(child.pending))
+            if not allowed:
+                paced = True  # the line is busy until _rx_due: the run loop comes back then
                 break
+            try:
+                n = os.write(child.master, child.pending[:allowed])
+            except BlockingIOError:
+                n = 0
             except OSError:
                 child.pending.clear()
                 break
+            if self._byte_s is not None:
+                self._rx_line_free -= (allowed - n) * self._byte_s  # what the pty did not take
+            if not n:
+                break
             del child.pending[:n]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if child.pending else 0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if child.pending and not paced else 0)
         self._sel.modify(child.master, events, child)
+
+    def _uart_allowance(self, want: int) -> int:
+        """How many of `want` bytes the UART toward the board carries now (all without a baud rate); 0 while
+        the line is busy, with _rx_due set to when it is free again. Bytes go in slices of UART_SLICE_S."""
+        if self._byte_s is None:
+            return want
+        now = time.monotonic()
+        if self._rx_line_free > now + UART_SLICE_S:
+            self._rx_due = self._rx_line_free - UART_SLICE_S
+            return 0
+        n = min(want, max(1, int(UART_SLICE_S / self._byte_s)))
+        self._rx_line_free = max(self._rx_line_free, now) + n * self._byte_s
+        return n
 
     # ---- the MicroPython process -------------------------------------------------------------
 
