@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 
 # Espressif's CLI hard-codes the ESP32 SoftAP default address 192.168.4.1:80 for the softap transport
-# (docs/protocol.md 1.1); it exists only on this private namespace's loopback.
-SOFTAP_IP = "192.168.4.1"
+# (docs/protocol.md 1.1); it exists only on this private namespace's loopback. The namespace's network and
+# the CLI's environment are make bench's too (rmkit.benchmarks.espcli_flow): one copy.
+from rmkit.benchmarks.espcli_flow import SOFTAP_IP, cli_environment, softap_address_on_loopback
+
 SOFTAP = SOFTAP_IP + ":80"
 SANDBOX_READY_S = 60
 CLI_TIMEOUT_S = 90
@@ -34,11 +36,6 @@ CLI_TIMEOUT_S = 90
 
 def say(msg):
     print("netns-driver: " + msg, file=sys.stderr, flush=True)
-
-
-def setup_network():
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "addr", "add", SOFTAP_IP + "/32", "dev", "lo"], check=True)
 
 
 def start_sandbox(repo, out, heap):
@@ -163,7 +160,7 @@ def main():
     report = {"net_ns": os.readlink("/proc/self/ns/net"), "pid": os.getpid(), "commands": {}}
     # pid 1 of a pid namespace ignores signals it has no handler for: make SIGTERM end the run cleanly
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    setup_network()
+    softap_address_on_loopback()
     stdout_file = out / "sandbox.stdout"
     sandbox, sandbox_log = start_sandbox(args.repo, out, args.heap)
     try:
@@ -175,13 +172,7 @@ def main():
             return
         report["sandbox"] = {k: v for k, v in info.items() if k not in ("password", "pop", "passphrase")}
         home = out / "espcli"
-        env = dict(os.environ, HOME=str(home / "home"), RM_USER_CONFIG_DIR=str(home / "cfg"),
-                   RMAKER_CLI_LOG_DIR=str(home / "logs"), NO_PROXY="127.0.0.1,localhost," + SOFTAP_IP,
-                   PYTHONUNBUFFERED="1")
-        for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ESP_RAINMAKER_PASSWORD"):
-            env.pop(key, None)
-        for sub in ("home", "cfg", "logs"):
-            (home / sub).mkdir(parents=True, exist_ok=True)
+        env = cli_environment(home)
         commands = report["commands"]
         commands["profile_add"] = run_cli(espcli, env, ["profile", "add", "local", "--base-url", info["cloud_url"]],
                                           out)

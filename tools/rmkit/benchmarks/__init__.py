@@ -1,15 +1,25 @@
-"""The firmware-side benchmarks of `rmkit bench` (make bench), and the unix-port runners they share with
-the tests (which may use what is here; nothing here uses the tests).
+"""The measurements of `rmkit bench` (make bench, which writes bench/results.md through rmkit.bench_report), and
+the unix-port runners they share with the tests (which may use what is here; nothing here uses the tests).
 
 MicroPython scripts (run by the unix port with firmware/ and this folder on MICROPYPATH; also valid CPython):
   sec1.py              device-side Security 1 handshake and secured requests, median of 20 sessions
+  crypto.py            X25519, AES-CTR per KiB and the Security 1 handshake on the node's own code
   stack_workload.py    a representative firmware workload (provisioning session with bad requests, MQTT codec,
-                       mapping payloads) for the deepest-C-stack bisection of bench.bench_stack_depth
+                       mapping payloads) for the deepest-C-stack bisection (stack_depth.py)
   esp32_stack.py       runs a function on no more C stack than an ESP32 gives MicroPython (15 KiB)
   launch_mqtt_node.py  the node's online sequence against a flash-like directory (with test seams)
   sec1_client.py       the client side of Security 1 built from the firmware's own primitives
 CPython:
+  flow_timing.py       the whole mapping flow by our client, phase by phase (row 1)
+  espcli_flow.py       the same flow by Espressif's esp-rainmaker-cli, in a private network namespace (row 1)
+  heap_floor.py        the GC heap floors per phase and transport, by bisection (row 2)
   mqtt_heap.py         TLS connect / mapping publish timings and the smallest GC heap of the online phase
+  footprint.py         bytes of the deployed .mpy per module (row 3)
+  scale.py             the cloud at N concurrent mappings beside the broker's raw QoS 1 (row 4; scale_load.py
+                       is its load process)
+  deploy_timing.py     deploy beside `mpremote cp -r` at 115200 baud (row 5)
+  crypto_timing.py     runs crypto.py and gives the ESP32 estimate with its basis (row 6)
+  stack_depth.py       the firmware's deepest C stack use
 """
 
 from __future__ import annotations
