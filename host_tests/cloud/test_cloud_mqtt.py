@@ -1,6 +1,5 @@
 """The cloud's MQTT side against real mosquitto with mutual TLS: both topic forms, drops, restarts, two instances."""
 
-import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -8,7 +7,7 @@ import time
 
 import pytest
 
-from support.fixtures_cloud import PASSWORD, ApiClient, db_snapshot
+from support.fixtures_cloud import PASSWORD, ApiClient, db_snapshot, database_write_locked
 from support.wait import wait_until
 from rmkit.cloud import CloudService
 
@@ -138,18 +137,6 @@ def user_of(cloud):
     user_id = cloud.add_user("user@example.com")
     api = ApiClient(cloud.base_url)
     return api, user_id, api.login("user@example.com")["accesstoken"]
-
-
-@contextlib.contextmanager
-def database_write_locked(db_path):
-    """Hold SQLite's write lock from outside, as another busy instance would: the cloud's commits wait."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
 
 
 def test_mapping_published_while_the_cloud_is_down_confirms_after_its_restart(cloud_process_factory, cloud_broker):

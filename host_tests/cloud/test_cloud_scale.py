@@ -2,14 +2,13 @@
 writer, cached token checks that still refuse a logged-out or expired token at once (in every REST
 process), group commit, and batched ingestion that loses nothing when its inbox is full."""
 
-import contextlib
 import sqlite3
 import threading
 import time
 
 import pytest
 
-from support.fixtures_cloud import PASSWORD, ApiClient
+from support.fixtures_cloud import PASSWORD, ApiClient, database_write_locked
 from support.wait import wait_until
 from rmkit.cloud import CloudService
 from rmkit.cloud import mqtt as cloud_mqtt
@@ -18,18 +17,6 @@ from rmkit.cloud.group_commit import GroupCommitter
 from rmkit.cloud.storage import SqliteStorage
 
 NODE = "NODE5CA1E001"
-
-
-@contextlib.contextmanager
-def write_transaction_held_open(db_path):
-    """Another connection holds SQLite's write lock (BEGIN IMMEDIATE), as a long writer would."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
 
 
 def logged_in(service, email="user@example.com"):
@@ -41,7 +28,7 @@ def logged_in(service, email="user@example.com"):
 def test_polls_token_checks_and_node_lists_answer_while_a_write_transaction_is_held_open(cloud_service):
     api, user_id, token = logged_in(cloud_service)
     request_id = api.put_mapping(token, NODE, "key-1").body["request_id"]
-    with write_transaction_held_open(cloud_service.storage.path):
+    with database_write_locked(cloud_service.storage.path):
         # the token's session is looked up for the first time here: a read, not a write
         status = api.mapping_status(token, request_id)
         assert status.status == 200 and status.body["request_status"] == "requested", status.text

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -330,3 +331,16 @@ def cloud_broker(tmp_path, artifacts_dir):
 def cloud_process(cloud_process_factory):
     """`rmkit cloud serve --no-mqtt` in a subprocess (60 s mapping timeout); see cloud_process_factory."""
     return cloud_process_factory()
+
+
+@contextlib.contextmanager
+def database_write_locked(db_path):
+    """Hold SQLite's write lock (BEGIN IMMEDIATE) from another connection, as a long writer or another busy
+    instance would: the cloud's commits wait meanwhile."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
