@@ -12,6 +12,7 @@ real board; then deploy, factory data and the scenarios.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -87,12 +88,33 @@ def test_hil_run_passes_against_a_virtual_board_through_its_serial_port(tmp_path
         board.stop()
 
 
-def run_hil_against(board: VirtualBoard, ssid: str, passphrase: str, tmp_path, artifacts_dir) -> None:
+def test_hil_run_over_ble_passes_against_a_virtual_board(tmp_path, artifacts_dir):
+    """The same run provisioning over BLE (--hil-transport ble): factory data says ble, and the harness's client
+    reaches the board's simulated radio through Bumble (--ble-hci), where a real board would use bleak."""
+    ssid, passphrase = "rmkit-lab", secrets.token_hex(8)
+    air = write_air(tmp_path / "air.json", {"ssid": ssid, "password": passphrase, "rssi": -48, "channel": 6})
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    board = VirtualBoard("vb-hil-ble", flash, air=air, pty_link=tmp_path / "vb-hil-ble.pty",
+                         log_path=artifacts_dir / "vb-hil-ble.serial.log")
+    try:
+        board.start()
+        run_hil_against(board, ssid, passphrase, tmp_path, artifacts_dir, flash_image=False,
+                        transport=["--hil-transport", "ble", "--ble-hci", board.ble_hci])
+        assert "ble: central connected" in board.read_log()
+        assert json.loads((flash / "factory" / "factory.json").read_text())["transport"] == "ble"
+    finally:
+        board.stop()
+
+
+def run_hil_against(board: VirtualBoard, ssid: str, passphrase: str, tmp_path, artifacts_dir,
+                    flash_image: bool = True, transport: list = ()) -> None:
     image = tmp_path / "ESP32_GENERIC-test.bin"   # a MicroPython image, as far as esptool and the ROM can tell
     image.write_bytes(espimage.build_firmware(espimage.build_app()))
     softap = f"{board.softap[0]}:{board.softap[1]}"
-    args = ["hil", "--board", board.rfc2217_url, "--firmware", str(image), "--wifi-ssid", ssid,
-            "--broker-host", "localhost", "--board-softap", softap]
+    args = ["hil", "--board", board.rfc2217_url, *(["--firmware", str(image)] if flash_image else []),
+            "--wifi-ssid", ssid, "--broker-host", "localhost",
+            *(transport or ["--board-softap", softap])]
     expected = collected(["hil"])
     junit = tmp_path / "hil-junit.xml"
 

@@ -68,6 +68,8 @@ class HilConfig:
     passphrase: str
     broker_host: str
     worker: str   # the pytest-xdist worker (gw0, gw1, ...), "" without xdist
+    transport: str = "softap"   # how the harness provisions the board: softap or ble
+    ble_hci: Optional[str] = None   # over BLE: a Bumble HCI transport, else this machine's Bluetooth (bleak)
 
     @classmethod
     def from_pytest(cls, config) -> "HilConfig":
@@ -81,7 +83,8 @@ class HilConfig:
         firmware = config.getoption("firmware")
         return cls(port=boards[index], softap=(host, int(port)), firmware=Path(firmware) if firmware else None,
                    ssid=config.getoption("wifi_ssid"), passphrase=config.getoption("wifi_pass"),
-                   broker_host=config.getoption("broker_host"), worker=os.environ.get("PYTEST_XDIST_WORKER", ""))
+                   broker_host=config.getoption("broker_host"), worker=os.environ.get("PYTEST_XDIST_WORKER", ""),
+                   transport=config.getoption("hil_transport"), ble_hci=config.getoption("ble_hci"))
 
 
 def listen_address(broker_host: str) -> str:
@@ -123,7 +126,7 @@ class HilSession:
         if self.artifacts.exists():
             shutil.rmtree(self.artifacts)
         self.artifacts.mkdir(parents=True)
-        self._step(f"hil session: board {self.config.port}, SoftAP {self.softap_text}, broker host "
+        self._step(f"hil session: board {self.config.port}, provisioning over {self.provisioning_text}, broker host "
                    f"{self.config.broker_host} (listening on {self.listen})")
         self.stack = self._start_stack()
         if self.config.firmware is not None:
@@ -148,6 +151,18 @@ class HilSession:
     @property
     def softap_text(self) -> str:
         return f"{self.config.softap[0]}:{self.config.softap[1]}"
+
+    @property
+    def provisioning_text(self) -> str:
+        if self.config.transport == "ble":
+            return "BLE" + (f" (Bumble on {self.config.ble_hci})" if self.config.ble_hci else " (bleak)")
+        return f"SoftAP {self.softap_text}"
+
+    @property
+    def service_name(self) -> str:
+        """The name the board advertises (docs/protocol.md 7.4): PROV_ and the last three bytes of its MAC,
+        which is its node id here."""
+        return "PROV_" + self.node_id[6:].lower()
 
     def _start_stack(self) -> Stack:
         pki_dir = self.workdir / "pki"
@@ -199,6 +214,7 @@ class HilSession:
         stack = self.stack
         self._rmkit(["factory", "--port", self.config.port, "--pki-dir", str(stack.pki.directory),
                      "--node-id", self.node_id, f"--pop={self.pop}", "--mqtt-host", self.config.broker_host,
+                     "--transport", self.config.transport,
                      "--mqtt-port", str(stack.broker.port), "--sntp-host", stack.sntp.host,
                      "--sntp-port", str(stack.sntp.port)], timeout=120, what="writing the factory data")
 
@@ -242,6 +258,9 @@ class HilSession:
         """The node says it serves provisioning, and this machine reaches its service (on a real board:
         once the host has joined its access point again)."""
         self.board.wait_for_log(r"node: state: provisioning", timeout=BOOT_S, since=since)
+        if self.config.transport == "ble":
+            self.board.wait_for_log(r"ble: advertising PROV_", timeout=BOOT_S, since=since)
+            return  # the transport looks for the advertisement itself, and says so when it finds none
         self.board.wait_for_log(r"serving protocomm on", timeout=BOOT_S, since=since)
         deadline = time.monotonic() + SOFTAP_WAIT_S
         while True:
@@ -267,12 +286,17 @@ class HilSession:
         return client
 
     def provisioner(self) -> Provisioner:
-        transport = HttpTransport(*self.config.softap)
+        if self.config.transport == "ble":
+            from rmkit.provision.ble import open_ble
+
+            transport = open_ble(self.service_name, self.config.ble_hci, timeout=15.0)
+        else:
+            transport = HttpTransport(*self.config.softap)
         self._transports.append(transport)
         return Provisioner(transport, sec=1, pop=self.pop, poll_interval_s=0.2)
 
     def provision(self, client: CloudClient, secret_key: str) -> str:
-        """rmkit.flow's step 1 against the board's SoftAP: the mapping for `client`, then this session's
+        """rmkit.flow's step 1 against the board (SoftAP or BLE): the mapping for `client`, then this session's
         Wi-Fi; returns the node id the board answered."""
         return provision_node(self.provisioner(), self.timeline, client.user_id, secret_key,
                               self.config.ssid, self.config.passphrase)

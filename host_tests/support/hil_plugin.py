@@ -36,6 +36,14 @@ def pytest_addoption(parser):
                     help="this machine's name or address as the board reaches it over Wi-Fi: the harness's "
                          "broker and SNTP server listen there (other machines on that network can reach them "
                          "too); localhost for a virtual board")
+    group.addoption("--hil-transport", choices=("softap", "ble"), default="softap",
+                    help="how the harness provisions the board: softap (its access point and HTTP, default) or ble "
+                         "(the board's factory data then says ble; this machine's Bluetooth through bleak, or "
+                         "--ble-hci)")
+    group.addoption("--ble-hci", metavar="SPEC",
+                    help="with --hil-transport ble: drive this HCI transport with Bumble instead of the operating "
+                         "system's Bluetooth (usb:0 for a USB controller, tcp-client:127.0.0.1:PORT for a virtual "
+                         "board's radio)")
     group.addoption("--board-softap", action="append", default=[], metavar="HOST:PORT",
                     help=f"the board's provisioning service as this machine reaches it (default {DEFAULT_SOFTAP}, "
                          "once this machine has joined the board's PROV_xxxxxx access point). Repeatable, "
@@ -53,6 +61,8 @@ def pytest_configure(config):
     if missing:
         raise pytest.UsageError(f"--board needs {', '.join(missing)} too (--wifi-pass may come from "
                                 f"${WIFI_PASS_ENV}); see README, Hardware in the loop")
+    if config.getoption("ble_hci") and config.getoption("hil_transport") != "ble":
+        raise pytest.UsageError("--ble-hci is for --hil-transport ble")
     softaps = config.getoption("board_softap")
     if len(softaps) > 1 and len(softaps) != len(boards):
         raise pytest.UsageError(f"{len(boards)} --board but {len(softaps)} --board-softap: give one --board-softap "
