@@ -33,12 +33,13 @@ pytest_plugins = [
 def pytest_configure(config):
     """Boards the tests start record themselves in a runtime directory of this test run's own (one per
     pytest-xdist worker), so that they never meet a developer's running boards, nor each other's names."""
-    if "RMKIT_RUNTIME_DIR" not in os.environ:
+    # a worker inherits the controller's environment: a directory the controller made is not the worker's own
+    if "RMKIT_RUNTIME_DIR" not in os.environ or os.environ.get("RMKIT_TEST_RUNTIME_DIR") == os.environ["RMKIT_RUNTIME_DIR"]:
         import tempfile
 
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        os.environ["RMKIT_RUNTIME_DIR"] = config._rmkit_runtime_dir = tempfile.mkdtemp(
-            prefix=f"rmkit-test-run-{worker}-")
+        os.environ["RMKIT_RUNTIME_DIR"] = os.environ["RMKIT_TEST_RUNTIME_DIR"] = config._rmkit_runtime_dir = \
+            tempfile.mkdtemp(prefix=f"rmkit-test-run-{worker}-")
 
 
 def pytest_unconfigure(config):
