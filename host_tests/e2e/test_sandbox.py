@@ -2,6 +2,7 @@
 graceful, SIGUSR1 as after a crash) with its persistence kept, so a mapping a node publishes right
 after each restart is confirmed; bad knobs and foreign work directories are one clear line."""
 
+import contextlib
 import json
 import os
 import signal
@@ -38,24 +39,25 @@ def publish_as_node(pki: Pki, broker: str, payload: dict) -> None:
         client.loop_stop()
 
 
-def start_sandbox(*args: str):
-    """`rmkit sandbox ARGS` in the background -> (process, its output lines so far, its SANDBOX json)."""
+@contextlib.contextmanager
+def running_sandbox(*args: str):
+    """`rmkit sandbox ARGS` in the background -> (process, its output lines so far, its SANDBOX json); killed at
+    the end if the test did not stop it."""
     proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
         wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, lines, json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+        yield proc, lines, json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
-    proc, lines, info = start_sandbox("--no-board", "--workdir", str(tmp_path / "sb"))
-    try:
+    with running_sandbox("--no-board", "--workdir", str(tmp_path / "sb")) as (proc, lines, info):
         assert info["pid"] == proc.pid
         api = ApiClient(info["cloud_url"])
         token = api.login(info["user"], info["password"])["accesstoken"]
@@ -72,10 +74,6 @@ def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
                        timeout=30, what=f"the mapping published after the {how} restart to be confirmed")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_sandbox_and_demo_refuse_to_empty_a_directory_they_did_not_make(tmp_path):
@@ -122,8 +120,7 @@ def test_provision_without_a_host_says_which_knob_to_give():
 def test_sandbox_over_ble_prints_a_line_that_provisions_its_board(tmp_path):
     """make sandbox TRANSPORT=ble: the SANDBOX line names the board's BLE device and radio instead of a SoftAP
     address, and the printed `rmkit provision` line, run as printed, maps the board to `confirmed`."""
-    proc, lines, info = start_sandbox("--transport", "ble", "--workdir", str(tmp_path / "sb"))
-    try:
+    with running_sandbox("--transport", "ble", "--workdir", str(tmp_path / "sb")) as (proc, lines, info):
         assert "softap" not in info
         assert info["ble_device"].startswith("PROV_") and info["ble_hci"].startswith("tcp-client:127.0.0.1:")
         start = next(i for i, line in enumerate(lines) if line.strip() == "try:")
@@ -135,10 +132,6 @@ def test_sandbox_over_ble_prints_a_line_that_provisions_its_board(tmp_path):
         assert info["passphrase"] not in result.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_provision_over_ble_needs_a_device_and_says_so():
