@@ -9,10 +9,20 @@ _IRQ_GATTS_READ_REQUEST reaches Python on an ESP32: its port runs BLE events syn
 (MICROPY_PY_BLUETOOTH_USE_SYNC_EVENTS in ports/esp32/mpconfigport.h), though MicroPython's documentation
 still says the event is STM32-only.
 
-The work is not done in the IRQ handler: on an ESP32 it runs in the BLE host task on a ~4 KiB stack,
-too small for protocomm and X25519. A write is queued and the main task (asyncio, `serve`) dispatches
-it; the read request that follows waits in the handler, sleeping, until the response is there. The host
-task waits meanwhile, as it does in ESP-IDF, whose handlers run synchronously in that task.
+Each request is served inside the write's IRQ handler, and the read that follows only returns what is
+already there, as ESP-IDF's protocomm_nimble computes its response in the write callback. The handler
+must never wait (docs/protocol.md 1.2): on an ESP32 it runs on the NimBLE host task, which is not a
+MicroPython thread (extmod/modbluetooth.c invoke_irq_handler, v1.24-v1.26), so a garbage collection by
+the main task never scans its stack (ports/esp32/gccollect.c, mpthreadport.c mp_thread_gc_others); a
+Python call whose state exceeds 11 words keeps it on the GC heap (py/objfun.c VM_MAX_STATE_ON_STACK), so
+a handler that released the GIL and blocked (a sleep, a print of more than 20 characters, a socket, a
+Wi-Fi scan or join) could have its own frames freed and reused under it. Holding the GIL from entry to
+return, the handler is the only Python running; a collection it triggers itself scans its own stack
+and every MicroPython thread's. So: no sleeping, log lines held for the main task (rmnode.log.hold), a
+Wi-Fi scan or join left to the main task (rmnode.prov, may_block=False). The price is stack: Python gets
+4 KiB of C stack there (CONFIG_BT_NIMBLE_TASK_STACK_SIZE 6144 in ports/esp32/boards/sdkconfig.ble, less
+1024 in mpconfigport.h and the 1024 stack-check margin), about ten Python call levels, which is why the
+handler calls protocomm directly and the Security 1 path is kept shallow.
 
 Bad input from a central costs that central an ATT error or its connection and one log line: a read
 before any write, a read of a response that failed, a second central while one is connected, a central
@@ -59,18 +69,6 @@ MTU = const(256)
 # 128-character user id and secret key, about 280 bytes; ESP-IDF's Bluedroid build takes 257.
 MAX_REQUEST = const(512)
 _ADV_INTERVAL_US = const(160000)  # 0x100 * 0.625 ms, as ESP-IDF's simple_ble
-# Sleep steps of the read handler's wait: two FreeRTOS ticks (10 ms each on an ESP32), so that sleep_ms
-# blocks with the GIL released; a shorter sleep busy-waits holding it (ports/esp32/mphalport.c).
-_WAIT_STEP_MS = const(20)
-# The longest a read waits for its response: a Wi-Fi scan blocks the interpreter for up to 3 s and a
-# Security 1 handshake costs a few seconds on an ESP32; a central's ATT transaction times out at 30 s.
-_WAIT_MS = const(25000)
-
-# An exchange's state: which characteristic was written, and whether its response is ready
-_NONE = const(0)
-_PENDING = const(1)
-_READY = const(2)
-
 # docs/protocol.md 1.2: the 16-bit ids of the fixed endpoints, 0xFF4F upwards in this order; other
 # endpoints get 0xFF54 upwards (sorted by name: MicroPython's dicts keep no insertion order)
 _FIXED = ("prov-ctrl", "prov-scan", "prov-session", "prov-config", "proto-ver")
@@ -105,9 +103,10 @@ def _advert(kind, payload):
 
 
 class ProvBleServer:
-    """Protocomm over GATT. `dispatch(session_id, endpoint, body) -> bytes` raises on failure (as
-    rmnode.prov.Provisioning.dispatch); `session_closed(session_id)` when a central's session ends.
-    `bluetooth` is the module to use (MicroPython's; a test may pass another)."""
+    """Protocomm over GATT. `dispatch(session_id, endpoint, body, may_block) -> bytes` raises on failure (as
+    rmnode.protocomm.Protocomm.dispatch; called here with may_block=False, from the IRQ handler);
+    `session_closed(session_id)` when a central's session ends. `bluetooth` is the module to use
+    (MicroPython's; a test may pass another)."""
 
     def __init__(self, name, service_uuid, endpoints, dispatch, session_closed, idle_s=60, bluetooth=None):
         self.name = name
@@ -123,13 +122,9 @@ class ProvBleServer:
         self._conn = None  # the connected central's handle
         self._session = 0  # its session id: a counter (NimBLE reuses connection handles)
         self._closed = []  # session ids whose central left, for the main task to close
-        # the current exchange; _seq tells a response from one a newer write replaced
-        self._seq = 0
-        self._handle = None
-        self._request = None
-        self._state = _NONE
-        self._code = 0
-        self._read = False  # whether the central read the ready response
+        self._handle = None  # the characteristic last written, whose response a read returns
+        self._code = 0  # that read's answer: 0, or the ATT error when the request failed
+        self._read = True  # whether the central read that response
         self._since = 0  # ticks of the central's last sign of life (connect, write, read)
         self._tasks = []
 
@@ -169,11 +164,12 @@ class ProvBleServer:
             if self._conn is not None:
                 self._conn = None
                 self._session_closed(self._session)
+            log.flush()
             log.info(_TAG, "stopped, radio off")
 
     def response_read(self):
         """Whether no response waits to be read: the central read the last one, or there is no central."""
-        return self._conn is None or self._state != _READY or self._read
+        return self._conn is None or self._read
 
     def _advertise(self):
         # Service UUID in the advertisement, name in the scan response (docs/protocol.md 1.2)
@@ -181,86 +177,75 @@ class ProvBleServer:
         self._ble.gap_advertise(_ADV_INTERVAL_US, _advert(0x01, b"\x06") + _advert(0x07, uuid),
                                 resp_data=_advert(0x09, self.name.encode()))
 
-    # -- IRQ handler: BLE host task, small stack; queue work, answer reads -------------------------
+    # -- IRQ handler: the BLE host task, GIL held throughout, ~4 KiB of stack; never waits ------------------
     def _irq(self, event, data):
         # An exception escaping the handler makes MicroPython drop the handler for good (extmod/modbluetooth.c):
         # the node would stop serving BLE. None is expected; if one comes, one line and the central gets an error.
+        log.hold()
         try:
-            return self._on_event(event, data)
+            if event == _IRQ_GATTS_WRITE:
+                if data[0] == self._conn and data[1] in self._names:
+                    self._serve_request(data[1])
+            elif event == _IRQ_GATTS_READ_REQUEST:
+                return self._answer_read(data[0], data[1])
+            elif event == _IRQ_CENTRAL_CONNECT:
+                self._connected(data[0])
+            elif event == _IRQ_CENTRAL_DISCONNECT:
+                self._disconnected(data[0])
         except Exception as e:
             log.error(_TAG, "BLE event %d failed: %s" % (event, type(e).__name__))
             return _ATT_UNLIKELY_ERROR if event == _IRQ_GATTS_READ_REQUEST else None
-
-    def _on_event(self, event, data):
-        if event == _IRQ_GATTS_WRITE:
-            conn, handle = data[0], data[1]
-            if conn == self._conn and handle in self._names:
-                request = self._ble.gatts_read(handle)
-                if request:  # ESP-IDF ignores an empty write
-                    self._seq += 1
-                    self._handle, self._request, self._state = handle, request, _PENDING
-                    self._since = time.ticks_ms()
-                    self._flag.set()
-        elif event == _IRQ_GATTS_READ_REQUEST:
-            if data[1] not in self._names:
-                return 0  # a descriptor: its endpoint name
-            if data[0] != self._conn:
-                return _ATT_UNLIKELY_ERROR
-            return self._await_response(data[1])
-        elif event == _IRQ_CENTRAL_CONNECT:
-            conn = data[0]
-            if self._conn is not None:
-                log.warning(_TAG, "second central refused: one at a time")
-                self._ble.gap_disconnect(conn)
-                return None
-            self._conn, self._session = conn, self._session + 1
-            self._handle, self._request, self._state = None, None, _NONE
-            self._since = time.ticks_ms()
-            log.info(_TAG, "central connected (session %d)" % self._session)
-        elif event == _IRQ_CENTRAL_DISCONNECT:
-            if data[0] == self._conn:
-                self._conn = None
-                self._handle, self._request, self._state = None, None, _NONE
-                self._closed.append(self._session)
-                self._flag.set()
-                log.info(_TAG, "central disconnected (session %d); advertising again" % self._session)
-                self._advertise()
+        finally:
+            log.unhold()
+            self._flag.set()  # the main task prints what was logged here, closes sessions
         return None
 
-    def _await_response(self, handle):
-        if handle != self._handle or self._state == _NONE:
+    def _serve_request(self, handle):
+        request = self._ble.gatts_read(handle)
+        if not request:  # ESP-IDF ignores an empty write
+            return
+        self._handle, self._read, self._since = handle, False, time.ticks_ms()
+        try:
+            response, self._code = self._dispatch(self._session, self._names[handle], request, False), 0
+        except Exception:  # protocomm logged why (one line); the central gets an ATT error on its read
+            response, self._code = b"", _ATT_INVALID_PDU  # what ESP-IDF's NimBLE transport answers a handler error
+        self._ble.gatts_write(handle, response)
+
+    def _answer_read(self, conn, handle):
+        if handle not in self._names:
+            return 0  # a descriptor: its endpoint name
+        if conn != self._conn:
+            return _ATT_UNLIKELY_ERROR
+        if handle != self._handle:
             log.warning(_TAG, "read of %s before any write refused" % self._names[handle])
             return _ATT_READ_NOT_PERMITTED
-        self._since = time.ticks_ms()
-        waited = 0
-        while self._state == _PENDING and handle == self._handle and waited < _WAIT_MS:
-            time.sleep_ms(_WAIT_STEP_MS)  # lets the main task run (the GIL is released while sleeping)
-            waited += _WAIT_STEP_MS
-        if handle != self._handle or self._state != _READY:
-            log.warning(_TAG, "no response from %s within %d ms" % (self._names[handle], waited))
-            return _ATT_UNLIKELY_ERROR
-        self._since = time.ticks_ms()
-        self._read = True
+        self._read, self._since = True, time.ticks_ms()
         return self._code
 
-    # -- main task: protocomm work, sessions, the idle watch ----------------------------------------
+    def _connected(self, conn):
+        if self._conn is not None:
+            log.warning(_TAG, "second central refused: one at a time")
+            self._ble.gap_disconnect(conn)
+            return
+        self._conn, self._session = conn, self._session + 1
+        self._handle, self._read, self._since = None, True, time.ticks_ms()
+        log.info(_TAG, "central connected (session %d)" % self._session)
+
+    def _disconnected(self, conn):
+        if conn != self._conn:
+            return
+        self._conn, self._handle, self._read = None, None, True
+        self._closed.append(self._session)
+        log.info(_TAG, "central disconnected (session %d); advertising again" % self._session)
+        self._advertise()
+
+    # -- main task: held log lines, sessions, the idle watch ------------------------------------------
     async def _serve(self):
         while True:
             await self._flag.wait()
+            log.flush()
             while self._closed:
                 self._session_closed(self._closed.pop(0))
-            if self._state != _PENDING:
-                continue
-            seq, handle, request, session = self._seq, self._handle, self._request, self._session
-            self._request = None
-            try:
-                response, code = self._dispatch(session, self._names[handle], request), 0
-            except Exception:  # protocomm logged why (one line); the central gets an ATT error on its read
-                response, code = b"", _ATT_INVALID_PDU  # what ESP-IDF's NimBLE transport answers a handler error
-            if seq == self._seq and session == self._session and self._ble is not None:
-                if not code:
-                    self._ble.gatts_write(handle, response)
-                self._code, self._read, self._state = code, False, _READY
 
     async def _watch(self):
         # One central at a time: a silent one (never sending, or never reading its response) must not
@@ -268,11 +253,10 @@ class ProvBleServer:
         while True:
             await asyncio.sleep_ms(500)
             conn = self._conn
-            if conn is None or self._state == _PENDING:
+            if conn is None:
                 continue
             if time.ticks_diff(time.ticks_ms(), self._since) > self.idle_ms:
                 log.warning(_TAG, "central silent for %d s%s (session %d): disconnecting"
-                            % (self.idle_ms // 1000, ", its response unread" if self._state == _READY and
-                               not self._read else "", self._session))
+                            % (self.idle_ms // 1000, "" if self._read else ", its response unread", self._session))
                 self._since = time.ticks_ms()
                 self._ble.gap_disconnect(conn)

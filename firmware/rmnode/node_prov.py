@@ -82,6 +82,9 @@ async def provision(node):
                                     endpoints=prov.endpoints)
             await server.start()
         if cfg.transport != "softap":
+            # a BLE client's ScanStart is answered from a scan already made (the IRQ handler cannot scan)
+            prov.scan_wanted = True
+            prov.run_deferred()
             uuid = cfg.ble_service_uuid or DEFAULT_SERVICE_UUID
             if not valid_service_uuid(uuid):
                 log.warning(_TAG, "ble_service_uuid %r is not a 128-bit UUID, using %s" % (uuid, DEFAULT_SERVICE_UUID))
@@ -95,12 +98,15 @@ async def provision(node):
     node.enter("provisioning", "service %s, security %d, %s" % (cfg.service_name, cfg.sec_ver, cfg.transport))
     try:
         while not joined():
-            await asyncio.sleep(_POLL_MS / 1000)
+            # a join or scan a BLE client asked for: at once, not after a poll interval
+            ran = prov.run_deferred()
+            await asyncio.sleep(0 if ran else (_STEP_MS if radio is not None else _POLL_MS) / 1000)
         # Keep serving until the client has been told "Connected" (Espressif's client polls every
         # 5 s), at most prov_linger_s; over BLE until the central has also read that answer; then a
         # moment more so that the last answer reaches it.
         waited_ms = 0
         while not prov.connected_reported and waited_ms < cfg.prov_linger_s * 1000:
+            prov.run_deferred()
             await asyncio.sleep(_POLL_MS / 1000)
             waited_ms += _POLL_MS
         waited_ms = 0

@@ -62,7 +62,8 @@ class Protocomm:
 
     `version` is (endpoint name, handler() -> version bytes; the request body is ignored, docs/protocol.md 2.2);
     `security_endpoint` names the handshake endpoint; `handlers` maps each secured endpoint to
-    `handler(session_id, plaintext) -> plaintext response`.
+    `handler(session_id, plaintext, may_block) -> plaintext response`; `may_block` is False when the request
+    came from a BLE IRQ handler, which must not block (rmnode.ble).
     At most `max_sessions` sessions are kept; a handshake on a new session id evicts the
     oldest (ESP-IDF keeps exactly one: a new client replaces the previous one, docs/protocol.md 1.1).
     `on_established(session_id)`, if given, is called each time a handshake completes, before its
@@ -99,10 +100,11 @@ class Protocomm:
         return session is not None and session[_DEAD] is None and session[_SECURITY].established
 
     # -- dispatch ------------------------------------------------------------------------------
-    def dispatch(self, session_id, endpoint, body):
-        """Serve one request; returns the response bytes or raises a ProtocommError."""
+    def dispatch(self, session_id, endpoint, body, may_block=True):
+        """Serve one request; returns the response bytes or raises a ProtocommError. may_block=False: the caller
+        is a BLE IRQ handler, so nothing may wait (a Wi-Fi scan or join is left to the main task)."""
         try:
-            return self._dispatch(session_id, endpoint, body)
+            return self._dispatch(session_id, endpoint, body, may_block)
         except ProtocommError as e:
             log.warning(_TAG, "%s (session %d): %s" % (endpoint, session_id, e))
             raise
@@ -111,7 +113,7 @@ class Protocomm:
             log.error(_TAG, "%s (session %d): internal error %s" % (endpoint, session_id, type(e).__name__))
             raise InternalError("internal error in %s: %s" % (endpoint, type(e).__name__))
 
-    def _dispatch(self, session_id, endpoint, body):
+    def _dispatch(self, session_id, endpoint, body, may_block):
         if endpoint == self._version_endpoint:
             return self._version_handler()
         if endpoint == self._security_endpoint:
@@ -131,7 +133,7 @@ class Protocomm:
         # From here on the keystream has advanced: any failure desynchronises the two sides
         # for good (docs/protocol.md 3.3 step 6), so the session dies with the request.
         try:
-            response = handler(session_id, request)
+            response = handler(session_id, request, may_block)
         except pb.DecodeError as e:
             session[_DEAD] = "bad request"
             raise BadRequest("undecodable request: %s" % e)

@@ -3,6 +3,12 @@ cloud_user_assoc, wired onto a Protocomm instance.
 
 Handlers dispatch on `msg` (proto3 default 0), never on which oneof member is present: the CLI
 sends ApplyConfig as `08 04` with no sub-message (docs/protocol.md 2.4).
+
+A request from a BLE IRQ handler (may_block=False) must not wait: on an ESP32 WLAN.scan() and
+WLAN.connect() release the GIL (ports/esp32/network_wlan.c, v1.24-v1.26), and a handler that lets the
+main task run can have its objects collected under it (docs/protocol.md 1.2). So there a scan answers
+from the last completed one and asks for a new one, and ApplyConfig starts the join through the main
+task, which runs what was asked in `run_deferred`.
 """
 
 try:
@@ -94,6 +100,12 @@ class Provisioning:
         self.connected_reported = False
         self._scan_results = []
         self._scan_done = False
+        # a scan the main task ran for a BLE client, served from that client's next ScanStart on (never
+        # swapped in while a client pages through results), and whether one is wanted
+        self._scan_staged = None
+        self.scan_wanted = False
+        self._apply_wanted = False  # ApplyConfig from a BLE client: the main task starts the join
+        self._apply_failed = False
         self._version = version_json(config.sec_ver, config.pop).encode()
 
         sec_ver, pop = config.sec_ver, config.pop
@@ -104,10 +116,29 @@ class Provisioning:
                                  on_session)
         self.protocomm = pc
 
+        # the transport contract: dispatch(session_id, endpoint, body, may_block=True) -> bytes, raising
+        # protocomm.ProtocommError on failure; protocomm's own, not a wrapper (one call level less on
+        # the BLE IRQ handler's 4 KiB stack)
+        self.dispatch = pc.dispatch
+
+    # -- work a BLE request left to the main task -------------------------------------------------------
+    def run_deferred(self):
+        """Main task: start the join or the scan a BLE client asked for. Returns whether it did anything."""
+        if self._apply_wanted:
+            self._apply_wanted = False
+            self._apply_failed = self._apply_config(True) != _STATUS_SUCCESS
+            return True
+        if self.scan_wanted:
+            self.scan_wanted = False
+            try:
+                self._scan_staged = self.station.scan()
+                log.info(_TAG, "scan found %d access points" % len(self._scan_staged))
+            except OSError as e:
+                log.error(_TAG, "scan failed: %s" % e)
+            return True
+        return False
+
     # -- transport contract --------------------------------------------------------------------
-    def dispatch(self, session_id, endpoint, body):
-        """Serve one request (bytes in, bytes out); raises protocomm.ProtocommError on failure."""
-        return self.protocomm.dispatch(session_id, endpoint, body)
 
     def session_closed(self, session_id):
         self.protocomm.session_closed(session_id)
@@ -118,7 +149,7 @@ class Provisioning:
         return self.protocomm.endpoints()
 
     # -- prov-config ---------------------------------------------------------------------------
-    def _config_handler(self, session_id, request):
+    def _config_handler(self, session_id, request, may_block):
         req = pb.decode(pb.WiFiConfigPayload, request)
         msg = req["msg"]
         if msg == _CONFIG_CMD_GET_STATUS:
@@ -129,7 +160,7 @@ class Provisioning:
             return pb.encode(pb.WiFiConfigPayload, {
                 "msg": _CONFIG_RESP_SET_CONFIG, "resp_set_config": {"status": status}})
         if msg == _CONFIG_CMD_APPLY_CONFIG:
-            status = self._apply_config()
+            status = self._apply_config(may_block)
             return pb.encode(pb.WiFiConfigPayload, {
                 "msg": _CONFIG_RESP_APPLY_CONFIG, "resp_apply_config": {"status": status}})
         raise protocomm.RequestRejected("prov-config: unsupported msg %d" % msg)
@@ -137,6 +168,11 @@ class Provisioning:
     def _get_status(self):
         if not self._applied:
             return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_DISCONNECTED}
+        if self._apply_wanted:  # the main task has yet to start the join
+            return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_CONNECTING}
+        if self._apply_failed:
+            return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_CONNECTION_FAILED,
+                    "fail_reason": wifi.FAIL_NETWORK_NOT_FOUND}
         st = self.station.status()
         resp = {"status": _STATUS_SUCCESS, "sta_state": st.state}
         if st.state == wifi.STA_CONNECTED:
@@ -168,10 +204,13 @@ class Provisioning:
         log.info(_TAG, "Wi-Fi credentials received for %s" % (log.shown(ssid),))
         return _STATUS_SUCCESS
 
-    def _apply_config(self):
+    def _apply_config(self, may_block):
         if self._wifi_config is None:
             log.warning(_TAG, "ApplyConfig without SetConfig")
             return _STATUS_INTERNAL_ERROR
+        if not may_block:
+            self._apply_wanted, self._apply_failed, self._applied = True, False, True
+            return _STATUS_SUCCESS
         ssid, passphrase, bssid = self._wifi_config
         try:
             self.station.connect(ssid, passphrase, bssid or None)
@@ -189,9 +228,17 @@ class Provisioning:
         return _STATUS_SUCCESS
 
     # -- prov-scan -----------------------------------------------------------------------------
-    def _scan_handler(self, session_id, request):
+    def _scan_handler(self, session_id, request, may_block):
         req = pb.decode(pb.WiFiScanPayload, request)
         msg = req["msg"]
+        if msg == _SCAN_CMD_START and not may_block:
+            # answered from the last scan the main task ran (rmnode.node_prov runs one before BLE starts),
+            # and a new one asked for, for this client's next start
+            if self._scan_staged is not None:
+                self._scan_results, self._scan_staged, self._scan_done = self._scan_staged, None, True
+            self.scan_wanted = True
+            return pb.encode(pb.WiFiScanPayload, {"msg": _SCAN_RESP_START, "status": _STATUS_SUCCESS,
+                                                  "resp_scan_start": {}})
         if msg == _SCAN_CMD_START:
             status = _STATUS_SUCCESS
             self._scan_done = False
@@ -225,7 +272,7 @@ class Provisioning:
         raise protocomm.RequestRejected("prov-scan: unsupported msg %d" % msg)
 
     # -- prov-ctrl -----------------------------------------------------------------------------
-    def _ctrl_handler(self, session_id, request):
+    def _ctrl_handler(self, session_id, request, may_block):
         req = pb.decode(pb.WiFiCtrlPayload, request)
         msg = req["msg"]
         if msg == _CTRL_CMD_RESET:
@@ -237,7 +284,7 @@ class Provisioning:
             else:
                 self.station.disconnect()
                 self._wifi_config = None
-                self._applied = False
+                self._applied = self._apply_wanted = self._apply_failed = False
                 log.info(_TAG, "Wi-Fi state reset, waiting for new credentials")
                 if self.on_reset is not None:
                     self.on_reset()
@@ -245,7 +292,7 @@ class Provisioning:
                                                   "resp_ctrl_reset": {}})
         if msg == _CTRL_CMD_REPROV:
             self._wifi_config = None
-            self._applied = False
+            self._applied = self._apply_wanted = self._apply_failed = False
             log.info(_TAG, "re-provisioning requested")
             if self.on_reprov is not None:
                 self.on_reprov()
@@ -253,7 +300,7 @@ class Provisioning:
         raise protocomm.RequestRejected("prov-ctrl: unsupported msg %d" % msg)
 
     # -- cloud_user_assoc ----------------------------------------------------------------------
-    def _user_mapping_handler(self, session_id, request):
+    def _user_mapping_handler(self, session_id, request, may_block):
         req = pb.decode(pb.RMakerConfigPayload, request)
         if req["msg"] != _MAPPING_CMD_SET_USER_MAPPING:
             return b""  # docs/protocol.md 4.2: other msg values get an empty OK reply

@@ -34,7 +34,7 @@ STA_DISCONNECTED = const(2)
 STA_CONNECTION_FAILED = const(3)
 # WifiConnectFailedReason
 _FAIL_AUTH_ERROR = const(0)
-_FAIL_NETWORK_NOT_FOUND = const(1)
+FAIL_NETWORK_NOT_FOUND = const(1)
 
 
 def _driver_arg(value):
@@ -139,12 +139,11 @@ class Wifi:
         return self._sta.isconnected()
 
     def status(self):
-        """A StationStatus from the station's real state."""
+        """A StationStatus from the station's real state. Never starts a join (is_connected() retries one the
+        driver refused): a BLE IRQ handler asks this, and WLAN.connect() must not run there (rmnode.prov)."""
         net = self._net
         if self._start_pending:
-            self._start()
-            if self._start_pending:
-                return StationStatus(STA_CONNECTING if self._joining else STA_DISCONNECTED)
+            return StationStatus(STA_CONNECTING if self._joining else STA_DISCONNECTED)
         code = self._sta.status()
         connecting = getattr(net, "STAT_CONNECTING", _STAT_CONNECTING)
         if code == getattr(net, "STAT_GOT_IP", _STAT_GOT_IP) or (code != connecting and self._sta.isconnected()):
@@ -161,7 +160,7 @@ class Wifi:
                         % (log.shown(self._ssid), code, "authentication" if auth else "network not found"))
         # NO_AP_FOUND, BEACON_TIMEOUT, ASSOC_FAIL, anything else: network not found, as ESP-IDF's
         # provisioning manager reports them
-        return StationStatus(STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR if auth else _FAIL_NETWORK_NOT_FOUND)
+        return StationStatus(STA_CONNECTION_FAILED, _FAIL_AUTH_ERROR if auth else FAIL_NETWORK_NOT_FOUND)
 
     def _config(self, key, default):
         try:
@@ -173,11 +172,10 @@ class Wifi:
         if not self._retry_forever:
             self._set_reconnects(-1)
         ip4_addr = self._sta.ifconfig()[0]
-        ssid = self._config("ssid", None)
-        if ssid is None:
-            ssid = self._ssid
-        elif isinstance(ssid, str):
-            ssid = ssid.encode("utf-8")
+        # The SSID we were given, never the driver's: the ESP32 port reads the station's 32-byte SSID field
+        # with strlen, so a 32-character SSID comes back with the passphrase appended (ports/esp32/network_wlan.c
+        # `config('ssid')`, v1.24-v1.26), and that would go out in the status reply.
+        ssid = self._ssid
         # The ESP32 port cannot report the joined AP's BSSID or auth mode: take them from the last
         # scan if it saw the SSID. No scan here: it would block the event loop for 1.5-3 s and take
         # the radio off the access point's channel while the provisioning client waits.

@@ -135,11 +135,26 @@ def test_a_busy_driver_refusing_connect_is_retried_not_raised():
 
     sta.connect = connect
     wifi.connect(b"home", b"pw123456")  # refused: no exception
-    equal(wifi.status().state, fwtest.STA_CONNECTING, "still connecting (second refusal)")
+    equal(wifi.status().state, fwtest.STA_CONNECTING, "connecting, not started yet")
+    equal(sta.calls, [("disconnect",)], "status() never retries: a BLE IRQ handler asks it")
+    check(not wifi.is_connected(), "second refusal")
     equal(sta.calls, [("disconnect",)], "not started yet")
     check(not wifi.is_connected(), "third try starts it")
     equal(sta.calls[-1], ("connect", "home", "pw123456", None), "started")
     equal(wifi.status().state, fwtest.STA_CONNECTING, "now the driver's own state")
+
+
+def test_the_status_reports_the_ssid_given_not_the_drivers():
+    # ports/esp32/network_wlan.c reads the station's 32-byte SSID field with strlen: a 32-character SSID
+    # comes back with the passphrase appended
+    net = FakeNetwork()
+    wifi = Wifi(net)
+    sta = net.WLAN(net.STA_IF)
+    ssid = b"S" * 32
+    wifi.connect(ssid, b"secret-passphrase")
+    sta.settings["ssid"] = (ssid + b"secret-passphrase").decode()
+    sta.code, sta.connected = net.STAT_GOT_IP, True
+    equal(wifi.status().ssid, ssid, "the SSID as given")
 
 
 def test_hidden_networks_are_left_out_of_the_scan():

@@ -33,6 +33,7 @@ def _network():
 def _wait(wifi, states, timeout_s=3):
     deadline = time.ticks_add(time.ticks_ms(), int(timeout_s * 1000))
     while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        wifi.is_connected()  # as the node's loops do: retries a join the driver refused (status() never does)
         st = wifi.status()
         if st.state in states:
             return st
