@@ -298,3 +298,78 @@ def test_handler_bug_becomes_internal_error():
     client = _sec1(node)
     e = raises(protocomm.InternalError, node.prov.dispatch, 7, "prov-config", client.crypt(b"\x52\x00"))
     check(isinstance(e, protocomm.ProtocommError), "a ProtocommError")
+
+
+def _from_irq(node):
+    """dispatch as the BLE IRQ handler calls it: nothing may wait (docs/protocol.md 1.2)."""
+    return lambda session_id, endpoint, body: node.prov.dispatch(session_id, endpoint, body, False)
+
+
+class CountingStation(FakeStation):
+    """A station whose join and scan must not be started from a BLE IRQ handler: it counts them."""
+
+    def __init__(self, scan_results=None):
+        FakeStation.__init__(self, scan_results)
+        self.scans = 0
+
+    def scan(self):
+        self.scans += 1
+        return FakeStation.scan(self)
+
+
+def test_from_the_irq_handler_apply_only_asks_the_main_task_to_join():
+    node = Node()
+    dispatch = _from_irq(node)
+    client = sec1_session(dispatch, 7, b"abcd1234")
+    config = lambda req: secured(dispatch, client, 7, "prov-config", pb.WiFiConfigPayload, req)
+    config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
+    equal(config({"msg": 4})["resp_apply_config"]["status"], 0, "ApplyConfig answered at once")
+    equal(node.station.joins, [], "WLAN.connect() not called in the handler")
+    equal(config({"cmd_get_status": {}})["resp_get_status"]["sta_state"], fwtest.STA_CONNECTING,
+          "Connecting while the main task has yet to start the join")
+    check(node.prov.run_deferred(), "the main task starts it")
+    equal(node.station.joins, [(b"home", b"pw123456", None)], "joined from the main task")
+    equal(node.events[-1], ("applied", b"home"), "the node told, from the main task")
+    check(not node.prov.run_deferred(), "nothing more to do")
+    equal(config({"cmd_get_status": {}})["resp_get_status"]["sta_state"], fwtest.STA_CONNECTING, "the driver's state")
+
+
+def test_from_the_irq_handler_a_join_that_cannot_start_reports_failure():
+    node = Node()
+    dispatch = _from_irq(node)
+    client = sec1_session(dispatch, 7, b"abcd1234")
+    config = lambda req: secured(dispatch, client, 7, "prov-config", pb.WiFiConfigPayload, req)
+
+    def refuse(ssid, passphrase, bssid=None):
+        raise OSError(5, "driver gone")
+
+    node.station.connect = refuse
+    config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
+    config({"msg": 4})
+    node.prov.run_deferred()
+    status = config({"cmd_get_status": {}})["resp_get_status"]
+    equal((status["sta_state"], status["fail_reason"]), (fwtest.STA_CONNECTION_FAILED, 1), "failed, not Connecting forever")
+
+
+def test_from_the_irq_handler_a_scan_start_is_answered_from_the_last_scan():
+    aps = [{"ssid": b"home", "bssid": b"\x02" * 6, "channel": 6, "rssi": -40, "auth": 3}]
+    node = Node()
+    node.prov.station = node.station = CountingStation(aps)
+    node.prov.scan_wanted = True
+    node.prov.run_deferred()  # as the node does before it starts advertising
+    equal(node.station.scans, 1, "one scan before BLE")
+    dispatch = _from_irq(node)
+    client = sec1_session(dispatch, 7, b"abcd1234")
+    scan = lambda req: secured(dispatch, client, 7, "prov-scan", pb.WiFiScanPayload, req)
+    equal(scan({"msg": 0, "cmd_scan_start": {"blocking": True}})["status"], 0, "started")
+    equal(node.station.scans, 1, "no WLAN.scan() in the handler")
+    status = scan({"msg": 2, "cmd_scan_status": {}})["resp_scan_status"]
+    equal((status["scan_finished"], status["result_count"]), (True, 1), "finished at once, as a blocking start")
+    equal(scan({"msg": 4, "cmd_scan_result": {"start_index": 0, "count": 1}})["resp_scan_result"]["entries"], aps,
+          "the entries")
+    node.station.scan_results = aps + [{"ssid": b"cafe", "bssid": b"\x03" * 6, "channel": 1, "rssi": -70, "auth": 0}]
+    check(node.prov.run_deferred(), "the main task scans again for the next start")
+    equal(scan({"msg": 2, "cmd_scan_status": {}})["resp_scan_status"]["result_count"], 1,
+          "never swapped under a client paging through results")
+    scan({"msg": 0, "cmd_scan_start": {}})
+    equal(scan({"msg": 2, "cmd_scan_status": {}})["resp_scan_status"]["result_count"], 2, "the newer scan from its next start")
