@@ -62,7 +62,8 @@ def main() -> int:
     result = measure(args.runs, print)
     median = statistics.median(result["sign_ms"])
     low, high = result["slowdown"]["range"]
-    print(f"sign(): median {median:.2f} ms on the unix port (runs: {', '.join(f'{ms:.2f}' for ms in result['sign_ms'])}); "
+    runs = ", ".join(f"{ms:.2f}" for ms in result["sign_ms"])
+    print(f"sign(): median {median:.2f} ms on the unix port (runs: {runs}); "
           f"ESP32 estimate {median * PLANNING_SLOWDOWN / 1000:.2f} s at {PLANNING_SLOWDOWN}x "
           f"({median * low / 1000:.2f}-{median * high / 1000:.2f} s at {low}-{high}x)")
     print(f"import rmnode.p256: {result['import_bytes']} bytes of GC heap kept, the comb table {result['table_bytes']} "
