@@ -217,7 +217,8 @@ def _mul_base(k):
     table = _COMB
     x, y, z = 0, 1, 0  # z = 0: the point at infinity
     for column_byte in range(7, -1, -1):
-        quarter0 = digits[31 - column_byte]  # bits 8 column_byte.. of k's lowest quarter
+        # bits 8 column_byte to 8 column_byte + 7 of each quarter, lowest quarter first (big-endian)
+        quarter0 = digits[31 - column_byte]
         quarter1 = digits[23 - column_byte]
         quarter2 = digits[15 - column_byte]
         quarter3 = digits[7 - column_byte]
@@ -256,9 +257,10 @@ def _add_affine(x1, y1, z1, x2, y2):
     h = x2 * zz % p - x1  # both reduced: h = 0 exactly when the x coordinates are equal
     r = y2 * (z1 * zz % p) % p - y1
     if not h:
-        # Equal x needs the sum so far sG = +-mG, the table point. Not for 0 < k < n: before column 0,
-        # s and m have disjoint bits and s + m < n; in column 0, s + m = k, and s = m would make
-        # k = 2m, whose column-0 bits are 0, not m's.
+        # Equal x needs the sum so far sG = +-mG, m the table point's scalar: s = +-m (mod n). Not for
+        # 0 < k < n. Before column 0, s and m are non-zero with disjoint bits and s + m < n. In
+        # column 0, s + m = k < n: s = m would make k = 2m, whose column-0 bits are 0, not m's, and
+        # s = -m would make k = 0.
         raise ArithmeticError("P-256 comb added a point to itself or its negative")
     hh = h * h % p
     hhh = h * hh % p
