@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from rmkit.pki import Pki
 from rmnode import p256
 from rmnode.p256_key import KeyFormatError, private_key_from_der
 from support.paths import FW_UNIT
@@ -135,6 +136,18 @@ def test_sign_calls_at_most_three_levels_deep():
     finally:
         sys.setprofile(None)
     assert deepest[0] - 1 <= 3, f"sign() calls {deepest[0] - 1} levels deep"
+
+
+def test_a_node_signs_a_challenge_its_certificate_verifies(tmp_path: Path):
+    # what the cloud's .../mapping/verify will do (docs/protocol.md 7.1): the node's key as rmkit pki
+    # writes it onto the board, the signature checked with the node certificate's public key
+    node = Pki(tmp_path / "pki").node_identity("A1B2C3D4E5F6")
+    d = private_key_from_der(node.key_der.read_bytes())
+    certificate_key = node.certificate().public_key()
+    challenge = bytes.fromhex("6c2b0f0e5f3a4d8e9b7a1c2d3e4f5061")
+    certificate_key.verify(p256.sign(d, challenge), challenge, ec.ECDSA(hashes.SHA256()))
+    assert p256.public_key(d) == certificate_key.public_bytes(serialization.Encoding.X962,
+                                                              serialization.PublicFormat.UncompressedPoint)
 
 
 def test_keys_cryptography_writes_are_read_in_both_formats():
