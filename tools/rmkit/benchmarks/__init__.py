@@ -4,6 +4,7 @@ the unix-port runners they share with the tests (which may use what is here; not
 MicroPython scripts (run by the unix port with firmware/ and this folder on MICROPYPATH; also valid CPython):
   sec1.py              device-side Security 1 handshake and secured requests, median of 20 sessions
   crypto.py            X25519, AES-CTR per KiB and the Security 1 handshake on the node's own code
+  p256_sign.py         P-256 signing (rmnode.p256): sign() timings, import heap, garbage and C stack per signature
   stack_workload.py    a representative firmware workload (provisioning session with bad requests, MQTT codec,
                        mapping payloads) for the deepest-C-stack bisection (stack_depth.py)
   esp32_stack.py       runs a function on no more C stack than an ESP32 gives MicroPython (15 KiB)
@@ -19,6 +20,7 @@ CPython:
                        is its load process)
   deploy_timing.py     deploy beside `mpremote cp -r` at 115200 baud (row 5)
   crypto_timing.py     runs crypto.py and gives the ESP32 estimate with its basis (row 6)
+  p256_timing.py       runs p256_sign.py on the deployed .mpy, with an ESP32 estimate (no row yet; runnable alone)
   stack_depth.py       the firmware's deepest C stack use
 """
 
