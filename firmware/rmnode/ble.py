@@ -19,8 +19,8 @@ a handler that released the GIL and blocked (a sleep, a print of more than 20 ch
 Wi-Fi scan or join) could have its own frames freed and reused under it. Holding the GIL from entry to
 return, the handler is the only Python running (the VM's periodic GIL hand-over is skipped while the
 scheduler is locked, py/vm.c, and invoke_irq_handler locks it, mp_sched_lock); a collection it triggers
-itself scans its own stack and every MicroPython thread's. So: no sleeping, log lines held for the main task (rmnode.log.hold), a
-Wi-Fi scan or join left to the main task (rmnode.prov, may_block=False). The price is stack: Python gets
+itself scans its own stack and every MicroPython thread's. So: no sleeping, log lines held for the main
+task (HeldLines), a Wi-Fi scan or join left to the main task (rmnode.prov, may_block=False). The price is stack: Python gets
 4 KiB of C stack there (CONFIG_BT_NIMBLE_TASK_STACK_SIZE 6144 in ports/esp32/boards/sdkconfig.ble, less
 1024 in mpconfigport.h and the 1024 stack-check margin), about ten Python call levels, which is why the
 handler calls protocomm directly and the Security 1 path is kept shallow.
@@ -46,6 +46,12 @@ except ImportError:  # CPython, for host-side unit tests
         return value
 
 from rmnode import log
+
+try:
+    from _thread import get_ident
+except ImportError:  # a port without threads runs no IRQ handler on another task
+    def get_ident():
+        return 0
 
 _TAG = const("ble")
 
@@ -103,6 +109,53 @@ def _advert(kind, payload):
     return bytes((len(payload) + 1, kind)) + payload
 
 
+class HeldLines:
+    """The lines the IRQ handler logs, held for the main task to print (rmnode.log's sink): on an ESP32 printing
+    more than 20 characters releases the GIL (ports/esp32/mphalport.c mp_hal_stdout_tx_strn,
+    MICROPY_PY_STRING_TX_GIL_THRESHOLD in mpconfigport.h, v1.24-v1.26) and waits on the UART. A ring that the
+    handler's thread fills and the main task empties: one writer, one reader, so no lock is needed (the unix
+    port runs both at once). Allocated once; lines beyond it are counted, not kept."""
+
+    def __init__(self, size=12):
+        self._lines = [None] * size
+        self._in = 0  # lines written so far: the holder alone moves it
+        self._out = 0  # lines printed so far: flush alone moves it
+        self._lost = 0
+        self._holder = None  # the thread whose lines are held, while it holds
+
+    def hold(self):
+        self._holder = get_ident()
+
+    def unhold(self):
+        self._holder = None
+
+    def take(self, line):
+        if self._holder is None or self._holder != get_ident():
+            return False
+        size = len(self._lines)
+        if line is None or self._in - self._out >= size:
+            self._lost += 1
+        else:
+            self._lines[self._in % size] = line
+            self._in += 1
+        return True
+
+    def flush(self):
+        """Main task: print the held lines, in order. Returns how many it printed."""
+        printed = 0
+        size = len(self._lines)
+        while self._out != self._in:
+            slot = self._out % size
+            line, self._lines[slot] = self._lines[slot], None
+            self._out += 1
+            print(line)
+            printed += 1
+        if self._lost:
+            lost, self._lost = self._lost, 0
+            print("log: %d lines dropped while held" % lost)
+        return printed
+
+
 class ProvBleServer:
     """Protocomm over GATT. `dispatch(session_id, endpoint, body, may_block) -> bytes` raises on failure (as
     rmnode.protocomm.Protocomm.dispatch; called here with may_block=False, from the IRQ handler);
@@ -128,6 +181,7 @@ class ProvBleServer:
         self._read = True  # whether the central read that response
         self._since = 0  # ticks of the central's last sign of life (connect, write, read)
         self._tasks = []
+        self._held = HeldLines()
 
     # -- lifecycle (main task) ------------------------------------------------------------------
     async def start(self):
@@ -148,6 +202,7 @@ class ProvBleServer:
             ble.gatts_set_buffer(value_handle, MAX_REQUEST)
             self._names[value_handle] = name
         self._ble = ble
+        log.sink = self._held.take
         ble.irq(self._irq)
         self._advertise()
         self._tasks = [asyncio.create_task(self._serve()), asyncio.create_task(self._watch())]
@@ -165,7 +220,8 @@ class ProvBleServer:
             if self._conn is not None:
                 self._conn = None
                 self._session_closed(self._session)
-            log.flush()
+            log.sink = None
+            self._held.flush()
             log.info(_TAG, "stopped, radio off")
 
     def response_read(self):
@@ -182,7 +238,7 @@ class ProvBleServer:
     def _irq(self, event, data):
         # An exception escaping the handler makes MicroPython drop the handler for good (extmod/modbluetooth.c):
         # the node would stop serving BLE. None is expected; if one comes, one line and the central gets an error.
-        log.hold()
+        self._held.hold()
         try:
             if event == _IRQ_GATTS_WRITE:
                 if data[0] == self._conn and data[1] in self._names:
@@ -197,7 +253,7 @@ class ProvBleServer:
             log.error(_TAG, "BLE event %d failed: %s" % (event, type(e).__name__))
             return _ATT_UNLIKELY_ERROR if event == _IRQ_GATTS_READ_REQUEST else None
         finally:
-            log.unhold()
+            self._held.unhold()
             self._flag.set()  # the main task prints what was logged here, closes sessions
         return None
 
@@ -244,7 +300,7 @@ class ProvBleServer:
     async def _serve(self):
         while True:
             await self._flag.wait()
-            log.flush()
+            self._held.flush()
             while self._closed:
                 self._session_closed(self._closed.pop(0))
 

@@ -4,20 +4,12 @@ appear in a line (`shown`).
 
 Never pass secret keys, PoPs, private keys or Wi-Fi passphrases to these functions.
 
-Lines logged inside a BLE IRQ handler are held (`hold`/`unhold`) and printed later by the main task
-(`flush`): on an ESP32 printing more than 20 characters releases the GIL (ports/esp32/mphalport.c
-mp_hal_stdout_tx_strn, MICROPY_PY_STRING_TX_GIL_THRESHOLD in mpconfigport.h, v1.24-v1.26) and blocks on
-the UART, so the main task would run and could collect garbage the handler, on the NimBLE task whose
-stack the collector never scans, still uses (docs/protocol.md 1.2).
+`sink`, when set, is offered each line first: the BLE transport holds the lines its IRQ handler logs and
+prints them from the main task (rmnode.ble, docs/protocol.md 1.2: printing more than 20 characters
+releases the GIL on an ESP32). Kept that small here: this module is loaded in every phase.
 """
 
 import time
-
-try:
-    from _thread import get_ident
-except ImportError:  # a port without threads runs no IRQ handler on another task
-    def get_ident():
-        return 0
 
 try:
     from micropython import const
@@ -47,43 +39,7 @@ else:
         return a - b
 
 _t0 = ticks_ms()
-
-# Held lines: a ring the handler's thread fills and the main task empties (one writer, one reader, so no
-# lock: the unix port runs both at once). Allocated once; lines beyond it are counted, not kept.
-_HELD_MAX = const(12)
-_held = [None] * _HELD_MAX
-_held_in = 0    # lines written by the holder so far (the holder alone moves it)
-_held_out = 0   # lines printed by flush() so far (flush alone moves it)
-_held_lost = 0
-_holder = None  # the thread whose lines are held, while it holds
-
-
-def hold():
-    """From now on, lines this thread logs are held until `unhold`, for `flush` to print."""
-    global _holder
-    _holder = get_ident()
-
-
-def unhold():
-    global _holder
-    _holder = None
-
-
-def flush():
-    """Print the held lines (main task). Returns how many it printed."""
-    global _held_out, _held_lost
-    printed = 0
-    while _held_out != _held_in:
-        slot = _held_out % _HELD_MAX
-        line, _held[slot] = _held[slot], None
-        _held_out += 1
-        if line is not None:
-            print(line)
-            printed += 1
-    if _held_lost:
-        lost, _held_lost = _held_lost, 0
-        print("log: %d lines dropped while held" % lost)
-    return printed
+sink = None  # callable(line) -> True when it took the line (None: the line could not be formatted)
 
 
 def shown(value):
@@ -98,23 +54,15 @@ def shown(value):
 
 
 def _emit(severity, tag, msg):
-    global _held_in, _held_lost
     if severity <= level:
         try:
             line = "%s (%d) %s: %s" % ("?EWID"[severity], ticks_diff(ticks_ms(), _t0), tag, msg)
         except MemoryError:
             line = None
-        if _holder is not None and _holder == get_ident():
-            if _held_in - _held_out >= _HELD_MAX or line is None:
-                _held_lost += 1
-            else:
-                _held[_held_in % _HELD_MAX] = line
-                _held_in += 1
-        elif line is None:
-            # a log line must never be what takes the node down; say so without allocating
-            print("log: line dropped (out of memory)")
-        else:
-            print(line)
+        if sink is not None and sink(line):
+            return
+        # a log line must never be what takes the node down; say so without allocating
+        print(line if line is not None else "log: line dropped (out of memory)")
 
 
 def debug(tag, msg):

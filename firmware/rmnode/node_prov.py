@@ -73,7 +73,7 @@ async def provision(node):
 
     # the mapping is persisted before cloud_user_assoc answers (upstream keeps it in RAM only; docs/protocol.md 4.2)
     prov = Provisioning(cfg, wifi, node.mapping.set_pending, on_wifi_config_applied=on_wifi_config_applied,
-                        on_reset=on_prov_reset, on_session=on_session)
+                        on_reset=on_prov_reset, on_session=on_session, **_user_mapping(cfg))
     server = radio = None
     try:
         if cfg.transport != "ble":
@@ -120,6 +120,36 @@ async def provision(node):
             await server.wait_closed()
         # no unloading needed: the node reboots right after this (rmnode.node.Node.run)
         log.info(_TAG, "provisioning stopped")
+
+
+def _user_mapping(cfg):
+    """Provisioning's keyword arguments for the user mapping the settings ask for (docs/protocol.md 7.1): the
+    ch_resp endpoint, with the node's key loaded here in the main task, and/or cloud_user_assoc. Without a
+    usable key the node serves cloud_user_assoc alone, whatever the setting, so that it can still be mapped."""
+    mode = cfg.user_mapping
+    if mode is None:
+        mode = "both"  # ch_resp advertised, cloud_user_assoc still served
+    elif mode not in ("both", "ch_resp", "secret"):
+        log.warning(_TAG, "user_mapping %r is not both, ch_resp or secret, using both" % (mode,))
+        mode = "both"
+    if mode == "secret":
+        return {"chal_resp": None, "secret_mapping": True}
+    import rmnode
+    import sys
+    from rmnode.p256_key import KeyUnusable, load_key
+
+    try:
+        private_key = load_key(cfg.key_path)
+    except KeyUnusable as e:
+        log.warning(_TAG, "challenge-response not offered (%s); cloud_user_assoc only" % e)
+        return {"chal_resp": None, "secret_mapping": True}
+    finally:
+        # the key reader's ~5 KB of heap is needed once: unloaded again for the rest of provisioning
+        sys.modules.pop("rmnode.p256_key", None)
+        rmnode.__dict__.pop("p256_key", None)
+    from rmnode.chal_resp import ChallengeResponse
+
+    return {"chal_resp": ChallengeResponse(cfg.node_id, private_key), "secret_mapping": mode == "both"}
 
 
 def _stop(wifi, server, radio):

@@ -145,3 +145,21 @@ def _oid_name(oid):
         if names[i] == dotted:
             return "%s (%s)" % (dotted, names[i + 1])
     return dotted
+
+
+class KeyUnusable(Exception):
+    """The node's key cannot sign (missing, unreadable, not P-256); the message says why, never the key."""
+
+
+def load_key(key_path):
+    """The P-256 scalar from the node's DER key file (PKCS#8 or SEC1), or KeyUnusable."""
+    if not key_path:
+        raise KeyUnusable("no key in the factory data")
+    try:
+        with open(key_path, "rb") as f:
+            der = f.read()
+        return private_key_from_der(der)
+    except OSError as e:
+        raise KeyUnusable("key %s not readable (%s)" % (key_path, e))
+    except KeyFormatError as e:
+        raise KeyUnusable("key %s: %s" % (key_path, e))

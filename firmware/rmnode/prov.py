@@ -1,5 +1,5 @@
-"""Provisioning endpoints (docs/protocol.md 2): proto-ver, prov-session, prov-config, prov-scan, prov-ctrl and
-cloud_user_assoc, wired onto a Protocomm instance.
+"""Provisioning endpoints (docs/protocol.md 2): proto-ver, prov-session, prov-config, prov-scan, prov-ctrl, and
+the user mapping's cloud_user_assoc and/or ch_resp (rmnode.chal_resp), wired onto a Protocomm instance.
 
 Handlers dispatch on `msg` (proto3 default 0), never on which oneof member is present: the CLI
 sends ApplyConfig as `08 04` with no sub-message (docs/protocol.md 2.4).
@@ -61,8 +61,9 @@ _MAX_PASSPHRASE = const(64)
 _MAX_SCAN_PAGE = const(100)  # the CLI's page size on SoftAP (docs/protocol.md 2.3)
 
 
-def version_json(sec_ver, pop):
-    """The proto-ver reply (docs/protocol.md 2.2); never advertises claim or ch_resp."""
+def version_json(sec_ver, pop, ch_resp=False):
+    """The proto-ver reply (docs/protocol.md 2.2); `rmaker_extra` with the ch_resp capability first when the node
+    offers challenge-response (docs/protocol.md 7.1), as upstream orders it; never claim."""
     caps = []
     if sec_ver == 0:
         caps.append('"no_sec"')
@@ -70,7 +71,8 @@ def version_json(sec_ver, pop):
         caps.append('"no_pop"')
     caps.append('"wifi_scan"')
     # "v1.1": ESP-IDF wifi_provisioning's version string (docs/protocol.md 2.2)
-    return '{"prov":{"ver":"v1.1","sec_ver":%d,"cap":[%s]}}' % (sec_ver, ",".join(caps))
+    return '{%s"prov":{"ver":"v1.1","sec_ver":%d,"cap":[%s]}}' % (
+        '"rmaker_extra":{"ver":"1.0","cap":["ch_resp"]},' if ch_resp else "", sec_ver, ",".join(caps))
 
 
 class Provisioning:
@@ -84,10 +86,12 @@ class Provisioning:
     on_reset(): after prov-ctrl reset. on_reprov(): after prov-ctrl reprov.
     on_session(session_id): a new protocomm session's handshake completed (a new client, or one starting over);
         if it raises, that session is unusable.
+    chal_resp: an rmnode.chal_resp.ChallengeResponse to serve `ch_resp` and advertise it, or None.
+    secret_mapping: whether to serve cloud_user_assoc (the secret-key flow).
     """
 
     def __init__(self, config, station, on_user_mapping, on_wifi_config_applied=None, on_reset=None,
-                 on_reprov=None, max_sessions=1, on_session=None):
+                 on_reprov=None, max_sessions=1, on_session=None, chal_resp=None, secret_mapping=True):
         self.config = config
         self.station = station
         self.on_user_mapping = on_user_mapping
@@ -106,14 +110,17 @@ class Provisioning:
         self.scan_wanted = False
         self._apply_wanted = False  # ApplyConfig from a BLE client: the main task starts the join
         self._apply_failed = False
-        self._version = version_json(config.sec_ver, config.pop).encode()
+        self._version = version_json(config.sec_ver, config.pop, chal_resp is not None).encode()
 
         sec_ver, pop = config.sec_ver, config.pop
+        handlers = {"prov-config": self._config_handler, "prov-scan": self._scan_handler,
+                    "prov-ctrl": self._ctrl_handler}
+        if secret_mapping:
+            handlers["cloud_user_assoc"] = self._user_mapping_handler
+        if chal_resp is not None:
+            handlers["ch_resp"] = chal_resp.handle
         pc = protocomm.Protocomm(lambda: security.new_session(sec_ver, pop), ("proto-ver", lambda: self._version),
-                                 "prov-session", {"prov-config": self._config_handler, "prov-scan": self._scan_handler,
-                                                  "prov-ctrl": self._ctrl_handler,
-                                                  "cloud_user_assoc": self._user_mapping_handler}, max_sessions,
-                                 on_session)
+                                 "prov-session", handlers, max_sessions, on_session)
         self.protocomm = pc
 
         # the transport contract: dispatch(session_id, endpoint, body, may_block=True) -> bytes, raising

@@ -131,10 +131,12 @@ class FakeStation:
 
 
 class FakeConfig:
-    def __init__(self, sec_ver=1, pop="abcd1234", node_id="node-1"):
+    def __init__(self, sec_ver=1, pop="abcd1234", node_id="node-1", user_mapping="secret", key_path=None):
         self.sec_ver = sec_ver
         self.pop = pop
         self.node_id = node_id
+        self.user_mapping = user_mapping
+        self.key_path = key_path
 
 
 def sec1_session(dispatch, session_id, pop):
