@@ -542,3 +542,39 @@ def test_rmkit_cloud_serve_checks_with_its_pki(cloud_process_factory, node_pki):
     assert api.verify_mapping(token, answer["request_id"], NODE_A, signature).status == 200
     assert api.nodes(token) == [NODE_A]
     assert token not in cloud.log_text()
+
+
+# ------------------------------------------------------------------------------------ the documented example
+
+def test_the_example_of_docs_protocol_7_1_holds():
+    """Every value of the worked example in docs/protocol.md 7.1, recomputed: key, digest, deterministic
+    signature, wire bytes; and the cloud's check takes that signature."""
+    import hashlib
+
+    from support.paths import REPO_ROOT
+    from rmkit.cloud.node_signature import signature_verifies
+    from rmkit.proto import pb
+
+    doc = (REPO_ROOT / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("### 7.1"):doc.index("### 7.2")]
+    d = int.from_bytes(hashlib.sha256(b"rmkit docs/protocol.md 7.1 example node key").digest(), "big") % P256_ORDER
+    key = ec.derive_private_key(d, ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    challenge = "q3Vd0Wk7hT2bXcNf9LmZsY8rAe1GuJpO4iKtH6vBwQx5Cy-Dz_EaSgRoUnMlIjPF"
+    signature = key.sign(challenge.encode(), ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    command = pb.RMakerChRespPayload(msg=pb.RMakerChRespMsgType.TypeCmdChallengeResponse)
+    command.cmdChallengeResponsePayload.payload = challenge.encode()
+    response = pb.RMakerChRespPayload(msg=pb.RMakerChRespMsgType.TypeRespChallengeResponse)
+    response.respChallengeResponsePayload.payload = signature
+    response.respChallengeResponsePayload.node_id = "A0B1C2D3E4F5"
+    for value in (f"{d:064x}", public.hex(), challenge, hashlib.sha256(challenge.encode()).hexdigest(),
+                  signature.hex()):
+        assert f"`{value}`" in section, value
+    assert command.SerializeToString() == bytes.fromhex("52420a40") + challenge.encode()
+    wire = response.SerializeToString().hex()
+    assert wire == "08015a570a47" + signature.hex() + "120c413042314332443345344635"
+    _, s = utils.decode_dss_signature(signature)
+    assert s > P256_ORDER // 2  # "its S is high"
+    assert signature_verifies(key.public_key(), challenge.encode(), signature)
+    for status, name in ((2, "InvalidParam"), (3, "Disabled")):
+        assert pb.RMakerChRespPayload(msg=1, status=status).SerializeToString().hex() in section
