@@ -209,7 +209,8 @@ def test_tags_and_metadata_are_taken_as_esp_rainmaker_cli_sends_them(cloud):
 
 def test_upper_case_hex_is_taken_too(cloud):
     answer = cloud.initiate()
-    assert cloud.verify(answer["request_id"], NODE_A, cloud.sign(NODE_A, answer["challenge"]).upper()).status_code == 200
+    upper = cloud.sign(NODE_A, answer["challenge"]).upper()
+    assert cloud.verify(answer["request_id"], NODE_A, upper).status_code == 200
 
 
 def test_a_high_s_signature_is_taken(cloud):
@@ -364,6 +365,12 @@ def test_an_oversize_field_is_refused(cloud, field, value):
 def test_an_oversize_body_is_refused(cloud):
     response = cloud.post(VERIFY, {"request_id": "r", "node_id": NODE_A, "challenge_response": "30", "x": "y" * 20000})
     assert_refused(response, 413, 100413)
+
+
+def test_every_refusal_has_its_http_answer():
+    from rmkit.cloud.api import challenges
+
+    assert set(challenges._REFUSALS) == set(ChallengeRefused.KINDS)
 
 
 # ----------------------------------------------------------------------------------- the node registry

@@ -151,8 +151,8 @@ def test_provision_by_challenge_response_maps_the_node_without_put_or_poll(ch_re
     assert "user mapping by challenge-response (the node offers ch_resp)" in err
     assert f"node {NODE_ID} added to alice@example.com's account by challenge-response" in err
     requests = [line for line in caplog.messages if line.startswith(("POST /v1", "PUT /v1", "GET /v1"))]
-    assert [line.split(" -> ")[0] for line in requests] == [
-        "POST /v1/login2", "POST /v1/user/nodes/mapping/initiate", "POST /v1/user/nodes/mapping/verify"]  # no PUT, no poll
+    assert [line.split(" -> ")[0] for line in requests] == [  # no PUT, no poll
+        "POST /v1/login2", "POST /v1/user/nodes/mapping/initiate", "POST /v1/user/nodes/mapping/verify"]
     with pki_cloud_service.storage.read() as tx:
         alice_id = tx.user_by_email("alice@example.com").user_id
         assert tx.user_nodes_page(alice_id, None, 10) == [NODE_ID]

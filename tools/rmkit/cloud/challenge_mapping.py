@@ -1,4 +1,4 @@
-"""Challenge-response user-node mapping (docs/protocol.md 7.1): issue a challenge, check the node's signature of it, map.
+"""Challenge-response user-node mapping (docs/protocol.md 7.1): issue a challenge, check the node's signature, map.
 
 `initiate` gives the token's user a fresh challenge bound to a new request id, open for the timeout
 the client asked for (at most MAX_LIFETIME_S). `verify` maps the node to that user when the

@@ -1,4 +1,4 @@
-"""Does a node's challenge signature verify with its public key? The checks RainMaker's cloud makes (docs/protocol.md 7.1).
+"""Does a node's challenge signature verify with its public key? RainMaker's cloud's checks (docs/protocol.md 7.1).
 
 The node signs SHA-256 of the challenge's bytes with the private key of its MQTT client certificate
 (esp-rainmaker, `esp_rmaker_node_auth.c`): an EC P-256 key gives an ASN.1 DER ECDSA signature, an
