@@ -19,7 +19,7 @@ from support.fixtures_cloud import PASSWORD, db_snapshot
 PUBLIC_V1 = {("POST", "/v1/login2")}  # where tokens come from
 # a body each view would act on if it ran: a guard that lets it through changes storage
 ACTIONABLE_BODY = {"operation": "add", "node_id": "N1", "secret_key": "k", "user_name": "alice@example.com",
-                   "password": PASSWORD}
+                   "password": PASSWORD, "timeout": 360}
 
 NO_TOKEN = {"status": "failure", "error_code": 101010, "description": "missing Authorization header (access token)"}
 NOT_A_TOKEN = {"status": "failure", "error_code": 101011,
@@ -53,7 +53,8 @@ def cloud(tmp_path):
 
 def test_the_route_lists_are_not_stale(cloud):
     assert PUBLIC_V1 <= v1_routes(cloud.app)
-    assert len(cloud.guarded_routes()) == 5  # logout2, user, user/nodes, mapping PUT and GET
+    # logout2, user, user/nodes, mapping PUT and GET, mapping/initiate and mapping/verify
+    assert len(cloud.guarded_routes()) == 7
 
 
 @pytest.mark.parametrize("headers, status, body", [

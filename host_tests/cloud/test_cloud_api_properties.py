@@ -19,9 +19,10 @@ from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.storage import SqliteStorage
 
 ENDPOINTS = [("GET", "/apiversions"), ("POST", "/v1/login2"), ("POST", "/v1/logout2"), ("GET", "/v1/user"),
-             ("GET", "/v1/user/nodes"), ("PUT", "/v1/user/nodes/mapping"), ("GET", "/v1/user/nodes/mapping")]
+             ("GET", "/v1/user/nodes"), ("PUT", "/v1/user/nodes/mapping"), ("GET", "/v1/user/nodes/mapping"),
+             ("POST", "/v1/user/nodes/mapping/initiate"), ("POST", "/v1/user/nodes/mapping/verify")]
 FIELDS = ["operation", "node_id", "secret_key", "user_id", "user_name", "password", "refreshtoken", "tags",
-          "metadata"]
+          "metadata", "timeout", "request_id", "challenge_response", "group_id"]
 QUERY_NAMES = ["request_id", "start_id", "num_records", "logout_all"]
 
 ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included: JSON can carry "\ud800"

@@ -199,3 +199,32 @@ def test_provision_cloud_half_reports_a_timeout(espcli, mqtt_cloud_process, tmp_
     assert "Mapping status: requested" in out, out
     assert "❌ Error: Node mapping request timed out" in out, out
     assert "User is not associated with any nodes." in espcli.run("getnodes")
+
+
+def test_provision_by_challenge_response_with_the_clis_own_code(espcli, cloud_process_factory, node_pki):
+    # docs/protocol.md 7.1: esp-rainmaker-cli's initiate, ch_resp message, hex and verify, against our cloud
+    cloud = cloud_process_factory(extra_args=("--pki", str(node_pki.directory)))
+    cloud.add_user(EMAIL, PASSWORD)
+    espcli.login(cloud.base_url)
+    identity = node_pki.node_identity(NODE)
+    proc = espcli.start_cloud_half(*PROVISION_ARGS, RMKIT_NODE_ID=NODE, RMKIT_NODE_KEY=str(identity.key_pem))
+    out = espcli.finish(proc, PROVISION_ARGS)
+    assert f"✅ Node {NODE} added to your account successfully!" in out, out
+    assert "[ERROR]" not in out, out
+    log = cloud.log_text()
+    assert "POST /v1/user/nodes/mapping/initiate -> 200" in log and "POST /v1/user/nodes/mapping/verify -> 200" in log
+    assert "PUT /v1/user/nodes/mapping" not in log and "GET /v1/user/nodes/mapping" not in log
+    assert f"1. {NODE}" in espcli.run("getnodes")
+
+
+def test_a_challenge_response_the_cloud_refuses_is_an_error_in_the_cli(espcli, cloud_process_factory, node_pki):
+    cloud = cloud_process_factory(extra_args=("--pki", str(node_pki.directory)))
+    cloud.add_user(EMAIL, PASSWORD)
+    espcli.login(cloud.base_url)
+    node_pki.node_identity(NODE)
+    other = node_pki.node_identity("VNODE0000000002")  # signs, but the node says it is NODE
+    proc = espcli.start_cloud_half(*PROVISION_ARGS, RMKIT_NODE_ID=NODE, RMKIT_NODE_KEY=str(other.key_pem))
+    out = espcli.finish(proc, PROVISION_ARGS)
+    assert "[ERROR]:Failed to verify challenge response: 400 Client Error" in out, out
+    assert "Challenge-response user-node association failed" in out, out
+    assert "User is not associated with any nodes." in espcli.run("getnodes")

@@ -2,6 +2,9 @@
 
 - `cloud_service`      CloudService in this process, REST only (fast; feed node publishes with
                        `cloud_service.mapping.ingest(node_id, payload)`).
+- `node_pki`           a PKI (rmkit.pki.Pki) in a temp dir: the stand-in for claiming that issues node certificates.
+- `pki_cloud_service`  CloudService like cloud_service whose node registry is `node_pki` (challenge-response
+                       mapping verifies against the node certificates it issues).
 - `cloud_process_factory(**opts)` -> CloudProcess: `rmkit cloud serve` as a subprocess, restartable
                        (also after kill(), a SIGKILL crash), stopped at teardown; its log (`.log_text()`) is copied to the test's artifacts
                        dir (cloud.log) whenever it stops.
@@ -89,6 +92,15 @@ class ApiClient:
             body["user_id"] = user_id
         return self.request("PUT", "/v1/user/nodes/mapping", body, token=token)
 
+    def initiate_mapping(self, token: str, body: Any = None) -> ApiResponse:
+        """POST user/nodes/mapping/initiate, with the body esp-rainmaker-cli sends unless given."""
+        return self.request("POST", "/v1/user/nodes/mapping/initiate", {"timeout": 360} if body is None else body,
+                            token=token)
+
+    def verify_mapping(self, token: str, request_id: str, node_id: str, challenge_response: str) -> ApiResponse:
+        body = {"request_id": request_id, "node_id": node_id, "challenge_response": challenge_response}
+        return self.request("POST", "/v1/user/nodes/mapping/verify", body, token=token)
+
     def mapping_status(self, token: str, request_id: str) -> ApiResponse:
         # the CLI's own form, stray `&` included (docs/protocol.md 6)
         return self.request("GET", f"/v1/user/nodes/mapping?&request_id={request_id}", token=token)
@@ -134,6 +146,33 @@ def cloud_service(tmp_path):
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture
+def node_pki(tmp_path):
+    from rmkit.pki import Pki
+
+    return Pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def pki_cloud_service(tmp_path, node_pki):
+    """A started CloudService (REST only) that checks challenge responses with `node_pki`'s node certificates."""
+    service = CloudService(tmp_path / "cloud.db", port=0, mapping_timeout=60, pki_dir=node_pki.directory).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def sign_challenge(identity, challenge: str) -> str:
+    """What a node answers on ch_resp, as the client relays it: the hex of its ECDSA P-256 SHA-256 DER
+    signature of the challenge's UTF-8 bytes, made with the private key of `identity` (rmkit.pki.Identity)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_private_key(identity.key_pem.read_bytes(), password=None)
+    return key.sign(challenge.encode("utf-8"), ec.ECDSA(hashes.SHA256())).hex()
 
 
 # ------------------------------------------------------------------------------- subprocess cloud

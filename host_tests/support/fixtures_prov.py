@@ -51,10 +51,18 @@ class ReferenceNode:
     Wi-Fi outcome is scripted: `networks` maps SSID -> passphrase; the right passphrase joins after
     `connecting_polls` GetStatus answers of Connecting, a wrong one fails with AuthError, an unknown SSID
     with NetworkNotFound. A user id in `refused_user_ids` gets Status InvalidParam.
+
+    With a `signing_key` (a `cryptography` EC P-256 or RSA private key: the key of the node's certificate)
+    the node offers challenge-response mapping (docs/protocol.md 7.1): proto-ver advertises
+    `rmaker_extra` cap `ch_resp`, and `ch_resp` signs SHA-256 of the challenge (ECDSA DER, or RSA-PSS with
+    a 32-byte salt) and answers with `ch_resp_node_id` (default: `node_id`). It signs only 1..256 bytes
+    of printable ASCII without spaces (else InvalidParam); `ch_resp_disabled`, or a disable command,
+    makes it answer Disabled to every request, as esp-rainmaker does.
     """
 
     def __init__(self, sec_ver=1, pop="abcd1234", node_id="NODE0123456789", networks=None,
-                 connecting_polls=2, refused_user_ids=("refuse-me",)):
+                 connecting_polls=2, refused_user_ids=("refuse-me",), signing_key=None, ch_resp_node_id=None,
+                 ch_resp_disabled=False):
         from rmkit.proto import pb
         self.pb = pb
         self.sec_ver = sec_ver
@@ -63,6 +71,10 @@ class ReferenceNode:
         self.networks = networks if networks is not None else {"HomeNet": "right-pass"}
         self.connecting_polls = connecting_polls
         self.refused_user_ids = set(refused_user_ids)
+        self.signing_key = signing_key
+        self.ch_resp_node_id = ch_resp_node_id or node_id
+        self.ch_resp_disabled = ch_resp_disabled
+        self.signed = []  # the challenges ch_resp signed, in order
         self.sessions = {}  # session_id -> {"cipher": ..., "device_pubkey": ..., "client_pubkey": ..., "ready": bool}
         self.mapping = None
         self.wifi_config = None
@@ -78,11 +90,16 @@ class ReferenceNode:
             if self.sec_ver == 1 and not self.pop:
                 caps.append("no_pop")
             import json
-            return json.dumps({"prov": {"ver": "netprov-v1.2", "sec_ver": self.sec_ver, "cap": caps}}).encode()
+            info = {"prov": {"ver": "netprov-v1.2", "sec_ver": self.sec_ver, "cap": caps}}
+            if self.signing_key is not None:  # upstream puts the app info before "prov"
+                info = {"rmaker_extra": {"ver": "1.0", "cap": ["ch_resp"]}, **info}
+            return json.dumps(info).encode()
         if endpoint == "prov-session":
             return self._session(session_id, body)
         handlers = {"cloud_user_assoc": self._user_mapping, "prov-config": self._config,
                     "prov-scan": self._scan, "prov-ctrl": self._ctrl}
+        if self.signing_key is not None:
+            handlers["ch_resp"] = self._ch_resp
         if endpoint not in handlers:
             raise LookupError(endpoint)
         session = self.sessions.get(session_id)
@@ -150,6 +167,37 @@ class ReferenceNode:
         else:
             self.mapping = (cmd.UserID, cmd.SecretKey)
             response.resp_set_user_mapping.NodeId = self.node_id
+        return response.SerializeToString()
+
+    def _ch_resp(self, plain):
+        """esp-rainmaker's handler order: empty request, disabled, decode, disable command, challenge."""
+        pb = self.pb
+        if not plain:
+            raise ValueError("empty ch_resp request")
+        response = pb.RMakerChRespPayload(msg=pb.RMakerChRespMsgType.TypeRespChallengeResponse)
+        if self.ch_resp_disabled:
+            response.status = pb.RMakerChRespStatus.Disabled
+            return response.SerializeToString()
+        request = pb.RMakerChRespPayload.FromString(plain)
+        if request.msg == pb.RMakerChRespMsgType.TypeCmdDisableChalResp:
+            self.ch_resp_disabled = True
+            return pb.RMakerChRespPayload(msg=pb.RMakerChRespMsgType.TypeRespDisableChalResp).SerializeToString()
+        if request.msg != pb.RMakerChRespMsgType.TypeCmdChallengeResponse:
+            raise ValueError("unexpected ch_resp msg %d" % request.msg)
+        challenge = request.cmdChallengeResponsePayload.payload
+        if not 1 <= len(challenge) <= 256 or any(b < 0x21 or b > 0x7E for b in challenge):
+            response.status = pb.RMakerChRespStatus.InvalidParam  # not a signing oracle for binary data
+            return response.SerializeToString()
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
+        if isinstance(self.signing_key, ec.EllipticCurvePrivateKey):
+            signature = self.signing_key.sign(challenge, ec.ECDSA(hashes.SHA256()))
+        else:
+            signature = self.signing_key.sign(challenge, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+                                              hashes.SHA256())
+        self.signed.append(challenge)
+        response.respChallengeResponsePayload.payload = signature
+        response.respChallengeResponsePayload.node_id = self.ch_resp_node_id
         return response.SerializeToString()
 
     def _config(self, plain):

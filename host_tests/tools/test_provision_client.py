@@ -222,3 +222,185 @@ def test_parse_host(text, expected):
 def test_parse_host_rejects(text):
     with pytest.raises(ValueError):
         parse_host(text)
+
+
+# --- challenge-response mapping (docs/protocol.md 7.1): the reference node signs, our cloud in-process checks ---
+
+NODE_ID = "NODE0123456789"
+
+
+def node_key(node_pki, node_id=NODE_ID):
+    """The private key of the node certificate `node_pki` issued: what the node signs challenges with."""
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.load_pem_private_key(node_pki.node_identity(node_id).key_pem.read_bytes(), password=None)
+
+
+@pytest.fixture
+def alice_cloud(pki_cloud_service):
+    """A CloudClient logged in as alice on the in-process cloud that knows `node_pki`'s nodes."""
+    from rmkit.cloud_client import CloudClient
+    from support.fixtures_cloud import PASSWORD
+
+    pki_cloud_service.add_user("alice@example.com", PASSWORD)
+    cloud = CloudClient(pki_cloud_service.base_url)
+    cloud.login("alice@example.com", PASSWORD)
+    return cloud
+
+
+class RecordingCloud:
+    """A cloud that issues a given challenge and records what it is asked to verify."""
+
+    def __init__(self, challenge="c" * 64):
+        from rmkit.cloud_client import MappingChallenge
+
+        self.issued = MappingChallenge("R1", challenge)
+        self.verified = []
+
+    def initiate_mapping(self, timeout_s=360):
+        return self.issued
+
+    def verify_mapping(self, request_id, node_id, signature):
+        self.verified.append((request_id, node_id, signature))
+
+
+def test_the_node_signs_a_challenge_with_its_certificate_key(reference_node_factory, node_pki):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    served = reference_node_factory(sec_ver=1, pop="abcd1234", signing_key=node_key(node_pki))
+    transport, client = provisioner(served, sec=1, pop="abcd1234")
+    with transport:
+        client.start_session()
+        signed = client.sign_challenge("rmaker-node-auth-challenge")
+    assert signed.node_id == NODE_ID
+    public_key = node_pki.node_identity(NODE_ID).certificate().public_key()
+    public_key.verify(signed.signature, b"rmaker-node-auth-challenge", ec.ECDSA(hashes.SHA256()))
+
+
+def test_full_sequence_by_challenge_response_maps_the_node_in_the_cloud(reference_node_factory, node_pki,
+                                                                        alice_cloud):
+    served = reference_node_factory(sec_ver=1, pop="abcd1234", signing_key=node_key(node_pki))
+    lines = []
+    transport, client = provisioner(served, sec=1, pop="abcd1234", progress=lines.append)
+    with transport:
+        result = client.provision("HomeNet", "right-pass", mapping="auto", cloud=alice_cloud)
+    assert (result.node_id, result.mapping, result.wifi.state) == (NODE_ID, "ch_resp", "Connected")
+    assert alice_cloud.mapping_status(result.request_id) == "confirmed"
+    assert alice_cloud.nodes() == [NODE_ID]
+    # esp-rainmaker-cli's order: proto-ver, prov-session, (initiate), ch_resp, (verify), then Wi-Fi; no cloud_user_assoc
+    endpoints = [endpoint for _, endpoint in served.node.requests]
+    assert endpoints[:4] == ["proto-ver", "prov-session", "prov-session", "ch_resp"]
+    assert "cloud_user_assoc" not in endpoints and set(endpoints[4:]) == {"prov-config"}
+    assert served.node.mapping is None and served.node.wifi_config == ("HomeNet", "right-pass")
+    assert any("challenge-response (the node offers ch_resp)" in line for line in lines)
+
+
+def test_an_rsa_node_is_mapped_too(reference_node_factory, node_pki, alice_cloud, tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from rmkit.pki import node_certificate_path
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_key = serialization.load_pem_private_key((node_pki.directory / "ca" / "ca.key.pem").read_bytes(), None)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "NODERSA01")]))
+            .issuer_name(node_pki.ca_certificate.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(ca_key, hashes.SHA256()))
+    path = node_certificate_path(node_pki.directory, "NODERSA01")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    served = reference_node_factory(sec_ver=0, node_id="NODERSA01", signing_key=key)
+    transport, client = provisioner(served, sec=0)
+    with transport:
+        assert client.provision("HomeNet", "right-pass", mapping="ch_resp", cloud=alice_cloud).node_id == "NODERSA01"
+    assert alice_cloud.nodes() == ["NODERSA01"]
+
+
+def test_auto_without_a_cloud_uses_the_secret_key_on_a_ch_resp_node(reference_node_factory, node_pki):
+    served = reference_node_factory(sec_ver=1, pop="abcd1234", signing_key=node_key(node_pki))
+    transport, client = provisioner(served, sec=1, pop="abcd1234")
+    with transport:
+        result = client.provision("HomeNet", "right-pass", "user-1", "secret-1", mapping="auto")
+    assert result.mapping == "secret" and served.node.mapping == ("user-1", "secret-1")
+    assert "ch_resp" not in [endpoint for _, endpoint in served.node.requests]
+
+
+def test_auto_on_a_node_without_ch_resp_uses_the_secret_key(reference_node_factory, alice_cloud):
+    served = reference_node_factory(sec_ver=1, pop="abcd1234")
+    transport, client = provisioner(served, sec=1, pop="abcd1234")
+    with transport:
+        result = client.provision("HomeNet", "right-pass", "user-1", "secret-1", mapping="auto", cloud=alice_cloud)
+    assert result.mapping == "secret" and served.node.mapping == ("user-1", "secret-1")
+
+
+def test_ch_resp_forced_on_a_node_that_does_not_offer_it_is_one_error(reference_node_factory, alice_cloud):
+    from rmkit.provision import MappingUnavailable
+
+    served = reference_node_factory(sec_ver=1, pop="abcd1234")
+    transport, client = provisioner(served, sec=1, pop="abcd1234")
+    with transport, pytest.raises(MappingUnavailable, match="does not offer challenge-response"):
+        client.provision("HomeNet", "right-pass", mapping="ch_resp", cloud=alice_cloud)
+    assert [endpoint for _, endpoint in served.node.requests] == ["proto-ver"]  # decided before any session
+
+
+def test_a_disabled_node_is_one_error_and_the_cloud_is_not_asked_to_verify(reference_node_factory, node_pki):
+    from rmkit.provision import ChallengeDeclined
+
+    served = reference_node_factory(sec_ver=1, pop="abcd1234", signing_key=node_key(node_pki), ch_resp_disabled=True)
+    cloud = RecordingCloud()
+    transport, client = provisioner(served, sec=1, pop="abcd1234")
+    with transport, pytest.raises(ChallengeDeclined) as declined:
+        client.provision("HomeNet", "right-pass", mapping="auto", cloud=cloud)
+    assert (declined.value.status, declined.value.status_name) == (3, "Disabled")
+    assert "\n" not in str(declined.value)
+    assert cloud.verified == [] and served.node.wifi_config is None
+
+
+def test_a_challenge_the_node_will_not_sign_is_invalid_param(reference_node_factory, node_pki):
+    from rmkit.provision import ChallengeDeclined
+
+    served = reference_node_factory(sec_ver=0, signing_key=node_key(node_pki))
+    cloud = RecordingCloud(challenge="a challenge with spaces")
+    transport, client = provisioner(served, sec=0)
+    with transport, pytest.raises(ChallengeDeclined, match="InvalidParam.*printable ASCII"):
+        client.provision("HomeNet", "right-pass", mapping="ch_resp", cloud=cloud)
+    assert served.node.signed == [] and cloud.verified == []
+
+
+def test_a_verify_the_cloud_refuses_stops_before_wifi(reference_node_factory, node_pki, alice_cloud):
+    from rmkit.cloud_client import CloudRefused
+
+    node_pki.node_identity("NODEB0000002")
+    # the node names another node's id: the cloud checks with that node's certificate and refuses
+    served = reference_node_factory(sec_ver=1, pop="abcd1234", signing_key=node_key(node_pki),
+                                    ch_resp_node_id="NODEB0000002")
+    transport, client = provisioner(served, sec=1, pop="abcd1234")
+    with transport, pytest.raises(CloudRefused, match="refused the node's challenge response.*NODEB0000002") as refused:
+        client.provision("HomeNet", "right-pass", mapping="ch_resp", cloud=alice_cloud)
+    assert refused.value.error_code == 102007 and "\n" not in str(refused.value)
+    assert served.node.wifi_config is None and alice_cloud.nodes() == []
+
+
+def test_run_flow_takes_challenge_response_when_the_node_offers_it(reference_node_factory, node_pki,
+                                                                   pki_cloud_service):
+    from rmkit.flow import run_flow
+    from rmkit.timeline import Timeline
+    from support.fixtures_cloud import PASSWORD
+
+    pki_cloud_service.add_user("alice@example.com", PASSWORD)
+    served = reference_node_factory(sec_ver=1, pop="abcd1234", signing_key=node_key(node_pki))
+    timeline = Timeline()
+    result = run_flow(lambda: HttpTransport("127.0.0.1", served.port, timeout=10), "abcd1234", 1, "HomeNet",
+                      "right-pass", pki_cloud_service.base_url, "alice@example.com", PASSWORD, timeline)
+    assert (result.status, result.nodes, result.mapping, result.secret_key) == ("confirmed", [NODE_ID], "ch_resp", "")
+    texts = [event.text for event in timeline.events]
+    assert texts.index("POST user/nodes/mapping/initiate") < texts.index("ch_resp {challenge} [SoftAP]") \
+        < texts.index("POST user/nodes/mapping/verify {request_id, node_id, signature}")
+    assert not any(text.startswith("PUT") for text in texts)

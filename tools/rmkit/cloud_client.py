@@ -1,6 +1,7 @@
-"""The client's side of steps 2 and 4 of the seed: log in, ask the cloud to map a node, poll the request.
+"""The client's side of steps 2 and 4 of the seed: log in, ask the cloud to map a node, poll the request;
+and the cloud's half of challenge-response mapping: get a challenge, hand over the node's signature.
 
-Speaks RainMaker's REST API (docs/protocol.md 6) to any base URL: our local cloud or
+Speaks RainMaker's REST API (docs/protocol.md 6, 7.1) to any base URL: our local cloud or
 another compatible service. Polls every `poll_interval_s` (0.2 s by default, not the CLI's 5 s),
 so a virtual-board run confirms in about a second.
 """
@@ -22,6 +23,23 @@ FINAL_STATUSES = ("confirmed", "timedout", "discarded")
 
 class CloudError(Exception):
     """The cloud refused a call or could not be reached; the message says which and why."""
+
+
+class CloudRefused(CloudError):
+    """The cloud answered a call with an HTTP error; `description` and `error_code` are from its error body."""
+
+    def __init__(self, message: str, http_status: int, description: str, error_code: Optional[int]):
+        super().__init__(message)
+        self.http_status = http_status
+        self.description = description
+        self.error_code = error_code
+
+
+@dataclass(frozen=True)
+class MappingChallenge:
+    """What POST user/nodes/mapping/initiate answers (docs/protocol.md 7.1)."""
+    request_id: str
+    challenge: str
 
 
 @dataclass
@@ -53,7 +71,10 @@ class CloudClient:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 text = response.read().decode()
         except urllib.error.HTTPError as err:
-            raise CloudError(f"{method} {path}: HTTP {err.code}: {_description(err.read())}") from None
+            description, error_code = _error_body(err.read())
+            code_text = f" (error {error_code})" if error_code is not None else ""
+            raise CloudRefused(f"{method} {path}: HTTP {err.code}: {description}{code_text}", err.code,
+                               description, error_code) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise CloudError(f"cannot reach the cloud at {self.api}: {reason}") from None
@@ -86,6 +107,30 @@ class CloudClient:
             raise CloudError(f"mapping request accepted without a request_id: {reply}")
         return reply["request_id"]
 
+    def initiate_mapping(self, timeout_s: int = 360) -> MappingChallenge:
+        """A challenge for challenge-response mapping, open `timeout_s` (esp-rainmaker-cli asks for 360)."""
+        try:
+            reply = self._call("POST", "/user/nodes/mapping/initiate", {"timeout": timeout_s})
+        except CloudRefused as exc:
+            raise CloudRefused(f"the cloud refused to issue a mapping challenge: {exc.description}"
+                               + _code_text(exc), exc.http_status, exc.description, exc.error_code) from None
+        request_id, challenge = reply.get("request_id"), reply.get("challenge")
+        if not isinstance(request_id, str) or not request_id or not isinstance(challenge, str) or not challenge:
+            raise CloudError("the cloud's mapping challenge lacks a request_id or a challenge")
+        return MappingChallenge(request_id, challenge)
+
+    def verify_mapping(self, request_id: str, node_id: str, signature: bytes) -> None:
+        """Hand the node's signature of the challenge to the cloud, as lower-case hex like esp-rainmaker-cli;
+        returns once the cloud has mapped the node, CloudRefused if it did not."""
+        body = {"request_id": request_id, "node_id": node_id, "challenge_response": signature.hex()}
+        try:
+            reply = self._call("POST", "/user/nodes/mapping/verify", body)
+        except CloudRefused as exc:
+            raise CloudRefused(f"the cloud refused the node's challenge response: {exc.description}"
+                               + _code_text(exc), exc.http_status, exc.description, exc.error_code) from None
+        if reply.get("status") != "success":  # as the TS SDK insists
+            raise CloudError(f"the cloud answered the challenge response without success: {reply}")
+
     def mapping_status(self, request_id: str) -> str:
         return self._call("GET", f"/user/nodes/mapping?request_id={request_id}").get("request_status", "")
 
@@ -115,9 +160,17 @@ class CloudClient:
             query = "?start_id=" + reply["next_id"]
 
 
-def _description(raw: bytes) -> str:
+def _error_body(raw: bytes) -> tuple[str, Optional[int]]:
+    """(description, error_code) from an error body in RainMaker's shape, else its first 200 characters."""
     try:
         body = json.loads(raw)
-        return f"{body.get('description', body)} (error {body.get('error_code', '?')})"
     except ValueError:
-        return raw.decode(errors="replace")[:200]
+        return " ".join(raw.decode(errors="replace")[:200].split()), None
+    if not isinstance(body, dict):
+        return str(body)[:200], None
+    code = body.get("error_code")
+    return str(body.get("description", body)), code if isinstance(code, int) else None
+
+
+def _code_text(exc: CloudRefused) -> str:
+    return f" (error {exc.error_code})" if exc.error_code is not None else f" (HTTP {exc.http_status})"

@@ -1,8 +1,11 @@
 """The client's whole job in the seed's sequence: provision the node (step 1), ask the cloud to map it
 (step 2), poll the request (step 4). Step 3 is the node's own MQTT publish.
 
-Each step is recorded on a Timeline, so the same code drives `rmkit provision --cloud-url`,
-`make demo` and the end-to-end tests.
+Or, when the node advertises challenge-response (docs/protocol.md 7.1), as Espressif's clients do:
+proto-ver, prov-session, the cloud's challenge (initiate), the node's signature (ch_resp), the cloud's
+check (verify), then Wi-Fi; the node is mapped at verify, and nothing is polled.
+
+Each step is recorded on a Timeline, so the same code drives `make demo` and the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Callable, Optional
 
 from rmkit.cloud_client import CloudClient, MappingOutcome
 from rmkit.provision.client import Provisioner
+from rmkit.provision.mapping import AUTO, CHALLENGE_RESPONSE, DEFAULT_CHALLENGE_TIMEOUT_S, SECRET_KEY, choose_mapping
 from rmkit.provision.transport import HttpTransport, Transport
 from rmkit.timeline import Timeline
 
@@ -23,27 +27,67 @@ class FlowResult:
     request_id: str
     status: str
     nodes: list
-    secret_key: str   # the caller's to keep; never printed
+    secret_key: str   # the caller's to keep; never printed ("" after challenge-response, which uses none)
+    mapping: str = SECRET_KEY  # the flow that ran (rmkit.provision.mapping)
 
 
 def provision_node(provisioner: Provisioner, timeline: Timeline, user_id: str, secret_key: str,
                    ssid: str, passphrase: str) -> str:
     """Step 1: session, user mapping, Wi-Fi credentials, wait for Connected. Returns the node id.
     The client<->node arrows name the transport (SoftAP, BLE)."""
-    via = f" [{provisioner.transport.label}]" if provisioner.transport.label else ""
-    info = provisioner.proto_ver()
-    timeline.add("client", "node", f"proto-ver -> {info.get('prov', {}).get('ver', '?')}{via}")
-    provisioner.start_session()
-    timeline.add("client", "node", f"prov-session: Security {provisioner.security_version} session{via}")
+    via = _via(provisioner)
+    _open_session(provisioner, timeline)
     node_id = provisioner.set_user_mapping(user_id, secret_key)
     timeline.add("client", "node", f"cloud_user_assoc {{user_id, secret_key}}{via}")
     timeline.add("node", "client", f"node_id {node_id}{via}")
+    _join_wifi(provisioner, timeline, ssid, passphrase)
+    return node_id
+
+
+def provision_node_by_challenge(provisioner: Provisioner, timeline: Timeline, cloud: CloudClient, ssid: str,
+                                passphrase: str) -> tuple[str, str]:
+    """Step 1 with challenge-response mapping (docs/protocol.md 7.1), in esp-rainmaker-cli's order:
+    session, initiate, ch_resp, verify, then Wi-Fi. Returns (node_id, request_id); the request is
+    confirmed once verify has answered."""
+    via = _via(provisioner)
+    _open_session(provisioner, timeline)
+    issued = cloud.initiate_mapping(DEFAULT_CHALLENGE_TIMEOUT_S)
+    timeline.add("client", "cloud", "POST user/nodes/mapping/initiate")
+    timeline.add("cloud", "client", f"request_id {issued.request_id[:8]}..., challenge")
+    signed = provisioner.sign_challenge(issued.challenge)
+    timeline.add("client", "node", f"ch_resp {{challenge}}{via}")
+    timeline.add("node", "client", f"signature ({len(signed.signature)} bytes), node_id {signed.node_id}{via}")
+    cloud.verify_mapping(issued.request_id, signed.node_id, signed.signature)
+    timeline.add("client", "cloud", "POST user/nodes/mapping/verify {request_id, node_id, signature}")
+    timeline.add("cloud", "client", "success: node mapped")
+    _join_wifi(provisioner, timeline, ssid, passphrase)
+    return signed.node_id, issued.request_id
+
+
+def _via(provisioner: Provisioner) -> str:
+    """The client<->node arrows name the transport (SoftAP, BLE)."""
+    return f" [{provisioner.transport.label}]" if provisioner.transport.label else ""
+
+
+def _open_session(provisioner: Provisioner, timeline: Timeline) -> None:
+    """proto-ver (unless already read: run_flow reads it to choose the mapping), then prov-session."""
+    via = _via(provisioner)
+    if provisioner.version_info is None:
+        provisioner.proto_ver()
+    info = provisioner.version_info
+    prov = info.get("prov") if isinstance(info.get("prov"), dict) else {}
+    timeline.add("client", "node", f"proto-ver -> {prov.get('ver', '?')}{via}")
+    provisioner.start_session()
+    timeline.add("client", "node", f"prov-session: Security {provisioner.security_version} session{via}")
+
+
+def _join_wifi(provisioner: Provisioner, timeline: Timeline, ssid: str, passphrase: str) -> None:
+    via = _via(provisioner)
     provisioner.set_wifi_config(ssid, passphrase)
     provisioner.apply_wifi_config()
     timeline.add("client", "node", f"prov-config: Wi-Fi '{ssid}' set and applied{via}")
     wifi = provisioner.wait_for_wifi(ssid)
     timeline.add("node", "client", f"prov-config status: Connected ({wifi.ip4_addr}){via}")
-    return node_id
 
 
 def board_transport(board, over: Optional[str] = None, timeout: float = 15.0) -> Transport:
@@ -72,8 +116,9 @@ def map_node(cloud: CloudClient, timeline: Timeline, node_id: str, secret_key: s
 
 def run_flow(open_transport: Callable[[], Transport], pop: Optional[str], sec: int, ssid: str, passphrase: str,
              cloud_url: str, email: str, password: str, timeline: Timeline,
-             secret_key: Optional[str] = None, poll_interval_s: float = 0.2) -> FlowResult:
-    """Log in, provision the node `open_transport()` reaches, map it to the logged-in user, wait for the result."""
+             secret_key: Optional[str] = None, poll_interval_s: float = 0.2, mapping: str = AUTO) -> FlowResult:
+    """Log in, provision the node `open_transport()` reaches, map it to the logged-in user, wait for the result.
+    `mapping` as rmkit.provision.mapping: by default challenge-response when the node offers it."""
     cloud = CloudClient(cloud_url)
     user_id = cloud.login(email, password)
     timeline.add("client", "cloud", f"login {email}")
@@ -81,12 +126,20 @@ def run_flow(open_transport: Callable[[], Transport], pop: Optional[str], sec: i
     transport = open_transport()
     try:
         provisioner = Provisioner(transport, sec=sec, pop=pop)
-        node_id = provision_node(provisioner, timeline, user_id, secret_key, ssid, passphrase)
+        choice = choose_mapping(mapping, provisioner.proto_ver(), have_cloud=True)
+        if choice.method == CHALLENGE_RESPONSE:
+            node_id, request_id = provision_node_by_challenge(provisioner, timeline, cloud, ssid, passphrase)
+            outcome = MappingOutcome(request_id, "confirmed", 0, 0.0)
+            secret_key = ""  # none was used
+        else:
+            node_id = provision_node(provisioner, timeline, user_id, secret_key, ssid, passphrase)
+            outcome = None
     finally:
         transport.close()
-    outcome = map_node(cloud, timeline, node_id, secret_key, poll_interval_s)
+    if outcome is None:
+        outcome = map_node(cloud, timeline, node_id, secret_key, poll_interval_s)
     nodes = cloud.nodes() if outcome.status == "confirmed" else []
     if outcome.status == "confirmed":
         timeline.add("client", "cloud", "GET user/nodes")
         timeline.add("cloud", "client", f"nodes: {', '.join(nodes)}")
-    return FlowResult(node_id, outcome.request_id, outcome.status, nodes, secret_key)
+    return FlowResult(node_id, outcome.request_id, outcome.status, nodes, secret_key, choice.method)

@@ -118,6 +118,23 @@ class PkiError(UserError):
     """The PKI directory holds something unusable (unreadable key, foreign file)."""
 
 
+def ca_certificate_path(directory: Path | str) -> Path:
+    """Where a PKI directory keeps its CA certificate (PEM)."""
+    return Path(directory) / "ca" / "ca.crt.pem"
+
+
+def node_certificate_path(directory: Path | str, node_id: str) -> Path:
+    """Where a PKI directory keeps the certificate (PEM) `node_identity(node_id)` issued; `node_id` must
+    pass check_name (it becomes a directory and a file name)."""
+    return Path(directory) / "nodes" / node_id / f"{node_id}.crt.pem"
+
+
+def is_valid_name(name: str) -> bool:
+    """True when check_name() would take `name`."""
+    # fullmatch: with match(), `$` would also take a name ending in a newline ("N1\n")
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
 @dataclass(frozen=True)
 class Identity:
     """One certificate + key pair, as PEM (host tools) and DER (the board)."""
@@ -136,7 +153,7 @@ class Identity:
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not is_valid_name(name):
         raise PkiError(f"invalid {what} {name!r}: use 1-64 characters from A-Z a-z 0-9 _ . - (not starting with . _ -)")
     return name
 
@@ -171,7 +188,7 @@ class Pki:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         ca_dir = self.directory / "ca"
-        self.ca_pem = ca_dir / "ca.crt.pem"
+        self.ca_pem = ca_certificate_path(self.directory)
         self.ca_der = ca_dir / "ca.crt.der"
         self._ca_key_pem = ca_dir / "ca.key.pem"
         self._ca_key, self._ca_cert = self._load_or_create_ca()

@@ -131,7 +131,8 @@ class Stack:
             mqtt = MqttSettings.from_pki(self.pki.directory, self.broker.host, self.broker.port)
             self.cloud = CloudService(self.workdir / "cloud.db", port=self.cloud_port,
                                       mapping_timeout=self.mapping_timeout, mqtt=mqtt,
-                                      http_processes=self.cloud_http_processes).start()
+                                      http_processes=self.cloud_http_processes,
+                                      pki_dir=self.pki.directory).start()  # the boards' certificates
             self.write_air()
         except BaseException:
             self.stop()

@@ -44,9 +44,10 @@ def _serve(args) -> int:
         raise UserError("--login-attempts must be 1 or more and --login-window 0 to 86400 s")
     limits = LoginLimits(per_user=args.login_attempts, per_address=6 * args.login_attempts,
                          window_s=args.login_window)
+    # the PKI also holds the nodes' certificates, which challenge-response mapping checks signatures with
     service = CloudService(args.db, host=args.host, port=args.port, mapping_timeout=args.mapping_timeout,
                            token_ttl=args.token_ttl, mqtt=mqtt, login_limits=limits,
-                           http_processes=args.http_processes)
+                           http_processes=args.http_processes, pki_dir=args.pki)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -109,7 +110,10 @@ def register(subparsers) -> None:
         description="A local stand-in for RainMaker's cloud. Clients (esp-rainmaker-cli with "
         "`profile add NAME --base-url http://127.0.0.1:PORT`) log in, PUT user/nodes/mapping and poll it; "
         "nodes publish node/<id>/user/mapping over mutual-TLS MQTT; the cloud confirms a request when "
-        "both agree within the mapping timeout. State lives in a SQLite file.")
+        "both agree within the mapping timeout. Or, challenge-response: the client gets a challenge "
+        "(POST user/nodes/mapping/initiate), the node signs it, and the cloud maps the node when the "
+        "signature verifies with the node's certificate (POST user/nodes/mapping/verify). State lives in "
+        "a SQLite file.")
     sub = parser.add_subparsers(dest="cloud_command", metavar="ACTION")
     sub.required = True
 
@@ -132,7 +136,9 @@ def register(subparsers) -> None:
     serve.add_argument("--broker-port", type=int, default=0, help="MQTT broker TLS port")
     serve.add_argument("--pki", default=str(DEFAULT_PKI),
                        help=f"PKI directory with the CA; each instance uses (or issues) the client identity of its slot: "
-                       f"cloud, cloud-1, ... = its MQTT client id and session (default {DEFAULT_PKI})")
+                       f"cloud, cloud-1, ... = its MQTT client id and session. Challenge-response mapping checks "
+                       f"nodes' signatures with the node certificates this CA issued there, also with --no-mqtt "
+                       f"(default {DEFAULT_PKI})")
     serve.add_argument("--login-attempts", type=int, default=5, metavar="N",
                        help="failed logins allowed per user name within --login-window (6 times as many per "
                        "client address); past that, logins get 429 with Retry-After (default 5)")

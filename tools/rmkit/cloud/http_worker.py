@@ -24,7 +24,8 @@ import sys
 import threading
 import traceback
 
-LOG_NAMES = ("rmkit.cloud", "rmkit.cloud.api", "rmkit.cloud.mapping", "rmkit.cloud.accounts", "rmkit.cloud.storage")
+LOG_NAMES = ("rmkit.cloud", "rmkit.cloud.api", "rmkit.cloud.mapping", "rmkit.cloud.accounts", "rmkit.cloud.storage",
+             "rmkit.cloud.nodes")
 
 
 class _JsonLines(logging.Handler):
@@ -75,14 +76,17 @@ def main() -> None:
 
     from rmkit.cloud.accounts import Accounts, LoginLimits
     from rmkit.cloud.api import create_app
+    from rmkit.cloud.challenge_mapping import ChallengeService
     from rmkit.cloud.mapping import MappingService
+    from rmkit.cloud.node_registry import node_registry
     from rmkit.cloud.storage import open_storage
 
     listener = socket.socket(fileno=settings["fd"])
     storage = open_storage(settings["db"])
     accounts = Accounts(storage, token_ttl_s=settings["token_ttl"], login_limits=LoginLimits(**settings["login_limits"]))
     mapping = MappingService(storage, timeout_s=settings["mapping_timeout"])
-    server = create_server(create_app(accounts, mapping), sockets=[listener], threads=settings["threads"],
+    challenges = ChallengeService(storage, node_registry(settings.get("pki_dir")))
+    server = create_server(create_app(accounts, mapping, challenges), sockets=[listener], threads=settings["threads"],
                            ident="rmkit-cloud", clear_untrusted_proxy_headers=True)
 
     def until_parent_goes() -> None:

@@ -17,6 +17,10 @@ one deployment per broker and PKI. Without a PKI (certificate files given, a bro
 ids as sent) the client id is `rmkit-cloud-<deployment>-<slot>`, the deployment part a random id stored
 once in the database (meta `mqtt_deployment_id`).
 
+Challenge-response mapping (rmkit.cloud.challenge_mapping) needs the nodes' certificates: they come
+from `pki_dir`, the PKI that issued them (rmkit.cloud.node_registry), by default the MQTT side's. A
+cloud without a PKI answers every verify with "node unknown".
+
 Several instances each get every publish (plain subscriptions, rmkit.cloud.mqtt), so one that is
 down misses nothing: its session queues what arrives meanwhile, and the copies it then applies are
 no-ops. A slot that never comes back holds its queue until the session expires
@@ -43,8 +47,10 @@ from waitress.server import create_server
 
 from rmkit.cloud.accounts import Accounts, LoginLimits
 from rmkit.cloud.api import create_app
+from rmkit.cloud.challenge_mapping import ChallengeService
 from rmkit.cloud.http_worker import relay_log_line
 from rmkit.cloud.mapping import MappingService
+from rmkit.cloud.node_registry import node_registry
 from rmkit.cloud.mqtt import MappingSubscriber, MqttSettings
 from rmkit.cloud.storage import Storage, open_storage
 from rmkit.pki import CLOUD_SLOTS
@@ -101,12 +107,15 @@ class CloudService:
 
     `db` is a SQLite file path (or sqlite:///path); `port=0` picks a free port; `mqtt=None` runs the
     REST side only (node publishes can then be fed with `mapping.ingest(node_id, payload)`);
-    `http_processes` counts the processes serving REST, this one included (see the module's doc).
+    `http_processes` counts the processes serving REST, this one included (see the module's doc);
+    `pki_dir` is where the nodes' certificates are, for challenge-response mapping (default: the MQTT
+    settings' PKI, else none).
     """
 
     def __init__(self, db: str | Path, host: str = "127.0.0.1", port: int = 0, mapping_timeout: float = 60.0,
                  token_ttl: int = 3600, mqtt: Optional[MqttSettings] = None, threads: int = 8,
-                 login_limits: LoginLimits = LoginLimits(), http_processes: int = 1):
+                 login_limits: LoginLimits = LoginLimits(), http_processes: int = 1,
+                 pki_dir: Optional[Path | str] = None):
         if http_processes < 1:
             raise ValueError(f"http_processes must be 1 or more, not {http_processes}")
         self.storage: Storage = open_storage(db)
@@ -117,6 +126,10 @@ class CloudService:
         self._workers: list[subprocess.Popen] = []
         self.accounts = Accounts(self.storage, token_ttl_s=token_ttl, login_limits=login_limits)
         self.mapping = MappingService(self.storage, timeout_s=mapping_timeout)
+        if pki_dir is None and mqtt is not None:
+            pki_dir = mqtt.pki_dir
+        self.pki_dir = Path(pki_dir) if pki_dir is not None else None
+        self.challenges = ChallengeService(self.storage, node_registry(self.pki_dir))
         self.host = host
         self._port = port
         self._threads = threads
@@ -142,7 +155,7 @@ class CloudService:
         return self.accounts.add_user(email, password)
 
     def start(self) -> "CloudService":
-        app = create_app(self.accounts, self.mapping)
+        app = create_app(self.accounts, self.mapping, self.challenges)
         # waitress: a real WSGI server with a thread pool; binds here, so port 0 resolves now
         self._server = create_server(app, host=self.host, port=self._port, threads=self._threads,
                                      ident="rmkit-cloud", clear_untrusted_proxy_headers=True)
@@ -159,9 +172,9 @@ class CloudService:
         except Exception:
             self.stop()
             raise
-        log.info("REST API on %s/v1/ (%d process%s, mapping timeout %.0f s, db %s)", self.base_url,
-                 self._http_processes, "es" if self._http_processes > 1 else "", self.mapping.timeout_s,
-                 getattr(self.storage, "path", "?"))
+        log.info("REST API on %s/v1/ (%d process%s, mapping timeout %.0f s, db %s; challenge-response: %s)",
+                 self.base_url, self._http_processes, "es" if self._http_processes > 1 else "",
+                 self.mapping.timeout_s, getattr(self.storage, "path", "?"), self.challenges.registry)
         if self._mqtt_settings is not None:
             try:
                 settings = self._instance_settings()
@@ -192,7 +205,8 @@ class CloudService:
         listener = self._server.socket.fileno()
         settings = {"fd": listener, "db": str(self._db), "mapping_timeout": self.mapping.timeout_s,
                     "token_ttl": self._token_ttl, "login_limits": dataclasses.asdict(self._login_limits),
-                    "threads": self._threads, "log_level": logging.getLogger("rmkit.cloud").getEffectiveLevel()}
+                    "threads": self._threads, "log_level": logging.getLogger("rmkit.cloud").getEffectiveLevel(),
+                    "pki_dir": str(self.pki_dir) if self.pki_dir is not None else None}
         worker = subprocess.Popen([sys.executable, "-m", "rmkit.cloud.http_worker"], pass_fds=(listener,),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._workers.append(worker)

@@ -1,4 +1,5 @@
-"""Persistent state of the local cloud: users, sessions, user-node associations, mapping requests, node reports.
+"""Persistent state of the local cloud: users, sessions, user-node associations, mapping requests, node reports,
+challenge-response mapping challenges.
 
 `Storage` is the small interface the rest of the cloud talks to; `SqliteStorage` implements it on one
 SQLite file in WAL mode. Every write happens inside `transaction()`, which takes the database's write
@@ -33,6 +34,8 @@ from typing import Iterator, Optional
 
 log = logging.getLogger(__name__)
 
+# Tables added later (mapping_challenges) come with CREATE TABLE IF NOT EXISTS, which every open runs, so
+# a database made before them simply gains them; the version changes only when an existing table does.
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -80,6 +83,21 @@ CREATE TABLE IF NOT EXISTS node_reports (
     received REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS node_reports_by_node ON node_reports(node_id, received);
+-- challenge-response mapping (docs/protocol.md 7.1), one row per initiate. status: requested (open
+-- until expires), confirmed, or discarded (a verify that failed). node_id is set by the verify.
+-- (No semicolons in these comments: the schema is split on them.)
+CREATE TABLE IF NOT EXISTS mapping_challenges (
+    request_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(user_id),
+    challenge TEXT NOT NULL,
+    status TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mapping_challenges_by_user ON mapping_challenges(user_id, status, expires);
+CREATE INDEX IF NOT EXISTS mapping_challenges_by_expiry ON mapping_challenges(expires);
 CREATE TABLE IF NOT EXISTS login_failures (
     key TEXT NOT NULL,
     at REAL NOT NULL
@@ -113,6 +131,19 @@ class MappingRequest:
     operation: str
     status: str
     created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class MappingChallenge:
+    """A challenge issued to `user_id` for request `request_id` (docs/protocol.md 7.1)."""
+    request_id: str
+    user_id: str
+    challenge: str
+    status: str  # requested, confirmed, discarded
+    node_id: str  # "" until a verify names the node
+    created: float
+    expires: float
     updated: float
 
 
@@ -195,6 +226,20 @@ class StorageTx(abc.ABC):
     @abc.abstractmethod
     def prune_node_reports(self, before: float) -> int: ...
 
+    # challenge-response mapping challenges
+    @abc.abstractmethod
+    def add_challenge(self, challenge: MappingChallenge) -> None: ...
+    @abc.abstractmethod
+    def challenge(self, request_id: str) -> Optional[MappingChallenge]: ...
+    @abc.abstractmethod
+    def settle_challenge(self, request_id: str, status: str, node_id: str, now: float) -> bool:
+        """Move a `requested` challenge to `status`; False (and nothing changed) if it was not requested."""
+    @abc.abstractmethod
+    def count_open_challenges(self, user_id: str, now: float) -> int: ...
+    @abc.abstractmethod
+    def prune_challenges(self, before: float) -> int:
+        """Drop challenges that expired before `before` and were never confirmed."""
+
     # login throttling: failed logins per key ("user:<email>", "addr:<ip>")
     @abc.abstractmethod
     def add_login_failure(self, key: str, now: float) -> None: ...
@@ -249,6 +294,10 @@ def _session(row) -> Optional[Session]:
 
 def _request(row) -> Optional[MappingRequest]:
     return None if row is None else MappingRequest(*row)
+
+
+def _challenge(row) -> Optional[MappingChallenge]:
+    return None if row is None else MappingChallenge(*row)
 
 
 class SqliteTx(StorageTx):
@@ -381,6 +430,31 @@ class SqliteTx(StorageTx):
 
     def prune_node_reports(self, before):
         return self._db.execute("DELETE FROM node_reports WHERE received<?", (before,)).rowcount
+
+    _CHALLENGE_COLS = "request_id, user_id, challenge, status, node_id, created, expires, updated"
+
+    def add_challenge(self, challenge):
+        self._db.execute(f"INSERT INTO mapping_challenges({self._CHALLENGE_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                         (challenge.request_id, challenge.user_id, challenge.challenge, challenge.status,
+                          challenge.node_id, challenge.created, challenge.expires, challenge.updated))
+
+    def challenge(self, request_id):
+        return _challenge(self._db.execute(
+            f"SELECT {self._CHALLENGE_COLS} FROM mapping_challenges WHERE request_id=?", (request_id,)).fetchone())
+
+    def settle_challenge(self, request_id, status, node_id, now):
+        return self._db.execute(
+            "UPDATE mapping_challenges SET status=?, node_id=?, updated=? WHERE request_id=? AND status='requested'",
+            (status, node_id, now, request_id)).rowcount == 1
+
+    def count_open_challenges(self, user_id, now):
+        return self._db.execute(
+            "SELECT COUNT(*) FROM mapping_challenges WHERE user_id=? AND status='requested' AND expires>=?",
+            (user_id, now)).fetchone()[0]
+
+    def prune_challenges(self, before):
+        return self._db.execute("DELETE FROM mapping_challenges WHERE expires<? AND status!='confirmed'",
+                                (before,)).rowcount
 
     def add_login_failure(self, key, now):
         self._db.execute("INSERT INTO login_failures(key, at) VALUES (?,?)", (key, now))

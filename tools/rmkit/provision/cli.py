@@ -11,8 +11,9 @@ import uuid
 from rmkit.cloud_client import CloudClient, CloudError
 from rmkit.errors import UserError
 from rmkit.provision.client import MAX_PASSPHRASE_BYTES, MAX_SSID_BYTES, Provisioner
-from rmkit.provision.errors import (DeviceUnreachable, HandshakeFailed, MappingRefused, ProtocolError,
-                                    ProvisionError, TransportError, WifiJoinFailed)
+from rmkit.provision.errors import (ChallengeDeclined, DeviceUnreachable, HandshakeFailed, MappingRefused,
+                                    MappingUnavailable, ProtocolError, ProvisionError, TransportError, WifiJoinFailed)
+from rmkit.provision.mapping import AUTO, CHALLENGE_RESPONSE, CHOICES, SECRET_KEY
 from rmkit.provision.transport import HttpTransport, Transport, parse_host
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ With --cloud-url, --email and --password it also does the client's cloud steps o
 (seed steps 2 and 4): logs in (the user id then comes from the login), sends the node id and secret
 key to the cloud, and polls the request every 0.2 s until it is confirmed or timed out.
 
+Challenge-response mapping (docs/protocol.md 7.1), when the node's proto-ver advertises
+rmaker_extra cap ch_resp and a cloud is given (--mapping auto, the default), as Espressif's clients
+choose: after the session, the cloud issues a challenge (mapping/initiate), the node signs it on
+ch_resp, the cloud checks the signature with the node's certificate and maps the node
+(mapping/verify); then the Wi-Fi credentials. Nothing is polled afterwards. --mapping ch_resp or
+secret forces one flow.
+
 The node id is printed on standard output (then `request_status <status>` with a cloud).
 Progress lines go to standard error. The PoP, the passphrase, the password and the secret key are
 never printed.
@@ -55,9 +63,10 @@ and `rmkit sandbox` print); --hci usb:0 drives a USB Bluetooth controller with B
 operating system's stack.
 
 Exit status: 0 provisioned; 2 bad arguments; {EXIT_UNREACHABLE} node unreachable; {EXIT_HANDSHAKE} session refused
-(wrong PoP or security version); {EXIT_MAPPING_REFUSED} node refused the user mapping; {EXIT_WIFI_FAILED} node could not
-join Wi-Fi; {EXIT_PROTOCOL} unexpected answer or connection lost; {EXIT_NOT_CONFIRMED} the cloud did not confirm
-the mapping; {EXIT_CLOUD} the cloud refused or could not be reached.
+(wrong PoP or security version); {EXIT_MAPPING_REFUSED} node refused the user mapping, declined to sign the
+challenge, or does not offer the forced --mapping; {EXIT_WIFI_FAILED} node could not join Wi-Fi; {EXIT_PROTOCOL}
+unexpected answer or connection lost; {EXIT_NOT_CONFIRMED} the cloud did not confirm the mapping; {EXIT_CLOUD} the
+cloud refused (a challenge response, for one) or could not be reached.
 """
 
 
@@ -98,6 +107,11 @@ def register(sub) -> None:
                        help="base URL of a RainMaker-compatible cloud, e.g. the local one: http://127.0.0.1:PORT")
     cloud.add_argument("--email", help="the account to map the node to")
     cloud.add_argument("--password", help="its password (or set RMKIT_PASSWORD)")
+    cloud.add_argument("--mapping", choices=list(CHOICES), default=AUTO,
+                       help="user-node mapping flow: auto = challenge-response when the node advertises ch_resp "
+                            "and a cloud is given, else the secret key (default, as Espressif's clients choose); "
+                            "ch_resp = challenge-response (needs --cloud-url); secret = the secret key on "
+                            "cloud_user_assoc, then PUT and poll")
     cloud.add_argument("--mapping-wait", type=float, default=90.0,
                        help="seconds to keep polling the mapping request (default 90; the cloud times out at 60)")
     parser.add_argument("--secret-key", default=None,
@@ -148,6 +162,9 @@ def run(args) -> int:
     sec = None if args.sec == "auto" else int(args.sec)
     if sec == 1 and not args.pop:
         raise UserError("--pop is required with --sec 1 (use --sec auto for a node started without PoP)")
+    if args.mapping == CHALLENGE_RESPONSE and not args.cloud_url:
+        raise UserError("--mapping ch_resp needs --cloud-url, --email and --password: the cloud issues the "
+                        "challenge and checks the node's signature")
     secret_key = args.secret_key or str(uuid.uuid4())
     cloud = None
     user_id = args.user_id
@@ -173,15 +190,18 @@ def run(args) -> int:
         with open_transport() as transport:
             provisioner = Provisioner(transport, sec=sec, pop=args.pop, poll_interval_s=args.poll_interval,
                                       wifi_timeout_s=args.wifi_timeout, progress=_progress)
-            result = provisioner.provision(args.ssid, args.passphrase, user_id, secret_key, scan=args.scan)
+            result = provisioner.provision(args.ssid, args.passphrase, user_id, secret_key, scan=args.scan,
+                                           mapping=args.mapping, cloud=cloud)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     except DeviceUnreachable as exc:
         return _fail(f"node unreachable: {exc}", EXIT_UNREACHABLE)
     except HandshakeFailed as exc:
         return _fail(f"session refused: {exc}", EXIT_HANDSHAKE)
-    except MappingRefused as exc:
+    except (MappingRefused, ChallengeDeclined, MappingUnavailable) as exc:
         return _fail(str(exc), EXIT_MAPPING_REFUSED)
+    except CloudError as exc:  # challenge-response: initiate or verify refused, or the cloud unreachable
+        return _fail(str(exc), EXIT_CLOUD)
     except WifiJoinFailed as exc:
         return _fail(f"{exc} (send a prov-ctrl reset or re-run with the right credentials)", EXIT_WIFI_FAILED)
     except (ProtocolError, TransportError) as exc:
@@ -190,9 +210,13 @@ def run(args) -> int:
         return _fail(f"provisioning failed: {exc}", EXIT_PROTOCOL)
 
     _progress(f"done in {result.timings_s.get('total', 0):.2f} s (session {result.timings_s.get('handshake', 0) * 1000:.0f} ms)")
-    if args.show_secret_key:
+    if args.show_secret_key and result.mapping == SECRET_KEY:
         print(f"secret_key {secret_key}")
     print(f"node_id {result.node_id}", flush=True)
+    if result.mapping == CHALLENGE_RESPONSE:  # the cloud mapped the node at verify: nothing to request or poll
+        print("request_status confirmed")
+        _progress(f"node {result.node_id} added to {args.email}'s account by challenge-response")
+        return 0
     if cloud is None:
         return 0
     try:

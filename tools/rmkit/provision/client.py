@@ -1,5 +1,5 @@
-"""The provisioning steps of docs/protocol.md 2.3 over any Transport: proto-ver, prov-session, cloud_user_assoc,
-prov-scan, prov-config set/apply/status, prov-ctrl reset; and `provision()` running them in order."""
+"""The provisioning steps of docs/protocol.md 2.3 over any Transport: proto-ver, prov-session, cloud_user_assoc
+or ch_resp (7.1), prov-scan, prov-config set/apply/status, prov-ctrl reset; and `provision()` running them in order."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Callable
 from google.protobuf.message import DecodeError
 
 from rmkit.proto import pb
-from rmkit.provision.errors import (HandshakeFailed, MappingRefused, ProtocolError, ProvisionError, TransportError,
-                                    WifiJoinFailed, DeviceUnreachable)
+from rmkit.provision.errors import (ChallengeDeclined, HandshakeFailed, MappingRefused, ProtocolError, ProvisionError,
+                                    TransportError, WifiJoinFailed, DeviceUnreachable)
+from rmkit.provision.mapping import (AUTO, CHALLENGE_RESPONSE, CHOICES, DEFAULT_CHALLENGE_TIMEOUT_S, SECRET_KEY,
+                                     ChallengeCloud, choose_mapping)
 from rmkit.provision.security import make_security
 from rmkit.provision.transport import Transport
 
@@ -51,6 +53,15 @@ class ProvisionResult:
     wifi: WifiStatus
     sec_ver: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    mapping: str = SECRET_KEY  # the flow that ran: SECRET_KEY (the cloud still has to be asked) or CHALLENGE_RESPONSE
+    request_id: str = ""  # challenge-response: the cloud's request, already confirmed
+
+
+@dataclass(frozen=True)
+class SignedChallenge:
+    """What ch_resp answers (docs/protocol.md 7.1): the node's id and its signature of the challenge."""
+    node_id: str
+    signature: bytes
 
 
 def _enum_name(enum, value: int) -> str:
@@ -179,6 +190,47 @@ class Provisioner:
             raise ProtocolError("cloud_user_assoc: node answered Success without a node id")
         return node_id
 
+    def sign_challenge(self, challenge: str) -> SignedChallenge:
+        """ch_resp (docs/protocol.md 7.1): the node signs SHA-256 of the challenge's UTF-8 bytes with its
+        certificate's key. ChallengeDeclined when it answers a status other than Success."""
+        payload = challenge.encode("utf-8")
+        if not payload:
+            raise ValueError("challenge is empty")
+        request = pb.RMakerChRespPayload(msg=pb.RMakerChRespMsgType.TypeCmdChallengeResponse)
+        request.cmdChallengeResponsePayload.payload = payload  # 52 <len> 0a <len> <challenge>, as the CLI sends
+        response = self._secured("ch_resp", request, pb.RMakerChRespPayload)
+        # in esp-rainmaker-cli's order: status first (a Disabled answer carries no payload), then the rest
+        if response.status != pb.RMakerChRespStatus.Success:
+            name = _enum_name(pb.RMakerChRespStatus, response.status)
+            detail = ""
+            if response.status == pb.RMakerChRespStatus.InvalidParam:
+                detail = (f"it signs only 1 to 256 printable ASCII characters without spaces, and the challenge has "
+                          f"{len(payload)} bytes")
+            elif response.status == pb.RMakerChRespStatus.Disabled:
+                detail = "challenge-response is disabled on the node until it restarts"
+            raise ChallengeDeclined(response.status, name, detail)
+        if response.msg != pb.RMakerChRespMsgType.TypeRespChallengeResponse:
+            raise ProtocolError(f"ch_resp: unexpected msg {response.msg}")
+        if response.WhichOneof("payload") != "respChallengeResponsePayload":
+            raise ProtocolError("ch_resp: node answered Success without a signature")
+        answer = response.respChallengeResponsePayload
+        if not answer.payload or not answer.node_id:
+            raise ProtocolError("ch_resp: node answered Success without a signature or a node id")
+        return SignedChallenge(answer.node_id, answer.payload)
+
+    def map_by_challenge(self, cloud: ChallengeCloud,
+                         timeout_s: int = DEFAULT_CHALLENGE_TIMEOUT_S) -> tuple[str, str]:
+        """Challenge-response mapping, as esp-rainmaker-cli runs it right after the session: the cloud issues a
+        challenge, the node signs it, the cloud verifies the signature with the node's certificate and maps
+        the node. Returns (node_id, request_id); the request is confirmed, nothing is left to poll."""
+        issued = cloud.initiate_mapping(timeout_s)
+        self._progress(f"cloud issued a mapping challenge (request {issued.request_id[:8]}...)")
+        signed = self.sign_challenge(issued.challenge)
+        self._progress(f"node {signed.node_id} signed it ({len(signed.signature)}-byte signature)")
+        cloud.verify_mapping(issued.request_id, signed.node_id, signed.signature)
+        self._progress(f"cloud verified the signature: node {signed.node_id} is mapped")
+        return signed.node_id, issued.request_id
+
     def scan_wifi(self, page_size: int = 100, group_channels: int = 5) -> list[ScanResult]:
         """prov-scan: blocking start, status, then results in pages (docs/protocol.md 2.3 step 5)."""
         start = pb.WiFiScanPayload(msg=pb.WiFiScanMsgType.TypeCmdScanStart)
@@ -281,27 +333,42 @@ class Provisioner:
 
     # --- the whole sequence ---
 
-    def provision(self, ssid: str, passphrase: str, user_id: str, secret_key: str,
-                  scan: bool = False) -> ProvisionResult:
-        """Spec 2.3: proto-ver, prov-session, cloud_user_assoc (before any Wi-Fi data), [prov-scan],
-        prov-config set, apply, status until Connected."""
+    def provision(self, ssid: str, passphrase: str, user_id: str = "", secret_key: str = "", scan: bool = False,
+                  mapping: str = SECRET_KEY, cloud: ChallengeCloud | None = None) -> ProvisionResult:
+        """Spec 2.3: proto-ver, prov-session, the user mapping (before any Wi-Fi data), [prov-scan],
+        prov-config set, apply, status until Connected.
+
+        The user mapping is `mapping` (rmkit.provision.mapping): SECRET_KEY sends `user_id` and
+        `secret_key` on cloud_user_assoc (the caller then asks the cloud to map, docs/protocol.md 6);
+        CHALLENGE_RESPONSE has the node sign `cloud`'s challenge on ch_resp and the cloud map it (7.1);
+        AUTO takes challenge-response when the node offers it and a cloud is given."""
         # validate locally first: nothing is sent for input the node would refuse anyway
         if len(ssid.encode("utf-8")) > MAX_SSID_BYTES or not ssid:
             raise ValueError(f"SSID must be 1..{MAX_SSID_BYTES} bytes")
         if len(passphrase.encode("utf-8")) > MAX_PASSPHRASE_BYTES:
             raise ValueError(f"passphrase must be at most {MAX_PASSPHRASE_BYTES} bytes")
-        if not user_id:
+        if mapping not in CHOICES:
+            raise ValueError(f"mapping {mapping!r}: give one of {', '.join(CHOICES)}")
+        if mapping == CHALLENGE_RESPONSE and cloud is None:
+            raise ValueError("challenge-response mapping needs a cloud: it issues the challenge and checks the answer")
+        if not user_id and (mapping == SECRET_KEY or (mapping == AUTO and cloud is None)):
             raise ValueError("user id is empty")
         started = time.perf_counter()
         info = self.proto_ver()
         prov = info.get("prov") if isinstance(info.get("prov"), dict) else {}
         self._progress(f"node protocol {prov.get('ver', '?')}, capabilities {prov.get('cap', [])}")
-        extra = info.get("rmaker_extra") if isinstance(info.get("rmaker_extra"), dict) else {}
-        if "ch_resp" in (extra.get("cap") or []):
-            log.warning("node offers challenge-response mapping; this client uses cloud_user_assoc")
+        choice = choose_mapping(mapping, info, have_cloud=cloud is not None)
+        if choice.method == SECRET_KEY and not user_id:
+            raise ValueError("user id is empty")
+        self._progress("user mapping by " + ("challenge-response" if choice.method == CHALLENGE_RESPONSE
+                                             else "secret key") + f" ({choice.reason})")
         self.start_session()
-        node_id = self.set_user_mapping(user_id, secret_key)
-        self._progress(f"user mapping accepted by node {node_id}")
+        request_id = ""
+        if choice.method == CHALLENGE_RESPONSE:
+            node_id, request_id = self.map_by_challenge(cloud)
+        else:
+            node_id = self.set_user_mapping(user_id, secret_key)
+            self._progress(f"user mapping accepted by node {node_id}")
         if scan:
             networks = self.scan_wifi()
             self._progress(f"scan: {len(networks)} networks")
@@ -314,4 +381,4 @@ class Provisioner:
         self.timings_s["total"] = time.perf_counter() - started
         self._progress(f"node joined '{wifi.ssid or ssid}' with address {wifi.ip4_addr or '?'}")
         return ProvisionResult(node_id=node_id, wifi=wifi, sec_ver=self._security.version,
-                               timings_s=dict(self.timings_s))
+                               timings_s=dict(self.timings_s), mapping=choice.method, request_id=request_id)

@@ -46,3 +46,17 @@ class WifiJoinFailed(ProvisionError):
         self.state = state
         self.reason = reason
         self.ssid = ssid
+
+
+class ChallengeDeclined(ProvisionError):
+    """ch_resp answered a status other than Success (docs/protocol.md 7.1: Fail 1, InvalidParam 2, Disabled 3)."""
+
+    def __init__(self, status: int, status_name: str, detail: str = ""):
+        super().__init__(f"node declined to sign the mapping challenge: status {status} ({status_name})"
+                         + (f"; {detail}" if detail else ""))
+        self.status = status
+        self.status_name = status_name
+
+
+class MappingUnavailable(ProvisionError):
+    """The user-node mapping flow that was asked for is one the node does not offer."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from rmkit.cloud.accounts import Accounts
+from rmkit.cloud.challenge_mapping import ChallengeService
 from rmkit.cloud.mapping import MappingService
 
 _KEY = "rmkit.cloud"
@@ -16,7 +17,8 @@ _KEY = "rmkit.cloud"
 @dataclass(frozen=True)
 class Backends:
     accounts: Accounts
-    mapping: MappingService
+    mapping: MappingService  # the secret-key flow
+    challenges: ChallengeService  # challenge-response mapping
 
 
 def attach(app: Flask, backends: Backends) -> None:

@@ -7,6 +7,7 @@ error shape), so nothing else in the cloud needs to distrust its arguments.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -15,21 +16,27 @@ from flask import request
 from rmkit.cloud.accounts import MAX_EMAIL_LEN, MAX_PASSWORD_LEN
 from rmkit.cloud.api.errors import (E_BAD_FIELD, E_BAD_JSON, E_BAD_OPERATION, E_BAD_TOKEN, E_MISSING_FIELD,
                                     E_NO_TOKEN, E_TOO_LARGE, E_USER_MISMATCH, ApiError)
+from rmkit.cloud.challenge_mapping import DEFAULT_TIMEOUT_S, MAX_REQUESTED_TIMEOUT_S
 from rmkit.cloud.mapping import DEFAULT_PAGE_SIZE, MAX_ID_LEN, MAX_PAGE_SIZE, NODE_ID_RE
+from rmkit.cloud.node_signature import MAX_SIGNATURE_BYTES
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_JSON_DEPTH = 8  # the deepest body the API takes is {"metadata": {...}}; 8 leaves room, 1000 would not
 MAX_TOKEN_LEN = 4096
 MAX_REFRESH_TOKEN_LEN = 256
 MAX_TAGS = 32
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")  # fullmatch; bytes.fromhex alone would also take spaces
 
 
 # ------------------------------------------------------------------------------------------ body
 
-def json_body() -> dict:
+def json_body(empty_is_object: bool = False) -> dict:
+    """The request's JSON object; with empty_is_object, no body at all counts as {}."""
     raw = request.get_data(cache=False)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, E_TOO_LARGE, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if empty_is_object and not raw.strip():
+        return {}
     try:
         doc = json.loads(raw.decode("utf-8"))
     except RecursionError:  # CPython's parser gives up near 1,000 levels
@@ -142,6 +149,39 @@ def mapping_change(doc: dict, user_id: str) -> MappingChange:
         raise ApiError(400, E_USER_MISMATCH, "user_id in the body is not the token's user")
     _check_tags_and_metadata(doc)
     return MappingChange(operation, node_id, secret_key)
+
+
+def challenge_timeout(doc: dict) -> int:
+    """The `timeout` of a mapping initiate body, in seconds: esp-rainmaker-cli sends 360, the TS SDK none
+    (DEFAULT_TIMEOUT_S). A whole number 1..MAX_REQUESTED_TIMEOUT_S; the service cuts long ones down.
+    The TS SDK may also send `group_id`: checked, not used (this cloud has no groups)."""
+    timeout = doc.get("timeout", DEFAULT_TIMEOUT_S)
+    # bool is an int to Python, and 360.0 or "360" are not what any client sends
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= MAX_REQUESTED_TIMEOUT_S:
+        raise ApiError(400, E_BAD_FIELD, f"timeout must be a whole number of seconds, 1 to {MAX_REQUESTED_TIMEOUT_S}")
+    string_field(doc, "group_id", required=False)
+    return timeout
+
+
+@dataclass(frozen=True)
+class ChallengeAnswer:
+    """A mapping verify body: the node's signature of the request's challenge, as the client relays it."""
+    request_id: str
+    node_id: str
+    signature: bytes
+
+
+def challenge_answer(doc: dict) -> ChallengeAnswer:
+    """A mapping verify body (docs/protocol.md 7.1), checked in the order its fields are documented."""
+    request_id = string_field(doc, "request_id")
+    node_id = _node_id_field(doc)
+    hex_signature = string_field(doc, "challenge_response", max_len=2 * MAX_SIGNATURE_BYTES)
+    if len(hex_signature) % 2 or not _HEX_RE.fullmatch(hex_signature):
+        raise ApiError(400, E_BAD_FIELD, "challenge_response must be the node's signature in hex (an even "
+                       "number of 0-9 a-f)")
+    _check_tags_and_metadata(doc)
+    string_field(doc, "group_id", required=False)
+    return ChallengeAnswer(request_id, node_id, bytes.fromhex(hex_signature))
 
 
 # ------------------------------------------------------------------------------------- query string

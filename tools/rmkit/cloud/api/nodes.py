@@ -1,4 +1,5 @@
-"""The user's nodes over REST: the paged node list and mapping requests (add, remove, status).
+"""The user's nodes over REST: the paged node list and mapping requests (add, remove, status of these and of
+challenge-response requests).
 
 Views here only take checked input from `inputs` and put the mapping service's answer into
 RainMaker's response shape (docs/protocol.md 6); what a request means is MappingService's business.
@@ -49,7 +50,12 @@ def get_mapping(claims: AccessClaims):
     # the CLI sends `?&request_id=`; Werkzeug skips the empty pair, so request.args sees request_id
     request_id = inputs.query_param("request_id", required=True)
     req = backends().mapping.request_status(claims.user_id, request_id)
-    if req is None:  # unknown and another user's request look the same
+    if req is not None:
+        return json_response({"request_id": req.request_id, "request_status": req.status,
+                              "node_id": req.node_id, "operation": req.operation})
+    # a challenge-response request (docs/protocol.md 7.1): requested, confirmed, discarded or timedout
+    challenge = backends().challenges.request_status(claims.user_id, request_id)
+    if challenge is None:  # unknown and another user's request look the same
         raise ApiError(404, E_REQUEST_NOT_FOUND, "mapping request not found")
-    return json_response({"request_id": req.request_id, "request_status": req.status,
-                          "node_id": req.node_id, "operation": req.operation})
+    return json_response({"request_id": challenge.request_id, "request_status": challenge.status,
+                          "node_id": challenge.node_id, "operation": "add"})
