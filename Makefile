@@ -32,6 +32,7 @@ EMAIL   ?=
 USER_ID ?=
 WORKDIR ?=
 HEAP    ?=
+MAPPING ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -75,8 +76,8 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (JOBS=2 workers, PYTEST_ARGS=... for pytest)
 	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) $(PYTEST_ARGS)
 
-demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE)
-	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT))
+demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow)
+	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING))
 
 vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))

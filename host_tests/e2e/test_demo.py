@@ -48,21 +48,35 @@ def _processes_using(workdir: Path) -> list[str]:
     return hits
 
 
-@pytest.mark.parametrize("transport, label", [("softap", "SoftAP"), ("ble", "BLE")])
-def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path, transport, label):
-    """make demo, and make demo TRANSPORT=ble: confirmed, and the picture names the transport on every
+# the arrows each flow draws (the client<->node ones name the transport)
+FLOW_STEPS = {
+    "auto": ("POST user/nodes/mapping/initiate", "ch_resp {{challenge}} [{label}]",
+             "POST user/nodes/mapping/verify {{signature}}", "signature verified with the node's certificate: confirmed",
+             "success: node mapped",
+             "prov-config: Wi-Fi 'rmkit-lab' set and applied [{label}]"),
+    "secret": ("cloud_user_assoc {{user_id, secret_key}} [{label}]", "prov-config: Wi-Fi 'rmkit-lab' set and applied [{label}]",
+               "PUT user/nodes/mapping {{node_id, secret_key}}", "MQTT user/mapping {{node_id, user_id, secret_key}}",
+               "request_status: confirmed"),
+}
+FLOW_NAME = {"auto": "mapping flow: challenge-response", "secret": "mapping flow: secret key"}
+
+
+@pytest.mark.parametrize("transport, label, mapping", [("softap", "SoftAP", "auto"), ("ble", "BLE", "auto"),
+                                                       ("softap", "SoftAP", "secret")])
+def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path, transport, label, mapping):
+    """make demo (challenge-response, the node advertises it), make demo TRANSPORT=ble, make demo MAPPING=secret:
+    confirmed, the run says which flow ran, and the picture draws that flow, naming the transport on every
     client<->node arrow."""
     workdir = tmp_path / "demo"
-    run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir), "--transport", transport],
+    run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir), "--transport", transport, "--mapping", mapping],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "request_status: confirmed" in run.stdout
+    assert FLOW_NAME[mapping] in run.stdout
+    assert "...: confirmed" in run.stdout
     picture = workdir / "user-node-mapping.svg"
     texts = [t.text for t in ET.parse(picture).getroot().iter("{http://www.w3.org/2000/svg}text")]
-    for step in (f"cloud_user_assoc {{user_id, secret_key}} [{label}]", f"prov-config: Wi-Fi 'rmkit-lab' set and "
-                 f"applied [{label}]", "PUT user/nodes/mapping {node_id, secret_key}",
-                 "MQTT user/mapping {node_id, user_id, secret_key}", "request_status: confirmed"):
-        assert step in texts, step
+    for step in FLOW_STEPS[mapping]:
+        assert step.format(label=label) in texts, step
     assert str(picture) in run.stdout
     assert _processes_using(workdir) == []
 

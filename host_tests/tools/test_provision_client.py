@@ -402,5 +402,5 @@ def test_run_flow_takes_challenge_response_when_the_node_offers_it(reference_nod
     assert (result.status, result.nodes, result.mapping, result.secret_key) == ("confirmed", [NODE_ID], "ch_resp", "")
     texts = [event.text for event in timeline.events]
     assert texts.index("POST user/nodes/mapping/initiate") < texts.index("ch_resp {challenge} [SoftAP]") \
-        < texts.index("POST user/nodes/mapping/verify {request_id, node_id, signature}")
+        < texts.index("POST user/nodes/mapping/verify {signature}")
     assert not any(text.startswith("PUT") for text in texts)

@@ -51,14 +51,15 @@ def provision_node_by_challenge(provisioner: Provisioner, timeline: Timeline, cl
     confirmed once verify has answered."""
     via = _via(provisioner)
     _open_session(provisioner, timeline)
-    issued = cloud.initiate_mapping(DEFAULT_CHALLENGE_TIMEOUT_S)
+    # each request is drawn when it is sent, so that what it causes (log lines the watchers pick up) comes after it
     timeline.add("client", "cloud", "POST user/nodes/mapping/initiate")
+    issued = cloud.initiate_mapping(DEFAULT_CHALLENGE_TIMEOUT_S)
     timeline.add("cloud", "client", f"request_id {issued.request_id[:8]}..., challenge")
-    signed = provisioner.sign_challenge(issued.challenge)
     timeline.add("client", "node", f"ch_resp {{challenge}}{via}")
+    signed = provisioner.sign_challenge(issued.challenge)
     timeline.add("node", "client", f"signature ({len(signed.signature)} bytes), node_id {signed.node_id}{via}")
+    timeline.add("client", "cloud", "POST user/nodes/mapping/verify {signature}")
     cloud.verify_mapping(issued.request_id, signed.node_id, signed.signature)
-    timeline.add("client", "cloud", "POST user/nodes/mapping/verify {request_id, node_id, signature}")
     timeline.add("cloud", "client", "success: node mapped")
     _join_wifi(provisioner, timeline, ssid, passphrase)
     return signed.node_id, issued.request_id
