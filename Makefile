@@ -33,6 +33,7 @@ USER_ID ?=
 WORKDIR ?=
 HEAP    ?=
 MAPPING ?=
+USER_MAPPING ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -107,8 +108,8 @@ cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a tes
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(BROKER_LISTEN),--broker-listen $(BROKER_LISTEN)) \
 	  $(if $(BROKER_PORT),--broker-port $(BROKER_PORT))
 
-sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
-	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
+	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP))
 
 bench: setup espcli ## benchmarks (about 5 minutes on 2 cores): bench/results.md, one table with each figure beside its reference, results.json, scale.png

@@ -38,10 +38,10 @@ def say(msg):
     print("netns-driver: " + msg, file=sys.stderr, flush=True)
 
 
-def start_sandbox(repo, out, heap):
+def start_sandbox(repo, out, heap, user_mapping):
     if heap:
         argv = [str(repo / ".venv" / "bin" / "rmkit"), "sandbox", "--softap", SOFTAP, "--heap", heap,
-                "--workdir", str(out / "build" / "sandbox")]
+                "--workdir", str(out / "build" / "sandbox"), "--user-mapping", user_mapping]
     else:
         # the sandbox writes REPO/build/sandbox (emptied first): give this namespace its own build/
         private_build = out / "build"
@@ -49,7 +49,8 @@ def start_sandbox(repo, out, heap):
         (repo / "build").mkdir(exist_ok=True)
         subprocess.run(["mount", "--bind", str(private_build), str(repo / "build")], check=True)
         # -o: never reinstall the venv in here (no network); `make test` ran setup already
-        argv = ["make", "-s", "-C", str(repo), "-o", ".venv/.installed", "sandbox", "SOFTAP=" + SOFTAP]
+        argv = ["make", "-s", "-C", str(repo), "-o", ".venv/.installed", "sandbox", "SOFTAP=" + SOFTAP,
+                "USER_MAPPING=" + user_mapping]
     say("starting " + " ".join(argv))
     log = open(out / "sandbox.stderr", "w")
     # the boards' runtime files (pty links, compiled simulator modules) private to this run as well
@@ -154,6 +155,7 @@ def main():
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--espcli", required=True)
     parser.add_argument("--heap")
+    parser.add_argument("--user-mapping", default="both", help="the node's user_mapping setting (make sandbox USER_MAPPING=)")
     args = parser.parse_args()
     out, espcli = args.out, args.espcli
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     softap_address_on_loopback()
     stdout_file = out / "sandbox.stdout"
-    sandbox, sandbox_log = start_sandbox(args.repo, out, args.heap)
+    sandbox, sandbox_log = start_sandbox(args.repo, out, args.heap, args.user_mapping)
     try:
         info = wait_for_sandbox_line(sandbox, stdout_file)
         if info is None:

@@ -40,6 +40,8 @@ def test_without_node_id_the_board_gets_no_certificate(pki, tmp_path):
     (dict(mqtt_port=0), "invalid MQTT port"),
     (dict(sec_ver=3), "sec_ver"),
     (dict(pop="", sec_ver=1), "PoP is required"),
+    (dict(user_mapping="cloud"), "user mapping must be one of both, ch_resp, secret"),
+    (dict(transport="wifi"), "transport must be one of"),
 ])
 def test_bad_factory_settings_are_refused_before_writing(pki, tmp_path, options, message):
     arguments = dict(node_id="node1", pop="pop", mqtt_port=8883)
@@ -123,3 +125,9 @@ def test_factory_refuses_a_broker_host_with_a_port(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "rmkit factory: --mqtt-host '192.168.1.20:8883': give the broker's host name or IP address, without port or "
         "scheme (the port is --mqtt-port)"]
+
+
+@pytest.mark.parametrize("user_mapping, written", [("both", None), ("ch_resp", "ch_resp"), ("secret", "secret")])
+def test_the_user_mapping_setting_is_written_unless_it_is_the_default(pki, tmp_path, user_mapping, written):
+    path = write_factory_data(tmp_path, pki, node_id="node1", pop="pop", user_mapping=user_mapping)
+    assert json.loads(path.read_text()).get("user_mapping") == written

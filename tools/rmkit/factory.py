@@ -32,11 +32,16 @@ DEFAULT_MQTT_PORT = 8883
 
 # docs/protocol.md 1: how the node serves provisioning
 TRANSPORTS = ("softap", "ble", "both")
+# docs/protocol.md 7.1: how the node maps its user (both: ch_resp advertised, cloud_user_assoc still served)
+USER_MAPPINGS = ("both", "ch_resp", "secret")
 
 
-def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str, mqtt_port: int,
-                 topic_prefix: str, with_credentials: bool, sntp_host: Optional[str] = None,
-                 sntp_port: Optional[int] = None, transport: str = "softap") -> dict:
+def factory_json(node_id: Optional[str], pop: str, with_credentials: bool, *, sec_ver: int = 1,
+                 mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT, topic_prefix: str = "",
+                 sntp_host: Optional[str] = None, sntp_port: Optional[int] = None, transport: str = "softap",
+                 user_mapping: str = "both") -> dict:
+    """factory.json's content, every value checked (UserError naming the bad one). The keyword arguments are the
+    factory settings every function below passes through unchanged."""
     if sec_ver not in (0, 1, 2):
         raise UserError(f"sec_ver must be 0, 1 or 2, not {sec_ver!r}")
     if not isinstance(mqtt_port, int) or not 0 < mqtt_port < 65536:
@@ -49,6 +54,8 @@ def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str,
         raise UserError(f"invalid SNTP port {sntp_port!r}")
     if transport not in TRANSPORTS:
         raise UserError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    if user_mapping not in USER_MAPPINGS:
+        raise UserError(f"user mapping must be one of {', '.join(USER_MAPPINGS)}, not {user_mapping!r}")
     data: dict = {}
     if node_id is not None:
         data["node_id"] = node_id
@@ -60,17 +67,17 @@ def factory_json(node_id: Optional[str], pop: str, sec_ver: int, mqtt_host: str,
         data["sntp_port"] = sntp_port
     if transport != "softap":  # the node's default (docs/protocol.md 1)
         data["transport"] = transport
+    if user_mapping != "both":  # the node's default (docs/protocol.md 7.1)
+        data["user_mapping"] = user_mapping
     if with_credentials:
         data.update({"cert": f"/{FACTORY_DIR}/{CERT_FILE}", "key": f"/{FACTORY_DIR}/{KEY_FILE}",
                      "ca": f"/{FACTORY_DIR}/{CA_FILE}"})
     return data
 
 
-def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str, sec_ver: int = 1,
-                        mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
-                        topic_prefix: str = "", sntp_host: Optional[str] = None,
-                        sntp_port: Optional[int] = None, transport: str = "softap") -> list[Path]:
-    """Write factory.json and the DER files into `target` (the board's /factory); returns the files.
+def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str, **settings) -> list[Path]:
+    """Write factory.json and the DER files into `target` (the board's /factory); returns the files. `settings`:
+    factory_json's keyword arguments.
 
     Without a node id there is no certificate to issue (its CN is the node id): the board then gets
     PoP and broker settings only, and takes its node id from the MAC.
@@ -87,8 +94,7 @@ def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str
             files.append(destination)
     else:
         log.warning("no node id: factory data without an MQTT client certificate")
-    data = factory_json(node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix, node_id is not None,
-                        sntp_host, sntp_port, transport)
+    data = factory_json(node_id, pop, node_id is not None, **settings)
     path = target / "factory.json"
     tmp = path.with_name("factory.json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -99,16 +105,13 @@ def stage_factory_files(target: Path, pki: Pki, node_id: Optional[str], pop: str
 
 
 def write_factory_data(flash_dir: Path | str, pki: Pki, node_id: Optional[str] = None, pop: str = "",
-                       sec_ver: int = 1, mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
-                       topic_prefix: str = "", sntp_host: Optional[str] = None,
-                       sntp_port: Optional[int] = None, transport: str = "softap") -> Path:
-    """Write /factory/... into a virtual board's flash directory; returns the factory.json path."""
+                       **settings) -> Path:
+    """Write /factory/... into a virtual board's flash directory; returns the factory.json path. `settings`:
+    factory_json's keyword arguments."""
     flash = Path(flash_dir)
     if not flash.is_dir():
         raise UserError(f"flash directory {flash} does not exist")
-    files = stage_factory_files(flash / FACTORY_DIR, pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix,
-                                sntp_host, sntp_port, transport)
-    return files[0]
+    return stage_factory_files(flash / FACTORY_DIR, pki, node_id, pop, **settings)[0]
 
 
 def mpremote_command(port: str, files: list[Path]) -> list[str]:
@@ -119,14 +122,12 @@ def mpremote_command(port: str, files: list[Path]) -> list[str]:
     return command
 
 
-def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None, pop: str = "", sec_ver: int = 1,
-                              mqtt_host: str = DEFAULT_MQTT_HOST, mqtt_port: int = DEFAULT_MQTT_PORT,
-                              topic_prefix: str = "", timeout: float = 60.0, sntp_host: Optional[str] = None,
-                              sntp_port: Optional[int] = None, transport: str = "softap") -> None:
-    """Copy the factory files onto a real (or virtual) board through mpremote on `port`."""
+def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None, pop: str = "",
+                              timeout: float = 60.0, **settings) -> None:
+    """Copy the factory files onto a real (or virtual) board through mpremote on `port`. `settings`: factory_json's
+    keyword arguments."""
     with tempfile.TemporaryDirectory(prefix="rmkit-factory-") as tmp:
-        files = stage_factory_files(Path(tmp), pki, node_id, pop, sec_ver, mqtt_host, mqtt_port, topic_prefix,
-                                    sntp_host, sntp_port, transport)
+        files = stage_factory_files(Path(tmp), pki, node_id, pop, **settings)
         command = mpremote_command(port, files)
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -164,7 +165,7 @@ def _cmd_factory(args) -> int:
           f"{', topic prefix ' + args.topic_prefix if args.topic_prefix else ''} -> {where}")
     options = dict(node_id=args.node_id, pop=args.pop, sec_ver=args.sec_ver, mqtt_host=args.mqtt_host,
                    mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, sntp_host=args.sntp_host,
-                   sntp_port=args.sntp_port, transport=args.transport)
+                   sntp_port=args.sntp_port, transport=args.transport, user_mapping=args.user_mapping)
     if args.flash:
         flash = Path(args.flash)
         if flash.exists() and not flash.is_dir():
@@ -196,6 +197,11 @@ def register(subparsers) -> None:
     parser.add_argument("--transport", choices=TRANSPORTS, default="softap",
                         help="how the board serves provisioning: softap (its access point and HTTP, default), "
                         "ble (Bluetooth LE GATT) or both")
+    parser.add_argument("--user-mapping", choices=USER_MAPPINGS, default="both",
+                        help="how the node maps its user (docs/protocol.md 7.1): both (default: challenge-response "
+                        "advertised, as RainMaker's current nodes, and the secret-key cloud_user_assoc still served "
+                        "for older clients), ch_resp (challenge-response only, as upstream), or secret (cloud_user_assoc "
+                        "only: Espressif's clients then use the secret-key flow)")
     parser.add_argument("--mqtt-host", default=DEFAULT_MQTT_HOST,
                         help="where the board finds the broker: a host name or IP address its certificate names "
                         "(see `rmkit pki init --broker-host`; default %(default)s)")

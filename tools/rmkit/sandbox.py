@@ -25,6 +25,7 @@ from rmkit import REPO_ROOT, venv_tool
 from rmkit.broker import check_listen, exposure_warnings
 from rmkit.errors import UserError
 from rmkit.pki import san_names
+from rmkit.factory import USER_MAPPINGS
 from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.vboard import runtime
 from rmkit.vboard.errors import BoardError
@@ -85,7 +86,8 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                 "pid": os.getpid()}
         board = None
         if not args.no_board:
-            board = stack.add_board(args.board, softap=args.softap, transport=args.transport)
+            board = stack.add_board(args.board, softap=args.softap, transport=args.transport,
+                                    user_mapping=args.user_mapping)
             board.wait_for_log(r"state: provisioning", timeout=30)
             host, port = board.softap
             if args.transport == "ble":
@@ -160,6 +162,9 @@ def register(subparsers) -> None:
     p.add_argument("--transport", choices=("softap", "ble", "both"), default="softap",
                    help="how the board serves provisioning: softap (HTTP, default), ble (GATT on its simulated "
                    "radio; the printed line says how to reach it) or both")
+    p.add_argument("--user-mapping", choices=USER_MAPPINGS, default="both",
+                   help="how the board maps its user: both (default: challenge-response advertised, secret key still "
+                   "served), ch_resp or secret (Espressif's clients then use the secret-key flow)")
     p.add_argument("--cloud-port", type=int, default=0, help="the cloud's port (default: a free one)")
     p.add_argument("--mapping-timeout", type=float, default=60.0, help="seconds before a request times out")
     p.add_argument("--password", help="the test user's password (default: random, printed)")

@@ -175,7 +175,7 @@ class Stack:
 
     def add_board(self, name: str, pop: Optional[str] = None, softap: Optional[str] = None,
                   heap: Optional[str] = None, start: bool = True, sec_ver: int = 1,
-                  transport: str = "softap") -> VirtualBoard:
+                  transport: str = "softap", user_mapping: str = "both") -> VirtualBoard:
         """A virtual board with the firmware deployed and factory data (node certificate, broker) written."""
         flash = self.workdir / "boards" / name
         flash.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ class Stack:
         pop = pop if pop is not None else secrets.token_hex(4)
         write_factory_data(flash, self.pki, node_id=node_id_for_mac(mac), pop=pop, sec_ver=sec_ver,
                            mqtt_host="localhost", mqtt_port=self.broker.port, sntp_host=self.sntp.host,
-                           sntp_port=self.sntp.port, transport=transport)
+                           sntp_port=self.sntp.port, transport=transport, user_mapping=user_mapping)
         board = VirtualBoard(name, flash, mac=mac, air=self.air_path, heap=heap or self.heap, softap=softap,
                              log_path=self.workdir / f"{name}.log", pop=pop, node_id=node_id_for_mac(mac),
                              transport=transport)
