@@ -68,6 +68,8 @@ try:
                                         "--ssid", "HOME", "--passphrase", "home-pass-1", "--cloud-url",
                                         info["cloud_url"], "--email", info["user"], "--password", info["password"]],
                                capture_output=True, text=True, timeout=180)
+    if provision.returncode == 0:  # challenge-response maps before the node is online: let it reach the broker
+        board.wait_for_log(r"online: config reported", timeout=60)
     online = board.read_log()
 finally:
     board.stop()
