@@ -34,6 +34,7 @@ WORKDIR ?=
 HEAP    ?=
 MAPPING ?=
 USER_MAPPING ?=
+CPU     ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -77,12 +78,12 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (JOBS=2 workers, PYTEST_ARGS=... for pytest)
 	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) $(PYTEST_ARGS)
 
-demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow)
-	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING))
+demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow; CPU=esp32: the board computes at an ESP32's speed)
+	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING)) $(if $(CPU),--cpu $(CPU))
 
-vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json)
+vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json; CPU=esp32: compute at an ESP32's speed)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
-	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR))
+	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR)) $(if $(CPU),--cpu $(CPU))
 
 repl: setup ## open a REPL on the board started by `make vboard` (BOARD), or on a real board (PORT=/dev/ttyUSB0, or auto)
 	$(RMKIT) repl $(if $(PORT),--port $(PORT),--name $(BOARD))
@@ -108,9 +109,10 @@ cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a tes
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(BROKER_LISTEN),--broker-listen $(BROKER_LISTEN)) \
 	  $(if $(BROKER_PORT),--broker-port $(BROKER_PORT))
 
-sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP)
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP, CPU=esp32)
 	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
-	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP))
+	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP)) \
+	  $(if $(CPU),--cpu $(CPU))
 
 bench: setup espcli ## benchmarks (about 5 minutes on 2 cores): bench/results.md, one table with each figure beside its reference, results.json, scale.png
 	$(RMKIT) bench

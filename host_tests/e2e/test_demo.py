@@ -2,6 +2,7 @@
 (also when interrupted with Ctrl-C)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,20 @@ def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path, transpo
     for step in FLOW_STEPS[mapping]:
         assert step.format(label=label) in texts, step
     assert str(picture) in run.stdout
+    assert _processes_using(workdir) == []
+
+
+def test_the_whole_flow_confirms_on_a_board_computing_at_esp32_speed(tmp_path, esp32_speed):
+    """make demo CPU=esp32: the node's Security 1 session alone takes an ESP32's seconds (30-40 ms at full
+    speed), and the mapping still confirms within the clients' and the cloud's timeouts."""
+    workdir = tmp_path / "demo"
+    run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir), "--cpu", "esp32"],
+                         capture_output=True, text=True, timeout=180)  # the factor is cached by esp32_speed
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ESP32 speed: CPU-bound work x" in run.stdout and "request_status: confirmed" in run.stdout
+    at = {step: float(re.search(r"\[\s*([\d.]+) s\] Client -> ESP32 node:\s+" + step, run.stdout).group(1))
+          for step in ("proto-ver", "prov-session")}
+    assert at["prov-session"] - at["proto-ver"] > 0.5, run.stdout
     assert _processes_using(workdir) == []
 
 

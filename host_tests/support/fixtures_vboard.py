@@ -1,5 +1,6 @@
-"""Fixtures for virtual boards: `vboard_factory` (started boards in tmp dirs, stopped at teardown)
-and `vboard` (one started board). Serial logs go to the test's artifacts folder."""
+"""Fixtures for virtual boards: `vboard_factory` (started boards in tmp dirs, stopped at teardown),
+`vboard` (one started board), `esp32_speed` (the keyword arguments of a board that computes at an
+ESP32's speed) and `vboard_esp32` (one such board). Serial logs go to the test's artifacts folder."""
 
 import json
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rmkit.vboard import VirtualBoard
+from rmkit.vboard.cpu_speed import cpu_speed
 
 
 def write_air(path: Path, *aps: dict, scan_s: float = None) -> Path:
@@ -43,3 +45,17 @@ def vboard_factory(tmp_path, artifacts_dir):
 @pytest.fixture
 def vboard(vboard_factory) -> VirtualBoard:
     return vboard_factory()
+
+
+@pytest.fixture(scope="session")
+def esp32_speed() -> dict:
+    """VirtualBoard keyword arguments for an ESP32's CPU speed: `vboard_factory(**esp32_speed)`. The factor is
+    measured once per test run and worker (a few seconds; cached in the run's runtime directory)."""
+    cpu_speed("esp32")
+    return {"cpu": "esp32"}
+
+
+@pytest.fixture
+def vboard_esp32(vboard_factory, esp32_speed) -> VirtualBoard:
+    """One started board whose CPU-bound work takes an ESP32's time (rmkit.vboard.cpu)."""
+    return vboard_factory(**esp32_speed)

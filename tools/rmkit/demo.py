@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from rmkit import REPO_ROOT
 from rmkit.cloud_client import CloudError
@@ -18,6 +19,7 @@ from rmkit.provision.mapping import AUTO, CHALLENGE_RESPONSE, CHOICES
 from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
 from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.timeline import ACTOR_TITLES, Timeline, render_svg
+from rmkit.vboard.cpu_speed import CPU_HELP, CPU_MODELS, cpu_speed
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "demo"
 DEMO_EMAIL = "demo@example.com"
@@ -39,20 +41,23 @@ def _print_event(event) -> None:
 
 
 def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0, transport: str = "softap",
-             mapping: str = AUTO) -> int:
+             mapping: str = AUTO, cpu: Optional[str] = None) -> int:
     fresh_workdir(workdir)
     started = time.monotonic()
 
     def step(text: str) -> None:
         _say(f"[{time.monotonic() - started:6.2f} s] {text}")
 
+    speed = cpu_speed(cpu, say=step) if cpu else None
     step(f"starting mosquitto (mutual TLS, per-node ACLs) and the local cloud in {workdir}")
-    with Stack(workdir, mapping_timeout=mapping_timeout, heap=heap) as stack:
+    with Stack(workdir, mapping_timeout=mapping_timeout, heap=heap, cpu=cpu) as stack:
         step(f"broker on {stack.broker.host}:{stack.broker.port}, cloud on {stack.cloud.base_url}")
         stack.add_user(DEMO_EMAIL, DEMO_PASSWORD)
         step(f"demo user {DEMO_EMAIL} created")
         board = stack.add_board("vb-demo", heap=heap, start=False, transport=transport)
         step(f"booting virtual ESP32 'vb-demo' ({heap} heap, MAC {board.mac}, firmware precompiled with mpy-cross)")
+        if speed is not None:
+            step(speed.describe())
         board.start()
         board.wait_for_log(r"state: provisioning", timeout=30)
         if transport == "ble":
@@ -69,10 +74,10 @@ def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0, t
                               DEMO_EMAIL, DEMO_PASSWORD, timeline, mapping=mapping)
             if result.status == "confirmed" and result.mapping == CHALLENGE_RESPONSE:
                 # mapped before the Wi-Fi was even set: the node's last words are its MQTT session (no mapping publish)
-                board.wait_for_log(r"online: config reported", timeout=10)
+                board.wait_for_log(r"online: config reported", timeout=30)
             elif result.status == "confirmed":
                 # the node's last words (PUBACK) may trail the cloud's confirmation by a moment
-                board.wait_for_log(r"mapping for user \S+ acknowledged", timeout=10)
+                board.wait_for_log(r"mapping for user \S+ acknowledged", timeout=30)
         finally:
             for watcher in watchers:
                 watcher.stop()
@@ -93,7 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     check_heap(args.heap)  # before anything is started or any directory emptied
     try:
         return run_demo(Path(args.workdir), heap=args.heap, mapping_timeout=args.mapping_timeout,
-                        transport=args.transport, mapping=args.mapping)
+                        transport=args.transport, mapping=args.mapping, cpu=args.cpu)
     except (ProvisionError, CloudError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
@@ -117,4 +122,5 @@ def register(subparsers) -> None:
                    help="the user-node mapping flow: auto (default: challenge-response, which the node advertises), "
                         "ch_resp, or secret (the secret-key flow: cloud_user_assoc, the node's MQTT publish, polling)")
     p.add_argument("--mapping-timeout", type=float, default=60.0, help="the cloud's mapping timeout in seconds")
+    p.add_argument("--cpu", choices=CPU_MODELS, help=CPU_HELP)
     p.set_defaults(func=_cmd_demo)

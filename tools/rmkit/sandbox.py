@@ -28,6 +28,7 @@ from rmkit.pki import san_names
 from rmkit.factory import USER_MAPPINGS
 from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.vboard import runtime
+from rmkit.vboard.cpu_speed import CPU_HELP, CPU_MODELS
 from rmkit.vboard.errors import BoardError
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
@@ -77,7 +78,8 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
     signal.signal(signal.SIGUSR1, lambda *_: restart_requests.append("SIGKILL"))
     password = args.password or secrets.token_hex(6)
     with Stack(workdir, mapping_timeout=args.mapping_timeout, cloud_port=args.cloud_port, heap=args.heap,
-               broker_listen=args.broker_listen, broker_port=args.broker_port, pki_dir=args.pki_dir) as stack:
+               broker_listen=args.broker_listen, broker_port=args.broker_port, pki_dir=args.pki_dir,
+               cpu=args.cpu) as stack:
         stack.add_user(SANDBOX_USER, password)
         info = {"cloud_url": stack.cloud.base_url, "user": SANDBOX_USER, "password": password,
                 "broker": f"{stack.broker.host}:{stack.broker.port}", "broker_listen": stack.broker.listen,
@@ -112,6 +114,8 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
         if board is not None:
             print(f"  node        {board.node_id}, provisioning over {where}, Security 1, PoP {board.pop}")
             print(f"  Wi-Fi       simulated network '{stack.ssid}', passphrase {stack.passphrase}")
+            if board.cpu_speed is not None:
+                print(f"  CPU         {board.cpu_speed.describe()}")
             print(f"  serial      any of these (Ctrl-] leaves):\n"
                   f"    {venv_tool('mpremote')} connect {shlex.quote(str(board.pty_link))} resume repl\n"
                   f"    make repl BOARD={board.name}\n"
@@ -170,6 +174,7 @@ def register(subparsers) -> None:
     p.add_argument("--password", help="the test user's password (default: random, printed)")
     p.add_argument("--board", default="vb-sandbox", help="the board's name (its MAC and node id derive from it)")
     p.add_argument("--heap", default="110K", help="the board's MicroPython heap")
+    p.add_argument("--cpu", choices=CPU_MODELS, help=CPU_HELP)
     p.add_argument("--no-board", action="store_true", help="only the broker and the cloud (make cloud)")
     p.add_argument("--broker-listen", default="127.0.0.1", metavar="ADDR",
                    help="the broker's IPv4 address: 127.0.0.1 (default, this machine only), 0.0.0.0 or one "

@@ -80,7 +80,8 @@ class Stack:
 
     def __init__(self, workdir: Path, mapping_timeout: float = 60.0, cloud_port: int = 0,
                  heap: str = "110K", passphrase: Optional[str] = None, broker_listen: str = "127.0.0.1",
-                 broker_port: int = 0, pki_dir: Optional[Path] = None, cloud_http_processes: Optional[int] = None):
+                 broker_port: int = 0, pki_dir: Optional[Path] = None, cloud_http_processes: Optional[int] = None,
+                 cpu: Optional[str] = None):
         self.workdir = Path(workdir)
         # the broker's address and port (127.0.0.1 and a free one unless a real board must reach it), and
         # the PKI: a fresh one in the workdir unless given (make cloud: the repository's pki/, whose CA a
@@ -92,6 +93,7 @@ class Stack:
         self.cloud_port = cloud_port
         self.cloud_http_processes = cloud_http_processes or default_http_processes()
         self.heap = heap
+        self.cpu = cpu  # the boards' modelled CPU: None (this host's speed) or "esp32" (VirtualBoard(cpu=))
         self.ssid = LAB_SSID
         self.passphrase = passphrase or secrets.token_hex(8)
         self.pki: Optional[Pki] = None
@@ -175,7 +177,7 @@ class Stack:
 
     def add_board(self, name: str, pop: Optional[str] = None, softap: Optional[str] = None,
                   heap: Optional[str] = None, start: bool = True, sec_ver: int = 1,
-                  transport: str = "softap", user_mapping: str = "both") -> VirtualBoard:
+                  transport: str = "softap", user_mapping: str = "both", cpu: Optional[str] = None) -> VirtualBoard:
         """A virtual board with the firmware deployed and factory data (node certificate, broker) written."""
         flash = self.workdir / "boards" / name
         flash.mkdir(parents=True, exist_ok=True)
@@ -187,7 +189,7 @@ class Stack:
                            sntp_port=self.sntp.port, transport=transport, user_mapping=user_mapping)
         board = VirtualBoard(name, flash, mac=mac, air=self.air_path, heap=heap or self.heap, softap=softap,
                              log_path=self.workdir / f"{name}.log", pop=pop, node_id=node_id_for_mac(mac),
-                             transport=transport)
+                             transport=transport, cpu=cpu or self.cpu)
         self.boards[name] = board
         if start:
             board.start()

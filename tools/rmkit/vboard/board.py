@@ -23,6 +23,8 @@ from rmkit.net import free_port
 from rmkit.vboard import runtime
 from rmkit.vboard.air import load_air
 from rmkit.vboard.ble_radio import BleRadio
+from rmkit.vboard.cpu import PacerStats
+from rmkit.vboard.cpu_speed import CPU_MODELS, CpuSpeed, cpu_speed
 from rmkit.vboard.errors import BoardCrashed, BoardError
 from rmkit.vboard.rawrepl import RawRepl
 from rmkit.vboard.rom import SpiFlash
@@ -107,7 +109,7 @@ class VirtualBoard:
                  log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
                  reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None,
                  rfc2217_port: int = 0, reset_circuit: str = "uart", transport: str = "softap",
-                 baud: Optional[int] = None):
+                 baud: Optional[int] = None, cpu: Optional[str] = None):
         self.name = runtime.check_name(name)
         # what the factory data on its flash says, when whoever wrote it passes it on (rmkit.stack):
         # a client needs the PoP to open a session; kept with the board, never logged
@@ -118,6 +120,14 @@ class VirtualBoard:
         if baud is not None and not 300 <= int(baud) <= 5_000_000:
             raise BoardError(f"baud {baud!r} must be between 300 and 5000000")
         self.baud = int(baud) if baud is not None else None
+        # the modelled CPU: None runs at the host's speed; "esp32" paces CPU-bound work to an ESP32's
+        # (rmkit.vboard.cpu, calibrated per machine by rmkit.vboard.cpu_speed at start())
+        if cpu is not None and cpu not in CPU_MODELS:
+            raise BoardError(f"CPU model {cpu!r} is unknown; known: {', '.join(CPU_MODELS)} (or None: host speed)")
+        if cpu is not None and not hasattr(os, "pidfd_open"):
+            raise BoardError("pacing the CPU needs Linux 5.3 or newer (pidfd_open)")
+        self.cpu = cpu
+        self.cpu_speed: Optional[CpuSpeed] = None
         self._temp_flash = flash_dir is None
         self.flash_dir = Path(flash_dir) if flash_dir is not None else None
         self.mac = (mac or mac_for_name(name)).lower()
@@ -199,6 +209,12 @@ class VirtualBoard:
         return [crash.message for crash in self._sup.crashes] if self._sup else []
 
     @property
+    def cpu_stats(self) -> Optional[PacerStats]:
+        """The CPU pacer's counters (its own CPU, the worst unpaid stretch...) of a board with `cpu`."""
+        sup = self._sup
+        return sup.pacer.stats() if sup is not None and sup.pacer is not None else None
+
+    @property
     def pids(self) -> list:
         """Every MicroPython process id this board has started (for leak checks)."""
         return list(self._sup.pids) if self._sup else []
@@ -208,6 +224,8 @@ class VirtualBoard:
         if self._sup is not None:
             raise BoardError(f"board {self.name} is already started")
         t0 = time.monotonic()
+        if self.cpu is not None and self.cpu_speed is None:
+            self.cpu_speed = cpu_speed(self.cpu, say=lambda line: log.info("vboard %s: %s", self.name, line))
         self._prepare_flash()
         if self.air is not None:
             load_air(self.air)
@@ -248,7 +266,8 @@ class VirtualBoard:
                                    boot_mode="full" if self.run_main else "none", on_output=self._echo,
                                    rfc2217_sock=rfc, spi_flash=SpiFlash(self.spi_flash_path),
                                    mac=bytes(int(part, 16) for part in self.mac.split(":")),
-                                   reset_circuit=self.reset_circuit, baud=self.baud)
+                                   reset_circuit=self.reset_circuit, baud=self.baud,
+                                   cpu_factor=self.cpu_speed.factor if self.cpu_speed else None)
         except (OSError, FileExistsError) as exc:
             tcp.close()
             rfc.close()
@@ -277,6 +296,8 @@ class VirtualBoard:
             if sup.is_alive():
                 sup.request("stop")
                 sup.join(timeout=10)
+            if sup.pacer is not None:  # a supervisor that did not end in time still continues its process
+                sup.pacer.close()
             for pid in sup.pids:  # belt and braces: nothing of ours may outlive stop()
                 try:
                     os.kill(pid, 9)

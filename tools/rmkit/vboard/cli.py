@@ -16,6 +16,7 @@ from rmkit.net import port_in_use
 from rmkit.vboard import runtime
 from rmkit.vboard.air import lab_air
 from rmkit.vboard.board import VirtualBoard
+from rmkit.vboard.cpu_speed import CPU_HELP, CPU_MODELS, cpu_speed
 from rmkit.vboard.errors import BoardError
 
 
@@ -44,6 +45,7 @@ def register(sub) -> None:
                         help="pace what the host sends to the board as a UART at this rate does (115200: a DevKit's "
                         "USB-serial bridge), to see deploys and pastes take a real board's time; default: no limit")
     vboard.add_argument("--heap", default="110K", help="MicroPython heap for the firmware (default 110K, ESP32 without PSRAM)")
+    vboard.add_argument("--cpu", choices=CPU_MODELS, help=CPU_HELP)
     vboard.add_argument("--log", type=Path, help="serial log file (default: <runtime dir>/<name>.log)")
     vboard.add_argument("--no-main", action="store_true", help="do not run boot.py/main.py at power-on and resets")
     vboard.add_argument("-q", "--quiet", action="store_true", help="do not echo the board's output here")
@@ -84,15 +86,19 @@ def run_vboard(args: argparse.Namespace) -> int:
         wifi = lab_air(air) if args.air is None else None
         board = VirtualBoard(name=args.name, flash_dir=args.flash, mac=args.mac, air=air, heap=args.heap,
                              tcp_port=args.port, pty_link=args.pty, softap=args.softap, log_path=args.log,
-                             run_main=not args.no_main, echo=echo, rfc2217_port=args.rfc2217_port, baud=args.baud)
+                             run_main=not args.no_main, echo=echo, rfc2217_port=args.rfc2217_port, baud=args.baud,
+                             cpu=args.cpu)
     except BoardError as exc:
         raise UserError(str(exc)) from None
     # Ctrl-C (even when started with SIGINT ignored, as `cmd &` does), `kill` and a closed
     # terminal all stop the board and everything it started
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
-    print(f"vboard {args.name}: starting (flash {args.flash}, heap {args.heap})", flush=True)
+    print(f"vboard {args.name}: starting (flash {args.flash}, heap {args.heap}"
+          + (f", CPU at {args.cpu.upper()} speed" if args.cpu else "") + ")", flush=True)
     try:
+        if args.cpu:  # measured once per machine (a few seconds), then cached; board.start() reads the cache
+            cpu_speed(args.cpu, say=lambda line: print(f"vboard {args.name}: {line}", flush=True))
         board.start()
     except BoardError as exc:
         raise UserError(str(exc).splitlines()[0]) from None
@@ -166,6 +172,7 @@ def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
           f"  raw SPI flash   {board.spi_flash_path} (bootloader, partition table, app; / is the flash dir)\n"
           f"  SoftAP          {board.softap[0]}:{board.softap[1]} (prov_port in /settings.json)\n"
           f"  serial log      {board.serial_log}\n"
+          + (f"  CPU             {board.cpu_speed.describe()}\n" if board.cpu_speed else "")
           + (f"  Wi-Fi           simulated network {wifi[0]!r}, passphrase {wifi[1]} (in {air}; AIR= for another)\n"
              if wifi else f"  Wi-Fi           the access points in {air}\n")
           + f"connect with:\n"

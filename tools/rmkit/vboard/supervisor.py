@@ -25,6 +25,11 @@ process whenever the board "reboots". Why each piece is there (each measured on 
   which answers esptool until it resets the chip or leaves for the app; every boot from flash first
   checks the image there and, when it is no MicroPython, prints the ROM's or the bootloader's
   messages in a loop (timed, never a busy loop) instead of starting the process.
+- With a CPU factor (`cpu_factor`, VirtualBoard(cpu="esp32")), a CpuPacer (cpu.py) stops and continues
+  each process so that its CPU-bound work takes that many times as long, from the moment the
+  simulator's setup is done (the ready file) until the process is killed or ends; every path that
+  kills or reaps a process first tells the pacer to forget it (and to continue it, were it stopped),
+  and Ctrl-C continues a stopped process at once, so the interrupt is handled.
 """
 
 import logging
@@ -42,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from rmkit.vboard.cpu import CpuPacer
 from rmkit.vboard.rfc2217 import Rfc2217Client
 from rmkit.vboard.rom import STRAP_WINDOW_S, Boot, Loader, ResetLines, SpiFlash, boot_from
 
@@ -105,7 +111,8 @@ class Supervisor(threading.Thread):
                  tcp_sock: socket.socket, pty_link: Path, boot_mode: str,
                  on_output: Optional[Callable[[bytes], None]] = None,
                  rfc2217_sock: Optional[socket.socket] = None, spi_flash: Optional[SpiFlash] = None,
-                 mac: bytes = bytes(6), reset_circuit: str = "uart", baud: Optional[int] = None):
+                 mac: bytes = bytes(6), reset_circuit: str = "uart", baud: Optional[int] = None,
+                 cpu_factor: Optional[float] = None):
         super().__init__(name=f"vboard-{name}", daemon=True)
         self.board_name = name
         self._argv = argv
@@ -157,6 +164,8 @@ class Supervisor(threading.Thread):
         self.chip = "app"            # app, reset (EN low), download, bootloop, idle
         self.rom_state: Optional[str] = None   # why MicroPython is not running, while it is not
         self.boot_attempts = 0       # boots from flash or into download mode so far
+        # the modelled CPU speed: each process's CPU-bound work takes cpu_factor times as long
+        self.pacer = CpuPacer(cpu_factor, name=f"vboard-{name}-cpu") if cpu_factor else None
 
         self.host_master, self.host_slave = os.openpty()
         tty.setraw(self.host_slave)  # no echo of the board's own output back into it
@@ -190,6 +199,8 @@ class Supervisor(threading.Thread):
             self._sel.register(self._tcp, selectors.EVENT_READ, "listen")
             if self._rfc_listen is not None:
                 self._sel.register(self._rfc_listen, selectors.EVENT_READ, "listen-rfc2217")
+            if self.pacer is not None:
+                self.pacer.start()
             self._emit(POWER_ON)
             self._boot_app()
             while not self._stopping:
@@ -391,6 +402,8 @@ class Supervisor(threading.Thread):
                     os.kill(child.proc.pid, signal.SIGINT)
                 except ProcessLookupError:
                     pass
+                if self.pacer is not None:  # a stopped process handles no signal until continued
+                    self.pacer.interrupt(child.proc.pid)
         child.pending += data[start:]
         if len(child.pending) > MAX_PENDING_INPUT:
             del child.pending[:-MAX_PENDING_INPUT]
@@ -473,6 +486,8 @@ class Supervisor(threading.Thread):
             os.close(slave)
         os.set_blocking(master, False)
         child = Child(proc=proc, master=master, gen=self.gen)
+        if self.pacer is not None:
+            self.pacer.follow(proc.pid, ready=lambda gen=self.gen: self._ready_file_says(gen))
         self.pids.append(proc.pid)
         self._child = child
         self._tail = b""
@@ -498,6 +513,18 @@ class Supervisor(threading.Thread):
         except FileNotFoundError:
             pass
 
+    def _ready_file_says(self, gen: int) -> bool:
+        try:
+            return self._ready_file.read_text() == str(gen)
+        except OSError:
+            return False
+
+    def _forget_pacing(self, child: Child) -> None:
+        """Before a process is killed or reaped: the pacer continues it if stopped and never reads
+        its clock or signals it again."""
+        if self.pacer is not None:
+            self.pacer.forget(child.proc.pid)
+
     def _check_ready(self) -> None:
         child = self._child
         if child is None or child.ready:
@@ -516,6 +543,7 @@ class Supervisor(threading.Thread):
     def _on_child_exit(self, child: Child) -> None:
         with self.cond:
             self.rebooting = True
+        self._forget_pacing(child)
         self._sel.unregister(child.master)
         os.close(child.master)
         try:
@@ -612,6 +640,7 @@ class Supervisor(threading.Thread):
             child = self._child
             if child is not None:
                 self._expected_kill = "hard" if what == "reset" else "power"
+                self._forget_pacing(child)
                 child.proc.kill()
             else:
                 with self.cond:
@@ -665,6 +694,7 @@ class Supervisor(threading.Thread):
             self._sel.unregister(child.master)
         except (KeyError, ValueError):
             pass
+        self._forget_pacing(child)
         child.proc.kill()
         try:
             child.proc.wait(timeout=5)
@@ -768,6 +798,8 @@ class Supervisor(threading.Thread):
     def _shutdown(self) -> None:
         self._stopping = True
         child, self._child = self._child, None
+        if self.pacer is not None:
+            self.pacer.close()  # continues what it paced
         if child is not None:
             child.proc.kill()
             child.proc.wait()
