@@ -63,6 +63,11 @@ class ChallengeResponse:
         self._key = private_key
         self.disabled = False
 
+    def load_signer(self):
+        """Load the signer now (main task), not at the first challenge: for a transport whose requests come from an
+        IRQ handler."""
+        from rmnode import p256  # noqa: F401
+
     def handle(self, session_id, request, may_block):
         if self.disabled:
             return pb.encode(pb.RMakerChRespPayload, {"msg": _RESP_CHALLENGE_RESPONSE, "status": _DISABLED})
@@ -84,8 +89,10 @@ class ChallengeResponse:
                         % (len(challenge), MAX_CHALLENGE))
             return pb.encode(pb.RMakerChRespPayload, {"msg": _RESP_CHALLENGE_RESPONSE, "status": _INVALID_PARAM})
         # loaded at the first challenge, not with the endpoint: its 5.8 KB of heap are then paid only by a node that
-        # is asked to sign (a 2048-byte request beside it did not fit a 110 KiB heap). Safe in a BLE IRQ handler: on
-        # an ESP32 an import reads the flash through the VFS (MICROPY_READER_VFS), which keeps the GIL.
+        # is asked to sign (a 2048-byte request beside it did not fit a 110 KiB heap). Over BLE it is loaded before
+        # (load_signer): an import interns names, and the unix port, which has no GIL, must not do that in the IRQ
+        # handler's thread while the main task runs (on an ESP32 the handler holds the GIL, and the VFS reader keeps
+        # it: MICROPY_READER_VFS).
         from rmnode import p256
 
         signature = p256.sign(self._key, challenge)

@@ -72,8 +72,10 @@ async def provision(node):
         return True
 
     # the mapping is persisted before cloud_user_assoc answers (upstream keeps it in RAM only; docs/protocol.md 4.2)
+    mapping = _user_mapping(cfg)
+    chal_resp = mapping["chal_resp"]
     prov = Provisioning(cfg, wifi, node.mapping.set_pending, on_wifi_config_applied=on_wifi_config_applied,
-                        on_reset=on_prov_reset, on_session=on_session, **_user_mapping(cfg))
+                        on_reset=on_prov_reset, on_session=on_session, **mapping)
     server = radio = None
     try:
         if cfg.transport != "ble":
@@ -82,6 +84,8 @@ async def provision(node):
                                     endpoints=prov.endpoints)
             await server.start()
         if cfg.transport != "softap":
+            if chal_resp is not None:
+                chal_resp.load_signer()  # not from the IRQ handler (rmnode.chal_resp)
             # a BLE client's ScanStart is answered from a scan already made (the IRQ handler cannot scan)
             prov.scan_wanted = True
             prov.run_deferred()
