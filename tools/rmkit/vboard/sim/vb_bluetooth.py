@@ -21,6 +21,7 @@ import os
 import time
 import _thread
 import vb_time  # imported before us by vb_boot: the module that becomes `time`, with slept_ms
+import vb_esp32  # the internal-RAM model: NimBLE's controller, pools and host task
 
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
@@ -150,6 +151,10 @@ class BLE:
         if value is None:
             return self._on
         value = bool(value)
+        if value and not self._on:
+            vb_esp32.nimble_start()  # a board without the RAM for it panics and resets here
+        elif not value and self._on:
+            vb_esp32.nimble_stop()
         if value and self._sock is None:
             port = int(os.getenv("VBOARD_BLE") or 0)
             if not port:
