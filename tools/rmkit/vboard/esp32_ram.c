@@ -1157,9 +1157,10 @@ static int charge_parsed(const char *tag, size_t der_bytes, enum owner kind, voi
     return handle;
 }
 
-static void uncharge(int handle) {
+/* Undo a charge unless mbedtls's own clean-up (x509_crt_free of the chain) already released it. */
+static void uncharge(int handle, enum owner kind, void *owner) {
     int cancel = lock(&model_lock);
-    if (valid_handle(handle)) {
+    if (valid_handle(handle) && blocks[handle - 1].owner_kind == kind && blocks[handle - 1].owner == (uintptr_t)owner) {
         model_free(handle);
     }
     unlock(&model_lock, cancel);
@@ -1182,7 +1183,7 @@ int mbedtls_x509_crt_parse(void *chain, const unsigned char *buf, size_t buflen)
     }
     int ret = real.x509_crt_parse(chain, buf, buflen);
     if (ret < 0) {
-        uncharge(handle);
+        uncharge(handle, OWN_CRT, chain);
     }
     return ret;
 }
@@ -1193,16 +1194,15 @@ void mbedtls_x509_crt_free(void *chain) {
     release_owner(OWN_CRT, chain);
 }
 
+/* Charged once parsed: mbedtls_pk_parse_key() tries one key format after another and calls
+ * mbedtls_pk_free() on the context between them. */
 int mbedtls_pk_parse_key(void *ctx, const unsigned char *key, size_t keylen, const unsigned char *pwd,
                          size_t pwdlen, int (*f_rng)(void *, unsigned char *, size_t), void *p_rng) {
     NEED_MICROPYTHON();
-    int handle = charge_parsed("tls_key", keylen, OWN_PK, ctx);
-    if (!handle) {
-        return MBEDTLS_ERR_PK_ALLOC_FAILED;
-    }
     int ret = real.pk_parse_key(ctx, key, keylen, pwd, pwdlen, f_rng, p_rng);
-    if (ret != 0) {
-        uncharge(handle);
+    if (ret == 0 && !charge_parsed("tls_key", keylen, OWN_PK, ctx)) {
+        real.pk_free(ctx);  /* leaves it as mbedtls_pk_init() does */
+        ret = MBEDTLS_ERR_PK_ALLOC_FAILED;
     }
     return ret;
 }
