@@ -804,7 +804,7 @@ static bool grow_for(size_t bytes64) {
 /* gc_sweep_free_blocks(): an area other than the first that holds nothing goes back to ESP-IDF. Only
  * the last area can: the firmware's part here is one contiguous range, so an empty area between two
  * used ones stays (a board would free it: the model is stricter there). Call with the placement lock
- * held: every allocation takes it, so the tables cannot change meanwhile. */
+ * held, so that decisions on the limit are taken one at a time. */
 static void give_back_empty_areas(void) {
     while (!host.fixed_heap && area_count > 1) {
         uint32_t before = gc_total() - areas[area_count - 1].pool;
@@ -859,6 +859,7 @@ static void *place_within(void *p, size_t n, unsigned int flags) {
 
 /* ---- the model at power-on ------------------------------------------------------------------------ */
 
+/* Called from gc_init(), before MicroPython runs any thread: no lock needed yet. */
 static void model_boot(void) {
     configure();
     for (size_t i = 0; i < sizeof BOOT_REGIONS / sizeof BOOT_REGIONS[0]; i++) {
