@@ -12,7 +12,7 @@ import pytest
 
 from support.fixtures_vboard import write_air
 from support.paths import VENV_BIN
-from rmkit.vboard import BoardCrashed, BoardError
+from rmkit.vboard import BoardCrashed, BoardError, VirtualBoard
 from rmkit.vboard.board import SIM_HEAP_ALLOWANCE
 
 MPREMOTE = str(VENV_BIN / "mpremote")
@@ -261,6 +261,14 @@ def test_heap_option_sets_the_firmware_heap(vboard_factory):
         if heap is not None:
             with pytest.raises(BoardError, match="MemoryError"):
                 board.exec("b = bytearray(%d)" % (size + 4096))
+
+
+def test_without_a_c_compiler_a_board_says_in_one_line_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("RMKIT_RUNTIME_DIR", str(tmp_path / "run"))  # nothing compiled there yet
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(BoardError, match=r"^[^\n]*no C compiler: install gcc \(Debian/Ubuntu: apt-get install gcc\)"):
+        VirtualBoard("nocc", flash_dir=tmp_path / "flash").start()
 
 
 def test_two_boards_at_once(vboard_factory):

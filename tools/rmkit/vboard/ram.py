@@ -45,12 +45,11 @@ def c_compiler() -> str:
 def shim_library() -> Path:
     """The compiled model: built once per version of esp32_ram.c into the runtime dir and shared by
     every board, like the simulator's .mpy files."""
-    source = SHIM_SOURCE.read_bytes()
-    compiler = c_compiler()
-    digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(SHIM_SOURCE.read_bytes()).hexdigest()[:16]
     out = runtime.runtime_dir() / "shim-cache" / digest / "esp32_ram.so"
     if out.exists():
         return out
+    compiler = c_compiler()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"esp32_ram.{os.getpid()}.tmp")  # next to it: os.replace() stays on one filesystem
     argv = [*compiler.split(), *CFLAGS, "-o", str(tmp), str(SHIM_SOURCE), *LIBS]
