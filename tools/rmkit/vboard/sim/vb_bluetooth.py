@@ -151,10 +151,6 @@ class BLE:
         if value is None:
             return self._on
         value = bool(value)
-        if value and not self._on:
-            vb_esp32.nimble_start()  # a board without the RAM for it panics and resets here
-        elif not value and self._on:
-            vb_esp32.nimble_stop()
         if value and self._sock is None:
             port = int(os.getenv("VBOARD_BLE") or 0)
             if not port:
@@ -165,6 +161,10 @@ class BLE:
             _thread.stack_size(IRQ_STACK)
             _thread.start_new_thread(self._reader, (sock,))
             _thread.stack_size(0)
+        if value and not self._on:  # after the radio's link: a failure here leaves nothing to undo
+            vb_esp32.nimble_start()  # a board without the RAM for it panics and resets here
+        elif not value and self._on:
+            vb_esp32.nimble_stop()
         if value != self._on and self._sock is not None:
             self._send({"op": "on" if value else "off"})
             if not value:
