@@ -38,8 +38,7 @@ ESPRESSIF_OUI = "24:0a:c4"
 # process gets this much GC heap on top of the firmware's, whose share starts where the simulator's
 # ends when it has booted (esp32_ram.c `base`).
 # measured 43.3 KB held when the simulator has booted (after a collection): network, machine, flash,
-# time, sys, esp32 (the door to the RAM model), socket, bluetooth (.mpy) and the boot code, plus the GC's
-# own tables (~1.2% of the pool)
+# time, sys, esp32 (the door to the RAM model), socket, bluetooth (.mpy) and the boot code
 SIM_HEAP_ALLOWANCE = 48 * 1024
 _HEAP = re.compile(r"^(\d+)([KkMm]?)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")

@@ -74,9 +74,10 @@ def process_environment(fixed_heap: Optional[int]) -> dict:
 
 def unix_heap_bytes(fixed_heap: Optional[int], simulator_allowance: int) -> int:
     """-X heapsize for a board: the simulator's own modules plus the largest firmware heap the model can
-    allow (the fixed heap, or every byte of the ESP32's data RAM in 64-bit bytes)."""
+    allow (the fixed heap, or every byte of the ESP32's data RAM in 64-bit bytes), plus py/gc.c's
+    tables (allocation, finaliser and weakref bits: 4 bits per 32-byte block, 1/64)."""
     firmware = fixed_heap if fixed_heap else ESP32_DRAM_BYTES * HEAP_RATIO_PERCENT // 100
-    return firmware + simulator_allowance
+    return (firmware + simulator_allowance) * 65 // 64
 
 
 def heap_ratio() -> float:
