@@ -81,9 +81,9 @@ test: setup espcli ## run every test (host_tests/), virtual boards, broker and c
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow; CPU=esp32: the board computes at an ESP32's speed)
 	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING)) $(if $(CPU),--cpu $(CPU))
 
-vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json; CPU=esp32: compute at an ESP32's speed)
+vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json, HEAP = a fixed heap, e.g. 110K; CPU=esp32: compute at an ESP32's speed)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
-	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR)) $(if $(CPU),--cpu $(CPU))
+	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR)) $(if $(HEAP),--heap $(HEAP)) $(if $(CPU),--cpu $(CPU))
 
 repl: setup ## open a REPL on the board started by `make vboard` (BOARD), or on a real board (PORT=/dev/ttyUSB0, or auto)
 	$(RMKIT) repl $(if $(PORT),--port $(PORT),--name $(BOARD))

@@ -408,9 +408,9 @@ class MQTTClient:
 
     async def _open(self):
         gc.collect()  # the handshake allocates records and certificates: start from a compact heap
-        free = internal_ram_free()
-        if free is not None:  # mbedtls takes ~36 KB of it for the handshake (README, "Memory")
-            log.info(_TAG, "internal RAM free for TLS: %d bytes" % free)
+        largest = internal_ram_largest_block()
+        if largest is not None:  # mbedtls's 16.7 KB input buffer must fit in one block (README, "Memory")
+            log.info(_TAG, "largest free internal RAM block for TLS: %d bytes" % largest)
         context = self.ssl_context
         if context is not None and _MICROPYTHON:
             context = self._tcp = _KeepTcpSocket(context)
@@ -522,14 +522,16 @@ class MQTTClient:
             self._lose("ping failed: " + describe(exc))
 
 
-def internal_ram_free():
-    """Bytes free in the ESP-IDF heap (internal RAM outside the GC heap, where mbedtls and lwIP
-    allocate), or None where there is no `esp32` module (CPython, the plain unix port)."""
+def internal_ram_largest_block():
+    """The largest free block of the ESP-IDF heap (internal RAM outside the GC heap, where mbedtls and
+    lwIP allocate), or None where there is no `esp32` module (CPython, the plain unix port). A TLS
+    session needs one block of ~16.7 KB for its input buffer, however much is free in pieces; each
+    region's tuple is (total, free, largest free block, minimum free) (ports/esp32/modesp32.c)."""
     try:
         import esp32
     except ImportError:
         return None
-    return sum(region[1] for region in esp32.idf_heap_info(esp32.HEAP_DATA))
+    return max(region[2] for region in esp32.idf_heap_info(esp32.HEAP_DATA))
 
 
 def describe(exc):

@@ -106,7 +106,7 @@ def test_a_bad_heap_is_one_line_naming_the_knob_and_nothing_is_started_or_writte
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "rmkit sandbox: --heap (make sandbox HEAP=): heap size '10' must be between 16K and 512M; "
-        "110K is an ESP32 without PSRAM"]
+        "omit it for an ESP32's heap"]
     assert not workdir.exists()
 
 

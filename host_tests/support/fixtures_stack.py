@@ -1,7 +1,7 @@
 """The end-to-end rig for scenario tests: PKI, broker, cloud and virtual boards from rmkit.stack, plus a
 timeline of client, node and cloud events.
 
-`rig_factory(mapping_timeout=60, heap="110K")` -> Rig (started); everything is stopped at teardown,
+`rig_factory(mapping_timeout=60, heap=None)` -> Rig (started); everything is stopped at teardown,
 also when the test fails, and the logs land in the test's artifacts folder: <board>.log (serial),
 mosquitto.log, cloud.log and timeline.jsonl (+ timeline.svg).
 """
@@ -23,8 +23,9 @@ from rmkit.stack import Stack
 from rmkit.timeline import Timeline, render_svg
 
 PASSWORD = "scenario-password-1"
-# an ESP32 without PSRAM; RMKIT_TEST_HEAP overrides it for a local investigation, never in CI
-DEFAULT_HEAP = os.environ.get("RMKIT_TEST_HEAP", "110K")
+# None: an ESP32's RAM (the virtual board's model); RMKIT_TEST_HEAP (e.g. 110K, a fixed heap) overrides it
+# for a local investigation, never in CI
+DEFAULT_HEAP = os.environ.get("RMKIT_TEST_HEAP") or None
 
 
 class Rig:

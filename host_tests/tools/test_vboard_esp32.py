@@ -3,13 +3,16 @@
 - its clock: 2000-01-01 at power-on, the 2000 epoch, kept across machine.reset(), set through
   machine.RTC; mbedtls checks certificate dates against it, so TLS fails until the clock is set and
   refuses an expired certificate after;
-- internal RAM outside the GC heap (sim/vb_esp32.py): Wi-Fi, sockets and TLS sessions are charged,
-  a TLS session that does not fit fails with OSError(ENOMEM), esp32.idf_heap_info() reports it;
+- internal RAM (rmkit/vboard/esp32_ram.c): ESP-IDF's heap regions as ESP32_GENERIC boots with them, the GC
+  heap growing into them as py/gc.c grows it, Wi-Fi, sockets, TLS sessions and NimBLE charged; a TLS
+  session that does not fit fails with OSError(ENOMEM), NimBLE that does not fit crashes the board;
 - what the interpreter says of itself (sys.platform)."""
 
 from __future__ import annotations
 
+import ast
 import datetime
+import re
 import socket
 import ssl
 import subprocess
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from rmkit.vboard.errors import BoardCrashed
 from support.paths import VENV_BIN
 from rmkit.sntp import SntpServer
 
@@ -201,49 +205,135 @@ print(clock.plausible())
     assert board_date(vboard)[:3] >= (NOW.year, NOW.month, NOW.day)
 
 
-# -- internal RAM outside the GC heap ----------------------------------------------------------------
+# -- internal RAM: ESP-IDF's heap and the GC heap growing into it (rmkit/vboard/esp32_ram.c) ----------
 
-HEAP_INFO = "import esp32; print(*esp32.idf_heap_info(esp32.HEAP_DATA)[0])"
+# ESP32_GENERIC's HEAP_DATA regions at boot (MicroPython PR #12952 lists them)
+BOOT_REGIONS = [240, 7288, 16648, 87144, 15072, 113840]
+# mbedtls's record buffers, the first allocations of a TLS session (mbedtls ssl_misc.h)
+TLS_IN_BUFFER, TLS_OUT_BUFFER = 16717, 4429
 
 
-def test_idf_heap_info_charges_wifi_sockets_and_tls_sessions(vboard, tls_server_factory):
+def heap_info(board) -> list:
+    return ast.literal_eval(board.exec("import esp32; print(esp32.idf_heap_info(esp32.HEAP_DATA))"))
+
+
+def ram_stats(board) -> dict:
+    return ast.literal_eval(board.exec("import esp32; print(esp32.ram_stats())"))
+
+
+# Board code: 1 KiB blocks kept in `chunks` until the GC heap has grown twice; prints the GC total and
+# ESP-IDF's largest free block at the start and after each growth.
+GROW_TWICE = """
+import esp32
+chunks, steps = [], [esp32.ram_stats()]
+while steps[-1]['growths'] < 2 and len(chunks) < 1000:
+    chunks.append(bytearray(1024))
+    stats = esp32.ram_stats()
+    if stats['growths'] != steps[-1]['growths']:
+        steps.append(stats)
+print([(s['gc_total'], s['largest'], s['free']) for s in steps])
+"""
+
+
+def test_idf_heap_info_lists_the_regions_of_esp32_generic_and_charges_wifi_sockets_and_tls(vboard, tls_server_factory):
     server, ca_der = tls_server_factory("ram", NOW - DAY, NOW + 365 * DAY)
     (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
     vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
-    total, free, largest, low = map(int, vboard.exec(HEAP_INFO).split())
-    assert total == free == largest == low > 60000
+    regions = heap_info(vboard)
+    assert [total for total, *_ in regions] == BOOT_REGIONS
+    assert all(largest <= free <= total and low <= free for total, free, largest, low in regions)
+    # the first GC area (56 KiB, 56000 B of pool) and the mp_task stack came out of DRAM-main; the D/IRAM
+    # region is untouched, its largest block rounded down to a TLSF size class
+    assert regions[-1] == (113840, 112968, 110592, 112968)
+    boot = ram_stats(vboard)
+    assert boot["gc_total"] == 56000 and boot["free"] == sum(free for _, free, *_ in regions)
+
     vboard.exec("import network; network.WLAN(network.STA_IF).active(True)")
-    wifi_on = int(vboard.exec(HEAP_INFO).split()[1])
-    assert 15000 < free - wifi_on < 30000  # the Wi-Fi driver's buffers
-    out = vboard.exec(connect_code(server.port).replace("    t.close()\n", "    print(*esp32.idf_heap_info(esp32.HEAP_DATA)[0])\n    t.close()\n")
+    wifi_on = ram_stats(vboard)["free"]
+    assert 28 * 1024 < boot["free"] - wifi_on < 32 * 1024  # esp_wifi_init() and esp_wifi_start()
+    out = vboard.exec(connect_code(server.port).replace("    t.close()\n", "    print(esp32.ram_stats())\n    t.close()\n")
                       .replace("import socket, tls", "import socket, tls, esp32"))
-    during = [int(v) for v in out.splitlines()[1].split()]
-    assert wifi_on - during[1] > 21000  # socket + record buffers held while the session is open
-    assert during[3] < during[1] - 15000  # the handshake peak is the lowest point so far
-    after = int(vboard.exec(HEAP_INFO).split()[1])
-    assert after == wifi_on  # everything given back on close
+    during = ast.literal_eval(out.splitlines()[1])
+    # held while the session is open: the socket, both record buffers, the session and the peer's certificate
+    assert TLS_IN_BUFFER + TLS_OUT_BUFFER + 2000 < wifi_on - during["free"] < TLS_IN_BUFFER + TLS_OUT_BUFFER + 4000
+    assert 12_000 < during["free"] - during["free_min"] < 16_000  # the handshake's working set, gone since
+    # closed: all but the context's parsed CA certificate, which goes when the context is collected
+    assert 0 < wifi_on - ram_stats(vboard)["free"] < 1024
+    vboard.exec("import gc\ndel ctx, s, t\ngc.collect()")  # the socket objects refer to the context
+    assert ram_stats(vboard)["free"] == wifi_on
+
+
+def test_the_gc_heap_grows_as_on_an_esp32_and_gives_an_empty_area_back(vboard):
+    """py/gc.c: a second area as large as the heap so far (57360 B for 112000 of pool), then, when that
+    much is not left, ESP-IDF's largest free block; areas that a collection leaves empty go back."""
+    steps = ast.literal_eval(vboard.exec(GROW_TWICE, timeout=30))
+    (total0, largest0, free0), (total1, largest1, free1), (total2, largest2, free2) = steps
+    assert (total0, largest0) == (56000, 110592)
+    assert total1 == 112000 and free1 == free0 - (57360 + 4)  # the area plus TLSF's block header
+    assert largest1 == 55296                                   # what is left of the D/IRAM region
+    assert total2 == 112000 + 53952 and free2 == free1 - (largest1 + 4)  # all of that block, 32 B of it the area
+    assert largest2 < TLS_IN_BUFFER                            # no room for a TLS session's input buffer now
+
+    after = ast.literal_eval(vboard.exec("import gc, esp32\ndel chunks\ngc.collect()\nprint(esp32.ram_stats())"))
+    assert (after["gc_total"], after["givebacks"], after["free"], after["largest"]) == (56000, 2, free0, 110592)
+    assert after["gc_peak"] == total2 and after["largest_min"] == largest2
+
+
+def test_tls_needs_one_block_for_its_input_buffer_not_just_enough_free_ram(vboard, tls_server_factory):
+    server, ca_der = tls_server_factory("pieces", NOW - DAY, NOW + 365 * DAY)
+    (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+    vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
+    vboard.take_internal_ram(100_000)  # out of the one big block: what is left lies in pieces
+    regions = heap_info(vboard)
+    assert sum(free for _, free, *_ in regions) > TLS_IN_BUFFER + TLS_OUT_BUFFER + 15 * 1024
+    assert max(largest for *_, largest, _ in regions) < TLS_IN_BUFFER
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS FAILED [Errno 12] ENOMEM"
+    vboard.take_internal_ram(0)
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS OK b'hello'"
 
 
 def test_a_tls_session_that_does_not_fit_fails_like_on_an_esp32_and_fits_again_later(vboard, tls_server_factory):
     server, ca_der = tls_server_factory("tight", NOW - DAY, NOW + 365 * DAY)
     (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
     vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
-    free = int(vboard.exec(HEAP_INFO).split()[1])
-    vboard.take_internal_ram(free - 20000)  # 20 KB left: less than a handshake needs
+    vboard.take_internal_ram(ram_stats(vboard)["free"] - 20000)  # 20 KB left: less than a handshake needs
     assert vboard.exec(connect_code(server.port)).strip() == "TLS FAILED [Errno 12] ENOMEM"
     vboard.take_internal_ram(0)
     assert vboard.exec(connect_code(server.port)).strip() == "TLS OK b'hello'"
 
 
-def test_a_bigger_gc_heap_leaves_no_room_for_tls(vboard_factory, tls_server_factory):
-    """An ESP32 whose GC heap grew to ~110 KiB (154K on the 64-bit port) cannot open TLS with Wi-Fi on:
-    what MicroPython issue #14421 reports."""
-    board = vboard_factory(heap="154K")
+def test_a_gc_heap_grown_twice_leaves_no_room_for_tls(vboard, tls_server_factory):
+    """MicroPython issue #14421: Wi-Fi on, the GC heap grown a second time (into ESP-IDF's largest free
+    block): a TLS session no longer fits."""
     server, ca_der = tls_server_factory("grown", NOW - DAY, NOW + 365 * DAY)
-    (board.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
-    board.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
-    board.exec("import network; network.WLAN(network.STA_IF).active(True)")
-    assert board.exec(connect_code(server.port)).strip() == "TLS FAILED [Errno 12] ENOMEM"
+    (vboard.flash_dir / "ca.der").write_bytes(ca_der.read_bytes())
+    vboard.exec(set_rtc_code(datetime.datetime.now(datetime.timezone.utc)))
+    vboard.exec("import network; network.WLAN(network.STA_IF).active(True)")
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS OK b'hello'"
+    vboard.exec(GROW_TWICE, timeout=30)
+    assert vboard.exec(connect_code(server.port)).strip() == "TLS FAILED [Errno 12] ENOMEM"
+
+
+def test_bluetooth_without_the_ram_for_nimble_crashes_the_board_which_reboots(vboard):
+    """v1.24-v1.26 do not check nimble_port_init(): out of internal RAM, BLE().active(True) panics."""
+    vboard.take_internal_ram(300_000)  # all there is
+    since = vboard.log_offset()
+    with pytest.raises(BoardCrashed, match="killed by SIGSEGV"):
+        vboard.exec("import bluetooth\nbluetooth.BLE().active(True)")
+    log = vboard.read_log(since)
+    assert re.search(r"E \(\d+\) BLE_INIT: nimble host init failed", log)
+    assert "Guru Meditation Error: Core  1 panic'ed (LoadProhibited)" in log
+    assert vboard.crashes == ["MicroPython process crashed: killed by SIGSEGV"]
+
+    vboard.take_internal_ram(0)  # the board rebooted; with its RAM back Bluetooth starts
+    before = ram_stats(vboard)["free"]
+    assert vboard.exec("import bluetooth\nprint(bluetooth.BLE().active(True))").strip() == "True"
+    regions = heap_info(vboard)
+    assert regions[0][0] == 15448 and [total for total, *_ in regions[1:]] == BOOT_REGIONS
+    on = ram_stats(vboard)["free"]
+    assert 17_000 < before - on < 23_000  # about 36 KB taken, 15 KB of it in the released BT region
+    vboard.exec("bluetooth.BLE().active(False)")
+    assert 14_000 < ram_stats(vboard)["free"] - before < 15_448  # the pools and tasks back, the region stays
 
 
 def test_the_interpreter_says_it_is_an_esp32(vboard):

@@ -110,20 +110,16 @@ def measure_memory(internal_ram: list, repeats: int) -> dict:
     floors["online phase (TLS connect, config + mapping publish; node resident)"] = asdict(
         heap_floor.online_floor(say, repeats=max(repeats, 2)))
     return {"floors": floors, "ratio": heap_floor.esp32_heap_ratio(),
-            "ratio_basis": "the virtual board's RAM model (vboard/sim/vb_esp32.py HEAP_RATIO_PERCENT): the same firmware "
+            "ratio_basis": "the virtual board's RAM model (vboard/ram.py HEAP_RATIO_PERCENT): the same firmware "
                            "on a 32-bit build of the same MicroPython needed 1.38-1.40× less heap; not re-measured here",
             "internal_ram": internal_ram, "tls_peak_bytes": _tls_peak_bytes()}
 
 
 def _tls_peak_bytes() -> int:
-    """The handshake's extra internal RAM in the board's model (TLS_HANDSHAKE_BYTES)."""
-    from rmkit.benchmarks.heap_floor import VB_ESP32
+    """The handshake's internal RAM above the session's record buffers in the board's model."""
+    from rmkit.vboard import ram
 
-    namespace: dict = {}
-    for line in VB_ESP32.read_text().splitlines():
-        if line.startswith("TLS_HANDSHAKE_BYTES ="):
-            exec(line, namespace)  # noqa: S102 - one constant expression of our own simulator
-    return namespace.get("TLS_HANDSHAKE_BYTES", 0)
+    return ram.model_constant("TLS_HANDSHAKE_PEAK")
 
 
 def measure_footprint() -> dict:

@@ -107,7 +107,7 @@ def memory_rows(memory: dict) -> tuple[list, dict]:
     if ram:
         lowest = [low for _, low in ram]
         free = [f for f, _ in ram]
-        rows.append(_row("2", "internal-RAM headroom at the TLS handshake (ESP32-strict board's model, 110 KiB heap)",
+        rows.append(_row("2", "internal-RAM headroom at the TLS handshake (the virtual board's ESP32 RAM model)",
                          spread(lowest, "{:.0f}", " B"),
                          f"free once online {spread(free, '{:.0f}', ' B')}; a handshake needs "
                          f"{memory.get('tls_peak_bytes', 0)} B on top of the session's buffers"))

@@ -40,7 +40,7 @@ def _print_event(event) -> None:
     _say(f"  [{event.t:6.3f} s] {who:<26} {event.text}")
 
 
-def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0, transport: str = "softap",
+def run_demo(workdir: Path, heap: Optional[str] = None, mapping_timeout: float = 60.0, transport: str = "softap",
              mapping: str = AUTO, cpu: Optional[str] = None) -> int:
     fresh_workdir(workdir)
     started = time.monotonic()
@@ -55,7 +55,8 @@ def run_demo(workdir: Path, heap: str = "110K", mapping_timeout: float = 60.0, t
         stack.add_user(DEMO_EMAIL, DEMO_PASSWORD)
         step(f"demo user {DEMO_EMAIL} created")
         board = stack.add_board("vb-demo", heap=heap, start=False, transport=transport)
-        step(f"booting virtual ESP32 'vb-demo' ({heap} heap, MAC {board.mac}, firmware precompiled with mpy-cross)")
+        heap_text = f"{heap} heap" if heap else "an ESP32's RAM"
+        step(f"booting virtual ESP32 'vb-demo' ({heap_text}, MAC {board.mac}, firmware precompiled with mpy-cross)")
         if speed is not None:
             step(speed.describe())
         board.start()
@@ -114,7 +115,9 @@ def register(subparsers) -> None:
                     "Exits 0 only when the mapping is confirmed. Everything started is stopped at the end, "
                     "also on Ctrl-C.")
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR), help="where logs and the picture go (emptied first)")
-    p.add_argument("--heap", default="110K", help="the board's MicroPython heap (default 110K, an ESP32 without PSRAM)")
+    p.add_argument("--heap", help="the firmware's GC heap: omit it for an ESP32's (56 KiB at boot, "
+                   "growing into ESP-IDF's heap as on ESP32_GENERIC); 110K: a fixed heap of that many "
+                   "64-bit bytes, no growth")
     p.add_argument("--transport", choices=("softap", "ble"), default="softap",
                    help="how the client provisions the board: softap (HTTP on its access point, default) or ble "
                         "(GATT over the board's simulated Bluetooth radio)")

@@ -173,7 +173,9 @@ def register(subparsers) -> None:
     p.add_argument("--mapping-timeout", type=float, default=60.0, help="seconds before a request times out")
     p.add_argument("--password", help="the test user's password (default: random, printed)")
     p.add_argument("--board", default="vb-sandbox", help="the board's name (its MAC and node id derive from it)")
-    p.add_argument("--heap", default="110K", help="the board's MicroPython heap")
+    p.add_argument("--heap", help="the firmware's GC heap: omit it for an ESP32's (56 KiB at boot, "
+                   "growing into ESP-IDF's heap as on ESP32_GENERIC); 110K: a fixed heap of that many "
+                   "64-bit bytes, no growth")
     p.add_argument("--cpu", choices=CPU_MODELS, help=CPU_HELP)
     p.add_argument("--no-board", action="store_true", help="only the broker and the cloud (make cloud)")
     p.add_argument("--broker-listen", default="127.0.0.1", metavar="ADDR",

@@ -37,12 +37,15 @@ log = logging.getLogger(__name__)
 WORKDIR_MARKER = ".rmkit-workdir"
 
 
-def check_heap(heap: str, knob: str = "--heap") -> int:
-    """The board heap a command was given, in bytes; one line naming the knob when it is unusable."""
+def check_heap(heap: Optional[str], knob: str = "--heap") -> Optional[int]:
+    """The fixed board heap a command was given, in bytes (None: an ESP32's, which grows); one line
+    naming the knob when it is unusable."""
+    if heap is None:
+        return None
     try:
         return parse_heap(heap)
     except BoardError as exc:
-        raise UserError(f"{knob}: {exc}; 110K is an ESP32 without PSRAM") from None
+        raise UserError(f"{knob}: {exc}; omit it for an ESP32's heap") from None
 
 
 def fresh_workdir(workdir: Path) -> Path:
@@ -79,7 +82,7 @@ class Stack:
     """Start with start(); add boards with add_board(); stop() ends every process it started."""
 
     def __init__(self, workdir: Path, mapping_timeout: float = 60.0, cloud_port: int = 0,
-                 heap: str = "110K", passphrase: Optional[str] = None, broker_listen: str = "127.0.0.1",
+                 heap: Optional[str] = None, passphrase: Optional[str] = None, broker_listen: str = "127.0.0.1",
                  broker_port: int = 0, pki_dir: Optional[Path] = None, cloud_http_processes: Optional[int] = None,
                  cpu: Optional[str] = None):
         self.workdir = Path(workdir)

@@ -130,3 +130,23 @@ def test_backoff_grows_with_jitter_up_to_the_cap():
     for n in range(5, 12):
         delay = mqtt.backoff_delay(n, 200, 5000)
         check(2500 <= delay <= 5000, "capped delay %d" % delay)
+
+
+class _Esp32:
+    """esp32.idf_heap_info(HEAP_DATA) of a board whose internal RAM lies in pieces: (total, free, largest
+    free block, minimum free) per region (ports/esp32/modesp32.c)."""
+    HEAP_DATA = 4
+
+    @staticmethod
+    def idf_heap_info(capabilities):
+        return [(15072, 14656, 14336, 14656), (87144, 12536, 12288, 12536), (113840, 12964, 12800, 4)]
+
+
+def test_internal_ram_for_tls_is_the_largest_free_block_not_the_free_total():
+    equal(mqtt.internal_ram_largest_block(), None, "no esp32 module")
+    sys.modules["esp32"] = _Esp32
+    try:
+        # 40 KB free, but a TLS session's 16.7 KB input buffer needs one block
+        equal(mqtt.internal_ram_largest_block(), 14336, "largest block")
+    finally:
+        del sys.modules["esp32"]

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from rmkit import REPO_ROOT
 from rmkit.benchmarks.flow_timing import FlowTiming, chain, watch_node_and_cloud
@@ -47,7 +47,7 @@ class EspcliUnavailable(Exception):
     """The CLI is not installed, or this machine gives no private network namespace."""
 
 
-def measure(runs: int, say: Callable[[str], None], heap: str = "110K") -> list[FlowTiming]:
+def measure(runs: int, say: Callable[[str], None], heap: Optional[str] = None) -> list[FlowTiming]:
     """`runs` CLI flows in a private namespace; raises EspcliUnavailable with the reason when impossible."""
     if not ESPCLI.exists():
         raise EspcliUnavailable(f"{ESPCLI} is missing: run `make espcli`")
@@ -56,7 +56,7 @@ def measure(runs: int, say: Callable[[str], None], heap: str = "110K") -> list[F
     with tempfile.TemporaryDirectory(prefix="rmkit-bench-espcli-") as tmp:
         result = Path(tmp) / "result.json"
         argv = UNSHARE + [sys.executable, "-m", "rmkit.benchmarks.espcli_flow", "--inside", tmp,
-                          "--runs", str(runs), "--heap", heap]
+                          "--runs", str(runs)] + (["--heap", heap] if heap else [])
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:
@@ -129,7 +129,7 @@ def cli_environment(home: Path) -> dict:
     return env
 
 
-def _inside(out: Path, runs: int, heap: str) -> dict:
+def _inside(out: Path, runs: int, heap: Optional[str]) -> dict:
     from rmkit.stack import Stack
 
     def say(text: str) -> None:
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inside", type=Path, required=True, help="(run by measure() inside the namespace)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--heap", default="110K")
+    parser.add_argument("--heap", help="a fixed firmware heap (default: an ESP32's)")
     args = parser.parse_args(argv)
     # pid 1 of a pid namespace ignores signals it has no handler for
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -8,14 +8,13 @@ timeout. Near the edge a size counts only if it works `repeats` times in a row (
 peak by about 1 KiB between runs).
 
 The virtual board is the 64-bit unix port, whose objects are bigger than on an ESP32 (32-bit words,
-16-byte GC blocks instead of 32). The ESP32 estimate divides by the ratio the board's own RAM model
-uses (vboard/sim/vb_esp32.py HEAP_RATIO_PERCENT), measured there with a 32-bit build of the same
-MicroPython (1.38-1.40); this run does not measure it again.
+16-byte GC blocks instead of 32). Each try runs on a fixed heap (no growth). The ESP32 estimate divides
+by the ratio the board's own RAM model uses (vboard/ram.py HEAP_RATIO_PERCENT), measured with a 32-bit
+build of the same MicroPython (1.38-1.40); this run does not measure it again.
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 import uuid
@@ -26,8 +25,8 @@ from typing import Callable, Optional
 from rmkit.flow import board_transport, run_flow
 from rmkit.provision.client import Provisioner
 from rmkit.timeline import Timeline
+from rmkit.vboard import ram
 
-VB_ESP32 = Path(__file__).resolve().parents[1] / "vboard" / "sim" / "vb_esp32.py"
 EMAIL, PASSWORD = "floor@example.com", "floor-password-1"
 #: how a try that cannot work shows itself early: the node's main loop died, or the board never served
 _BOOT_OUTCOME = r"state: provisioning|node stopped on an unexpected error"
@@ -35,8 +34,7 @@ _BOOT_OUTCOME = r"state: provisioning|node stopped on an unexpected error"
 
 def esp32_heap_ratio() -> float:
     """The 64-bit/32-bit heap ratio of the virtual board's RAM model (one number for model and report)."""
-    match = re.search(r"^HEAP_RATIO_PERCENT = (\d+)", VB_ESP32.read_text(), re.MULTILINE)
-    return int(match.group(1)) / 100
+    return ram.heap_ratio()
 
 
 @dataclass

@@ -26,9 +26,10 @@ a free port) makes network.WLAN(network.AP_IF).ifconfig() report HOST, and the b
 {"prov_port": PORT} into /settings.json on its flash (other keys kept) before power-on, so the
 firmware binds (ap_ip, prov_port) without knowing it is simulated.
 
-Heap: `heap` (default 110K, an ESP32 without PSRAM) is what firmware gets; the process has
-SIM_HEAP_ALLOWANCE more, taken by the simulated modules (C in ROM on a real board). Objects are
-bigger on the 64-bit host than on the ESP32, so the budget is, if anything, tighter.
+Heap: by default firmware gets an ESP32's GC heap, 56 KiB at boot growing into ESP-IDF's heap as on
+ESP32_GENERIC (esp32_ram.c models both; 64-bit bytes = board bytes x HEAP_RATIO); `heap="110K"` gives it a
+fixed heap of that many 64-bit bytes instead. The process has SIM_HEAP_ALLOWANCE more, taken by the
+simulated modules (C in ROM on a real board).
 """
 
 from rmkit.vboard.air import AirError, load_air

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from rmkit.net import free_port
-from rmkit.vboard import runtime
+from rmkit.vboard import ram, runtime
 from rmkit.vboard.air import load_air
 from rmkit.vboard.ble_radio import BleRadio
 from rmkit.vboard.cpu import PacerStats
@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 
 SIM_DIR = Path(__file__).resolve().parent / "sim"
 SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py", "vb_sys.py", "vb_esp32.py",
-               "vb_socket.py", "vb_tls.py", "vb_bluetooth.py")
+               "vb_socket.py", "vb_bluetooth.py")
 ESPRESSIF_OUI = "24:0a:c4"
 # The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
-# process gets this much GC heap on top of `heap` so firmware still has `heap` to itself.
-# measured 29.4 KB after boot: network, machine, flash, time, sys, esp32 (the internal-RAM model),
-# socket, tls and the boot code; + 7.6 KB for bluetooth (vb_bluetooth.mpy, imported at boot)
-SIM_HEAP_ALLOWANCE = 38 * 1024
+# process gets this much GC heap on top of the firmware's, whose share starts where the simulator's
+# ends when it has booted (esp32_ram.c `base`).
+# measured 43.3 KB held when the simulator has booted (after a collection): network, machine, flash,
+# time, sys, esp32 (the door to the RAM model), socket, bluetooth (.mpy) and the boot code
+SIM_HEAP_ALLOWANCE = 48 * 1024
 _HEAP = re.compile(r"^(\d+)([KkMm]?)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 PathLike = Union[str, Path]
@@ -104,7 +105,7 @@ class VirtualBoard:
     """A virtual ESP32 on a pty and on socket://127.0.0.1:PORT; see the rmkit.vboard docstring."""
 
     def __init__(self, name: str = "vb1", flash_dir: Optional[PathLike] = None, mac: Optional[str] = None,
-                 air: Optional[PathLike] = None, heap: str = "110K", tcp_port: int = 0,
+                 air: Optional[PathLike] = None, heap: Optional[str] = None, tcp_port: int = 0,
                  pty_link: Optional[PathLike] = None, softap: Optional[str] = None,
                  log_path: Optional[PathLike] = None, run_main: bool = True, echo=None,
                  reported_version: Optional[str] = None, pop: Optional[str] = None, node_id: Optional[str] = None,
@@ -134,8 +135,10 @@ class VirtualBoard:
         if not _MAC.match(self.mac):
             raise BoardError(f"MAC {mac!r} must look like 24:0a:c4:12:34:56")
         self.air = Path(air).resolve() if air is not None else None
+        # None: an ESP32's GC heap, 56 KiB at boot growing into ESP-IDF's heap (esp32_ram.c); "110K": a
+        # fixed heap of that many 64-bit bytes for the firmware, no growth (heap-floor searches)
         self.heap = heap
-        self.heap_bytes = parse_heap(heap)
+        self.heap_bytes = parse_heap(heap) if heap is not None else None
         self.tcp_port = int(tcp_port)
         # the serial port with modem lines (esptool resets the board through DTR/RTS there); reset
         # circuit "uart" (a DevKit's USB-serial adapter) or "usb-jtag" (see rom.ResetLines)
@@ -254,12 +257,14 @@ class VirtualBoard:
             env = dict(os.environ, HOME=str(self._state_dir), VBOARD_SIM=str(sim_dir),
                        VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
                        VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0],
-                       VBOARD_HEAP=str(self.heap_bytes), VBOARD_MPY_VERSION=self.reported_version or "",
-                       VBOARD_BLE=str(self.radio.board_port),
+                       VBOARD_MPY_VERSION=self.reported_version or "", VBOARD_BLE=str(self.radio.board_port),
                        **clock_environment())
+            ram_model = ram.process_environment(self.heap_bytes)
+            env.update(ram_model, LD_PRELOAD=ram_model["LD_PRELOAD"] + ":" + env["LD_PRELOAD"])
             env.pop("MICROPYPATH", None)
             env.pop("MICROPYTHONINSPECT", None)
-            argv = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={self.heap_bytes + SIM_HEAP_ALLOWANCE}",
+            heapsize = ram.unix_heap_bytes(self.heap_bytes, SIM_HEAP_ALLOWANCE)
+            argv = [sys.executable, "-c", LAUNCHER, "-X", f"heapsize={heapsize}",
                     "-i", str(SIM_DIR / "vb_boot.py")]
             self._sup = Supervisor(name=self.name, argv=argv, env=env, state_dir=self._state_dir,
                                    log_path=self.serial_log, tcp_sock=tcp, pty_link=self.pty_link,
@@ -315,8 +320,10 @@ class VirtualBoard:
         self._restart("power", timeout)
 
     def take_internal_ram(self, nbytes: int) -> None:
-        """Make `nbytes` of the modelled ESP-IDF heap unavailable (0 gives it back), as other ESP-IDF
-        users would; the next TLS session or esp32.idf_heap_info() on the board sees it."""
+        """Hold `nbytes` of the modelled ESP-IDF heap (0 gives it back), as other ESP-IDF users would:
+        allocations in the model, each as large as the largest free block or what is still to take,
+        until `nbytes` are held or nothing fits. The model re-reads it before each of its operations (a TLS session, a growth of
+        the GC heap, esp32.idf_heap_info(), ...); it lasts across resets until changed."""
         if not isinstance(nbytes, int) or nbytes < 0:
             raise BoardError(f"internal RAM to take must be a byte count >= 0, not {nbytes!r}")
         state = self._state_dir
@@ -325,6 +332,14 @@ class VirtualBoard:
         tmp = state / "idf_reserve.tmp"
         tmp.write_text(str(nbytes))
         os.replace(tmp, state / "idf_reserve")
+
+    def ram_log(self) -> str:
+        """The RAM model's event log (esp32_ram.c): one line per allocation, free, growth or give-back of
+        the GC heap, refusal, ... with the GC total, the largest free block and the free total after it;
+        every boot since start(), each line starting with its boot's number."""
+        if self._state_dir is None:
+            raise BoardError(f"board {self.name} is not started")
+        return ram.read_ram_log(self._state_dir)
 
     def enter_download_mode(self, timeout: float = 10.0) -> None:
         """Hold BOOT (IO0 low) and press EN, as by hand: the chip starts the ROM's download mode, for

@@ -44,7 +44,9 @@ def register(sub) -> None:
     vboard.add_argument("--baud", type=int,
                         help="pace what the host sends to the board as a UART at this rate does (115200: a DevKit's "
                         "USB-serial bridge), to see deploys and pastes take a real board's time; default: no limit")
-    vboard.add_argument("--heap", default="110K", help="MicroPython heap for the firmware (default 110K, ESP32 without PSRAM)")
+    vboard.add_argument("--heap", help="the firmware's GC heap: omit it for an ESP32's (56 KiB at boot, "
+                        "growing into ESP-IDF's heap as on ESP32_GENERIC); 110K: a fixed heap of that many "
+                        "64-bit bytes, no growth")
     vboard.add_argument("--cpu", choices=CPU_MODELS, help=CPU_HELP)
     vboard.add_argument("--log", type=Path, help="serial log file (default: <runtime dir>/<name>.log)")
     vboard.add_argument("--no-main", action="store_true", help="do not run boot.py/main.py at power-on and resets")
@@ -94,7 +96,7 @@ def run_vboard(args: argparse.Namespace) -> int:
     # terminal all stop the board and everything it started
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
-    print(f"vboard {args.name}: starting (flash {args.flash}, heap {args.heap}"
+    print(f"vboard {args.name}: starting (flash {args.flash}, heap {args.heap or 'as an ESP32'}"
           + (f", CPU at {args.cpu.upper()} speed" if args.cpu else "") + ")", flush=True)
     try:
         if args.cpu:  # measured once per machine (a few seconds), then cached; board.start() reads the cache

@@ -21,6 +21,7 @@ import os
 import time
 import _thread
 import vb_time  # imported before us by vb_boot: the module that becomes `time`, with slept_ms
+import vb_esp32  # the internal-RAM model: NimBLE's controller, pools and host task
 
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
@@ -160,6 +161,10 @@ class BLE:
             _thread.stack_size(IRQ_STACK)
             _thread.start_new_thread(self._reader, (sock,))
             _thread.stack_size(0)
+        if value and not self._on:  # after the radio's link: a failure here leaves nothing to undo
+            vb_esp32.nimble_start()  # a board without the RAM for it panics and resets here
+        elif not value and self._on:
+            vb_esp32.nimble_stop()
         if value != self._on and self._sock is not None:
             self._send({"op": "on" if value else "off"})
             if not value:

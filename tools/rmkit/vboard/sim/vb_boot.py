@@ -20,14 +20,13 @@ def _vboard_power_on():
     import vb_machine
     import vb_network
     import vb_socket
-    import vb_tls
     import vb_bluetooth
 
     # `import network` / `import machine` look in sys.modules before the built-in table,
     # so these win over the unix port's own modules (its `machine` has no reset(), its `time`
-    # counts from 1970, its sys.platform is "linux", it has no `esp32`; sockets and TLS sessions
-    # are charged to the internal-RAM model in vb_esp32).
-    for name in ("time", "sys", "esp32", "machine", "network", "socket", "tls", "bluetooth"):
+    # counts from 1970, its sys.platform is "linux", it has no `esp32`; sockets are charged to the
+    # internal-RAM model through vb_esp32; TLS sessions are charged by the model itself, in C).
+    for name in ("time", "sys", "esp32", "machine", "network", "socket", "bluetooth"):
         sys.modules[name] = sys.modules.pop("vb_" + name)
 
     import vb_flash  # VfsPosix plus a fix for atomic renames (see vb_flash.py)
@@ -38,12 +37,25 @@ def _vboard_power_on():
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]  # ESP32 port's default
 
+    return os.getenv("VBOARD_BOOT")
+
+
+def _vboard_ready():
+    # What the GC heap holds now is the simulator's (this function and _vboard_run are all that is
+    # left of this file): from here on the firmware gets an ESP32's GC heap above it (the RAM model,
+    # rmkit/vboard/esp32_ram.c).
+    import gc
+    import os
+    import vfs
+
+    gc.collect()
+    if os.getenv("VBRAM ready") != "ok":
+        print("vb_boot: the RAM model (esp32_ram.so) is not preloaded into this process")
+        raise SystemExit(70)
     # tell the host this boot is past setup (Ctrl-C now reaches code as KeyboardInterrupt)
-    state = vfs.VfsPosix(os.getenv("VBOARD_STATE"))
-    f = state.open("/ready", "w")
+    f = vfs.VfsPosix(os.getenv("VBOARD_STATE")).open("/ready", "w")
     f.write(os.getenv("VBOARD_GEN"))
     f.close()
-    return os.getenv("VBOARD_BOOT")
 
 
 def _vboard_run(name):
@@ -71,8 +83,10 @@ def _vboard_run(name):
 
 
 _vboard_mode = _vboard_power_on()
+del _vboard_power_on
+_vboard_ready()
 if _vboard_mode in ("boot", "full"):
     _vboard_run("boot.py")
 if _vboard_mode == "full":
     _vboard_run("main.py")
-del _vboard_mode, _vboard_power_on, _vboard_run
+del _vboard_mode, _vboard_ready, _vboard_run

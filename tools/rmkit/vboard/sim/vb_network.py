@@ -42,7 +42,7 @@ import os
 import time
 import vfs
 
-import vb_esp32  # the internal-RAM model: the radio's buffers while an interface is active
+import vb_esp32  # the internal-RAM model: esp_wifi_init() once, esp_wifi_start() while an interface is active
 
 STA_IF = 0
 AP_IF = 1
@@ -295,13 +295,13 @@ class _SoftAP:
 
 _sta = _Station()
 _softap = _SoftAP()
-vb_esp32.track_radio(lambda: _sta.active or _softap.active)
 
 
 class WLAN:
     def __init__(self, interface_id=STA_IF):
         if interface_id not in (STA_IF, AP_IF):
             raise ValueError("invalid WLAN interface identifier")
+        vb_esp32.charge_wifi_init()  # the first construction initialises the driver, for good
         self._if = interface_id
         self._s = _sta if interface_id == STA_IF else _softap
 
@@ -315,6 +315,8 @@ class WLAN:
     def active(self, *is_active):
         if is_active:
             on = bool(is_active[0])
+            other = _softap if self._s is _sta else _sta
+            vb_esp32.charge_wifi_active(on or other.active)  # may raise OSError("WiFi Out of Memory")
             if not on and self._if == STA_IF:
                 _sta.stop()
             self._s.active = on
