@@ -24,7 +24,7 @@ from rmkit.vboard.ble_central import BleCentral
 
 SERVICE = "021a9004-0382-4aea-bff4-6b3f1c5adfb4"
 ENDPOINTS = {"prov-ctrl": "ff4f", "prov-scan": "ff50", "prov-session": "ff51", "prov-config": "ff52",
-             "proto-ver": "ff53", "cloud_user_assoc": "ff54"}
+             "proto-ver": "ff53", "ch_resp": "ff54", "cloud_user_assoc": "ff55"}
 NEIGHBOURS = 9
 IDLE_S = 3  # the board's ble_idle_s: a central silent this long is dropped
 # ATT error codes (Bluetooth Core, Vol 3 Part F 3.4.1.1)
