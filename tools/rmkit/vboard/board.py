@@ -16,14 +16,15 @@ import tempfile
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from rmkit.net import free_port
 from rmkit.vboard import runtime
 from rmkit.vboard.air import load_air
 from rmkit.vboard.ble_radio import BleRadio
-from rmkit.vboard.errors import BoardCrashed, BoardError
+from rmkit.vboard.errors import BoardCrashed, BoardError, BoardFault
 from rmkit.vboard.rawrepl import RawRepl
 from rmkit.vboard.rom import SpiFlash
 from rmkit.vboard.supervisor import LAUNCHER, Supervisor
@@ -46,6 +47,24 @@ _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 PathLike = Union[str, Path]
 
 _live_boards: "weakref.WeakSet[VirtualBoard]" = weakref.WeakSet()
+_start_recorders: list = []  # lists that recording_started_boards() fills
+
+
+def running_boards() -> list:
+    """The boards of this process that are started and not yet stopped."""
+    return list(_live_boards)
+
+
+@contextmanager
+def recording_started_boards() -> Iterator[list]:
+    """A list of every board started in this process while the block runs (the test harness checks
+    their faults when a test ends, also when the test stopped them)."""
+    started: list = []
+    _start_recorders.append(started)
+    try:
+        yield started
+    finally:  # by identity: blocks may nest (a pytest run inside a test), and equal lists are not the same
+        del _start_recorders[next(i for i, other in enumerate(_start_recorders) if other is started)]
 
 
 def faketime_library() -> Path:
@@ -152,6 +171,7 @@ class VirtualBoard:
         # it outlives resets of the MicroPython process as the chip's radio does
         self.radio: Optional[BleRadio] = None
         self.start_seconds: Optional[float] = None
+        self._earlier_faults: list = []  # fault messages of the runs before stop(), kept for `faults`
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -199,6 +219,13 @@ class VirtualBoard:
     def crashes(self) -> list:
         """Messages of every crash of the MicroPython process since start()."""
         return [crash.message for crash in self._sup.crashes] if self._sup else []
+
+    @property
+    def faults(self) -> list:
+        """Messages of every fault the board reported since it was made (a BLE IRQ handler that
+        released the GIL: sim/vb_irq.py), also after stop(); each is also in the serial log as a
+        `vboard FAULT: ` line. The board carried on after each."""
+        return self._earlier_faults + ([fault.message for fault in self._sup.faults] if self._sup else [])
 
     @property
     def pids(self) -> list:
@@ -262,6 +289,8 @@ class VirtualBoard:
             self._cleanup_state()
             raise
         _live_boards.add(self)
+        for started in _start_recorders:
+            started.append(self)
         self._sup.start()
         try:  # a board whose flash holds no MicroPython starts too (its boot loop is what it does)
             self._wait_ready(1, timeout, attempts=0, rom_ok=True)
@@ -276,6 +305,7 @@ class VirtualBoard:
         """Stop the MicroPython process, close the ports, remove the pty link. Idempotent."""
         sup, self._sup = self._sup, None
         if sup is not None:
+            self._earlier_faults += [fault.message for fault in sup.faults]
             if sup.is_alive():
                 sup.request("stop")
                 sup.join(timeout=10)
@@ -334,7 +364,8 @@ class VirtualBoard:
         """Run `code` at the raw REPL (interrupting main.py if it runs); return what it printed.
 
         Raises BoardError with the board's traceback when the code raises, BoardCrashed when the
-        MicroPython process crashes meanwhile.
+        MicroPython process crashes meanwhile, BoardFault (once the code is done) when the board
+        reported a fault meanwhile.
         """
         sup = self._supervisor()
         with self._exec_lock:
@@ -352,6 +383,7 @@ class VirtualBoard:
                 repl.enter(timeout)
                 out, err = repl.run(code, timeout)
                 repl.leave()
+        self._raise_if_faulted(since)
         if err:
             raise BoardError(f"board {self.name}: code raised on the board:\n{err.rstrip()}")
         return out
@@ -371,7 +403,8 @@ class VirtualBoard:
 
         The log is searched as latin-1 text, so match.start()/end() are byte offsets into the log;
         pass match.end() as the next `since`. Raises BoardCrashed at once if the MicroPython process
-        crashes meanwhile, BoardError on timeout with the pattern, the log tail and the log path.
+        crashes meanwhile, BoardFault if the board reports a fault after `since` (before the match,
+        when there is one), BoardError on timeout with the pattern, the log tail and the log path.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         since = since or 0
@@ -380,6 +413,7 @@ class VirtualBoard:
         while True:
             text = self.read_log()
             match = regex.search(text, since)
+            self._raise_if_faulted(since, match.end() if match else None, text)
             if match:
                 return match
             if sup is None:
@@ -409,6 +443,15 @@ class VirtualBoard:
                                + self._log_tail(text) + f"\n(serial log: {self.serial_log})")
         if sup.halted:
             raise BoardError(f"board {self.name} is halted: {sup.halted}")
+
+    def _raise_if_faulted(self, since: int, until: Optional[int] = None, text: Optional[str] = None) -> None:
+        """BoardFault for the first fault reported at or after log offset `since` (and before `until`)."""
+        sup = self._sup
+        faults = [f for f in sup.faults if f.offset >= since and (until is None or f.offset < until)] if sup else []
+        if faults:
+            more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+            raise BoardFault(f"board {self.name}: vboard FAULT: {faults[0].message}{more}"
+                             + self._log_tail(text) + f"\n(serial log: {self.serial_log})")
 
     def _timeout_error(self, regex, timeout, text, why=None):
         reason = f" ({why})" if why else ""
