@@ -54,12 +54,14 @@ class Console(io.IOBase):
         if cooked:
             self.buffer = Console(stream.buffer, call.replace(".write", ".buffer.write"), cooked=False)
 
-    def write(self, data):
+    def write(self, data, *length):  # write(buf, n) as streams take it (mpremote's mount does)
         if vb_irq.in_handler():
+            if length:
+                data = data[:length[0]]
             size = _longest_line(data) if self._cooked else len(data)
             if size > _THRESHOLD:
                 vb_irq.released_gil("%s of %d bytes" % (self._call, size), _SOURCE)
-        return self._stream.write(data)
+        return self._stream.write(data, *length)
 
     def ioctl(self, request, arg):
         return 0

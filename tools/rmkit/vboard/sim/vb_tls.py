@@ -7,6 +7,7 @@ from tls import *  # noqa: F401,F403 - PROTOCOL_*, CERT_*, MBEDTLS_VERSION
 import tls as _unix
 
 import vb_esp32
+import vb_socket
 
 
 class SSLContext:
@@ -37,7 +38,8 @@ class SSLContext:
         # a refused session leaves the socket to the caller; asyncio.open_connection() drops it
         # unclosed, and the GC's finaliser closes it at the next collection, as on a board
         vb_esp32.start_tls(sock)
-        return self._context.wrap_socket(sock, server_side=server_side,
+        # the unix port's socket: its C stream functions are what mbedtls reads and writes through
+        return self._context.wrap_socket(vb_socket.native(sock), server_side=server_side,
                                          do_handshake_on_connect=do_handshake_on_connect,
                                          server_hostname=server_hostname)
 
