@@ -4,7 +4,7 @@
 # On an ESP32 the handler runs on the NimBLE host task, which is not a MicroPython thread: it takes
 # the GIL and locks the scheduler for the handler's whole run (extmod/modbluetooth.c
 # invoke_irq_handler, v1.26.1), and a garbage collection by the main task never scans its stack
-# (ports/esp32/gccollect.c, mpthreadport.c mp_thread_gc_others). If the handler releases the GIL
+# (ports/esp32/gccollect.c, mpthreadport.c mp_thread_gc_others; v1.26.1). If the handler releases the GIL
 # and blocks, the main task runs and may collect what only the handler's C stack refers to (its
 # locals; any frame bigger than 11 words lives on the GC heap, py/objfun.c VM_MAX_STATE_ON_STACK):
 # silent heap corruption on a board. The unix port has no GIL and scans every thread, so nothing
