@@ -1,5 +1,7 @@
 """The harness itself: what the root conftest.py promises every test."""
 
+import pytest
+
 from support import paths
 
 INNER_TESTS = """
@@ -29,3 +31,38 @@ def test_a_failed_test_names_its_artifacts_folder(pytester, monkeypatch, tmp_pat
     output = result.stdout.str()
     # only failures that have an artifacts folder get the line
     assert output.count("artifacts: ") == 1, output
+
+
+BOARD_TESTS = """
+import pytest
+from rmkit.vboard import BoardFault
+
+SLEEPING_HANDLER = "import vb_irq, time; vb_irq.enter(); time.sleep_ms(20); vb_irq.leave()"
+
+def test_a_board_faults(vboard):
+    # what a BLE IRQ handler that sleeps does, without a central: the board reports it and carries on
+    with pytest.raises(BoardFault):
+        vboard.exec(SLEEPING_HANDLER)
+    assert vboard.exec("print(6 * 7)").strip() == "42"
+
+@pytest.mark.board_faults_expected
+def test_a_board_faults_on_purpose(vboard):
+    with pytest.raises(BoardFault):
+        vboard.exec(SLEEPING_HANDLER)
+
+def test_no_fault(vboard):
+    assert vboard.exec("print(6 * 7)").strip() == "42"
+"""
+
+
+@pytest.mark.board_faults_expected  # the inner run's boards are this test's too
+def test_a_test_whose_virtual_board_reported_a_fault_fails(pytester, monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path / "artifacts")
+    pytester.makeconftest((paths.HOST_TESTS / "conftest.py").read_text())
+    pytester.makepyfile(test_boards=BOARD_TESTS)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    # the test itself passed; the fixtures failed it at teardown, naming the fault
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_a_board_faults *",
+                                 "*board vb1: vboard FAULT: BLE IRQ handler released the GIL in time.sleep_ms(20)*"])
+    assert "test_a_board_faults_on_purpose" not in "".join(line for line in result.outlines if "ERROR" in line)

@@ -54,6 +54,9 @@ def running_sandbox(*args: str):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # its board runs in the sandbox's process, out of the fixtures' sight: the sandbox logs its faults
+    faults = [line for line in lines if "vboard FAULT: " in line]
+    assert not faults, "the sandbox's board reported what an ESP32 does not survive:\n" + "".join(faults)
 
 
 def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):

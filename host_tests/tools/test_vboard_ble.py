@@ -6,76 +6,15 @@ Bumble central reaches it with real ATT/GATT (MTU exchange, discovery, long read
   gatts_set_buffer() enlarged it;
 - the MTU stays 23 until config(mtu=N), and the exchange raises _IRQ_MTU_EXCHANGED;
 - reads go through _IRQ_GATTS_READ_REQUEST, whose return value can refuse them;
-- the IRQ handler runs on a small stack of its own."""
+- an exception escaping the IRQ handler drops it.
+What the IRQ handler must not do, and its stack: test_vboard_irq.py."""
 
 import asyncio
 import re
-import time
 
 import pytest
 
-from rmkit.vboard.ble_central import BleCentral
-
-SERVICE = "021a9004-0382-4aea-bff4-6b3f1c5adfb4"
-CHAR = "021aff50-0382-4aea-bff4-6b3f1c5adfb4"
-NAME = "PROV_abcdef"
-
-PERIPHERAL = """
-import bluetooth
-ble = bluetooth.BLE()
-ble.active(True)
-events = []
-deny = [0]
-def irq(event, data):
-    events.append((event,) + tuple(bytes(x) if isinstance(x, memoryview) else x for x in data))
-    if event == 4:
-        return deny[0]
-ble.irq(irq)
-((value_h, desc_h),) = ble.gatts_register_services(((bluetooth.UUID({service!r}),
-    ((bluetooth.UUID({char!r}), bluetooth.FLAG_READ | bluetooth.FLAG_WRITE,
-      ((bluetooth.UUID(0x2901), bluetooth.FLAG_READ),)),)),))
-ble.gatts_write(desc_h, b"prov-session")
-{extra}
-name = {name!r}
-ble.gap_advertise(100000, bytes((2, 1, 6, len(name) + 1, 9)) + name)
-"""
-
-
-def peripheral(board, extra=""):
-    board.exec(PERIPHERAL.format(service=SERVICE, char=CHAR, name=NAME.encode(), extra=extra))
-
-
-def board_value(board, expr):
-    return board.exec(f"print(repr({expr}))").strip()
-
-
-async def connect(board, exchange_mtu=True):
-    central = BleCentral(board.ble_hci_port)
-    await central.__aenter__()
-    address, _ = await central.scan(NAME)
-    await central.connect(address, exchange_mtu=exchange_mtu)
-    return central
-
-
-def write_once(board, data):
-    """A central connects, writes `data` to CHAR (with response) and leaves."""
-    async def scenario():
-        central = await connect(board)
-        try:
-            await central.characteristic(CHAR).write_value(data, with_response=True)
-        finally:
-            await central.__aexit__(None, None, None)
-
-    asyncio.run(scenario())
-
-
-def wait_board(board, expr, expected, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = board_value(board, expr)
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+from support.vboard_ble import CHAR, NAME, board_value, connect, peripheral, wait_board
 
 
 def test_long_write_is_truncated_to_the_20_byte_buffer_without_gatts_set_buffer(vboard):
@@ -162,43 +101,6 @@ def test_a_read_request_the_handler_refuses_is_an_att_error(vboard):
             await central.__aexit__(None, None, None)
 
     asyncio.run(scenario())
-
-
-def test_the_irq_handler_runs_on_a_small_stack_and_a_slow_one_is_reported(vboard):
-    peripheral(vboard, extra="""
-def deep(n):
-    return deep(n + 1)
-def irq2(event, data):
-    if event == 3:
-        try:
-            deep(0)
-        except RuntimeError:
-            events.append("stack")
-        t0 = time.ticks_ms()
-        while time.ticks_diff(time.ticks_ms(), t0) < 50:  # computing: the BLE host task would wait
-            pass
-import time
-ble.irq(irq2)""")
-
-    write_once(vboard, b"hi")
-    assert "'stack'" in wait_board(vboard, "events", "['stack']")
-    assert "IRQ handler (event 3) computed" in vboard.read_log()
-
-
-def test_an_irq_handler_that_sleeps_is_not_reported(vboard):
-    """Sleeping in the handler lets the main task run (on a board the GIL is released), so only the time it
-    computes counts: the firmware's read handler waits for the main task's response that way."""
-    peripheral(vboard, extra="""
-import time
-def irq2(event, data):
-    if event == 3:
-        time.sleep_ms(80)
-        events.append("slept")
-ble.irq(irq2)""")
-
-    write_once(vboard, b"hi")
-    assert "'slept'" in wait_board(vboard, "events", "['slept']")
-    assert "IRQ handler" not in vboard.read_log()
 
 
 def test_bluetooth_api_refuses_calls_while_inactive_and_reports_the_esp32_bt_mac(vboard):

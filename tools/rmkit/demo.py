@@ -20,6 +20,7 @@ from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
 from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.timeline import ACTOR_TITLES, Timeline, render_svg
 from rmkit.vboard.cpu_speed import CPU_HELP, CPU_MODELS, cpu_speed
+from rmkit.vboard.errors import BoardError
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "demo"
 DEMO_EMAIL = "demo@example.com"
@@ -100,7 +101,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         return run_demo(Path(args.workdir), heap=args.heap, mapping_timeout=args.mapping_timeout,
                         transport=args.transport, mapping=args.mapping, cpu=args.cpu)
-    except (ProvisionError, CloudError) as exc:
+    except (ProvisionError, CloudError, BoardError) as exc:  # BoardFault too: what an ESP32 would not survive
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
 

@@ -18,7 +18,10 @@ What a board is:
   network.WLAN(...).config('mac') and machine.unique_id();
 - simulated `network` and `machine` modules (sim/, never in firmware/), `network` driven by the
   air file (schema in sim/vb_network.py);
-- a serial log with everything the board printed, written even when no client is attached.
+- a serial log with everything the board printed, written even when no client is attached;
+- faults: what firmware did that an ESP32 would not survive (a BLE IRQ handler releasing the GIL),
+  printed as `vboard FAULT: ...` lines, listed in board.faults and raised as BoardFault by
+  exec() and wait_for_log(); the board carries on.
 
 The SoftAP address: a real ESP32's firmware serves provisioning on 192.168.4.1:80 (the SoftAP
 default). A virtual board cannot own that address, so `softap="HOST:PORT"` (default 127.0.0.1 and
@@ -34,7 +37,7 @@ simulated modules (C in ROM on a real board).
 
 from rmkit.vboard.air import AirError, load_air
 from rmkit.vboard.board import VirtualBoard, mac_for_name, parse_heap
-from rmkit.vboard.errors import BoardCrashed, BoardError
+from rmkit.vboard.errors import BoardCrashed, BoardError, BoardFault
 
-__all__ = ["VirtualBoard", "BoardError", "BoardCrashed", "AirError", "load_air", "mac_for_name",
+__all__ = ["VirtualBoard", "BoardError", "BoardCrashed", "BoardFault", "AirError", "load_air", "mac_for_name",
            "parse_heap"]

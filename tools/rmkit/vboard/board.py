@@ -16,8 +16,9 @@ import tempfile
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from rmkit.net import free_port
 from rmkit.vboard import ram, runtime
@@ -25,7 +26,7 @@ from rmkit.vboard.air import load_air
 from rmkit.vboard.ble_radio import BleRadio
 from rmkit.vboard.cpu import PacerStats
 from rmkit.vboard.cpu_speed import CPU_MODELS, CpuSpeed, cpu_speed
-from rmkit.vboard.errors import BoardCrashed, BoardError
+from rmkit.vboard.errors import BoardCrashed, BoardError, BoardFault
 from rmkit.vboard.rawrepl import RawRepl
 from rmkit.vboard.rom import SpiFlash
 from rmkit.vboard.supervisor import LAUNCHER, Supervisor
@@ -33,20 +34,40 @@ from rmkit.vboard.supervisor import LAUNCHER, Supervisor
 log = logging.getLogger(__name__)
 
 SIM_DIR = Path(__file__).resolve().parent / "sim"
-SIM_MODULES = ("vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py", "vb_sys.py", "vb_esp32.py",
-               "vb_socket.py", "vb_bluetooth.py")
+SIM_MODULES = ("vb_irq.py", "vb_console.py", "vb_machine.py", "vb_network.py", "vb_flash.py", "vb_time.py",
+               "vb_sys.py", "vb_esp32.py", "vb_socket.py", "vb_select.py", "vb_thread.py", "vb_tls.py",
+               "vb_bluetooth.py")
 ESPRESSIF_OUI = "24:0a:c4"
 # The simulated network/machine modules are C in ROM on a real ESP32 but Python objects here; the
 # process gets this much GC heap on top of the firmware's, whose share starts where the simulator's
 # ends when it has booted (esp32_ram.c `base`).
 # measured 43.3 KB held when the simulator has booted (after a collection): network, machine, flash,
-# time, sys, esp32 (the door to the RAM model), socket, bluetooth (.mpy) and the boot code
-SIM_HEAP_ALLOWANCE = 48 * 1024
+# time, sys, esp32 (the door to the RAM model), socket, bluetooth (.mpy) and the boot code; + 13 KB for
+# what a BLE IRQ handler must not do (vb_irq, vb_console, vb_select, vb_thread, tls, the Socket class)
+SIM_HEAP_ALLOWANCE = 61 * 1024
 _HEAP = re.compile(r"^(\d+)([KkMm]?)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 PathLike = Union[str, Path]
 
 _live_boards: "weakref.WeakSet[VirtualBoard]" = weakref.WeakSet()
+_start_recorders: list = []  # lists that recording_started_boards() fills
+
+
+def running_boards() -> list:
+    """The boards of this process that are started and not yet stopped."""
+    return list(_live_boards)
+
+
+@contextmanager
+def recording_started_boards() -> Iterator[list]:
+    """A list of every board started in this process while the block runs (the test harness checks
+    their faults when a test ends, also when the test stopped them)."""
+    started: list = []
+    _start_recorders.append(started)
+    try:
+        yield started
+    finally:  # by identity: blocks may nest (a pytest run inside a test), and equal lists are not the same
+        del _start_recorders[next(i for i, other in enumerate(_start_recorders) if other is started)]
 
 
 def faketime_library() -> Path:
@@ -163,6 +184,7 @@ class VirtualBoard:
         # it outlives resets of the MicroPython process as the chip's radio does
         self.radio: Optional[BleRadio] = None
         self.start_seconds: Optional[float] = None
+        self._earlier_faults: list = []  # fault messages of the runs before stop(), kept for `faults`
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -216,6 +238,13 @@ class VirtualBoard:
         """The CPU pacer's counters (its own CPU, the worst unpaid stretch...) of a board with `cpu`."""
         sup = self._sup
         return sup.pacer.stats() if sup is not None and sup.pacer is not None else None
+
+    @property
+    def faults(self) -> list:
+        """Messages of every fault the board reported since it was made (a BLE IRQ handler that
+        released the GIL: sim/vb_irq.py), also after stop(); each is also in the serial log as a
+        `vboard FAULT: ` line. The board carried on after each."""
+        return self._earlier_faults + ([fault.message for fault in self._sup.faults] if self._sup else [])
 
     @property
     def pids(self) -> list:
@@ -284,6 +313,8 @@ class VirtualBoard:
             self._cleanup_state()
             raise
         _live_boards.add(self)
+        for started in _start_recorders:
+            started.append(self)
         self._sup.start()
         try:  # a board whose flash holds no MicroPython starts too (its boot loop is what it does)
             self._wait_ready(1, timeout, attempts=0, rom_ok=True)
@@ -298,6 +329,7 @@ class VirtualBoard:
         """Stop the MicroPython process, close the ports, remove the pty link. Idempotent."""
         sup, self._sup = self._sup, None
         if sup is not None:
+            self._earlier_faults += [fault.message for fault in sup.faults]
             if sup.is_alive():
                 sup.request("stop")
                 sup.join(timeout=10)
@@ -368,7 +400,8 @@ class VirtualBoard:
         """Run `code` at the raw REPL (interrupting main.py if it runs); return what it printed.
 
         Raises BoardError with the board's traceback when the code raises, BoardCrashed when the
-        MicroPython process crashes meanwhile.
+        MicroPython process crashes meanwhile, BoardFault (once the code is done) when the board
+        reported a fault meanwhile.
         """
         sup = self._supervisor()
         with self._exec_lock:
@@ -386,6 +419,7 @@ class VirtualBoard:
                 repl.enter(timeout)
                 out, err = repl.run(code, timeout)
                 repl.leave()
+        self._raise_if_faulted(since)
         if err:
             raise BoardError(f"board {self.name}: code raised on the board:\n{err.rstrip()}")
         return out
@@ -405,7 +439,8 @@ class VirtualBoard:
 
         The log is searched as latin-1 text, so match.start()/end() are byte offsets into the log;
         pass match.end() as the next `since`. Raises BoardCrashed at once if the MicroPython process
-        crashes meanwhile, BoardError on timeout with the pattern, the log tail and the log path.
+        crashes meanwhile, BoardFault if the board reports a fault after `since` (before the match,
+        when there is one), BoardError on timeout with the pattern, the log tail and the log path.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         since = since or 0
@@ -414,6 +449,7 @@ class VirtualBoard:
         while True:
             text = self.read_log()
             match = regex.search(text, since)
+            self._raise_if_faulted(since, match.end() if match else None, text)
             if match:
                 return match
             if sup is None:
@@ -443,6 +479,15 @@ class VirtualBoard:
                                + self._log_tail(text) + f"\n(serial log: {self.serial_log})")
         if sup.halted:
             raise BoardError(f"board {self.name} is halted: {sup.halted}")
+
+    def _raise_if_faulted(self, since: int, until: Optional[int] = None, text: Optional[str] = None) -> None:
+        """BoardFault for the first fault reported at or after log offset `since` (and before `until`)."""
+        sup = self._sup
+        faults = [f for f in sup.faults if f.offset >= since and (until is None or f.offset < until)] if sup else []
+        if faults:
+            more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+            raise BoardFault(f"board {self.name}: vboard FAULT: {faults[0].message}{more}"
+                             + self._log_tail(text) + f"\n(serial log: {self.serial_log})")
 
     def _timeout_error(self, regex, timeout, text, why=None):
         reason = f" ({why})" if why else ""

@@ -20,6 +20,9 @@ process whenever the board "reboots". Why each piece is there (each measured on 
   power_cut(); anything else (a signal, a FATAL error) is a crash, reported in the serial stream
   and to waiting callers, and followed by a reboot like an ESP32 panic; three crashes within
   10 s halt the board instead of looping.
+- A line with `vboard FAULT: ` from the process (sim/vb_irq.py: a BLE IRQ handler released the GIL)
+  is a fault: recorded with its log offset and reported to waiting callers like a crash, but the
+  board carries on (on an ESP32 the harm is silent).
 - Below MicroPython is the chip (rom.py): DTR/RTS from RFC 2217 clients reach EN and IO0. EN low
   stops the process (the chip is in reset); EN high with IO0 low starts the ROM's download mode,
   which answers esptool until it resets the chip or leaves for the app; every boot from flash first
@@ -75,6 +78,8 @@ CRASH_LIMIT, CRASH_WINDOW_S = 3, 10.0
 EPOCH_2000 = 946684800     # the ESP32's RTC reads 2000-01-01 00:00:00 at power-on
 SIGINT_COALESCE_S = 0.25   # ampy sends Ctrl-C twice 0.1 s apart; the board sees one interrupt
 MAX_PENDING_INPUT = 1 << 20
+FAULT_MARK = b"vboard FAULT: "  # sim/vb_irq.py FAULT_PREFIX
+MAX_FAULT_LINE = 4096  # the longest unfinished line kept while looking for FAULT_MARK
 
 # Runs in the child: die with the supervisor thread, SIGINT default (MicroPython installs its own
 # handler around running code), then MicroPython's own main().
@@ -102,6 +107,12 @@ class Child:
 class Crash:
     offset: int      # serial log offset where the crash was reported
     message: str
+
+
+@dataclass
+class Fault:
+    offset: int      # serial log offset of the fault line's FAULT_MARK
+    message: str     # the line after FAULT_MARK
 
 
 class Supervisor(threading.Thread):
@@ -148,6 +159,8 @@ class Supervisor(threading.Thread):
         self.rebooting = True        # from a process's end until the next one finished its setup
         self.log_size = 0
         self.crashes: list = []
+        self.faults: list = []
+        self._unfinished_line = b""  # the child's output after its last line end, as logged
         self.halted: Optional[str] = None
         self.pids: list = []
         self.startup_failure: Optional[str] = None
@@ -314,7 +327,30 @@ class Supervisor(threading.Thread):
         self._tail = (self._tail + data)[-512:]
         if not self._raw_mode:
             data = self._cook(data)
+        self._find_faults(data)  # before the log has them: whoever reads the line sees the fault recorded
         self._emit(data)
+
+    def _find_faults(self, data: bytes) -> None:
+        """Record each fault line completed in `data`, the next bytes of the log."""
+        text = self._unfinished_line + data
+        text_offset = self.log_size - len(self._unfinished_line)
+        start = 0
+        while True:
+            end = text.find(b"\n", start)
+            if end < 0:
+                break
+            at = text.find(FAULT_MARK, start, end)
+            if at >= 0:
+                message = text[at + len(FAULT_MARK):end].rstrip(b"\r").decode("utf-8", "replace")
+                self._record_fault(text_offset + at, message)
+            start = end + 1
+        self._unfinished_line = text[start:][-MAX_FAULT_LINE:]
+
+    def _record_fault(self, offset: int, message: str) -> None:
+        with self.cond:
+            self.faults.append(Fault(offset, message))
+            self.cond.notify_all()
+        log.warning("%s: vboard FAULT: %s", self.board_name, message)
 
     def _cook(self, data: bytes) -> bytes:
         """Text output at the friendly REPL with every line ending as \r\n, as a board sends it (the
@@ -491,6 +527,7 @@ class Supervisor(threading.Thread):
         self.pids.append(proc.pid)
         self._child = child
         self._tail = b""
+        self._unfinished_line = b""
         self._sel.register(master, selectors.EVENT_READ, child)
         log.debug("vboard %s: MicroPython pid %d (gen %d, boot %s)", self.board_name, proc.pid,
                   self.gen, boot_mode)

@@ -6,30 +6,55 @@
 # - attribute buffers are 20 bytes; a central's longer write is silently truncated (the radio does
 #   it) unless gatts_set_buffer() enlarged the buffer; a local gatts_write() grows it;
 # - the MTU offered is 23 until config(mtu=N); the central's exchange raises _IRQ_MTU_EXCHANGED;
-# - the IRQ handler runs in another context, the BLE host task: here a thread with a small stack
-#   (IRQ_STACK; deep recursion raises RuntimeError there) while the firmware's own code keeps
-#   running. A handler that computes longer than IRQ_BUDGET_MS gets a warning on the console: on a
-#   board the BLE host task (and every other BLE event) waits meanwhile. Hand heavy work (protocomm,
-#   X25519) to asyncio, e.g. with asyncio.ThreadSafeFlag; on a board the host task's stack is
-#   too small for it. Time in time.sleep_ms() is not counted: the main task runs meanwhile.
+# - the IRQ handler runs in another context, the BLE host task: here a thread of its own (the reader of
+#   the radio's wire) while the firmware's own code keeps running, and while it runs vb_irq knows it:
+#   what would release the GIL and block on an ESP32 (a sleep, a long print, a socket, a wait in
+#   select or on a lock, Wi-Fi connect or scan) is reported as a FAULT on the console.
+# - the handler gets the C stack a board gives it, HANDLER_STACK bytes, see _HandlerStack; deeper calls
+#   raise RuntimeError("maximum recursion depth exceeded"), as on a board.
+# - computing in the handler is legitimate: ESP-IDF's own protocomm_nimble computes its responses,
+#   X25519 included, in the NimBLE host task. Only a handler running longer than IRQ_SLOW_MS gets a
+#   warning (see _call).
 #   An exception escaping the handler is printed and the handler dropped (no more IRQs), as on a board.
 # - gatts_set_buffer() takes its bytes from the GC heap, as MicroPython's attribute buffers do.
 # - every method but active() and irq() raises OSError(EPERM) while the radio is off.
 import socket as _s
 import json
+import micropython
 import os
+import sys
 import time
 import _thread
-import vb_time  # imported before us by vb_boot: the module that becomes `time`, with slept_ms
 import vb_esp32  # the internal-RAM model: NimBLE's controller, pools and host task
+import vb_irq
 
 FLAG_READ = 0x0002
 FLAG_WRITE_NO_RESPONSE = 0x0004
 FLAG_WRITE = 0x0008
 FLAG_NOTIFY = 0x0010
 FLAG_INDICATE = 0x0020
-IRQ_STACK = 8 * 1024
-IRQ_BUDGET_MS = 20
+# The C stack a BLE IRQ handler has for Python on an ESP32: the NimBLE host task's 6144 bytes
+# (CONFIG_BT_NIMBLE_TASK_STACK_SIZE, boards/sdkconfig.ble) less 1024 for NimBLE's own frames
+# (MICROPY_PY_BLUETOOTH_SYNC_EVENT_STACK_SIZE) less the stack-check margin of 1024
+# (MICROPY_STACK_CHECK_MARGIN, py/cstack.h mp_cstack_init_with_top; ports/esp32/mpconfigport.h, v1.26.1).
+HANDLER_STACK = 4096
+# Bytes of this 64-bit unix port's C stack per byte of an ESP32's for the same Python calls, in percent.
+# Measured here with micropython.stack_use(): a call level takes 416 bytes (a function or a method),
+# 448-464 with a try block, 320 when its state is over 11 words and so on the GC heap. On an ESP32
+# (Xtensa) a BLE IRQ handler with the same 4096 bytes (v1.23) raised RuntimeError on its 11th nested
+# method call (antirez/freakwan issue 21): about 370-410 bytes a level there. Here a handler's chain of
+# plain methods fails at its 11th call too (with a try block in each, at its 10th): 100, no kinder.
+STACK_RATIO_PERCENT = 100
+# The thread reading the radio, whose handler calls are the BLE host task's: the smallest stack the
+# unix port gives (PTHREAD_STACK_MIN), of which it lets Python use all but THREAD_STACK_OVERFLOW_MARGIN
+# (ports/unix/mpthreadport.c, v1.26.1); the handler gets HANDLER_STACK of that, see _HandlerStack.
+IRQ_THREAD_STACK = 16 * 1024
+_UNIX_OVERFLOW_MARGIN = 8192
+_THREAD_STARTS = 8  # attempts at a thread whose stack limit is right, see _HandlerStack.measure
+# A handler running this long here runs over a minute on an ESP32 (14 to 70 times slower for the node's
+# work, bench/results.md): past a central's 30 s ATT timeout. Shorter ones are not reported: the host's
+# timing is too noisy to tell what a board would need, and a board computes in the handler too.
+IRQ_SLOW_MS = 5000
 _EPERM = 1
 _EINVAL = 22
 
@@ -61,6 +86,62 @@ class UUID:
         return "UUID(0x%s)" % self._s.lower() if len(self._s) == 4 else "UUID('%s')" % self._s.lower()
 
     __repr__ = __str__
+
+
+class _HandlerStack:
+    """Calls an IRQ handler with the C stack a board's BLE host task leaves it: HANDLER_STACK bytes, times
+    STACK_RATIO_PERCENT. The unix port checks each call against the limit its thread started with,
+    counting from the thread's top as micropython.stack_use() does; so the handler is called from deep
+    enough in the thread, reached by recursing. Made and used in the thread that runs the handlers."""
+
+    def __init__(self, top):
+        self.top = top
+
+    @staticmethod
+    def measure():
+        """The calling thread's _HandlerStack, found by recursing until the stack check stops it; None when
+        the thread has no overflow margin below its limit. The unix port takes the margin off the thread's
+        size after starting it (mp_thread_create, ports/unix/mpthreadport.c) while the thread reads the size
+        as it starts (thread_entry, py/modthread.c; v1.26.1): a thread that wins that race may recurse past
+        the end of its stack, a SIGSEGV. Measuring stops short of that."""
+        seen = []
+        try:
+            _probe(seen, IRQ_THREAD_STACK - _UNIX_OVERFLOW_MARGIN + 1024)
+            return None  # no RuntimeError where the margin should have begun
+        except RuntimeError:  # the call after seen[-1] failed the stack check, the one after seen[-2] passed
+            pass
+        step = seen[-1] - seen[-2]
+        limit = seen[-1] - step // 2
+        # recursing stops within a step past `top`: on average the handler has its stack left
+        return _HandlerStack(limit - HANDLER_STACK * STACK_RATIO_PERCENT // 100 - step // 2)
+
+    def call(self, handler, ev, data):
+        return _descend(self.top, handler, ev, data)
+
+
+def _print_handler_exception(exc):
+    # as a board prints it: the handler's frames only, not this module's that called it
+    import io
+
+    text = io.StringIO()
+    sys.print_exception(exc, text)
+    for line in text.getvalue().split("\n"):
+        if line and 'vb_bluetooth.py"' not in line:
+            print(line)
+
+
+def _probe(seen, bound):
+    used = micropython.stack_use()
+    if used > bound:
+        return
+    seen.append(used)
+    _probe(seen, bound)
+
+
+def _descend(top, handler, ev, data):
+    if micropython.stack_use() < top:
+        return _descend(top, handler, ev, data)
+    return handler(ev, data)
 
 
 class BLE:
@@ -97,7 +178,19 @@ class BLE:
         if not self._on:
             raise OSError(_EPERM)
 
-    def _reader(self, sock):
+    def _start_reader(self, sock, attempt=1):
+        _thread.stack_size(IRQ_THREAD_STACK)
+        _thread.start_new_thread(self._reader, (sock, attempt))
+        _thread.stack_size(0)
+
+    def _reader(self, sock, attempt):
+        stack = _HandlerStack.measure()
+        if stack is None and attempt < _THREAD_STARTS:
+            self._start_reader(sock, attempt + 1)  # another thread, which will most likely have its margin
+            return
+        if stack is None:
+            print("vb_bluetooth: no thread with a stack margin; IRQ handlers get the unix port's stack")
+            stack = _HandlerStack(0)
         while True:
             try:
                 line = sock.readline()
@@ -120,30 +213,30 @@ class BLE:
                 data = (msg["c"], msg["mtu"])
             else:
                 data = (msg["c"], msg["at"], memoryview(bytes.fromhex(msg["a"])))
-            result = self._call(ev, data)
+            result = self._call(stack, ev, data)
             if ev == 4:
                 self._send({"op": "rr", "id": msg["id"], "code": result or 0})
 
-    def _call(self, ev, data):
+    def _call(self, stack, ev, data):
         handler = self._handler
         if handler is None:
             return None
-        me = _thread.get_ident()
-        slept0 = vb_time.slept_ms.get(me, 0)
         t0 = time.ticks_ms()
+        vb_irq.enter()
         try:
-            result = handler(ev, data)
+            result = stack.call(handler, ev, data)
         except Exception as exc:  # as on the board: printed, and the handler is dropped for good
+            vb_irq.leave()  # printed by MicroPython, not by the handler
             print("Unhandled exception in IRQ callback handler")
-            import sys
-
-            sys.print_exception(exc)
+            _print_handler_exception(exc)
             self._handler = None  # extmod/modbluetooth.c: "Disable the BLE IRQ handler"
             result = None
-        spent = time.ticks_diff(time.ticks_ms(), t0) - (vb_time.slept_ms.get(me, 0) - slept0)
-        if spent > IRQ_BUDGET_MS:
-            print("vb_bluetooth: IRQ handler (event %d) computed %d ms; on an ESP32 the BLE host task waits meanwhile"
-                  % (ev, spent))
+        finally:
+            vb_irq.leave()
+        spent = time.ticks_diff(time.ticks_ms(), t0)
+        if spent > IRQ_SLOW_MS:
+            print("vb_bluetooth: IRQ handler (event %d) ran %d ms; on an ESP32 that is past a central's 30 s "
+                  "ATT timeout" % (ev, spent))
         return result
 
     # ---- API ----------------------------------------------------------------------------------
@@ -158,9 +251,7 @@ class BLE:
             sock = _s.socket()
             sock.connect(_s.getaddrinfo("127.0.0.1", port)[0][-1])
             self._sock = sock
-            _thread.stack_size(IRQ_STACK)
-            _thread.start_new_thread(self._reader, (sock,))
-            _thread.stack_size(0)
+            self._start_reader(sock)
         if value and not self._on:  # after the radio's link: a failure here leaves nothing to undo
             vb_esp32.nimble_start()  # a board without the RAM for it panics and resets here
         elif not value and self._on:

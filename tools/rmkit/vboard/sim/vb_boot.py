@@ -14,20 +14,26 @@ def _vboard_power_on():
     globals().pop("__file__", None)  # the ESP32's __main__ has no __file__
     sim_dir = os.getenv("VBOARD_SIM")
     sys.path[:] = [sim_dir]
+    import vb_irq  # first: every module below reports to it what a BLE IRQ handler must not do
     import vb_time
-    import vb_sys
+    import vb_sys  # and vb_console, which puts its print() into builtins
     import vb_esp32
     import vb_machine
     import vb_network
     import vb_socket
+    import vb_select
+    import vb_thread
+    import vb_tls
     import vb_bluetooth
 
     # `import network` / `import machine` look in sys.modules before the built-in table,
     # so these win over the unix port's own modules (its `machine` has no reset(), its `time`
     # counts from 1970, its sys.platform is "linux", it has no `esp32`; sockets are charged to the
-    # internal-RAM model through vb_esp32; TLS sessions are charged by the model itself, in C).
-    for name in ("time", "sys", "esp32", "machine", "network", "socket", "bluetooth"):
-        sys.modules[name] = sys.modules.pop("vb_" + name)
+    # internal-RAM model through vb_esp32, TLS sessions by the model itself, in C; time, sockets, select
+    # and _thread locks report to vb_irq). The simulated modules imported the unix port's own before this.
+    for name in ("time", "sys", "esp32", "machine", "network", "socket", "select", "_thread", "tls",
+                 "bluetooth"):
+        sys.modules[name] = sys.modules.pop("vb_" + name.lstrip("_"))
 
     import vb_flash  # VfsPosix plus a fix for atomic renames (see vb_flash.py)
 

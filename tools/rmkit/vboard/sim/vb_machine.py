@@ -3,6 +3,7 @@
 # unique_id() (the board's MAC), reset_cause() and its constants, freq(), RTC (the wall clock).
 # Installed as sys.modules["machine"] by vb_boot.py; firmware never imports this name directly.
 import os
+import time as _host_time  # the unix port's: imported before vb_time is installed as `time`
 
 from machine import *  # noqa: F401,F403 - the unix port's idle, soft_reset, mem8, Signal, ...
 
@@ -22,8 +23,9 @@ def _vboard_exit(signal_name):
     # The host restarts the process; a signal (not SystemExit) so no `except` can swallow it,
     # just as nothing survives a real reset.
     os.system("kill -%s $PPID" % signal_name)
-    import time
-    time.sleep(5)  # the signal ends the process long before this
+    # the signal ends the process long before this; not the board's time.sleep, which would report a
+    # machine.reset() in a BLE IRQ handler as a fault (on an ESP32 it restarts the chip at once)
+    _host_time.sleep(5)
     raise SystemExit  # host gone or signal lost: at least reboot softly
 
 

@@ -24,6 +24,8 @@
 # - config('mac') is bytes: STA = the board MAC, AP = board MAC + 1 (ESP32's derived MACs).
 # - the AP interface reports VBOARD_AP_IP (the --softap host) in ifconfig(); a real ESP32 uses
 #   192.168.4.1 (its SoftAP default).
+# - connect(), scan() and an active() that changes the state wait for ESP-IDF's Wi-Fi task with the GIL
+#   released: from a BLE IRQ handler that is a fault (vb_irq).
 #
 # The air file (JSON; path in VBOARD_AIR, re-read whenever it changes - replace it atomically,
 # new file + rename, as mtime has 1 s steps; a file that does not parse keeps the previous air) - rmkit/vboard/air.py validates it on the host:
@@ -43,6 +45,7 @@ import time
 import vfs
 
 import vb_esp32  # the internal-RAM model: esp_wifi_init() once, esp_wifi_start() while an interface is active
+import vb_irq
 
 STA_IF = 0
 AP_IF = 1
@@ -61,6 +64,7 @@ _REASON_4WAY_HANDSHAKE_TIMEOUT = 15
 _REASON_CONNECTION_FAIL = 205
 _SETTLE_MS = 100
 _DEFAULT_SCAN_S = 1.5
+_SOURCE = "ports/esp32/network_wlan.c"
 
 AUTH_OPEN = 0
 AUTH_WEP = 1
@@ -317,6 +321,9 @@ class WLAN:
             on = bool(is_active[0])
             other = _softap if self._s is _sta else _sta
             vb_esp32.charge_wifi_active(on or other.active)  # may raise OSError("WiFi Out of Memory")
+            # a change waits in MICROPY_EVENT_POLL_HOOK until the driver follows
+            if on != self._s.active and vb_irq.in_handler():
+                vb_irq.released_gil("WLAN.active(%s)" % on, _SOURCE)
             if not on and self._if == STA_IF:
                 _sta.stop()
             self._s.active = on
@@ -326,6 +333,7 @@ class WLAN:
         self._require(STA_IF)
         if not _sta.active:
             raise OSError("Wifi Not Started")
+        vb_irq.released_gil("WLAN.connect()", _SOURCE)  # around esp_wifi_connect(), failing or not
         if _sta.busy():
             raise OSError("Wifi Internal Error")  # esp_wifi_connect(): ESP_ERR_WIFI_CONN
         if ssid is not None or key is not None or bssid is not None:
@@ -376,6 +384,7 @@ class WLAN:
     def scan(self):
         if not _sta.active:
             raise OSError("STA must be active")
+        vb_irq.released_gil("WLAN.scan()", _SOURCE)  # around esp_wifi_scan_start(), started or not
         if _sta.busy():
             return []  # the driver cannot start a scan while it connects
         _air.refresh()

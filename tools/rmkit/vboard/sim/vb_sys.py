@@ -1,12 +1,17 @@
 # Simulated `sys` for the virtual board: the unix port's sys module (the same path list, modules
-# dict and streams) with what an ESP32 reports: sys.platform "esp32". The host may also make the
+# dict and stdin) with what an ESP32 reports: sys.platform "esp32". The host may also make the
 # board report another MicroPython version (VBOARD_MPY_VERSION, "1.23.0"), to test tools that
-# check the version a board runs.
+# check the version a board runs. Its stdout and stderr are vb_console's, which see what a BLE IRQ
+# handler writes to the console.
 # Installed as sys.modules["sys"] by vb_boot.py.
 from sys import *  # noqa: F401,F403 - path, modules, stdin/stdout/stderr, exit, print_exception, ...
 import sys as _unix
 
+import vb_console
+
 platform = "esp32"
+stdout = vb_console.stdout
+stderr = vb_console.stderr
 
 
 def __getattr__(name):

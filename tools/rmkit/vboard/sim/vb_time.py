@@ -9,18 +9,29 @@
 # Installed as sys.modules["time"] by vb_boot.py.
 from time import *  # noqa: F401,F403 - ticks_ms, ticks_diff, sleep_ms, ... unchanged
 import time as _host
-import _thread
+import vb_irq
 
-# Milliseconds each thread spent in sleep_ms(), so that vb_bluetooth can tell an IRQ handler that waits
-# (sleeping lets the main task run, on a board as here) from one that computes (which blocks the BLE host task).
-slept_ms = {}
+# Sleeping in a BLE IRQ handler (vb_irq): mp_hal_delay_ms releases the GIL, then either blocks its task
+# for a FreeRTOS tick (ulTaskNotifyTake) or, when less than a tick is left, only yields and busy-waits
+# the rest (ports/esp32/mphalport.c, v1.26.1). A yield never lets the main task run: it runs at
+# ESP_TASK_PRIO_MIN + 1 (MP_TASK_PRIORITY, ports/esp32/main.c), far below the NimBLE host task, on
+# the same core 1 (MP_TASK_COREID; CONFIG_BT_NIMBLE_PINNED_TO_CORE in boards/sdkconfig.ble). So a sleep longer than a
+# tick (10 ms at ESP-IDF's default CONFIG_FREERTOS_HZ of 100) is a fault there, a shorter one is not.
+# sleep_us() busy-waits with the GIL held (mp_hal_delay_us) and is left as it is.
+_TICK_MS = 10
 
 
 def sleep_ms(ms):
-    t0 = _host.ticks_ms()
+    if ms > _TICK_MS and vb_irq.in_handler():  # formatted only in a handler: no garbage elsewhere
+        vb_irq.released_gil("time.sleep_ms(%d)" % ms, "ports/esp32/mphalport.c")
     _host.sleep_ms(ms)
-    me = _thread.get_ident()
-    slept_ms[me] = slept_ms.get(me, 0) + _host.ticks_diff(_host.ticks_ms(), t0)
+
+
+def sleep(seconds):
+    if seconds * 1000 > _TICK_MS and vb_irq.in_handler():  # mp_hal_delay_ms(1000 * seconds): extmod/modtime.c
+        vb_irq.released_gil("time.sleep(%s)" % seconds, "ports/esp32/mphalport.c")
+    _host.sleep(seconds)
+
 
 EPOCH_2000 = 946684800  # seconds from 1970-01-01 to 2000-01-01
 
