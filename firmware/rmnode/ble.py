@@ -241,8 +241,19 @@ class ProvBleServer:
         self._held.hold()
         try:
             if event == _IRQ_GATTS_WRITE:
-                if data[0] == self._conn and data[1] in self._names:
-                    self._serve_request(data[1])
+                # served right here, not in a method of its own: every call level costs ~400 bytes of the 4 KiB
+                handle = data[1]
+                if data[0] != self._conn or handle not in self._names:
+                    return None
+                request = self._ble.gatts_read(handle)
+                if not request:  # ESP-IDF ignores an empty write
+                    return None
+                self._handle, self._read, self._since = handle, False, time.ticks_ms()
+                try:
+                    response, self._code = self._dispatch(self._session, self._names[handle], request, False), 0
+                except Exception:  # protocomm logged why (one line); the central gets an ATT error on its read
+                    response, self._code = b"", _ATT_INVALID_PDU  # what ESP-IDF's NimBLE transport answers
+                self._ble.gatts_write(handle, response)
             elif event == _IRQ_GATTS_READ_REQUEST:
                 return self._answer_read(data[0], data[1])
             elif event == _IRQ_CENTRAL_CONNECT:
@@ -256,17 +267,6 @@ class ProvBleServer:
             self._held.unhold()
             self._flag.set()  # the main task prints what was logged here, closes sessions
         return None
-
-    def _serve_request(self, handle):
-        request = self._ble.gatts_read(handle)
-        if not request:  # ESP-IDF ignores an empty write
-            return
-        self._handle, self._read, self._since = handle, False, time.ticks_ms()
-        try:
-            response, self._code = self._dispatch(self._session, self._names[handle], request, False), 0
-        except Exception:  # protocomm logged why (one line); the central gets an ATT error on its read
-            response, self._code = b"", _ATT_INVALID_PDU  # what ESP-IDF's NimBLE transport answers a handler error
-        self._ble.gatts_write(handle, response)
 
     def _answer_read(self, conn, handle):
         if handle not in self._names:

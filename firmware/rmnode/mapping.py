@@ -94,7 +94,9 @@ class MappingState:
         self.store = store
 
     def set_pending(self, user_id, secret_key):
-        """Persist a mapping from cloud_user_assoc at once (one atomic write). MappingError on bad input."""
+        """Persist a mapping from cloud_user_assoc at once (one atomic write). MappingError on bad input. Returns
+        whether the publish will carry "reset"; the caller logs it (rmnode.prov: one call level less in the BLE
+        IRQ handler that runs this, docs/protocol.md 1.2)."""
         check_mapping(user_id, secret_key)
         stored = self.store.get(USER_ID_KEY)
         reset = stored != user_id  # also true when no user id is stored
@@ -102,7 +104,7 @@ class MappingState:
         if reset and stored is not None:
             changes[USER_ID_KEY] = None  # docs/protocol.md 5.3: erased until the new mapping's PUBACK
         self.store.update(changes)
-        log.info(_TAG, "pending mapping for user %s stored (reset=%s)" % (user_id, "true" if reset else "false"))
+        return reset
 
     def pending(self):
         """The pending mapping dict, or None. A malformed entry is dropped with a warning, never raised."""

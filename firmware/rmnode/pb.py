@@ -129,7 +129,14 @@ def _default(kind, flag):
     return 0
 
 
-def _decode(schema, buf, pos, end):
+def decode(schema, buf, pos=0, end=None):
+    """Parse `buf` (bytes-like) as `schema`; raises DecodeError on malformed input. `pos`/`end`: a slice of it
+    (the recursion into sub-messages: decode itself, no helper, as every call level costs ~400 bytes of a BLE
+    IRQ handler's 4 KiB stack, docs/protocol.md 1.2)."""
+    if end is None:
+        if not isinstance(buf, (bytes, bytearray, memoryview)):
+            raise DecodeError("expected bytes, got %s" % type(buf).__name__)
+        end = len(buf)
     spec = fields(schema)
     msg = {}
     for number, name, kind, sub, flag in spec:
@@ -167,7 +174,7 @@ def _decode(schema, buf, pos, end):
             if size > end - pos:
                 raise DecodeError("%s: %d bytes announced, %d left" % (name, size, end - pos))
             if kind == "m":
-                value = _decode(sub, buf, pos, pos + size)
+                value = decode(sub, buf, pos, pos + size)
                 if flag != "*" and msg[name] is not None:
                     # A sub-message seen twice is merged (protobuf semantics).
                     _merge(sub, msg[name], value)
@@ -205,13 +212,6 @@ def _merge(schema, into, other):
             into[name] = value
 
 
-def decode(schema, data):
-    """Parse `data` (bytes-like) as `schema`; raises DecodeError on malformed input."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise DecodeError("expected bytes, got %s" % type(data).__name__)
-    return _decode(schema, data, 0, len(data))
-
-
 # ---------------------------------------------------------------------------------------------
 # encoding
 
@@ -223,7 +223,12 @@ def _varint(out, value):
     out.append(value)
 
 
-def _encode_into(out, schema, msg):
+def encode(schema, msg, out=None):
+    """Serialize dict `msg` as `schema`; missing keys count as defaults. Returns bytes; with `out` (a bytearray,
+    the recursion into sub-messages: encode itself, no helper, for the BLE IRQ handler's stack), appends to it."""
+    top = out is None
+    if top:
+        out = bytearray()
     for number, name, kind, sub, flag in fields(schema):
         value = msg.get(name)
         if value is None:
@@ -231,8 +236,7 @@ def _encode_into(out, schema, msg):
         values = value if flag == "*" else (value,)
         for value in values:
             if kind == "m":
-                body = bytearray()
-                _encode_into(body, sub, value)
+                body = encode(sub, value, bytearray())
                 _varint(out, (number << 3) | _LEN)
                 _varint(out, len(body))
                 out.extend(body)
@@ -250,13 +254,7 @@ def _encode_into(out, schema, msg):
                     continue
                 _varint(out, number << 3)
                 _varint(out, value)
-
-
-def encode(schema, msg):
-    """Serialize dict `msg` as `schema`; missing keys count as defaults."""
-    out = bytearray()
-    _encode_into(out, schema, msg)
-    return bytes(out)
+    return bytes(out) if top else out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,9 +102,61 @@ class Protocomm:
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, session_id, endpoint, body, may_block=True):
         """Serve one request; returns the response bytes or raises a ProtocommError. may_block=False: the caller
-        is a BLE IRQ handler, so nothing may wait (a Wi-Fi scan or join is left to the main task)."""
+        is a BLE IRQ handler, so nothing may wait (a Wi-Fi scan or join is left to the main task). One function,
+        not a wrapper around another: in that handler every call level costs ~400 of its 4096 bytes of stack
+        (docs/protocol.md 1.2)."""
         try:
-            return self._dispatch(session_id, endpoint, body, may_block)
+            if endpoint == self._version_endpoint:
+                return self._version_handler()
+            if endpoint == self._security_endpoint:
+                session = self._find(session_id)
+                if session is None or session[_DEAD] is not None:
+                    # a new session: drop a dead one under this id, evict the oldest beyond the limit
+                    self.session_closed(session_id)
+                    while len(self._sessions) >= self._max_sessions:
+                        old = self._sessions.pop(0)
+                        log.info(_TAG, "session %d replaced by session %d" % (old[_ID], session_id))
+                    session = [session_id, self._new_security(), None]
+                    self._sessions.append(session)
+                sec = session[_SECURITY]
+                try:
+                    response = sec.handle(body)
+                except security.SecurityError as e:
+                    session[_DEAD] = "handshake failed"
+                    raise HandshakeFailed(str(e))
+                if sec.established and self._on_established is not None:
+                    # dead until the hook returns: if it raises, the session must not be usable without what it does
+                    session[_DEAD] = "session start failed"
+                    self._on_established(session_id)
+                    session[_DEAD] = None
+                return response
+            handler = self._handlers.get(endpoint)
+            if handler is None:
+                raise UnknownEndpoint("unknown endpoint %r" % endpoint)
+            session = self._find(session_id)
+            if session is None:
+                raise SessionError("no security session %d: run the %s handshake first"
+                                   % (session_id, self._security_endpoint))
+            if session[_DEAD] is not None:
+                raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session[_DEAD]))
+            try:
+                request = session[_SECURITY].decrypt(body)
+            except security.NotEstablished as e:
+                raise SessionError(str(e))
+            # From here on the keystream has advanced: any failure desynchronises the two sides
+            # for good (docs/protocol.md 3.3 step 6), so the session dies with the request.
+            try:
+                response = handler(session_id, request, may_block)
+            except pb.DecodeError as e:
+                session[_DEAD] = "bad request"
+                raise BadRequest("undecodable request: %s" % e)
+            except RequestRejected as e:
+                session[_DEAD] = "request rejected"
+                raise BadRequest(str(e))
+            except Exception:
+                session[_DEAD] = "handler failed"
+                raise
+            return session[_SECURITY].encrypt(response)
         except ProtocommError as e:
             log.warning(_TAG, "%s (session %d): %s" % (endpoint, session_id, e))
             raise
@@ -112,58 +164,3 @@ class Protocomm:
             # the type only: a message could quote request bytes (a passphrase)
             log.error(_TAG, "%s (session %d): internal error %s" % (endpoint, session_id, type(e).__name__))
             raise InternalError("internal error in %s: %s" % (endpoint, type(e).__name__))
-
-    def _dispatch(self, session_id, endpoint, body, may_block):
-        if endpoint == self._version_endpoint:
-            return self._version_handler()
-        if endpoint == self._security_endpoint:
-            return self._handshake(session_id, body)
-        handler = self._handlers.get(endpoint)
-        if handler is None:
-            raise UnknownEndpoint("unknown endpoint %r" % endpoint)
-        session = self._find(session_id)
-        if session is None:
-            raise SessionError("no security session %d: run the %s handshake first" % (session_id, self._security_endpoint))
-        if session[_DEAD] is not None:
-            raise SessionError("session %d is unusable (%s): start a new one" % (session_id, session[_DEAD]))
-        try:
-            request = session[_SECURITY].decrypt(body)
-        except security.NotEstablished as e:
-            raise SessionError(str(e))
-        # From here on the keystream has advanced: any failure desynchronises the two sides
-        # for good (docs/protocol.md 3.3 step 6), so the session dies with the request.
-        try:
-            response = handler(session_id, request, may_block)
-        except pb.DecodeError as e:
-            session[_DEAD] = "bad request"
-            raise BadRequest("undecodable request: %s" % e)
-        except RequestRejected as e:
-            session[_DEAD] = "request rejected"
-            raise BadRequest(str(e))
-        except Exception:
-            session[_DEAD] = "handler failed"
-            raise
-        return session[_SECURITY].encrypt(response)
-
-    def _handshake(self, session_id, body):
-        session = self._find(session_id)
-        if session is None or session[_DEAD] is not None:
-            # a new session: drop a dead one under this id, evict the oldest beyond the limit
-            self.session_closed(session_id)
-            while len(self._sessions) >= self._max_sessions:
-                old = self._sessions.pop(0)
-                log.info(_TAG, "session %d replaced by session %d" % (old[_ID], session_id))
-            session = [session_id, self._new_security(), None]
-            self._sessions.append(session)
-        sec = session[_SECURITY]
-        try:
-            response = sec.handle(body)
-        except security.SecurityError as e:
-            session[_DEAD] = "handshake failed"
-            raise HandshakeFailed(str(e))
-        if sec.established and self._on_established is not None:
-            # dead until the hook returns: if it raises, the session must not be usable without what it does
-            session[_DEAD] = "session start failed"
-            self._on_established(session_id)
-            session[_DEAD] = None
-        return response

@@ -81,7 +81,8 @@ class Provisioning:
     config: rmnode.config.NodeConfig (node_id, pop, sec_ver).
     station: rmnode.wifi.Wifi (or anything with connect/disconnect/status/scan).
     on_user_mapping(user_id, secret_key): must persist the pending mapping before returning; it gets
-        only a mapping that passed rmnode.mapping.check_mapping. If it raises, the client gets InvalidState.
+        only a mapping that passed rmnode.mapping.check_mapping, and may return whether the publish carries
+        "reset" (logged here). If it raises, the client gets InvalidState.
     on_wifi_config_applied(ssid, passphrase): after ApplyConfig started the join (bytes args).
     on_reset(): after prov-ctrl reset. on_reprov(): after prov-ctrl reprov.
     on_session(session_id): a new protocomm session's handshake completed (a new client, or one starting over);
@@ -308,29 +309,31 @@ class Provisioning:
 
     # -- cloud_user_assoc ----------------------------------------------------------------------
     def _user_mapping_handler(self, session_id, request, may_block):
+        # one function with its helper inlined: the BLE IRQ handler's stack (docs/protocol.md 1.2)
         req = pb.decode(pb.RMakerConfigPayload, request)
         if req["msg"] != _MAPPING_CMD_SET_USER_MAPPING:
             return b""  # docs/protocol.md 4.2: other msg values get an empty OK reply
-        return pb.encode(pb.RMakerConfigPayload, {
-            "msg": _MAPPING_RESP_SET_USER_MAPPING,
-            "resp_set_user_mapping": self._set_user_mapping(req["cmd_set_user_mapping"]),
-        })
-
-    def _set_user_mapping(self, cmd):
+        cmd = req["cmd_set_user_mapping"]
+        status, node_id = _MAPPING_INVALID_PARAM, None
         if cmd is None:
             log.warning(_TAG, "cloud_user_assoc without cmd_set_user_mapping")
-            return {"Status": _MAPPING_INVALID_PARAM}
-        user_id, secret_key = cmd["UserID"], cmd["SecretKey"]  # str: the codec checked the UTF-8
-        try:
-            mapping.check_mapping(user_id, secret_key)
-        except mapping.MappingError as e:  # its message never holds the secret key
-            log.warning(_TAG, "cloud_user_assoc refused: %s" % e)
-            return {"Status": _MAPPING_INVALID_PARAM}
-        try:
-            # persisted before we answer: a reboot after the reply still has the mapping
-            self.on_user_mapping(user_id, secret_key)
-        except Exception as e:
-            log.error(_TAG, "pending mapping not stored (%s: %s)" % (type(e).__name__, e))
-            return {"Status": _MAPPING_INVALID_STATE}
-        log.info(_TAG, "pending mapping stored for user %s" % user_id)
-        return {"Status": _MAPPING_SUCCESS, "NodeId": self.config.node_id}
+        else:
+            user_id, secret_key = cmd["UserID"], cmd["SecretKey"]  # str: the codec checked the UTF-8
+            try:
+                mapping.check_mapping(user_id, secret_key)
+                try:
+                    # persisted before we answer: a reboot after the reply still has the mapping
+                    reset = self.on_user_mapping(user_id, secret_key)
+                    status, node_id = _MAPPING_SUCCESS, self.config.node_id
+                    log.info(_TAG, "pending mapping for user %s stored%s" % (
+                        user_id, "" if reset is None else " (reset=%s)" % ("true" if reset else "false")))
+                except Exception as e:
+                    log.error(_TAG, "pending mapping not stored (%s: %s)" % (type(e).__name__, e))
+                    status = _MAPPING_INVALID_STATE
+            except mapping.MappingError as e:  # its message never holds the secret key
+                log.warning(_TAG, "cloud_user_assoc refused: %s" % e)
+        reply = {"Status": status}
+        if node_id is not None:
+            reply["NodeId"] = node_id
+        return pb.encode(pb.RMakerConfigPayload, {"msg": _MAPPING_RESP_SET_USER_MAPPING,
+                                                  "resp_set_user_mapping": reply})

@@ -103,7 +103,7 @@ def test_node_never_online_times_out_never_confirmed(rig_factory):
     secret_key = str(uuid.uuid4())
     provisioner = rig.provisioner(board)
     node_id = start_session_and_assoc(provisioner, alice.user_id, secret_key)
-    board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
+    board.wait_for_log(r"prov: pending mapping for user \S+ stored")
     provisioner.set_wifi_config(rig.ssid, rig.passphrase)
     provisioner.apply_wifi_config()
 
@@ -249,7 +249,7 @@ def test_reboot_between_receiving_and_publishing_the_mapping_still_confirmed(rig
     try:
         node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, secret_key,
                                  rig.ssid, rig.passphrase)
-        board.wait_for_log(r"mapping: pending mapping for user \S+ stored")
+        board.wait_for_log(r"prov: pending mapping for user \S+ stored")
         board.wait_for_log(r"node: joined \S+; credentials stored")
         board.wait_for_log(r"mqtt: connecting to", timeout=20)  # in station mode, held at the TLS handshake
         request_id = alice.request_mapping(node_id, secret_key)

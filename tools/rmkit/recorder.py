@@ -18,7 +18,7 @@ from rmkit.timeline import Timeline
 Pattern = Tuple[str, str, str, Union[str, Callable[[re.Match], str]]]
 
 NODE_PATTERNS: Sequence[Pattern] = (
-    (r"mapping: pending mapping for user \S+ stored", "node", "node", "pending mapping stored on flash"),
+    (r"prov: pending mapping for user \S+ stored", "node", "node", "pending mapping stored on flash"),
     (r"node: state: connecting", "node", "node", "joining Wi-Fi"),
     (r"node: joined \S+; credentials stored", "node", "node", "joined Wi-Fi, credentials stored"),
     (r"node: provisioning stopped", "node", "node", "provisioning service stopped (access point / BLE off)"),

@@ -151,3 +151,29 @@ def secured(dispatch, client, session_id, endpoint, schema, request):
     """Encrypts `request` (a dict), sends it, returns the decoded response dict."""
     body = client.crypt(pb.encode(schema, request))
     return pb.decode(schema, client.crypt(dispatch(session_id, endpoint, body)))
+
+
+def with_c_stack_left(left, function):
+    """function() on the unix port with no more than `left` bytes of an ESP32-sized C stack free; returns its
+    result or the exception it raised (CPython: calls it directly)."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        try:
+            return function()
+        except Exception as e:  # noqa: BLE001 - handed back as on the unix port
+            return e
+    import esp32_stack
+    import micropython
+
+    limit = esp32_stack.ESP32_STACK_BUDGET - left
+
+    def burn():
+        if micropython.stack_use() < limit:
+            return burn()
+        try:
+            return function()
+        except Exception as e:  # noqa: BLE001 - handed back to the test's thread
+            return e
+
+    return esp32_stack.run(burn)

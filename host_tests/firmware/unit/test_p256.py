@@ -6,7 +6,7 @@ import sys
 
 from rmnode import p256
 from rmnode.p256_key import KeyFormatError, private_key_from_der
-from fwtest import HERE, Rng, check, equal, raises
+from fwtest import HERE, Rng, check, equal, raises, with_c_stack_left
 
 h = bytes.fromhex
 
@@ -180,31 +180,12 @@ def test_every_truncation_and_byte_flip_is_a_key_format_error_or_a_scalar():
         check(0 < d < N, "scalar out of range")
 
 
-def _with_c_stack_left(left, function):
-    """function() on the unix port with no more than `left` bytes of an ESP32-sized C stack free;
-    returns its result or the exception it raised."""
-    import esp32_stack
-    import micropython
-
-    limit = esp32_stack.ESP32_STACK_BUDGET - left
-
-    def burn():
-        if micropython.stack_use() < limit:
-            return burn()
-        try:
-            return function()
-        except Exception as e:  # noqa: BLE001 - handed back to the test's thread
-            return e
-
-    return esp32_stack.run(burn)
-
-
 def test_sign_fits_the_c_stack_of_a_ble_irq_handler():
     # an ESP32's BLE host task leaves an IRQ handler about 4 KiB of C stack (docs/protocol.md 1.2);
     # the unix port's 64-bit frames are bigger, so fitting here fits there
     if sys.implementation.name != "micropython":
         return
     expected = h("3046" + "022100" + RFC_SAMPLE_R + "022100" + RFC_SAMPLE_S)
-    equal(_with_c_stack_left(BLE_IRQ_STACK, lambda: p256.sign(RFC_KEY, b"sample")), expected, "4 KiB of stack")
+    equal(with_c_stack_left(BLE_IRQ_STACK, lambda: p256.sign(RFC_KEY, b"sample")), expected, "4 KiB of stack")
     key_der = KEYS["p256_pkcs8"]
-    equal(_with_c_stack_left(BLE_IRQ_STACK, lambda: private_key_from_der(key_der)), RFC_KEY, "key, 4 KiB of stack")
+    equal(with_c_stack_left(BLE_IRQ_STACK, lambda: private_key_from_der(key_der)), RFC_KEY, "key, 4 KiB of stack")
