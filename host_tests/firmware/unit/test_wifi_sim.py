@@ -170,3 +170,21 @@ def test_sim_provisioning_wrong_password_reset_retry():
     equal(st["connected"], {"ip4_addr": "127.0.0.1", "auth_mode": 3, "ssid": b"home",
                             "bssid": b"\x02\x00\x00\x00\x00\x01", "channel": 11}, "connected state")
     wifi.disconnect()
+
+
+def test_sim_a_32_character_ssid_reads_back_with_the_passphrase_as_on_the_esp32_port_and_wifi_keeps_its_own():
+    # ports/esp32/network_wlan.c: config('ssid') is strlen of a 32-byte field the password follows
+    net = _network()
+    ssid = "S" * 32
+    with open(os.getenv("VBOARD_AIR"), "w") as f:
+        f.write(json.dumps({"scan_s": 0.05, "aps": [{"ssid": ssid, "password": "long-passphrase", "join_s": 0.05,
+                                                      "ip": "127.0.0.1"}]}))
+    try:
+        wifi = Wifi(net)
+        wifi.connect(ssid.encode(), b"long-passphrase")
+        status = _wait(wifi, (fwtest.STA_CONNECTED,))
+        equal(net.WLAN(net.STA_IF).config("ssid"), ssid + "long-passphrase", "the port's reading")
+        equal(status.ssid, ssid.encode(), "the status carries the SSID given, never the passphrase")
+        wifi.disconnect()
+    finally:
+        _network()  # the usual air back

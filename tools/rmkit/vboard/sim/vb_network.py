@@ -301,6 +301,27 @@ _sta = _Station()
 _softap = _SoftAP()
 
 
+def _field(value, size):
+    """What the driver keeps of `value` in a fixed char[size] field: its first `size` bytes (memcpy MIN)."""
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return data[:size]
+
+
+def _sta_config_ssid():
+    """The station's config('ssid') as the ESP32 port reads it: a C string from wifi_sta_config_t's 32-byte
+    ssid field (mp_obj_new_str_from_cstr, ports/esp32/network_wlan.c, v1.24-v1.26). A 32-byte SSID has no
+    terminating zero there, so strlen runs on into the 64-byte password field that follows it: the SSID comes
+    back with the passphrase appended."""
+    ssid = _field(_sta.ssid, 32)
+    if len(ssid) == 32:
+        password = _field(_sta.password, 64)
+        ssid += password.split(b"\x00", 1)[0]
+    try:
+        return str(ssid, "utf-8")
+    except UnicodeError:
+        return ssid.decode("latin-1") if hasattr(ssid, "decode") else str(ssid)
+
+
 class WLAN:
     def __init__(self, interface_id=STA_IF):
         if interface_id not in (STA_IF, AP_IF):
@@ -462,6 +483,8 @@ class WLAN:
         if key == "mac":
             return s.mac
         if key in ("ssid", "essid"):
+            if self._if == STA_IF:
+                return _sta_config_ssid()
             return s.ssid
         if key == "channel":
             _sta.update()
