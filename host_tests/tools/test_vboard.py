@@ -102,6 +102,39 @@ def test_ctrl_c_interrupts_raw_paste_code_and_main(vboard_factory):
     board.wait_for_log(r"KeyboardInterrupt", since=since)
 
 
+def test_ctrl_c_interrupts_the_main_thread_not_a_thread_it_started(vboard_factory):
+    # on a board Ctrl-C interrupts the main task; the unix port raises KeyboardInterrupt in whichever thread
+    # got the process's SIGINT (one whose signals are not blocked at that moment), so the board sends it to the
+    # main thread only
+    board = vboard_factory(run_main=True)
+    (board.flash_dir / "main.py").write_text(
+        "import _thread, gc, time\n"
+        "count = 0\n"
+        "def spin():\n"  # collecting: the unix port's collector blocks signals in the thread it stops
+        "    global count\n"
+        "    while True:\n"
+        "        gc.collect()\n"
+        "        count += 1\n"
+        "for _ in range(3):\n"
+        "    _thread.start_new_thread(spin, ())\n"
+        "print('main looping')\n"
+        "while True:\n"
+        "    time.sleep_ms(1)\n")
+    board.reset()
+    board.wait_for_log("main looping")
+    before = int(board.exec("print(count)").strip())  # interrupts main.py
+    for round in range(5):  # the main thread loops again, and Ctrl-C interrupts it again; the threads run on
+        since = board.log_offset()
+        run_tool(MPREMOTE, "connect", board.url, "resume", "exec", "--no-follow",
+                 "import time\nprint('looping again')\nwhile True:\n    time.sleep_ms(1)")
+        board.wait_for_log("looping again", since=since)
+        now = int(board.exec("print(count)").strip())
+        board.wait_for_log(r"KeyboardInterrupt", since=since)
+        assert now > before, (round, before, now)
+        before = now
+    assert "Unhandled exception in thread" not in board.read_log()
+
+
 def test_ctrl_c_at_the_friendly_repl(vboard):
     with socket.create_connection(("127.0.0.1", vboard.tcp_port)) as sock:
         since = vboard.log_offset()

@@ -35,6 +35,7 @@ process whenever the board "reboots". Why each piece is there (each measured on 
   and Ctrl-C continues a stopped process at once, so the interrupt is handled.
 """
 
+import ctypes
 import logging
 import os
 import select
@@ -91,6 +92,29 @@ LAUNCHER = (
     "from micropython_run import run_main\n"
     "sys.exit(run_main(['micropython'] + sys.argv[1:]))\n"
 )
+
+
+def interrupt_main_thread(pid: int) -> None:
+    """SIGINT to the MicroPython process's main thread only (tgkill): on a board Ctrl-C interrupts the main task
+    (the UART's receive handler schedules the KeyboardInterrupt there), but a signal sent to the process goes to
+    any of its threads, and the unix port raises KeyboardInterrupt in whichever one ran the handler: a BLE
+    radio's reader thread, or a thread the firmware started, instead of the code being interrupted."""
+    try:
+        if _tgkill(pid, pid, signal.SIGINT) != 0:  # the main thread's id is the process id
+            raise OSError(ctypes.get_errno(), "tgkill")
+    except (AttributeError, OSError):
+        try:
+            os.kill(pid, signal.SIGINT)  # gone, or no tgkill: the process as a whole
+        except ProcessLookupError:
+            pass
+
+
+try:
+    _tgkill = ctypes.CDLL(None, use_errno=True).tgkill  # glibc 2.30 and newer
+    _tgkill.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int)
+except (AttributeError, OSError):
+    def _tgkill(pid: int, tid: int, sig: int) -> int:
+        raise AttributeError("tgkill")
 
 
 @dataclass
@@ -434,10 +458,7 @@ class Supervisor(threading.Thread):
                 child.pending += data[start:i]
                 start = i + 1
                 self._last_sigint = time.monotonic()
-                try:
-                    os.kill(child.proc.pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
+                interrupt_main_thread(child.proc.pid)
                 if self.pacer is not None:  # a stopped process handles no signal until continued
                     self.pacer.interrupt(child.proc.pid)
         child.pending += data[start:]
