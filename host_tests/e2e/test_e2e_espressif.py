@@ -73,11 +73,13 @@ CLI_FLOW_LINES = {
 }
 
 
-@pytest.mark.parametrize("user_mapping", ["both", "secret"])
+@pytest.mark.parametrize("user_mapping, cpu", [("both", None), ("secret", None), ("both", "esp32")],
+                         ids=["ch_resp", "secret", "ch_resp-esp32-speed"])
 def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespace(tmp_path, artifacts_dir,
-                                                                                   user_mapping):
+                                                                                   user_mapping, cpu):
     """By challenge-response, which the node advertises by default, and by the secret-key flow when the node's
-    setting offers only that."""
+    setting offers only that; and by challenge-response with the board computing at an ESP32's speed, within the
+    CLI's own timeouts."""
     if not ESPCLI.exists():
         pytest.fail(f"{ESPCLI} is missing: run `make espcli` (make test does) to install esp-rainmaker-cli 1.14.1")
     _require_user_namespaces()
@@ -89,7 +91,7 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
     if os.environ.get("RMKIT_TEST_HEAP"):  # a local investigation only, as in fixtures_stack
         extra = ["--heap", os.environ["RMKIT_TEST_HEAP"]]
     argv = (UNSHARE + [sys.executable, str(DRIVER), str(out), "--repo", str(REPO_ROOT), "--espcli", str(ESPCLI),
-                       "--user-mapping", user_mapping] + extra)
+                       "--user-mapping", user_mapping] + (["--cpu", cpu] if cpu else []) + extra)
     driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:

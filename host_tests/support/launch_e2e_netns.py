@@ -38,10 +38,10 @@ def say(msg):
     print("netns-driver: " + msg, file=sys.stderr, flush=True)
 
 
-def start_sandbox(repo, out, heap, user_mapping):
+def start_sandbox(repo, out, heap, user_mapping, cpu):
     if heap:
         argv = [str(repo / ".venv" / "bin" / "rmkit"), "sandbox", "--softap", SOFTAP, "--heap", heap,
-                "--workdir", str(out / "build" / "sandbox"), "--user-mapping", user_mapping]
+                "--workdir", str(out / "build" / "sandbox"), "--user-mapping", user_mapping] + (["--cpu", cpu] if cpu else [])
     else:
         # the sandbox writes REPO/build/sandbox (emptied first): give this namespace its own build/
         private_build = out / "build"
@@ -50,7 +50,7 @@ def start_sandbox(repo, out, heap, user_mapping):
         subprocess.run(["mount", "--bind", str(private_build), str(repo / "build")], check=True)
         # -o: never reinstall the venv in here (no network); `make test` ran setup already
         argv = ["make", "-s", "-C", str(repo), "-o", ".venv/.installed", "sandbox", "SOFTAP=" + SOFTAP,
-                "USER_MAPPING=" + user_mapping]
+                "USER_MAPPING=" + user_mapping] + (["CPU=" + cpu] if cpu else [])
     say("starting " + " ".join(argv))
     log = open(out / "sandbox.stderr", "w")
     # the boards' runtime files (pty links, compiled simulator modules) private to this run as well
@@ -156,6 +156,7 @@ def main():
     parser.add_argument("--espcli", required=True)
     parser.add_argument("--heap")
     parser.add_argument("--user-mapping", default="both", help="the node's user_mapping setting (make sandbox USER_MAPPING=)")
+    parser.add_argument("--cpu", help="esp32: the board computes at an ESP32's speed (make sandbox CPU=esp32)")
     args = parser.parse_args()
     out, espcli = args.out, args.espcli
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     softap_address_on_loopback()
     stdout_file = out / "sandbox.stdout"
-    sandbox, sandbox_log = start_sandbox(args.repo, out, args.heap, args.user_mapping)
+    sandbox, sandbox_log = start_sandbox(args.repo, out, args.heap, args.user_mapping, args.cpu)
     try:
         info = wait_for_sandbox_line(sandbox, stdout_file)
         if info is None:
