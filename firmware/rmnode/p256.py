@@ -7,8 +7,8 @@ is RFC 6979's (HMAC-SHA256 written here: an ESP32's MicroPython has no hmac modu
 key and message, so no random source is needed and different messages never share a k; it is the k
 OpenSSL's deterministic ECDSA picks, so signatures equal `cryptography`'s byte for byte.
 
-Cost, on the 64-bit unix port (tools/rmkit/benchmarks/p256_timing.py): sign() takes 1.6-1.9 ms,
-about 0.25-0.3 s on an ESP32 at 240 MHz if it runs big-integer work 150x slower. Importing the
+Cost, on the 64-bit unix port (tools/rmkit/benchmarks/p256_timing.py): sign() takes 1.6-1.9 ms; on a virtual
+board computing at ESP32_GENERIC's speed (160 MHz, rmkit.vboard.cpu) about 0.27 s, X25519 there about 0.5 s. Importing the
 module keeps 5.8 KB of GC heap, 1 KB of it the table of G's multiples (a bytes constant; the .mpy is
 2.9 KB). A signature allocates ~470 KB of short-lived ints (every big-int operation allocates), so
 on a board the GC runs once per heap-full of free space, some ten times per signature. sign() calls
