@@ -39,3 +39,26 @@ def test_svg_draws_one_arrow_per_message_and_a_note_per_local_event():
     assert "request_id <R&1>" in texts          # escaped in the file, intact once parsed
     assert "joined Wi-Fi" in texts
     assert {"Client", "ESP32 node", "Cloud"} <= set(texts)
+
+
+def test_what_was_logged_before_a_client_event_is_drawn_before_it(tmp_path):
+    # the cloud logs its decision before it answers; the watcher tails the log every few milliseconds, so
+    # without catching up the answer's arrow would come first (seen in make demo's picture)
+    from rmkit.recorder import CLOUD_PATTERNS, LogWatcher
+
+    log = tmp_path / "cloud.log"
+    log.write_text("")
+    timeline = Timeline()
+    watcher = LogWatcher(log, timeline, CLOUD_PATTERNS)
+    watcher._run = lambda: None  # no polling thread: only the catch-up can see the line
+    watcher.start()
+    try:
+        timeline.add("client", "cloud", "POST user/nodes/mapping/verify {signature}")
+        with open(log, "a") as f:
+            f.write("INFO rmkit.cloud.mapping: mapping r1: node N1 user U1 -> confirmed (challenge response verified)\n")
+        timeline.add("cloud", "client", "success: node mapped")
+    finally:
+        watcher.stop()
+    assert [event.text for event in timeline.events] == [
+        "POST user/nodes/mapping/verify {signature}", "signature verified with the node's certificate: confirmed",
+        "success: node mapped"]

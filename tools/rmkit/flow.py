@@ -37,8 +37,9 @@ def provision_node(provisioner: Provisioner, timeline: Timeline, user_id: str, s
     The client<->node arrows name the transport (SoftAP, BLE)."""
     via = _via(provisioner)
     _open_session(provisioner, timeline)
-    node_id = provisioner.set_user_mapping(user_id, secret_key)
+    # each request is drawn when it is sent, so that what it causes (log lines the watchers pick up) comes after it
     timeline.add("client", "node", f"cloud_user_assoc {{user_id, secret_key}}{via}")
+    node_id = provisioner.set_user_mapping(user_id, secret_key)
     timeline.add("node", "client", f"node_id {node_id}{via}")
     _join_wifi(provisioner, timeline, ssid, passphrase)
     return node_id
@@ -84,9 +85,9 @@ def _open_session(provisioner: Provisioner, timeline: Timeline) -> None:
 
 def _join_wifi(provisioner: Provisioner, timeline: Timeline, ssid: str, passphrase: str) -> None:
     via = _via(provisioner)
+    timeline.add("client", "node", f"prov-config: Wi-Fi '{ssid}' set and applied{via}")
     provisioner.set_wifi_config(ssid, passphrase)
     provisioner.apply_wifi_config()
-    timeline.add("client", "node", f"prov-config: Wi-Fi '{ssid}' set and applied{via}")
     wifi = provisioner.wait_for_wifi(ssid)
     timeline.add("node", "client", f"prov-config status: Connected ({wifi.ip4_addr}){via}")
 
@@ -104,8 +105,8 @@ def board_transport(board, over: Optional[str] = None, timeout: float = 15.0) ->
 def map_node(cloud: CloudClient, timeline: Timeline, node_id: str, secret_key: str,
              poll_interval_s: float = 0.2) -> MappingOutcome:
     """Steps 2 and 4: PUT the mapping request, then poll it until it is final."""
-    request_id = cloud.request_mapping(node_id, secret_key)
     timeline.add("client", "cloud", "PUT user/nodes/mapping {node_id, secret_key}")
+    request_id = cloud.request_mapping(node_id, secret_key)
     timeline.add("cloud", "client", f"request_id {request_id[:8]}...")
 
     def on_status(status: str) -> None:

@@ -47,14 +47,17 @@ class LogWatcher:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._partial = ""
+        self._reading = threading.Lock()  # the watcher's thread and the timeline's catch-up read in turn
 
     def start(self) -> "LogWatcher":
         self._thread = threading.Thread(target=self._run, name=f"watch {self.path.name}", daemon=True)
         self._thread.start()
+        self.timeline.keep_up_with(self._poll)
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self.timeline.forget(self._poll)
         if self._thread is not None:
             self._thread.join(2)
         self._poll()  # whatever arrived last
@@ -64,6 +67,10 @@ class LogWatcher:
             self._poll()
 
     def _poll(self) -> None:
+        with self._reading:
+            self._read_new_lines()
+
+    def _read_new_lines(self) -> None:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)

@@ -35,6 +35,17 @@ class Timeline:
         self._lock = threading.Lock()
         self.events: list[Event] = []
         self._echo = echo   # called with each new event, e.g. to print progress
+        self._catch_up: list = []  # callables that record what has been logged so far (rmkit.recorder.LogWatcher)
+
+    def keep_up_with(self, catch_up) -> None:
+        """`catch_up()` runs before each client event is recorded: what the node or the cloud logged before the
+        client sent a request, or before it got an answer, is then drawn before that arrow, not after it (a
+        watcher tailing a log would otherwise see a line a few milliseconds late)."""
+        self._catch_up.append(catch_up)
+
+    def forget(self, catch_up) -> None:
+        if catch_up in self._catch_up:
+            self._catch_up.remove(catch_up)
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -42,6 +53,9 @@ class Timeline:
     def add(self, source: str, target: str, text: str) -> Event:
         if source not in ACTORS or target not in ACTORS:
             raise ValueError(f"unknown actor in {source!r} -> {target!r}; expected one of {ACTORS}")
+        if "client" in (source, target):
+            for catch_up in list(self._catch_up):
+                catch_up()
         with self._lock:
             event = Event(round(self.elapsed(), 3), source, target, text)
             self.events.append(event)
