@@ -57,7 +57,7 @@ FLOW_STEPS = {
              "prov-config: Wi-Fi 'rmkit-lab' set and applied [{label}]"),
     "secret": ("cloud_user_assoc {{user_id, secret_key}} [{label}]", "prov-config: Wi-Fi 'rmkit-lab' set and applied [{label}]",
                "PUT user/nodes/mapping {{node_id, secret_key}}", "MQTT user/mapping {{node_id, user_id, secret_key}}",
-               "request_status: confirmed"),
+               "both sides match: confirmed", "request_status: confirmed"),
 }
 FLOW_NAME = {"auto": "mapping flow: challenge-response", "secret": "mapping flow: secret key"}
 

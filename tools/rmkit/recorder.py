@@ -32,7 +32,8 @@ NODE_PATTERNS: Sequence[Pattern] = (
 CLOUD_PATTERNS: Sequence[Pattern] = (
     (r"mapping \S+: node \S+ user \S+ -> confirmed \(challenge response verified\)", "cloud", "cloud",
      "signature verified with the node's certificate: confirmed"),
-    (r"mapping \S+: node \S+ user \S+ -> confirmed$", "cloud", "cloud", "both sides match: confirmed"),
+    (r"mapping \S+: node \S+ user \S+ -> confirmed(?! \(challenge response verified\))", "cloud", "cloud",
+     "both sides match: confirmed"),
     (r"mapping \S+: node \S+ user \S+ -> timedout", "cloud", "cloud", "no match within the timeout: timedout"),
     (r"node \S+ reset: associations", "cloud", "cloud", "node reset: old associations removed"),
 )
