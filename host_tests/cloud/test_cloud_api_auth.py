@@ -13,7 +13,7 @@ from flask import Flask
 from rmkit.cloud.accounts import Accounts
 from rmkit.cloud.api import create_app
 from rmkit.cloud.mapping import MappingService
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 from support.fixtures_cloud import PASSWORD, db_snapshot
 
 PUBLIC_V1 = {("POST", "/v1/login2")}  # where tokens come from
@@ -43,7 +43,7 @@ def v1_routes(app: Flask) -> set[tuple[str, str]]:
 
 @pytest.fixture
 def cloud(tmp_path):
-    storage = SqliteStorage(tmp_path / "cloud.db")
+    storage = Storage(tmp_path / "cloud.db")
     accounts = Accounts(storage)
     accounts.add_user("alice@example.com", PASSWORD)
     token = accounts.login("alice@example.com", PASSWORD).accesstoken

@@ -16,7 +16,7 @@ from support.fixtures_cloud import PASSWORD, db_snapshot
 from rmkit.cloud.accounts import Accounts
 from rmkit.cloud.api import create_app
 from rmkit.cloud.mapping import MappingService
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 
 ENDPOINTS = [("GET", "/apiversions"), ("POST", "/v1/login2"), ("POST", "/v1/logout2"), ("GET", "/v1/user"),
              ("GET", "/v1/user/nodes"), ("PUT", "/v1/user/nodes/mapping"), ("GET", "/v1/user/nodes/mapping"),
@@ -53,7 +53,7 @@ QUERIES = st.dictionaries(st.sampled_from(QUERY_NAMES) | st.text(max_size=8), QU
 
 @pytest.fixture
 def api_client(tmp_path):
-    storage = SqliteStorage(tmp_path / "cloud.db")
+    storage = Storage(tmp_path / "cloud.db")
     accounts = Accounts(storage)
     accounts.add_user("alice@example.com", PASSWORD)
     token = accounts.login("alice@example.com", PASSWORD).accesstoken

@@ -28,7 +28,7 @@ from rmkit.cloud.api import create_app
 from rmkit.cloud.challenge_mapping import CHALLENGE_LENGTH, ChallengeRefused, ChallengeService
 from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.node_registry import PkiNodeRegistry
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 
 NODE_A, NODE_B = "NODEA0000001", "NODEB0000002"
 INITIATE, VERIFY, STATUS = "/v1/user/nodes/mapping/initiate", "/v1/user/nodes/mapping/verify", "/v1/user/nodes/mapping"
@@ -53,7 +53,7 @@ class Cloud:
 
     def __init__(self, tmp_path, node_pki, registry=True):
         self.db_path = tmp_path / "cloud.db"
-        self.storage = SqliteStorage(self.db_path)
+        self.storage = Storage(self.db_path)
         self.clock = Clock()
         self.pki = node_pki
         self.nodes = {node_id: node_pki.node_identity(node_id) for node_id in (NODE_A, NODE_B)}
@@ -471,7 +471,7 @@ def test_node_ids_that_are_no_pki_name_are_unknown(cloud, node_id):
 
 def test_two_processes_racing_to_verify_one_challenge_settle_it_once(cloud):
     # a second service on the same database stands for a second HTTP process
-    other_storage = SqliteStorage(cloud.db_path)
+    other_storage = Storage(cloud.db_path)
     other = ChallengeService(other_storage, PkiNodeRegistry(cloud.pki.directory), clock=cloud.clock)
     try:
         for _ in range(5):

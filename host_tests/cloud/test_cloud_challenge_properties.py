@@ -18,7 +18,7 @@ from rmkit.cloud.api import create_app
 from rmkit.cloud.challenge_mapping import MAX_LIFETIME_S, ChallengeService
 from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.node_registry import PkiNodeRegistry
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 
 NODE = "NODEA0000001"
 ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates included: JSON can carry "\ud800"
@@ -58,7 +58,7 @@ class Clock:
 
 @pytest.fixture
 def app(tmp_path, node_pki):
-    storage = SqliteStorage(tmp_path / "cloud.db")
+    storage = Storage(tmp_path / "cloud.db")
     accounts = Accounts(storage)
     users = {name: accounts.add_user(f"{name}@example.com", PASSWORD) for name in ("alice", "bob")}
     token = accounts.login("alice@example.com", PASSWORD).accesstoken

@@ -123,12 +123,12 @@ def test_login_with_wrong_password_shows_the_clouds_error(espcli, cloud_process)
 
 
 def test_getnodes_follows_next_id_over_pages(espcli, cloud_process_factory):
-    from rmkit.cloud.storage import SqliteStorage
+    from rmkit.cloud.storage import Storage
 
     cloud = cloud_process_factory()
     user_id = cloud.add_user(EMAIL, PASSWORD)
     node_ids = [f"VNODE{i:03d}" for i in range(30)]  # more than one default page of 25
-    storage = SqliteStorage(cloud.db_path)
+    storage = Storage(cloud.db_path)
     with storage.transaction() as tx:
         for node_id in node_ids:
             tx.add_user_node(user_id, node_id, time.time())

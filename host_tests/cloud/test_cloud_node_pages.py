@@ -7,14 +7,14 @@ import pytest
 
 from rmkit.cloud.accounts import Accounts
 from rmkit.cloud.mapping import DEFAULT_PAGE_SIZE, MappingService
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 from support.fixtures_cloud import PASSWORD
 
 
 @pytest.fixture
 def page(tmp_path):
     """page(user_name, start_id, limit) -> NodePage, where alice has N1..N6, bob has N0, carol none."""
-    storage = SqliteStorage(tmp_path / "cloud.db")
+    storage = Storage(tmp_path / "cloud.db")
     accounts = Accounts(storage)
     user_ids = {name: accounts.add_user(f"{name}@example.com", PASSWORD) for name in ("alice", "bob", "carol")}
     with storage.transaction() as tx:

@@ -14,7 +14,7 @@ from rmkit.cloud import CloudService
 from rmkit.cloud import mqtt as cloud_mqtt
 from rmkit.cloud import tokens
 from rmkit.cloud.group_commit import GroupCommitter
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 
 NODE = "NODE5CA1E001"
 
@@ -37,7 +37,7 @@ def test_polls_token_checks_and_node_lists_answer_while_a_write_transaction_is_h
 
 
 def test_a_write_slipped_into_a_read_snapshot_is_refused(tmp_path):
-    storage = SqliteStorage(tmp_path / "cloud.db")
+    storage = Storage(tmp_path / "cloud.db")
     try:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             with storage.read() as tx:
@@ -83,7 +83,7 @@ def test_a_new_login_after_a_logout_is_served_while_the_old_token_stays_refused(
 
 
 def test_group_commit_rolls_back_only_the_piece_that_raised(tmp_path):
-    storage = SqliteStorage(tmp_path / "cloud.db")
+    storage = Storage(tmp_path / "cloud.db")
     writes = GroupCommitter(storage)
     writer_busy, release = threading.Event(), threading.Event()
 

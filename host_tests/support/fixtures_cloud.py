@@ -39,7 +39,7 @@ import pytest
 from rmkit.cloud import CloudService
 from rmkit.cloud.accounts import Accounts
 from rmkit.cloud.mapping import MappingService
-from rmkit.cloud.storage import SqliteStorage
+from rmkit.cloud.storage import Storage
 from rmkit.net import free_port, wait_for_port
 from support.paths import REPO_ROOT
 
@@ -129,7 +129,7 @@ def db_snapshot(db_path: Path) -> dict:
 
 
 def add_user(db_path: Path, email: str, password: str = PASSWORD) -> str:
-    storage = SqliteStorage(db_path)
+    storage = Storage(db_path)
     try:
         return Accounts(storage).add_user(email, password)
     finally:
@@ -264,7 +264,7 @@ class CloudProcess:
     def ingest(self, node_id: str, payload: Any) -> Any:
         """Apply a node publish as a second cloud instance on the same database would."""
         raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        storage = SqliteStorage(self.db_path)
+        storage = Storage(self.db_path)
         try:
             return MappingService(storage, timeout_s=self.mapping_timeout).ingest(node_id, raw)
         finally:

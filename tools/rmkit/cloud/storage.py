@@ -1,9 +1,8 @@
 """Persistent state of the local cloud: users, sessions, user-node associations, mapping requests, node reports,
 challenge-response mapping challenges.
 
-`Storage` is the small interface the rest of the cloud talks to; `SqliteStorage` implements it on one
-SQLite file in WAL mode. Every write happens inside `transaction()`, which takes the database's write
-lock up front (BEGIN IMMEDIATE) so that several cloud processes sharing one file serialize their
+`Storage` keeps them in one SQLite file in WAL mode. Every write happens inside `transaction()`, which
+takes the database's write lock up front (BEGIN IMMEDIATE) so that several cloud processes sharing one file serialize their
 read-check-write sequences (a node publish and a client PUT can never both miss each other).
 Read-only work (token checks, status polls, node lists) goes through `read()`: a WAL reader sees the
 last committed snapshot and never waits for, nor blocks, a writer.
@@ -13,13 +12,13 @@ the next writer the moment the lock is free, where SQLite's own busy handler pol
 grow to 100 ms (sqlite3.c, sqliteDefaultBusyCallback) and made writes of one process wait behind
 another's for a tenth of a second at a time.
 
-A PostgreSQL implementation would provide the same two classes (e.g. SERIALIZABLE transactions and a
-plain READ ONLY transaction for read()).
+Only SQLite is implemented (no second backend is planned, so there is no abstract interface); a
+PostgreSQL one would keep these two entry points (e.g. SERIALIZABLE transactions and a READ ONLY one for
+read()).
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import fcntl
 import logging
@@ -157,133 +156,6 @@ class NodeReport:
     received: float
 
 
-class StorageTx(abc.ABC):
-    """The operations available inside one transaction; all or none of its writes persist."""
-
-    @abc.abstractmethod
-    def savepoint(self) -> contextlib.AbstractContextManager[None]:
-        """A nested part of the transaction: rolled back alone when its block raises."""
-
-    # deployment
-    @abc.abstractmethod
-    def get_meta(self, key: str) -> Optional[str]: ...
-    @abc.abstractmethod
-    def set_meta(self, key: str, value: str) -> None: ...
-
-    # users
-    @abc.abstractmethod
-    def add_user(self, user_id: str, email: str, password_hash: str, now: float) -> None: ...
-    @abc.abstractmethod
-    def user_by_email(self, email: str) -> Optional[User]: ...
-    @abc.abstractmethod
-    def user_by_id(self, user_id: str) -> Optional[User]: ...
-    @abc.abstractmethod
-    def list_users(self) -> list[User]: ...
-
-    # sessions (one per login; refresh token stored hashed)
-    @abc.abstractmethod
-    def add_session(self, session_id: str, user_id: str, refresh_hash: str, now: float) -> None: ...
-    @abc.abstractmethod
-    def session_by_id(self, session_id: str) -> Optional[Session]: ...
-    @abc.abstractmethod
-    def session_by_refresh_hash(self, refresh_hash: str) -> Optional[Session]: ...
-    @abc.abstractmethod
-    def revoke_session(self, session_id: str) -> None: ...
-    @abc.abstractmethod
-    def revoke_user_sessions(self, user_id: str) -> int: ...
-
-    # user <-> node associations
-    @abc.abstractmethod
-    def add_user_node(self, user_id: str, node_id: str, now: float) -> bool: ...
-    @abc.abstractmethod
-    def remove_user_node(self, user_id: str, node_id: str) -> bool: ...
-    @abc.abstractmethod
-    def remove_node_users(self, node_id: str) -> list[str]: ...
-    @abc.abstractmethod
-    def user_has_node(self, user_id: str, node_id: str) -> bool: ...
-    @abc.abstractmethod
-    def user_nodes_page(self, user_id: str, start_id: Optional[str], limit: int) -> list[str]: ...
-    @abc.abstractmethod
-    def count_user_nodes(self, user_id: str) -> int: ...
-
-    # mapping requests from clients
-    @abc.abstractmethod
-    def add_mapping_request(self, req: MappingRequest) -> None: ...
-    @abc.abstractmethod
-    def mapping_request(self, request_id: str) -> Optional[MappingRequest]: ...
-    @abc.abstractmethod
-    def requested_mappings_for_node(self, node_id: str) -> list[MappingRequest]: ...
-    @abc.abstractmethod
-    def set_request_status(self, request_id: str, status: str, now: float) -> None: ...
-
-    # mapping reports from nodes (MQTT)
-    @abc.abstractmethod
-    def add_node_report(self, node_id: str, user_id: str, secret_key: str, reset: bool, now: float) -> int: ...
-    @abc.abstractmethod
-    def node_reports_since(self, node_id: str, since: float) -> list[NodeReport]: ...
-    @abc.abstractmethod
-    def has_node_report(self, node_id: str, user_id: str, secret_key: str) -> bool: ...
-    @abc.abstractmethod
-    def prune_node_reports(self, before: float) -> int: ...
-
-    # challenge-response mapping challenges
-    @abc.abstractmethod
-    def add_challenge(self, challenge: MappingChallenge) -> None: ...
-    @abc.abstractmethod
-    def challenge(self, request_id: str) -> Optional[MappingChallenge]: ...
-    @abc.abstractmethod
-    def settle_challenge(self, request_id: str, status: str, node_id: str, now: float) -> bool:
-        """Move a `requested` challenge to `status`; False (and nothing changed) if it was not requested."""
-    @abc.abstractmethod
-    def count_open_challenges(self, user_id: str, now: float) -> int: ...
-    @abc.abstractmethod
-    def prune_challenges(self, before: float) -> int:
-        """Drop challenges that expired before `before` and were never confirmed."""
-
-    # login throttling: failed logins per key ("user:<email>", "addr:<ip>")
-    @abc.abstractmethod
-    def add_login_failure(self, key: str, now: float) -> None: ...
-    @abc.abstractmethod
-    def login_failures_since(self, key: str, since: float) -> list[float]: ...
-    @abc.abstractmethod
-    def clear_login_failures(self, key: str) -> None: ...
-    @abc.abstractmethod
-    def prune_login_failures(self, before: float) -> int: ...
-
-
-class Storage(abc.ABC):
-    """A cloud database: `transaction()` yields a StorageTx, committed when the block exits cleanly;
-    `read()` yields one for reading only (a consistent snapshot; a write in it raises)."""
-
-    @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractContextManager[StorageTx]: ...
-
-    @abc.abstractmethod
-    def read(self) -> contextlib.AbstractContextManager[StorageTx]: ...
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    # Sessions end (logout) rarely and are checked on every request, so token checks are cached
-    # (rmkit.cloud.token_cache). The revocation epoch tells every process sharing this database that
-    # a session ended: it grows after each committed revocation, and a cached check made at an
-    # older epoch is made again.
-    @abc.abstractmethod
-    def revocation_epoch(self) -> int: ...
-
-    @abc.abstractmethod
-    def note_revocation(self) -> None: ...
-
-    def deployment_secret(self) -> bytes:
-        """The HMAC key for tokens: made once per database, shared by every process using it."""
-        with self.transaction() as tx:
-            value = tx.get_meta("token_secret")
-            if value is None:
-                value = secrets.token_hex(32)
-                tx.set_meta("token_secret", value)
-            return bytes.fromhex(value)
-
-
 def _user(row) -> Optional[User]:
     return None if row is None else User(row[0], row[1], row[2], row[3])
 
@@ -300,7 +172,9 @@ def _challenge(row) -> Optional[MappingChallenge]:
     return None if row is None else MappingChallenge(*row)
 
 
-class SqliteTx(StorageTx):
+class StorageTx:
+    """The reads and writes of one transaction (Storage.transaction) or snapshot (Storage.read)."""
+
     def __init__(self, conn: sqlite3.Connection):
         self._db = conn
 
@@ -470,7 +344,7 @@ class SqliteTx(StorageTx):
         return self._db.execute("DELETE FROM login_failures WHERE at<?", (before,)).rowcount
 
 
-class SqliteStorage(Storage):
+class Storage:
     """SQLite file in WAL mode; per thread one connection for writing and one for reading (query_only);
     schema created on first use."""
 
@@ -531,7 +405,7 @@ class SqliteStorage(Storage):
             try:
                 conn.execute("BEGIN IMMEDIATE")  # still needed: a writer without our lock file (sqlite3 CLI)
                 try:
-                    yield SqliteTx(conn)
+                    yield StorageTx(conn)
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -545,7 +419,7 @@ class SqliteStorage(Storage):
         conn = self._conn("reader")
         conn.execute("BEGIN")  # deferred: a WAL read snapshot from the first SELECT on, no write lock
         try:
-            yield SqliteTx(conn)
+            yield StorageTx(conn)
         finally:
             conn.execute("COMMIT")  # ends the snapshot, so the WAL can be checkpointed past it
 
@@ -558,6 +432,15 @@ class SqliteStorage(Storage):
             os.write(fd, b".")
         finally:
             os.close(fd)
+
+    def deployment_secret(self) -> bytes:
+        """The HMAC key for tokens: made once per database, shared by every process using it."""
+        with self.transaction() as tx:
+            value = tx.get_meta("token_secret")
+            if value is None:
+                value = secrets.token_hex(32)
+                tx.set_meta("token_secret", value)
+            return bytes.fromhex(value)
 
     def close(self) -> None:
         with self._lock:
@@ -577,10 +460,10 @@ def open_storage(url_or_path: str | Path) -> Storage:
     """A Storage for a path (SQLite) or a URL; only sqlite:///path is implemented."""
     text = str(url_or_path)
     if text.startswith("sqlite:///"):
-        return SqliteStorage(text[len("sqlite:///"):])
+        return Storage(text[len("sqlite:///"):])
     if "://" in text:
         raise ValueError(f"unsupported database URL {text!r} (only a file path or sqlite:///path)")
-    return SqliteStorage(text)
+    return Storage(text)
 
 
 def now() -> float:
