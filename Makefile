@@ -36,9 +36,10 @@ MAPPING ?=
 USER_MAPPING ?=
 CPU     ?=
 PYTEST_ARGS ?=
+TIERS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo vboard repl monitor flash deploy provision cloud sandbox bench espcli clean
+.PHONY: help setup test test-fast demo vboard repl monitor flash deploy provision cloud sandbox bench espcli clean
 
 help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
@@ -77,6 +78,9 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 
 test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (JOBS=2 workers, PYTEST_ARGS=... for pytest)
 	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) $(PYTEST_ARGS)
+
+test-fast: setup ## the unit tier only, for an edit-test loop: firmware logic under CPython and the unix port, codecs, cloud API in-process (TIERS="unit or component" for more; tiers in host_tests/support/tiers.py)
+	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) -m "$(or $(TIERS),unit)" $(PYTEST_ARGS)
 
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow; CPU=esp32: the board computes at an ESP32's speed)
 	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING)) $(if $(CPU),--cpu $(CPU))

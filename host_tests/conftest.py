@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import paths
+from support import paths, tiers
 
 # Fixture modules per area (host_tests/support/fixtures_*.py), shared by every test file; pytester for
 # the harness's own tests (test_harness.py).
@@ -30,6 +30,10 @@ pytest_plugins = [
 ]
 
 
+def pytest_collection_modifyitems(config, items):
+    tiers.mark(items)
+
+
 def pytest_configure(config):
     """Boards the tests start record themselves in a runtime directory of this test run's own (one per
     pytest-xdist worker), so that they never meet a developer's running boards, nor each other's names."""
@@ -40,6 +44,7 @@ def pytest_configure(config):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         os.environ["RMKIT_RUNTIME_DIR"] = os.environ["RMKIT_TEST_RUNTIME_DIR"] = config._rmkit_runtime_dir = \
             tempfile.mkdtemp(prefix=f"rmkit-test-run-{worker}-")
+    tiers.register(config)
 
 
 def pytest_unconfigure(config):

@@ -66,3 +66,26 @@ def test_a_test_whose_virtual_board_reported_a_fault_fails(pytester, monkeypatch
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_a_board_faults *",
                                  "*board vb1: vboard FAULT: BLE IRQ handler released the GIL in time.sleep_ms(20)*"])
     assert "test_a_board_faults_on_purpose" not in "".join(line for line in result.outlines if "ERROR" in line)
+
+
+def _collected(*args: str) -> set:
+    import subprocess
+    import sys
+
+    from support import paths
+
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                         cwd=paths.HOST_TESTS, capture_output=True, text=True).stdout
+    return {line.split("::")[0] for line in out.splitlines() if "::" in line}
+
+
+@pytest.mark.component  # five pytest collections
+def test_make_test_fast_takes_the_unit_tier_without_boards_or_stacks():
+    """support/tiers.py: the unit tier (make test-fast) holds the firmware's logic and no board or stack; every
+    collected test gets exactly one tier (tiers.mark checks that at each collection)."""
+    files = ("firmware/test_fw_unit.py", "tools/test_pki.py", "tools/test_vboard.py", "cloud/test_cloud_mqtt.py",
+             "e2e/test_scenarios.py")
+    assert _collected("-m", "unit", *files) == {"firmware/test_fw_unit.py", "tools/test_pki.py"}
+    assert _collected("-m", "component", *files) == {"cloud/test_cloud_mqtt.py"}
+    assert _collected("-m", "board", *files) == {"tools/test_vboard.py"}
+    assert _collected("-m", "e2e", *files) == {"e2e/test_scenarios.py"}

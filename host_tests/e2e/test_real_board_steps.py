@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 
-import pytest
+
+from support.needs import need_user_namespaces
 
 IN_NAMESPACE = r"""
 import json, os, signal, subprocess, sys, time
@@ -82,8 +82,7 @@ print("RESULT " + json.dumps({"deploy": deploy, "factory": factory, "provision":
 
 
 def test_the_readme_real_board_steps_map_a_board_that_reaches_the_broker_on_the_lan(tmp_path):
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode:
-        pytest.skip("needs unshare -rn (user and network namespaces)")
+    need_user_namespaces()
     script = "ip link set lo up && ip addr add 10.9.8.7/32 dev lo && exec \"$0\" -c \"$1\" \"$2\""
     proc = subprocess.run(["unshare", "-rn", "sh", "-c", script, sys.executable, IN_NAMESPACE, str(tmp_path)],
                           capture_output=True, text=True, timeout=600)

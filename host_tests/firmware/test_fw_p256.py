@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from rmkit.pki import Pki
 from rmnode import p256
 from rmnode.p256_key import KeyFormatError, private_key_from_der
+from support.needs import need_command
 from support.paths import FW_UNIT
 
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -158,8 +158,8 @@ def test_keys_cryptography_writes_are_read_in_both_formats():
         assert private_key_from_der(_der(_key(d), serialization.PrivateFormat.TraditionalOpenSSL)) == d
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl command")
 def test_keys_the_openssl_command_writes_are_read(tmp_path: Path):
+    need_command("openssl", "openssl")
     sec1 = subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-outform", "DER"],
                           capture_output=True, check=True).stdout
     (tmp_path / "key.der").write_bytes(sec1)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -10,6 +9,8 @@ import sys
 
 import paho.mqtt.client as paho
 import pytest
+
+from support.needs import need_user_namespaces
 
 from rmkit.broker import Broker, BrokerError, config_text, exposure_warnings
 from rmkit.pki import Pki
@@ -291,9 +292,9 @@ print("RESULT " + json.dumps(result))
 """
 
 
+@pytest.mark.board  # a sandbox's board, in a namespace of its own
 def test_a_board_on_the_network_reaches_the_broker_on_the_address_it_listens_on(tmp_path):
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode:
-        pytest.skip("needs unshare -rn (user and network namespaces)")
+    need_user_namespaces()
     script = ("ip link set lo up && ip addr add 10.9.8.7/32 dev lo && exec \"$0\" -c \"$1\" \"$2\"")
     proc = subprocess.run(["unshare", "-rn", "sh", "-c", script, sys.executable, IN_NAMESPACE, str(tmp_path)],
                           capture_output=True, text=True, timeout=180)

@@ -23,6 +23,8 @@ from rmkit.net import free_port
 from rmkit.vboard.errors import BoardError
 from support.paths import FIRMWARE, VENV_BIN
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 PARTITION = 2 * 1024 * 1024
 BLOCK = 4096
 

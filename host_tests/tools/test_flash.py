@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from support.needs import need_command
+
 from support.paths import REPO_ROOT, VENV_BIN
 from rmkit import espimage
+
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
 
 RMKIT = str(VENV_BIN / "rmkit")
 
@@ -128,8 +132,7 @@ def test_permission_denied_names_the_usual_fix(images):
             # root opens anything through CAP_DAC_OVERRIDE: give the port to nobody and drop that capability
             # (running as nobody instead would also need the checkout readable by nobody, which a private
             # temporary directory is not)
-            if not shutil.which("setpriv"):
-                pytest.skip("running as root without setpriv")
+            need_command("setpriv", "util-linux")  # as root, the test drops a capability with it
             os.chown(port, 65534, 65534)
             argv = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] + argv
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)

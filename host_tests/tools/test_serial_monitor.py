@@ -16,6 +16,8 @@ from rmkit.errors import UserError
 from rmkit.serialport import describe_open_error, open_port, resolve_port
 from support.paths import VENV_BIN
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 RMKIT = str(VENV_BIN / "rmkit")
 
 

@@ -15,6 +15,8 @@ from support.paths import VENV_BIN
 from rmkit.vboard import BoardCrashed, BoardError, VirtualBoard
 from rmkit.vboard.board import SIM_HEAP_ALLOWANCE
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 MPREMOTE = str(VENV_BIN / "mpremote")
 AMPY = str(VENV_BIN / "ampy")
 

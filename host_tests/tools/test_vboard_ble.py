@@ -16,6 +16,8 @@ import pytest
 
 from support.vboard_ble import CHAR, NAME, board_value, connect, peripheral, wait_board
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 
 def test_long_write_is_truncated_to_the_20_byte_buffer_without_gatts_set_buffer(vboard):
     peripheral(vboard)
@@ -106,6 +108,7 @@ def test_a_read_request_the_handler_refuses_is_an_att_error(vboard):
 def test_bluetooth_api_refuses_calls_while_inactive_and_reports_the_esp32_bt_mac(vboard):
     out = vboard.exec("""
 import bluetooth
+
 ble = bluetooth.BLE()
 try:
     ble.config('mac')

@@ -14,6 +14,8 @@ import pytest
 
 from support.paths import VENV_BIN
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 RMKIT = str(VENV_BIN / "rmkit")
 
 

@@ -26,6 +26,8 @@ from rmkit.vboard.supervisor import LAUNCHER
 from support.paths import VENV_BIN
 from support.wait import wait_until
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 RMKIT = str(VENV_BIN / "rmkit")
 BUSY_MAIN = "print('main computing')\nwhile True:\n    pass\n"
 TIMED_RUNS = ("import time\nt0 = time.ticks_us()\nfor _ in range({runs}):\n    pi_digits()\n"

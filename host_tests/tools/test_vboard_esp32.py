@@ -30,6 +30,8 @@ from rmkit.vboard.errors import BoardCrashed
 from support.paths import VENV_BIN
 from rmkit.sntp import SntpServer
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
 
@@ -225,6 +227,7 @@ def ram_stats(board) -> dict:
 # ESP-IDF's largest free block at the start and after each growth.
 GROW_TWICE = """
 import esp32
+
 chunks, steps = [], [esp32.ram_stats()]
 while steps[-1]['growths'] < 2 and len(chunks) < 1000:
     chunks.append(bytearray(1024))

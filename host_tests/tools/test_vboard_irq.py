@@ -16,7 +16,7 @@ from rmkit.vboard import BoardFault
 from support.vboard_ble import board_value, peripheral, wait_board, write_once
 from support.wait import wait_until
 
-pytestmark = pytest.mark.board_faults_expected
+pytestmark = [pytest.mark.board_faults_expected, pytest.mark.board]  # tier: virtual boards (support/tiers.py)
 
 
 def fault(call: str, source: str) -> str:

@@ -18,6 +18,8 @@ from rmkit import espimage
 from rmkit.vboard import BoardError
 from rmkit.vboard.rom import FLASH_SIZE
 
+pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
 ESPTOOL = str(VENV_BIN / "esptool")
 
 
