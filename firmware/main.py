@@ -13,7 +13,7 @@ from rmnode.node import Node
 
 # Collect after every 4 KiB allocated instead of only when the heap is full: the X25519 and TLS
 # work leaves short-lived garbage between long-lived objects, and a heap that is only collected
-# when exhausted ends up with ~35 KB free in pieces of under 1 KB (measured with mem_info(1)).
+# when exhausted ends up free only in small pieces.
 gc.threshold(4096)
 
 try:

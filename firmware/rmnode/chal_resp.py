@@ -89,7 +89,7 @@ class ChallengeResponse:
                         % (len(challenge), MAX_CHALLENGE))
             return pb.encode(pb.RMakerChRespPayload, {"msg": _RESP_CHALLENGE_RESPONSE, "status": _INVALID_PARAM})
         # loaded at the first challenge, not with the endpoint: its 5.8 KB of heap are then paid only by a node that
-        # is asked to sign (a 2048-byte request beside it did not fit a 110 KiB heap). Over BLE it is loaded before
+        # is asked to sign (a request of the largest size, docs/protocol.md 1.1, beside it did not fit a 110 KiB heap). Over BLE it is loaded before
         # (load_signer): an import interns names, and the unix port, which has no GIL, must not do that in the IRQ
         # handler's thread while the main task runs (on an ESP32 the handler holds the GIL, and the VFS reader keeps
         # it: MICROPY_READER_VFS).

@@ -39,10 +39,7 @@ from rmnode import log
 _TAG = const("http")
 _CHUNK = const(256)  # bytes per socket read while looking for the end of the header block
 _MAX_LINE = const(512)  # request line or one header line, CRLF included
-# The largest request body served. ESP-IDF's protocomm takes 4096 bytes, but a fresh Security 1
-# session on a 110K heap ran out of memory on 11 of 12 such requests, while 12 of 12 at 3072 and at
-# 2048 were served (virtual board, measured). Real messages stay under 300 bytes (a WiFiConfig with a
-# 32-byte SSID and 64-byte passphrase), so 2048 leaves headroom for both.
+# The largest request body served: half of ESP-IDF's 4096 (why: docs/protocol.md 1.1, "Body limit")
 MAX_BODY = const(2048)
 _MAX_HEADERS = const(24)
 _MAX_CONNECTIONS = const(2)

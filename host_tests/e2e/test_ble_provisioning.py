@@ -4,7 +4,7 @@ a central that misbehaves. Every misbehaving central costs only itself (an ATT e
 connection) and one log line; the node keeps advertising, serves the next central, and loses
 nothing it had stored.
 
-One board serves the whole module (each test leaves it advertising, in provisioning); the seed's
+One board serves the whole module (each test leaves it advertising, in provisioning); the secret-key flow's
 scenarios over BLE are in test_scenarios.py.
 """
 

@@ -1,4 +1,4 @@
-"""The seed's user-node mapping scenarios, end to end: virtual board running the firmware, real
+"""The secret-key user-node mapping scenarios, end to end: virtual board running the firmware, real
 mosquitto with mutual TLS, the local cloud, and our client (the flow in README.md, "How the mapping flow works")."""
 
 import json
@@ -47,13 +47,13 @@ def acked_line(user_id: str) -> str:
     return rf"mapping: mapping for user {re.escape(user_id)} acknowledged"
 
 
-# The seed's scenarios 1-3 and the factory reset run over SoftAP (Security 1) and over BLE with
+# The scenarios 1-3 (README, "How the mapping flow works") and the factory reset run over SoftAP (Security 1) and over BLE with
 # Security 0 and 1: the client reaches the node through the board's simulated radio (docs/protocol.md 1.2)
 OVER_EACH_TRANSPORT = pytest.mark.parametrize("transport, sec", [("softap", 1), ("ble", 0), ("ble", 1)],
                                               ids=["softap-sec1", "ble-sec0", "ble-sec1"])
 
 
-# -- the seed's scenarios ---------------------------------------------------------------------------
+# -- the secret-key flow's scenarios ---------------------------------------------------------------------------
 
 @OVER_EACH_TRANSPORT
 def test_client_first_then_node_requested_then_confirmed(rig, transport, sec):
@@ -78,7 +78,7 @@ def test_client_first_then_node_requested_then_confirmed(rig, transport, sec):
 
 @OVER_EACH_TRANSPORT
 def test_node_first_then_client_confirmed(rig, transport, sec):
-    """Steps 2 and 3 reversed (the seed allows it): the node's publish is in before the client's PUT."""
+    """Steps 2 and 3 reversed (the flow allows it): the node's publish is in before the client's PUT."""
     rig.add_user("alice@example.com")
     alice = rig.login("alice@example.com")
     board = rig.add_board("vb-s2", transport=transport, sec_ver=sec)

@@ -1,4 +1,4 @@
-"""Waiting for a mapping request's final status at the cloud, as the seed's client does: poll, and
+"""Waiting for a mapping request's final status at the cloud, as a client of the secret-key flow does: poll, and
 keep every status seen, so a test can also check what came before the final one."""
 
 from __future__ import annotations

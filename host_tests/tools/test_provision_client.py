@@ -404,3 +404,14 @@ def test_run_flow_takes_challenge_response_when_the_node_offers_it(reference_nod
     assert texts.index("POST user/nodes/mapping/initiate") < texts.index("ch_resp {challenge} [SoftAP]") \
         < texts.index("POST user/nodes/mapping/verify {signature}")
     assert not any(text.startswith("PUT") for text in texts)
+
+
+def test_the_client_s_request_limit_is_the_node_s():
+    # one statement of the limit (firmware/rmnode/http.py MAX_BODY, docs/protocol.md 1.1); the client follows it
+    import re
+
+    from rmkit.provision.transport import MAX_REQUEST
+    from support.paths import FIRMWARE
+
+    source = (FIRMWARE / "rmnode" / "http.py").read_text()
+    assert MAX_REQUEST == int(re.search(r"^MAX_BODY = const\((\d+)\)", source, re.MULTILINE).group(1))

@@ -1,5 +1,5 @@
 """Our .proto files against the golden vectors (host_tests/firmware/unit/golden_vectors.txt): each sample
-parses with Google protobuf, means what the spec says, and re-serializes byte for byte."""
+parses with Google protobuf, means what docs/protocol.md says, and re-serializes byte for byte."""
 
 import os
 
@@ -57,7 +57,7 @@ def test_golden_vectors_mean_what_the_spec_says():
 
     status = parse("WiFiConfigPayload", "08015a0c5a0a0a0831302e302e302e32").resp_get_status
     assert status.sta_state == pb.WifiStationState.Connected
-    # the address is data from the spec's golden vector (what a node reports), never connected to
+    # the address is data from a golden vector (docs/protocol.md 3.5) (what a node reports), never connected to
     assert status.WhichOneof("state") == "connected" and status.connected.ip4_addr == "10.0.0.2"  # golden vector
 
     assert parse("RMakerChRespPayload", "52050a03616263").cmdChallengeResponsePayload.payload == b"abc"

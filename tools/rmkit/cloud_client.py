@@ -1,4 +1,4 @@
-"""The client's side of steps 2 and 4 of the seed: log in, ask the cloud to map a node, poll the request;
+"""The client's side of steps 2 and 4 of the secret-key flow (README, "How the mapping flow works"), and challenge-response's cloud calls: log in, ask the cloud to map a node, poll the request;
 and the cloud's half of challenge-response mapping: get a challenge, hand over the node's signature.
 
 Speaks RainMaker's REST API (docs/protocol.md 6, 7.1) to any base URL: our local cloud or

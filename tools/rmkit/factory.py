@@ -1,6 +1,6 @@
 """Write a board's factory data (node id, PoP, DER certificate + key, CA, broker, topic prefix) onto its flash.
 
-The contract with the firmware (see the brief): /factory/factory.json plus the three DER files it
+The contract with the firmware (docs/protocol.md 7.3, firmware/rmnode/config.py): /factory/factory.json plus the three DER files it
 points at. A virtual board's flash is a host directory, written directly; a real board is written
 through mpremote (`mpremote connect PORT fs cp ...`). The key file is the node's private key:
 it is written with mode 0600 on the host side and never printed.

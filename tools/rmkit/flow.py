@@ -1,4 +1,4 @@
-"""The client's whole job in the seed's sequence: provision the node (step 1), ask the cloud to map it
+"""The client's whole job in the mapping flows (README, "How the mapping flow works"): provision the node (step 1), ask the cloud to map it
 (step 2), poll the request (step 4). Step 3 is the node's own MQTT publish.
 
 Or, when the node advertises challenge-response (docs/protocol.md 7.1), as Espressif's clients do:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from html import escape
 from pathlib import Path
 
-#: the three lifelines of the seed's diagram, left to right
+#: the three lifelines of the mapping diagram (README), left to right
 ACTORS = ("client", "node", "cloud")
 ACTOR_TITLES = {"client": "Client", "node": "ESP32 node", "cloud": "Cloud"}
 

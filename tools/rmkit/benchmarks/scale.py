@@ -5,7 +5,7 @@
 Each run starts broker and cloud the project's way (rmkit.stack.Stack, a fresh work directory),
 issues N node certificates from the run's CA, creates N users with one session each, and starts
 load processes (rmkit.benchmarks.scale_load) that connect the N nodes (paho, mutual TLS). Then, all
-at once, every client does the seed's flow: `PUT v1/user/nodes/mapping`, its node publishes the
+at once, every client does the secret-key flow: `PUT v1/user/nodes/mapping`, its node publishes the
 mapping with QoS 1, the client polls `GET v1/user/nodes/mapping` every 0.2 s until the request is
 final (docs/protocol.md 5.3, 6). Measured: PUT->confirmed p50/p99, mappings/s, the CPU the cloud and
 the broker used meanwhile; then, in the same run, the broker alone: every node publishes a payload

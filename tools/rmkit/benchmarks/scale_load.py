@@ -162,7 +162,7 @@ class LoadProcess:
         return {"event": "map", "started": started, "results": results, "http_retries": self.rest.retries}
 
     async def _map_one(self, node: Node) -> dict:
-        """The seed's flow for one node: PUT, the node's QoS 1 publish, polls every poll_s until final."""
+        """The secret-key flow for one node: PUT, the node's QoS 1 publish, polls every poll_s until final."""
         m, poll_s, give_up_s = node.mapping, self.job["poll_s"], self.job["give_up_s"]
         put_at = time.monotonic()
         result = {"node_id": m.node_id, "put": put_at, "status": "error", "polls": 0}

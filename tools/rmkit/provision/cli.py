@@ -37,7 +37,7 @@ open a secure session (Security 0 or 1), send the user id and secret key (cloud_
 returns the node id, then send the Wi-Fi credentials and wait until the node has joined.
 
 With --cloud-url, --email and --password it also does the client's cloud steps of the mapping
-(seed steps 2 and 4): logs in (the user id then comes from the login), sends the node id and secret
+(steps 2 and 4 of the secret-key flow): logs in (the user id then comes from the login), sends the node id and secret
 key to the cloud, and polls the request every 0.2 s until it is confirmed or timed out.
 
 Challenge-response mapping (docs/protocol.md 7.1), when the node's proto-ver advertises

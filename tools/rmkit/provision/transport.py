@@ -15,8 +15,8 @@ from rmkit.provision.errors import DeviceUnreachable, TransportError
 
 log = logging.getLogger(__name__)
 
-# The largest request our node serves (firmware/rmnode/http.py MAX_BODY; ESP-IDF's own takes 4096):
-# provisioning messages stay under 300 bytes
+# The largest request our node serves: firmware/rmnode/http.py MAX_BODY (docs/protocol.md 1.1; a test holds
+# the two equal)
 MAX_REQUEST = 2048
 
 
