@@ -143,7 +143,7 @@ def test_expired_access_token_is_refreshed_by_the_cli(espcli, cloud_process_fact
     cloud = cloud_process_factory(token_ttl=2)
     cloud.add_user(EMAIL, PASSWORD)
     espcli.login(cloud.base_url)
-    time.sleep(2.2)  # let the access token's exp pass
+    time.sleep(2.2)  # time passing on purpose: the CLI, another process, reads the token's exp from its own clock
     assert "User is not associated with any nodes." in espcli.run("getnodes")
     log = cloud.log_text()
     assert "GET /apiversions -> 200" in log and "refreshed tokens" in log

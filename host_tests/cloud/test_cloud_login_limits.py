@@ -35,7 +35,7 @@ def test_the_n_plus_first_wrong_login_gets_429_with_retry_after_then_the_right_o
     assert refused.status == 429 and refused.body["status"] == "failure"
     assert 1 <= int(refused.headers["Retry-After"]) <= WINDOW_S
     assert login(api, "Alice@example.com", PASSWORD).status == 429  # the right password waits too
-    time.sleep(int(refused.headers["Retry-After"]) + 0.1)
+    time.sleep(int(refused.headers["Retry-After"]) + 0.1)  # time passing on purpose: the window, as Retry-After says
     assert login(api, "alice@example.com", PASSWORD).status == 200
 
 

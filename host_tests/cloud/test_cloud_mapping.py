@@ -45,12 +45,30 @@ class Scenario:
         return self.api.nodes(self.token)
 
 
+class Clock:
+    """The cloud's clock in these tests: time passes when the test says so (no sleeping past a timeout)."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-def make_cloud(tmp_path):
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_cloud(tmp_path, clock):
     services = []
 
     def make(mapping_timeout: float = 60.0) -> CloudService:
-        service = CloudService(tmp_path / "cloud.db", port=0, mapping_timeout=mapping_timeout).start()
+        service = CloudService(tmp_path / "cloud.db", port=0, mapping_timeout=mapping_timeout, clock=clock).start()
         services.append(service)
         return service
 
@@ -88,12 +106,12 @@ def test_node_first_then_client_confirms(flow):
     assert flow.nodes() == [NODE]
 
 
-def test_mismatched_secret_never_confirms(short_flow):
+def test_mismatched_secret_never_confirms(short_flow, clock):
     flow = short_flow
     request_id = flow.client_requests("key-client")
     flow.node_publishes("key-node")
     assert flow.status(request_id) == "requested"
-    time.sleep(0.8)
+    clock.advance(0.8)
     assert flow.status(request_id) == "timedout"
     assert flow.nodes() == []
 
@@ -107,28 +125,28 @@ def test_node_publishing_another_user_does_not_confirm(make_cloud):
     assert alice.nodes() == [] and bob.nodes() == []
 
 
-def test_request_times_out_and_a_late_publish_does_not_confirm_it(short_flow):
+def test_request_times_out_and_a_late_publish_does_not_confirm_it(short_flow, clock):
     flow = short_flow
     request_id = flow.client_requests("key-1")
-    time.sleep(0.8)
+    clock.advance(0.8)
     flow.node_publishes("key-1")  # arrives after the window
     assert flow.status(request_id) == "timedout"
     assert flow.nodes() == []
 
 
-def test_timedout_is_persisted_not_recomputed(short_flow):
+def test_timedout_is_persisted_not_recomputed(short_flow, clock):
     flow = short_flow
     request_id = flow.client_requests("key-1")
-    time.sleep(0.8)
+    clock.advance(0.8)
     assert flow.status(request_id) == "timedout"
     with flow.service.storage.transaction() as tx:
         assert tx.mapping_request(request_id).status == "timedout"
 
 
-def test_node_publish_older_than_the_timeout_does_not_confirm(short_flow):
+def test_node_publish_older_than_the_timeout_does_not_confirm(short_flow, clock):
     flow = short_flow
     flow.node_publishes("key-1")
-    time.sleep(0.8)
+    clock.advance(0.8)
     request_id = flow.client_requests("key-1")
     assert flow.status(request_id) == "requested"
     assert flow.nodes() == []

@@ -173,7 +173,7 @@ def test_queued_publish_arriving_after_the_request_timed_out_does_not_confirm(cl
     request_id = api.put_mapping(token, NODE, "key-1").body["request_id"]
     cloud.stop()
     cloud_broker.publish_mapping(NODE, {"node_id": NODE, "user_id": user_id, "secret_key": "key-1"})
-    time.sleep(timeout + 0.5)  # the request's window passes while the publish waits at the broker
+    time.sleep(timeout + 0.5)  # time passing on purpose: the window passes while the publish waits at the broker
     cloud.start()
     # the publish did arrive (so "timedout" below is the decision, not a lost message) ...
     wait_until(lambda: "node report came after the timeout" in cloud.log_text(), what="the late report")

@@ -40,7 +40,7 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from waitress import wasyncore
 from waitress.server import create_server
@@ -115,7 +115,7 @@ class CloudService:
     def __init__(self, db: str | Path, host: str = "127.0.0.1", port: int = 0, mapping_timeout: float = 60.0,
                  token_ttl: int = 3600, mqtt: Optional[MqttSettings] = None, threads: int = 8,
                  login_limits: LoginLimits = LoginLimits(), http_processes: int = 1,
-                 pki_dir: Optional[Path | str] = None):
+                 pki_dir: Optional[Path | str] = None, clock: Optional[Callable[[], float]] = None):
         if http_processes < 1:
             raise ValueError(f"http_processes must be 1 or more, not {http_processes}")
         self.storage: Storage = open_storage(db)
@@ -125,11 +125,13 @@ class CloudService:
         self._http_processes = http_processes
         self._workers: list[subprocess.Popen] = []
         self.accounts = Accounts(self.storage, token_ttl_s=token_ttl, login_limits=login_limits)
-        self.mapping = MappingService(self.storage, timeout_s=mapping_timeout)
+        # clock: the wall clock unless a test moves time itself (mapping timeouts without sleeping; in-process
+        # HTTP only: worker processes keep their own)
+        self.mapping = MappingService(self.storage, timeout_s=mapping_timeout, **({"clock": clock} if clock else {}))
         if pki_dir is None and mqtt is not None:
             pki_dir = mqtt.pki_dir
         self.pki_dir = Path(pki_dir) if pki_dir is not None else None
-        self.challenges = ChallengeService(self.storage, node_registry(self.pki_dir))
+        self.challenges = ChallengeService(self.storage, node_registry(self.pki_dir), **({"clock": clock} if clock else {}))
         self.host = host
         self._port = port
         self._threads = threads
