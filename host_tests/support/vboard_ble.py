@@ -40,11 +40,11 @@ def board_value(board, expr):
     return board.exec(f"print(repr({expr}))").strip()
 
 
-async def connect(board, exchange_mtu=True):
+async def connect(board, exchange_mtu=True, supervision_timeout_ms=None):
     central = BleCentral(board.ble_hci_port)
     await central.__aenter__()
     address, _ = await central.scan(NAME)
-    await central.connect(address, exchange_mtu=exchange_mtu)
+    await central.connect(address, exchange_mtu=exchange_mtu, supervision_timeout_ms=supervision_timeout_ms)
     return central
 
 
