@@ -17,6 +17,8 @@ What the radio does as an ESP32 (MicroPython's NimBLE binding) does:
   exchange then settles on min(N, its own) and the board gets _IRQ_MTU_EXCHANGED;
 - every read by a central raises _IRQ_GATTS_READ_REQUEST on the board, whose handler's return value
   (0, or an ATT error code) decides whether the read succeeds;
+- every ATT request is answered as NimBLE answers it, each attribute's read and write permissions
+  enforced (ble_att_server);
 - a central that vanishes without disconnecting (its HCI connection closes) is dropped at its link's
   supervision timeout, and the board gets _IRQ_CENTRAL_DISCONNECT then (ble_link).
 
@@ -77,6 +79,40 @@ class RadioEvent(tuple):
         return event
 
 
+# MicroPython's gatts_register_services flags (extmod/modbluetooth.h), as NimBLE takes them (ble_gatt.h)
+FLAG_READ = 0x0002
+FLAG_WRITE_NO_RESPONSE = 0x0004
+FLAG_WRITE = 0x0008
+FLAG_READ_ENCRYPTED = 0x0200
+FLAG_READ_AUTHENTICATED = 0x0400
+FLAG_WRITE_ENCRYPTED = 0x1000
+FLAG_WRITE_AUTHENTICATED = 0x2000
+
+
+def attribute_permissions(flags: int, descriptor: bool):
+    """Bumble permissions for an attribute MicroPython registers with `flags`, as NimBLE sets its ATT flags
+    (ble_att_server enforces them): readable with FLAG_READ, writable with FLAG_WRITE or
+    FLAG_WRITE_NO_RESPONSE (ble_gatts.c ble_gatts_att_flags_from_chr_flags); a characteristic's
+    encryption and authentication flags too, a descriptor's none (MicroPython's
+    extmod/nimble/modbluetooth_nimble.c, mp_bluetooth_gatts_register_service). Authorization flags are
+    left out: nothing on the board refuses it (ble_att_server.access_error)."""
+    from bumble.att import Attribute
+
+    permissions = Attribute.Permissions(0)
+    if flags & FLAG_READ:
+        permissions |= Attribute.READABLE
+    if flags & (FLAG_WRITE | FLAG_WRITE_NO_RESPONSE):
+        permissions |= Attribute.WRITEABLE
+    if not descriptor:
+        for flag, permission in ((FLAG_READ_ENCRYPTED, Attribute.READ_REQUIRES_ENCRYPTION),
+                                 (FLAG_READ_AUTHENTICATED, Attribute.READ_REQUIRES_AUTHENTICATION),
+                                 (FLAG_WRITE_ENCRYPTED, Attribute.WRITE_REQUIRES_ENCRYPTION),
+                                 (FLAG_WRITE_AUTHENTICATED, Attribute.WRITE_REQUIRES_AUTHENTICATION)):
+            if flags & flag:
+                permissions |= permission
+    return permissions
+
+
 class BleRadio:
     """One board's radio. start() binds 127.0.0.1 ports and runs an asyncio loop in a thread."""
 
@@ -95,6 +131,7 @@ class BleRadio:
         self._writer: Optional[asyncio.StreamWriter] = None
         self._device = None
         self._controller = None
+        self._att_server = None
         self._attrs: dict = {}
         self._mtu = DEFAULT_MTU
         self._gap_name = "MPY ESP32"
@@ -316,6 +353,7 @@ class BleRadio:
         from bumble.host import Host
         from bumble.transport.common import AsyncPipeSink
 
+        from rmkit.vboard.ble_att_server import install
         from rmkit.vboard.ble_link import BoardController
 
         controller = BoardController(f"board-{self.name}", link=self._link, public_address=self.address)
@@ -323,6 +361,7 @@ class BleRadio:
         controller.on_link_timed_out = self._on_link_timed_out
         device = Device(name=self._gap_name, address=Address(self.address, Address.RANDOM_DEVICE_ADDRESS),
                         host=Host(controller, AsyncPipeSink(controller)))
+        self._att_server = install(device)
         device.gatt_server.max_mtu = self._mtu
         device.on(device.EVENT_CONNECTION, self._on_connection)
         await device.power_on()
@@ -331,6 +370,9 @@ class BleRadio:
     async def _power_off(self) -> None:
         device, self._device = self._device, None
         controller, self._controller = self._controller, None
+        att_server, self._att_server = self._att_server, None
+        if att_server is not None:
+            att_server.close()
         for future in self._pending_reads.values():
             if not future.done():
                 future.set_result(0x0E)  # unlikely error: the stack went away
@@ -393,10 +435,10 @@ class BleRadio:
         for service_uuid, characteristics in services:
             chars, kinds = [], []
             for char_uuid, flags, descriptors in characteristics:
-                descs = [Descriptor(UUID(d_uuid), self._permissions(d_flags), self._value()) for d_uuid, d_flags in
-                         descriptors]
-                char = Characteristic(UUID(char_uuid), flags & 0xFF, self._permissions(flags), self._value(),
-                                      descs)
+                descs = [Descriptor(UUID(d_uuid), attribute_permissions(d_flags, descriptor=True), self._value())
+                         for d_uuid, d_flags in descriptors]
+                char = Characteristic(UUID(char_uuid), flags & 0xFF, attribute_permissions(flags, descriptor=False),
+                                      self._value(), descs)
                 chars.append(char)
                 kinds.append((char, descs))
             built.append(Service(UUID(service_uuid), chars))
@@ -413,17 +455,6 @@ class BleRadio:
                     row.append(handle)
             handles.append(row)
         return handles
-
-    @staticmethod
-    def _permissions(flags: int):
-        from bumble.att import Attribute
-
-        permissions = 0
-        if flags & 0x02:
-            permissions |= Attribute.READABLE
-        if flags & 0x0C:
-            permissions |= Attribute.WRITEABLE
-        return permissions
 
     def _value(self):
         from bumble.gatt import CharacteristicValue
