@@ -126,6 +126,7 @@ class BleRadio:
         self._ready = threading.Event()
         self._board_socks = []
         self._link = None
+        self._power: Optional[asyncio.Lock] = None  # held by each operation on the board's stack
         self._centrals = 0
         # per board session
         self._writer: Optional[asyncio.StreamWriter] = None
@@ -186,6 +187,13 @@ class BleRadio:
     def stop(self) -> None:
         loop, self._loop = self._loop, None
         if loop is not None:
+            # The board's stack goes down before the loop stops: a loop stopped in the middle of one of its
+            # HCI commands leaves Bumble's host completing a wait that was cancelled (InvalidStateError,
+            # logged with a traceback)
+            try:
+                asyncio.run_coroutine_threadsafe(self._power_off(), loop).result(5)
+            except Exception:  # noqa: BLE001 - stopping goes on whatever the stack did
+                log.debug("BLE radio %s: power-off at stop failed", self.name, exc_info=True)
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(5)
@@ -201,6 +209,7 @@ class BleRadio:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._link = Air()
+        self._power = asyncio.Lock()
         board, hci = self._board_socks
         loop.run_until_complete(asyncio.start_server(self._board_session, sock=board))
         loop.run_until_complete(asyncio.start_server(self._central_session, sock=hci))
@@ -291,7 +300,8 @@ class BleRadio:
                 if not line:
                     break
                 try:
-                    await self._handle(json.loads(line))
+                    async with self._power:  # the stack's operations one at a time (stop() powers it off)
+                        await self._handle(json.loads(line))
                 except Exception:  # noqa: BLE001 - a bad request must not kill the radio
                     log.exception("ble radio %s: request %r failed", self.name, line[:200])
         except (ConnectionError, asyncio.CancelledError):
@@ -305,9 +315,9 @@ class BleRadio:
     async def _handle(self, msg: dict) -> None:
         op = msg["op"]
         if op == "on":
-            await self._power_on()
+            await self._switch_on()
         elif op == "off":
-            await self._power_off()
+            await self._switch_off()
         elif op == "mtu":
             self._mtu = int(msg["mtu"])
             if self._device is not None:
@@ -345,7 +355,11 @@ class BleRadio:
             if future is not None and not future.done():
                 future.set_result(int(msg["code"]))
 
-    async def _power_on(self) -> None:
+    async def _power_off(self) -> None:
+        async with self._power:
+            await self._switch_off()
+
+    async def _switch_on(self) -> None:
         if self._device is not None:
             return
         from bumble.device import Device
@@ -367,7 +381,7 @@ class BleRadio:
         await device.power_on()
         self._controller, self._device = controller, device
 
-    async def _power_off(self) -> None:
+    async def _switch_off(self) -> None:
         device, self._device = self._device, None
         controller, self._controller = self._controller, None
         att_server, self._att_server = self._att_server, None
@@ -428,8 +442,8 @@ class BleRadio:
             return None
         # registering again replaces the whole database, as on the board: a fresh stack
         if self._attrs or self._device.gatt_server.services:
-            await self._power_off()
-            await self._power_on()
+            await self._switch_off()
+            await self._switch_on()
         device = self._device
         built, shape = [], []
         for service_uuid, characteristics in services:
