@@ -115,7 +115,13 @@ class NimbleAttServer(Server):
             except Exception:  # noqa: BLE001 - a bug here must cost one answer, not the server
                 log.exception("ATT: %s failed", pdu.name)
                 if not pdu.op_code & 0x40:
-                    self._error(bearer, pdu.op_code, 0, ErrorCode.UNLIKELY_ERROR)
+                    self._answer_failure(bearer, pdu.op_code)
+
+    def _answer_failure(self, bearer, op_code: int) -> None:
+        try:
+            self._error(bearer, op_code, 0, ErrorCode.UNLIKELY_ERROR)
+        except Exception:  # noqa: BLE001 - the link may be gone too
+            log.debug("ATT: no answer to 0x%02X either", op_code, exc_info=True)
 
     def _error(self, bearer, op_code: int, handle: int, error_code: int) -> None:
         # ble_att_svr_tx_error_rsp
