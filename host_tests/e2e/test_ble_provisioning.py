@@ -2,7 +2,8 @@
 Espressif's clients expect, a Security 1 session and a Wi-Fi scan result longer than the MTU, and
 a central that misbehaves. Every misbehaving central costs only itself (an ATT error or its
 connection) and one log line; the node keeps advertising, serves the next central, and loses
-nothing it had stored.
+nothing it had stored. A client killed in the middle of a session frees the node at its link's
+supervision timeout, as a board's controller would.
 
 One board serves the whole module (each test leaves it advertising, in provisioning); the secret-key flow's
 scenarios over BLE are in test_scenarios.py.
@@ -12,7 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -21,6 +26,8 @@ from rmkit.provision.ble import BumbleTransport
 from rmkit.provision.client import Provisioner
 from rmkit.stack import Stack
 from rmkit.vboard.ble_central import BleCentral
+from support.log_wait import wait_for_log_line
+from support.paths import VENV_BIN
 
 SERVICE = "021a9004-0382-4aea-bff4-6b3f1c5adfb4"
 ENDPOINTS = {"prov-ctrl": "ff4f", "prov-scan": "ff50", "prov-session": "ff51", "prov-config": "ff52",
@@ -29,8 +36,14 @@ NEIGHBOURS = 9
 IDLE_S = 3  # the board's ble_idle_s: a central silent this long is dropped
 # ATT error codes (Bluetooth Core, Vol 3 Part F 3.4.1.1)
 ATT_READ_NOT_PERMITTED = 0x02
+ATT_WRITE_NOT_PERMITTED = 0x03
 ATT_INVALID_PDU = 0x04
 ATT_INVALID_ATTRIBUTE_VALUE_LENGTH = 0x0D
+CONNECTION_TIMEOUT = 0x08  # HCI error code (Bluetooth Core, Vol 1, Part F, 2.8)
+# From a killed client's SIGINT to the node advertising again, beyond the link's supervision timeout: the
+# client's exit, the radio's HCI, the node's IRQ handler (it advertises from there), on a loaded machine
+ADVERTISING_AGAIN_ALLOWANCE_S = 2.0
+RMKIT = str(VENV_BIN / "rmkit")
 
 
 def uuid_of(endpoint: str) -> str:
@@ -333,3 +346,101 @@ def test_power_cut_after_the_mapping_keeps_it_and_the_node_advertises_again(boar
     board.wait_for_log(r"state: provisioning \(service PROV_\w+, security 1, ble\)", since=since, timeout=30)
     assert "user-before-power-cut" in (board.flash_dir / "state.json").read_text()
     assert served_next_central(board)["prov"]["ver"] == "v1.1"
+
+
+def test_a_write_to_an_endpoint_name_is_refused_and_the_next_client_finds_every_endpoint(board):
+    """The 0x2901 descriptors are read-only (FLAG_READ): a central's write is Write Not Permitted, as on
+    NimBLE, so no central can rename an endpoint and make cloud_user_assoc unreachable for the next one."""
+    async def scenario():
+        central = await connected(board)
+        try:
+            [description] = central.characteristic(uuid_of("cloud_user_assoc")).descriptors
+            return await att_error(central.peer.gatt_client.write_value(description.handle, b"X",
+                                                                        with_response=True))
+        finally:
+            await central.__aexit__()
+
+    assert run(scenario()) == ATT_WRITE_NOT_PERMITTED
+    transport = BumbleTransport(board.service_name, board.ble_hci)
+    try:
+        assert transport.endpoints == {name: uuid_of(name) for name in ENDPOINTS}
+        client = Provisioner(transport, sec=1, pop=board.pop)
+        client.start_session()
+        assert client.set_user_mapping("user-after-a-rename-attempt", str(uuid.uuid4()))
+    finally:
+        transport.close()
+
+
+def provision_command(board, stack, user_id: str) -> list[str]:
+    return [RMKIT, "provision", "--transport", "ble", "--device", board.service_name, "--hci", board.ble_hci,
+            "--pop", board.pop, "--ssid", stack.ssid, "--passphrase", stack.passphrase, "--user-id", user_id]
+
+
+def test_a_client_killed_mid_session_frees_the_node_at_the_supervision_timeout(stack):
+    """`rmkit provision --transport ble` interrupted (SIGINT) once connected: its process ends without an LL
+    disconnect, the board's link times out at the supervision timeout the client asked for (reason 0x08), the
+    node advertises again, and a second client provisions it. A board of its own: it leaves provisioning."""
+    board = stack.add_board("vb-ble-killed", transport="ble")
+    board.wait_for_log(r"state: provisioning \(service PROV_\w+, security 1, ble\)", timeout=30)
+    radio, since = board.radio, len(board.radio.events)
+    client = subprocess.Popen(provision_command(board, stack, "user-of-a-killed-client"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        radio.wait_for_event(lambda e: e[0] == "connect", 30, since)  # the client is discovering the GATT
+        client.send_signal(signal.SIGINT)
+        signalled_at = time.monotonic()
+        _, errors = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 130 and "rmkit provision: interrupted" in errors, errors
+    lost = radio.wait_for_event(lambda e: e[0] == "lost", 10, since)
+    dropped = radio.wait_for_event(lambda e: e[0] == "disconnect", lost[2] + 10, since)
+    advertising = radio.wait_for_event(lambda e: e[0] == "advertise" and e.at >= dropped.at, 10, since)
+    assert dropped[2] == CONNECTION_TIMEOUT
+    assert dropped.at - lost.at >= lost[2]  # the board held the link for the whole supervision timeout
+    assert advertising.at - signalled_at <= lost[2] + ADVERTISING_AGAIN_ALLOWANCE_S
+    board.wait_for_log(r"ble: central disconnected \(session 1\); advertising again")
+
+    second = subprocess.run(provision_command(board, stack, "user-of-the-second-client"), capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert f"node_id {board.node_id}" in second.stdout
+    assert "Traceback" not in board.read_log()
+
+
+def test_ctrl_c_on_a_sandbox_whose_central_vanished_prints_no_traceback(tmp_path):
+    """A central gone without disconnecting (its link waiting out a 30 s supervision timeout), then Ctrl-C on
+    `rmkit sandbox --transport ble`: the board's stack disconnects into the void and everything stops
+    quietly (Bumble's link raised "Unable to find controller for address" with a traceback)."""
+    env = dict(os.environ, RMKIT_RUNTIME_DIR=str(tmp_path / "run"))
+    sandbox = subprocess.Popen([RMKIT, "sandbox", "--transport", "ble", "--workdir", str(tmp_path / "sb")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out = ""
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C stops everything." not in out:
+            line = sandbox.stdout.readline()
+            assert line and time.monotonic() < deadline, f"the sandbox never got ready:\n{out}"
+            out += line
+        info = json.loads(out.split("SANDBOX ", 1)[1].splitlines()[0])
+
+        async def vanish():
+            central = BleCentral(info["ble_hci"])
+            await central.__aenter__()
+            address, _ = await central.find(info["ble_device"])
+            await central.connect(address, supervision_timeout_ms=30000)
+            await central.vanish()
+
+        run(vanish())
+        wait_for_log_line(tmp_path / "sb" / "vb-sandbox.log", r"ble: central connected", 10, what="the board")
+        sandbox.send_signal(signal.SIGINT)
+        rest, _ = sandbox.communicate(timeout=60)
+    finally:
+        if sandbox.poll() is None:
+            sandbox.kill()
+            sandbox.communicate()
+    out += rest
+    assert "sandbox: stopped" in out, out
+    assert "Traceback" not in out and "Unable to find controller" not in out, out

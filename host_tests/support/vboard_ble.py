@@ -1,6 +1,7 @@
 """A BLE peripheral on a virtual board for the tests of its Bluetooth LE (sim/vb_bluetooth.py): one
 READ|WRITE characteristic with a 0x2901 descriptor, an IRQ handler that records every event, and a
-Bumble central (rmkit.vboard.ble_central) that reaches it over the board's radio."""
+Bumble central (rmkit.vboard.ble_central) that reaches it over the board's radio; a raw ATT central
+(att_request, att_command) for the ATT server's answers."""
 
 import asyncio
 import time
@@ -40,12 +41,47 @@ def board_value(board, expr):
     return board.exec(f"print(repr({expr}))").strip()
 
 
-async def connect(board, exchange_mtu=True):
+async def connect(board, exchange_mtu=True, supervision_timeout_ms=None):
     central = BleCentral(board.ble_hci_port)
     await central.__aenter__()
     address, _ = await central.scan(NAME)
-    await central.connect(address, exchange_mtu=exchange_mtu)
+    await central.connect(address, exchange_mtu=exchange_mtu, supervision_timeout_ms=supervision_timeout_ms)
     return central
+
+
+class _RawRequest:
+    """A request sent as these bytes: Bumble's own PDUs re-encode a 128-bit form of a 16-bit UUID in 16 bits
+    (UUID.from_bytes hands back the registered 16-bit UUID)."""
+
+    def __init__(self, pdu: bytes):
+        from bumble import att
+
+        parsed = att.ATT_PDU.from_bytes(pdu)
+        self.name, self.op_code, self._pdu = parsed.name, parsed.op_code, pdu
+
+    def __bytes__(self) -> bytes:
+        return self._pdu
+
+
+async def att_request(central, request):
+    """Send one ATT request (a Bumble PDU, or bytes sent as they are) and return the board's answer: the
+    response PDU or an ATT_Error_Response (its request_opcode_in_error, attribute_handle_in_error and
+    error_code tell)."""
+    if isinstance(request, bytes):
+        request = _RawRequest(request)
+    return await asyncio.wait_for(central.peer.gatt_client.send_request(request), 10)
+
+
+async def att_command(central, command):
+    """Send one ATT command (no answer comes)."""
+    await central.peer.gatt_client.send_command(command)
+
+
+async def att_raw(central, pdu: bytes):
+    """Send bytes on the ATT channel, whatever they hold."""
+    from bumble import att
+
+    central.connection.send_l2cap_pdu(att.ATT_CID, pdu)
 
 
 def write_once(board, *values):

@@ -6,10 +6,13 @@ Bumble central reaches it with real ATT/GATT (MTU exchange, discovery, long read
   gatts_set_buffer() enlarged it;
 - the MTU stays 23 until config(mtu=N), and the exchange raises _IRQ_MTU_EXCHANGED;
 - reads go through _IRQ_GATTS_READ_REQUEST, whose return value can refuse them;
-- an exception escaping the IRQ handler drops it.
-What the IRQ handler must not do, and its stack: test_vboard_irq.py."""
+- an exception escaping the IRQ handler drops it;
+- a central that vanishes without disconnecting is dropped at its link's supervision timeout.
+What the IRQ handler must not do, and its stack: test_vboard_irq.py. What the ATT server answers:
+test_vboard_ble_att.py."""
 
 import asyncio
+import logging
 import re
 
 import pytest
@@ -17,6 +20,9 @@ import pytest
 from support.vboard_ble import CHAR, NAME, board_value, connect, peripheral, wait_board
 
 pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
+
+CONNECTION_TIMEOUT = 0x08  # HCI error code (Bluetooth Core, Vol 1, Part F, 2.8): the supervision timeout
+BUMBLE_SUPERVISION_TIMEOUT_S = 0.72  # what a Bumble central asks for (bumble/device.py)
 
 
 def test_long_write_is_truncated_to_the_20_byte_buffer_without_gatts_set_buffer(vboard):
@@ -163,3 +169,81 @@ ble.irq(irq2)""")
     # disconnect
     assert wait_board(vboard, "events", "[1, 21, 3]") == "[1, 21, 3]"
     assert board_value(vboard, "ble.gatts_read(value_h)") == "b'two'"  # the stack itself carried on
+
+
+def lost_and_dropped(radio, since):
+    """The radio's ("lost", handle, timeout_s) and then ("disconnect", handle, reason) events."""
+    lost = radio.wait_for_event(lambda e: e[0] == "lost", 10, since)
+    dropped = radio.wait_for_event(lambda e: e[0] == "disconnect", lost[2] + 10, since)
+    return lost, dropped
+
+
+def test_a_central_that_vanishes_is_dropped_at_its_supervision_timeout(vboard):
+    """A central whose host goes away without a word (its HCI connection closes, no LL_TERMINATE_IND): the
+    board's controller keeps the link for the supervision timeout the central asked for, then the board
+    gets _IRQ_CENTRAL_DISCONNECT, the connection timed out (0x08)."""
+    peripheral(vboard)
+    since = len(vboard.radio.events)
+
+    async def scenario():
+        central = await connect(vboard)
+        await central.vanish()
+
+    asyncio.run(scenario())
+    lost, dropped = lost_and_dropped(vboard.radio, since)
+    assert lost[2] == pytest.approx(BUMBLE_SUPERVISION_TIMEOUT_S)
+    assert dropped[1:] == (lost[1], CONNECTION_TIMEOUT)
+    assert dropped.at - lost.at >= lost[2]
+    assert wait_board(vboard, "[e[0] for e in events if e[0] in (1, 2)]", "[1, 2]") == "[1, 2]"
+
+
+def test_the_supervision_timeout_is_the_centrals_and_a_controller_reset_ends_the_link(vboard):
+    """HCI Reset ends a controller's links without a word too (Bluetooth Core, Vol 4, Part E, 7.3.2); the
+    link lasts the 2.5 s this central asked for in its CONNECT_IND."""
+    from bumble import hci
+
+    peripheral(vboard)
+    since = len(vboard.radio.events)
+
+    async def scenario():
+        central = await connect(vboard, supervision_timeout_ms=2500)
+        try:
+            await central.device.host.send_command(hci.HCI_Reset_Command())
+            central.connection = None  # its controller forgot it
+        finally:
+            await central.__aexit__(None, None, None)
+
+    asyncio.run(scenario())
+    lost, dropped = lost_and_dropped(vboard.radio, since)
+    assert lost[2] == pytest.approx(2.5)
+    assert dropped[2] == CONNECTION_TIMEOUT
+    assert dropped.at - lost.at >= 2.5
+
+
+def test_the_boards_own_disconnect_or_stop_reaches_a_vanished_central_quietly(vboard, caplog):
+    """While the board still holds the link of a central that is gone, its stack disconnects it (the node's
+    idle watch does) and later stops (Ctrl-C): its LL_TERMINATE_IND is lost in the air, the board gets its
+    _IRQ_CENTRAL_DISCONNECT at once, and nothing raises. Bumble's link raised InvalidArgumentError "Unable
+    to find controller for address" into the radio's loop, and the disconnect never completed."""
+    caplog.set_level(logging.WARNING)
+    peripheral(vboard)
+    radio, since = vboard.radio, len(vboard.radio.events)
+
+    async def scenario():
+        central = await connect(vboard, supervision_timeout_ms=30000)
+        await central.vanish()
+
+    asyncio.run(scenario())
+    lost = radio.wait_for_event(lambda e: e[0] == "lost", 10, since)
+    vboard.exec(f"ble.gap_disconnect({lost[1]})")
+    dropped = radio.wait_for_event(lambda e: e[0] == "disconnect", 5, since)
+    assert dropped[2] != CONNECTION_TIMEOUT  # the board's own disconnect, long before the timeout
+    assert wait_board(vboard, "[e[0] for e in events if e[0] in (1, 2)]", "[1, 2]") == "[1, 2]"
+
+    vboard.exec("ble.gap_advertise(100000)")
+    since = len(radio.events)
+    asyncio.run(scenario())  # another one vanishes, and the board is stopped while it holds that link
+    radio.wait_for_event(lambda e: e[0] == "lost", 10, since)
+    vboard.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or "Unable to find controller" in r.getMessage()]
+    assert not errors, [r.getMessage() for r in errors]

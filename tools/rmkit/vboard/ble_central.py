@@ -38,7 +38,14 @@ class BleCentral:
                 await asyncio.wait_for(self.connection.disconnect(), 2)
         except Exception:  # noqa: BLE001 - the board may have dropped it already
             pass
-        await self._transport.close()
+        if self._transport is not None:
+            await self._transport.close()
+
+    async def vanish(self) -> None:
+        """Close the HCI transport without disconnecting, as a killed process does: no LL_TERMINATE_IND goes
+        out, and the peripheral learns of it only at the link's supervision timeout."""
+        transport, self._transport, self.connection = self._transport, None, None
+        await transport.close()
 
     async def scan(self, name: Optional[str] = None, timeout: float = 5.0):
         """The first advertiser (whose complete local name is `name`, if given) -> (address, name)."""
@@ -87,10 +94,16 @@ class BleCentral:
             raise RuntimeError(f"{device} advertises {len(uuids)} service UUIDs, a provisioning node one")
         return address, str(uuids[0]).lower()
 
-    async def connect(self, address, exchange_mtu: bool = True):
-        from bumble.device import Peer
+    async def connect(self, address, exchange_mtu: bool = True, supervision_timeout_ms: Optional[int] = None):
+        """Connect, exchange the MTU and discover everything. The link's supervision timeout is Bumble's
+        (720 ms, bumble/device.py DEVICE_DEFAULT_CONNECTION_SUPERVISION_TIMEOUT) unless given."""
+        from bumble.device import ConnectionParametersPreferences, Peer
+        from bumble.hci import Phy
 
-        self.connection = await self.device.connect(address, timeout=5.0)
+        preferences = None
+        if supervision_timeout_ms is not None:
+            preferences = {Phy.LE_1M: ConnectionParametersPreferences(supervision_timeout=supervision_timeout_ms)}
+        self.connection = await self.device.connect(address, timeout=5.0, connection_parameters_preferences=preferences)
         self.peer = Peer(self.connection)
         if exchange_mtu:
             await self.peer.request_mtu(self.mtu)

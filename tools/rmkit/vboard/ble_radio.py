@@ -2,11 +2,12 @@
 
 The board's `bluetooth` module (sim/vb_bluetooth.py) cannot run Bumble (it is MicroPython), so it
 talks to this radio over a local TCP socket, one JSON object a line. The radio holds the board's
-GATT server in a Bumble `Device` whose `Controller` sits on a Bumble `LocalLink` (the air). Centrals
-reach that air through `hci_port`: every TCP connection to it gets a fresh Bumble `Controller` on
-the same link, driven over HCI (H4 framing) by whatever host connects, e.g. a Bumble `Device` with
-transport `tcp-client:127.0.0.1:<hci_port>` (rmkit.vboard.ble_central). So a central talks real
-ATT/GATT to the board: MTU exchange, discovery, long reads (Read Blob), prepared writes.
+GATT server in a Bumble `Device` whose `Controller` sits on a Bumble `LocalLink` (the air,
+ble_link.Air). Centrals reach that air through `hci_port`: every TCP connection to it gets a fresh
+Bumble `Controller` on the same link, driven over HCI (H4 framing) by whatever host connects, e.g. a
+Bumble `Device` with transport `tcp-client:127.0.0.1:<hci_port>` (rmkit.vboard.ble_central). So a
+central talks real ATT/GATT to the board: MTU exchange, discovery, long reads (Read Blob), prepared
+writes.
 
 What the radio does as an ESP32 (MicroPython's NimBLE binding) does:
 - a characteristic or descriptor value lives in a buffer of 20 bytes unless the board enlarged it
@@ -15,7 +16,11 @@ What the radio does as an ESP32 (MicroPython's NimBLE binding) does:
 - the ATT MTU the server offers is 23 until the board calls `config(mtu=N)`; a central's MTU
   exchange then settles on min(N, its own) and the board gets _IRQ_MTU_EXCHANGED;
 - every read by a central raises _IRQ_GATTS_READ_REQUEST on the board, whose handler's return value
-  (0, or an ATT error code) decides whether the read succeeds.
+  (0, or an ATT error code) decides whether the read succeeds;
+- every ATT request is answered as NimBLE answers it, each attribute's read and write permissions
+  enforced (ble_att_server);
+- a central that vanishes without disconnecting (its HCI connection closes) is dropped at its link's
+  supervision timeout, and the board gets _IRQ_CENTRAL_DISCONNECT then (ble_link).
 
 Board -> radio: {"op": "on"|"off"|"mtu"|"name"|"adv"|"reg"|"write"|"buf"|"notify"|"disc"|"rr", ...};
 radio -> board: {"ev": <MicroPython IRQ number>, ...} and {"re": ...} (the reply to "reg"). Values
@@ -23,13 +28,13 @@ travel as hex.
 """
 
 import asyncio
-import dataclasses
 import importlib.util
 import json
 import logging
 import socket
 import threading
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -61,42 +66,51 @@ class _Attr:
         self.append = False
 
 
-def _central_controller(controller_class):
-    """A Bumble Controller class whose active scans get the advertiser's scan response. Bumble's virtual
-    link carries no SCAN_REQ/SCAN_RSP: its controller reports the advertising data a second time as the
-    scan response, so a board's name (in the scan response, docs/protocol.md 1.2) would never be seen."""
-    from bumble import hci
+class RadioEvent(tuple):
+    """What the radio saw, for tests: a tuple ("connect", handle), ("disconnect", handle, reason),
+    ("lost", handle, supervision_timeout_s), ("advertise",), ("write", handle, written, kept), ("read",
+    handle) or ("mtu", mtu), with `at`, its time.monotonic()."""
 
-    class CentralController(controller_class):
-        scan_response_of = staticmethod(lambda address: None)
+    at: float
 
-        def on_advertising_pdu(self, pdu) -> None:
-            response = self.scan_response_of(pdu.advertiser_address)
-            if response is None:
-                super().on_advertising_pdu(pdu)
-                return
-            send = self.send_hci_packet
+    def __new__(cls, *fields) -> "RadioEvent":
+        event = super().__new__(cls, fields)
+        event.at = time.monotonic()
+        return event
 
-            def with_scan_response(packet) -> None:
-                if isinstance(packet, hci.HCI_LE_Advertising_Report_Event):
-                    packet = hci.HCI_LE_Advertising_Report_Event([
-                        dataclasses.replace(report, data=response)
-                        if report.event_type == hci.HCI_LE_Advertising_Report_Event.EventType.SCAN_RSP else report
-                        for report in packet.reports])
-                elif isinstance(packet, hci.HCI_LE_Extended_Advertising_Report_Event):
-                    scan_response = hci.HCI_LE_Extended_Advertising_Report_Event.EventType.SCAN_RESPONSE
-                    packet = hci.HCI_LE_Extended_Advertising_Report_Event([
-                        dataclasses.replace(report, data=response) if report.event_type & scan_response else report
-                        for report in packet.reports])
-                send(packet)
 
-            self.send_hci_packet = with_scan_response
-            try:
-                super().on_advertising_pdu(pdu)
-            finally:
-                del self.send_hci_packet
+# MicroPython's gatts_register_services flags (extmod/modbluetooth.h), as NimBLE takes them (ble_gatt.h)
+FLAG_READ = 0x0002
+FLAG_WRITE_NO_RESPONSE = 0x0004
+FLAG_WRITE = 0x0008
+FLAG_READ_ENCRYPTED = 0x0200
+FLAG_READ_AUTHENTICATED = 0x0400
+FLAG_WRITE_ENCRYPTED = 0x1000
+FLAG_WRITE_AUTHENTICATED = 0x2000
 
-    return CentralController
+
+def attribute_permissions(flags: int, descriptor: bool):
+    """Bumble permissions for an attribute MicroPython registers with `flags`, as NimBLE sets its ATT flags
+    (ble_att_server enforces them): readable with FLAG_READ, writable with FLAG_WRITE or
+    FLAG_WRITE_NO_RESPONSE (ble_gatts.c ble_gatts_att_flags_from_chr_flags); a characteristic's
+    encryption and authentication flags too, a descriptor's none (MicroPython's
+    extmod/nimble/modbluetooth_nimble.c, mp_bluetooth_gatts_register_service). Authorization flags are
+    left out: nothing on the board refuses it (ble_att_server.access_error)."""
+    from bumble.att import Attribute
+
+    permissions = Attribute.Permissions(0)
+    if flags & FLAG_READ:
+        permissions |= Attribute.READABLE
+    if flags & (FLAG_WRITE | FLAG_WRITE_NO_RESPONSE):
+        permissions |= Attribute.WRITEABLE
+    if not descriptor:
+        for flag, permission in ((FLAG_READ_ENCRYPTED, Attribute.READ_REQUIRES_ENCRYPTION),
+                                 (FLAG_READ_AUTHENTICATED, Attribute.READ_REQUIRES_AUTHENTICATION),
+                                 (FLAG_WRITE_ENCRYPTED, Attribute.WRITE_REQUIRES_ENCRYPTION),
+                                 (FLAG_WRITE_AUTHENTICATED, Attribute.WRITE_REQUIRES_AUTHENTICATION)):
+            if flags & flag:
+                permissions |= permission
+    return permissions
 
 
 class BleRadio:
@@ -112,11 +126,13 @@ class BleRadio:
         self._ready = threading.Event()
         self._board_socks = []
         self._link = None
+        self._power: Optional[asyncio.Lock] = None  # held by each operation on the board's stack
         self._centrals = 0
         # per board session
         self._writer: Optional[asyncio.StreamWriter] = None
         self._device = None
         self._controller = None
+        self._att_server = None
         self._attrs: dict = {}
         self._mtu = DEFAULT_MTU
         self._gap_name = "MPY ESP32"
@@ -125,7 +141,29 @@ class BleRadio:
         self._resp_data = b""
         self._pending_reads: dict = {}
         self._read_id = 0
-        self.events: list = []  # (kind, detail) for tests: "connect", "disconnect", "write", "read", "mtu"
+        self.events: list[RadioEvent] = []  # for tests; wait_for_event() waits for one
+        self._event_added = threading.Condition()
+
+    # ---- events (any thread) ------------------------------------------------------------------
+
+    def _record(self, *fields) -> None:
+        with self._event_added:
+            self.events.append(RadioEvent(*fields))
+            self._event_added.notify_all()
+
+    def wait_for_event(self, matches: Callable[[RadioEvent], bool], timeout: float, since: int = 0) -> RadioEvent:
+        """The first event from index `since` on for which `matches` is true; TimeoutError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        with self._event_added:
+            while True:
+                found = next((event for event in self.events[since:] if matches(event)), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"BLE radio {self.name}: no such event within {timeout:g} s "
+                                       f"(events since: {self.events[since:][-10:]})")
+                self._event_added.wait(left)
 
     # ---- lifecycle (any thread) ---------------------------------------------------------------
 
@@ -149,6 +187,13 @@ class BleRadio:
     def stop(self) -> None:
         loop, self._loop = self._loop, None
         if loop is not None:
+            # The board's stack goes down before the loop stops: a loop stopped in the middle of one of its
+            # HCI commands leaves Bumble's host completing a wait that was cancelled (InvalidStateError,
+            # logged with a traceback)
+            try:
+                asyncio.run_coroutine_threadsafe(self._power_off(), loop).result(5)
+            except Exception:  # noqa: BLE001 - stopping goes on whatever the stack did
+                log.debug("BLE radio %s: power-off at stop failed", self.name, exc_info=True)
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(5)
@@ -158,12 +203,13 @@ class BleRadio:
         self._board_socks = []
 
     def _run(self) -> None:
-        from bumble.link import LocalLink
+        from rmkit.vboard.ble_link import Air
 
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
-        self._link = LocalLink()
+        self._link = Air()
+        self._power = asyncio.Lock()
         board, hci = self._board_socks
         loop.run_until_complete(asyncio.start_server(self._board_session, sock=board))
         loop.run_until_complete(asyncio.start_server(self._central_session, sock=hci))
@@ -186,8 +232,9 @@ class BleRadio:
             writer.close()
 
     async def _serve_central(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from bumble.controller import Controller
         from bumble.transport.common import StreamPacketSource
+
+        from rmkit.vboard.ble_link import CentralController
 
         self._centrals += 1
         number = self._centrals
@@ -197,7 +244,7 @@ class BleRadio:
                 if not writer.is_closing():
                     writer.write(packet)
 
-        controller = _central_controller(Controller)(
+        controller = CentralController(
             f"central-{number}", host_sink=Sink(), link=self._link,
             public_address=f"C0:00:00:00:{number >> 8 & 255:02X}:{number & 255:02X}")
         controller.scan_response_of = self._scan_response_of
@@ -212,16 +259,14 @@ class BleRadio:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            # the central's host went away: its links drop as when a phone's radio goes off
-            for handle in list(controller.le_connections):
-                try:
-                    from bumble import hci
-                    controller.on_hci_disconnect_command(hci.HCI_Disconnect_Command(
-                        connection_handle=handle, reason=hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR))
-                except Exception:  # noqa: BLE001 - best effort on teardown
-                    log.debug("central %d: disconnect on teardown failed", number, exc_info=True)
-            await asyncio.sleep(0.05)
-            self._link.remove_controller(controller)
+            # The central's host went away without a word (a killed client, a closed laptop): no
+            # LL_TERMINATE_IND goes out, as when a phone's radio goes off, and the board keeps each link until
+            # its supervision timeout (ble_link)
+            if controller.le_connections:
+                log.info("BLE radio %s: central %d gone without disconnecting", self.name, number)
+            controller.fall_silent()
+            if controller in self._link.controllers:
+                self._link.remove_controller(controller)
             writer.close()
 
     def _scan_response_of(self, address) -> Optional[bytes]:
@@ -255,7 +300,8 @@ class BleRadio:
                 if not line:
                     break
                 try:
-                    await self._handle(json.loads(line))
+                    async with self._power:  # the stack's operations one at a time (stop() powers it off)
+                        await self._handle(json.loads(line))
                 except Exception:  # noqa: BLE001 - a bad request must not kill the radio
                     log.exception("ble radio %s: request %r failed", self.name, line[:200])
         except (ConnectionError, asyncio.CancelledError):
@@ -269,9 +315,9 @@ class BleRadio:
     async def _handle(self, msg: dict) -> None:
         op = msg["op"]
         if op == "on":
-            await self._power_on()
+            await self._switch_on()
         elif op == "off":
-            await self._power_off()
+            await self._switch_off()
         elif op == "mtu":
             self._mtu = int(msg["mtu"])
             if self._device is not None:
@@ -309,26 +355,38 @@ class BleRadio:
             if future is not None and not future.done():
                 future.set_result(int(msg["code"]))
 
-    async def _power_on(self) -> None:
+    async def _power_off(self) -> None:
+        async with self._power:
+            await self._switch_off()
+
+    async def _switch_on(self) -> None:
         if self._device is not None:
             return
-        from bumble.controller import Controller
         from bumble.device import Device
         from bumble.hci import Address
         from bumble.host import Host
         from bumble.transport.common import AsyncPipeSink
 
-        controller = Controller(f"board-{self.name}", link=self._link, public_address=self.address)
+        from rmkit.vboard.ble_att_server import install
+        from rmkit.vboard.ble_link import BoardController
+
+        controller = BoardController(f"board-{self.name}", link=self._link, public_address=self.address)
+        controller.on_link_lost = self._on_link_lost
+        controller.on_link_timed_out = self._on_link_timed_out
         device = Device(name=self._gap_name, address=Address(self.address, Address.RANDOM_DEVICE_ADDRESS),
                         host=Host(controller, AsyncPipeSink(controller)))
+        self._att_server = install(device)
         device.gatt_server.max_mtu = self._mtu
         device.on(device.EVENT_CONNECTION, self._on_connection)
         await device.power_on()
         self._controller, self._device = controller, device
 
-    async def _power_off(self) -> None:
+    async def _switch_off(self) -> None:
         device, self._device = self._device, None
         controller, self._controller = self._controller, None
+        att_server, self._att_server = self._att_server, None
+        if att_server is not None:
+            att_server.close()
         for future in self._pending_reads.values():
             if not future.done():
                 future.set_result(0x0E)  # unlikely error: the stack went away
@@ -372,6 +430,7 @@ class BleRadio:
         await device.start_advertising(advertising_type=kind, own_address_type=OwnAddressType.RANDOM,
                                        advertising_data=self._adv_data, scan_response_data=self._resp_data,
                                        advertising_interval_min=interval_ms, advertising_interval_max=interval_ms)
+        self._record("advertise")
 
     async def _register(self, services: list) -> list:
         """Services as [[uuid, [[uuid, flags, [[uuid, flags], ...]], ...]], ...] -> value handles,
@@ -383,17 +442,17 @@ class BleRadio:
             return None
         # registering again replaces the whole database, as on the board: a fresh stack
         if self._attrs or self._device.gatt_server.services:
-            await self._power_off()
-            await self._power_on()
+            await self._switch_off()
+            await self._switch_on()
         device = self._device
         built, shape = [], []
         for service_uuid, characteristics in services:
             chars, kinds = [], []
             for char_uuid, flags, descriptors in characteristics:
-                descs = [Descriptor(UUID(d_uuid), self._permissions(d_flags), self._value()) for d_uuid, d_flags in
-                         descriptors]
-                char = Characteristic(UUID(char_uuid), flags & 0xFF, self._permissions(flags), self._value(),
-                                      descs)
+                descs = [Descriptor(UUID(d_uuid), attribute_permissions(d_flags, descriptor=True), self._value())
+                         for d_uuid, d_flags in descriptors]
+                char = Characteristic(UUID(char_uuid), flags & 0xFF, attribute_permissions(flags, descriptor=False),
+                                      self._value(), descs)
                 chars.append(char)
                 kinds.append((char, descs))
             built.append(Service(UUID(service_uuid), chars))
@@ -411,17 +470,6 @@ class BleRadio:
             handles.append(row)
         return handles
 
-    @staticmethod
-    def _permissions(flags: int):
-        from bumble.att import Attribute
-
-        permissions = 0
-        if flags & 0x02:
-            permissions |= Attribute.READABLE
-        if flags & 0x0C:
-            permissions |= Attribute.WRITEABLE
-        return permissions
-
     def _value(self):
         from bumble.gatt import CharacteristicValue
 
@@ -437,7 +485,7 @@ class BleRadio:
         self._read_id += 1
         future = asyncio.get_running_loop().create_future()
         self._pending_reads[self._read_id] = future
-        self.events.append(("read", handle))
+        self._record("read", handle)
         self._send({"ev": IRQ_GATTS_READ_REQUEST, "c": connection.handle, "h": handle, "id": self._read_id})
         try:
             code = await asyncio.wait_for(future, READ_REQUEST_TIMEOUT)
@@ -453,23 +501,34 @@ class BleRadio:
         value = attr.value + data if attr.append else data
         # ESP32 (NimBLE): the value is copied into the attribute's buffer, the rest silently dropped
         attr.value = bytes(value[:attr.alloc])
-        self.events.append(("write", handle, len(data), len(attr.value)))
+        self._record("write", handle, len(data), len(attr.value))
         self._send({"ev": IRQ_GATTS_WRITE, "c": connection.handle, "h": handle, "v": attr.value.hex()})
 
     def _on_connection(self, connection) -> None:
         peer = connection.peer_address
         detail = {"c": connection.handle, "at": 0 if peer.is_public else 1,
                   "a": bytes(reversed(bytes(peer))).hex()}
-        self.events.append(("connect", connection.handle))
+        self._record("connect", connection.handle)
         self._send(dict(ev=IRQ_CENTRAL_CONNECT, **detail))
 
-        def on_disconnection(reason):
-            self.events.append(("disconnect", connection.handle))
+        def on_disconnection(reason: int) -> None:
+            # MicroPython's _IRQ_CENTRAL_DISCONNECT carries no reason (modbluetooth_nimble.c,
+            # central_gap_event_cb), so only the radio's events and log have it
+            log.debug("BLE radio %s: central disconnected, reason 0x%02X", self.name, reason)
+            self._record("disconnect", connection.handle, reason)
             self._send(dict(ev=IRQ_CENTRAL_DISCONNECT, **detail))
 
         def on_mtu():
-            self.events.append(("mtu", connection.att_mtu))
+            self._record("mtu", connection.att_mtu)
             self._send({"ev": IRQ_MTU_EXCHANGED, "c": connection.handle, "mtu": connection.att_mtu})
 
         connection.on(connection.EVENT_DISCONNECTION, on_disconnection)
         connection.on(connection.EVENT_CONNECTION_ATT_MTU_UPDATE, on_mtu)
+
+    def _on_link_lost(self, handle: int, supervision_timeout_s: float) -> None:
+        log.info("BLE radio %s: central on connection %d silent; the link times out in %.2f s (its supervision "
+                 "timeout)", self.name, handle, supervision_timeout_s)
+        self._record("lost", handle, supervision_timeout_s)
+
+    def _on_link_timed_out(self, handle: int) -> None:
+        log.info("BLE radio %s: connection %d timed out (0x08), the board is told", self.name, handle)
