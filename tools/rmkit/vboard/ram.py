@@ -22,6 +22,9 @@ from rmkit.vboard.errors import BoardError
 log = logging.getLogger(__name__)
 
 SHIM_SOURCE = Path(__file__).resolve().parent / "esp32_ram.c"
+#: compiled into the same preload library: C stack room for the unix port's own work in threads
+THREAD_STACKS_SOURCE = SHIM_SOURCE.with_name("thread_stacks.c")
+SOURCES = (SHIM_SOURCE, THREAD_STACKS_SOURCE)
 #: 64-bit bytes of unix-port GC heap per 100 bytes of ESP32 GC heap for the same firmware: measured
 #: against a 32-bit build of the same MicroPython, 1.38-1.40 (the firmware's objects, 8-byte words and
 #: 32-byte GC blocks against 4-byte words and 16-byte blocks). An average: objects differ.
@@ -45,14 +48,14 @@ def c_compiler() -> str:
 def shim_library() -> Path:
     """The compiled model: built once per version of esp32_ram.c into the runtime dir and shared by
     every board, like the simulator's .mpy files."""
-    digest = hashlib.sha256(SHIM_SOURCE.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:16]
     out = runtime.runtime_dir() / "shim-cache" / digest / "esp32_ram.so"
     if out.exists():
         return out
     compiler = c_compiler()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"esp32_ram.{os.getpid()}.tmp")  # next to it: os.replace() stays on one filesystem
-    argv = [*compiler.split(), *CFLAGS, "-o", str(tmp), str(SHIM_SOURCE), *LIBS]
+    argv = [*compiler.split(), *CFLAGS, "-o", str(tmp), *map(str, SOURCES), *LIBS]
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:
