@@ -54,3 +54,32 @@ def test_one_flow_by_each_mapping_on_a_host_speed_board():
         assert provisioning["tls_largest_min"] is None
         assert 16717 < online["tls_largest_min"] < online["largest_at_boot"]  # a session's input buffer fitted
     assert lines[0].startswith("  flow, ch_resp over softap, host speed, run 1/1: confirmed in ")
+
+
+def test_a_run_whose_board_crashed_is_done_again_on_a_new_board_and_says_so(monkeypatch):
+    attempts = []
+
+    def flow(stack, name, email, transport, mapping, speed):
+        attempts.append(name)
+        if len(attempts) == 1:
+            return mapping_flows.FlowRun(transport, mapping, speed, "failed: TransportError: prov-config", None,
+                                         crashes=["killed by SIGSEGV"])
+        return mapping_flows.FlowRun(transport, mapping, speed, "confirmed", 9.5)
+
+    monkeypatch.setattr(mapping_flows, "_flow", flow)
+    run = mapping_flows._flow_or_again(None, "vb-1", "a@example.com", "ble", "secret", "esp32")
+    assert attempts == ["vb-1", "vb-1-again"]
+    assert (run.status, run.confirmed_s) == ("confirmed", 9.5)
+    assert run.replaced == ["failed: TransportError: prov-config; crashes: killed by SIGSEGV"]
+
+
+def test_a_run_that_failed_without_a_crash_is_not_done_again(monkeypatch):
+    attempts = []
+
+    def flow(stack, name, email, transport, mapping, speed):
+        attempts.append(name)
+        return mapping_flows.FlowRun(transport, mapping, speed, "failed: ProvisionError: wrong PoP", None)
+
+    monkeypatch.setattr(mapping_flows, "_flow", flow)
+    run = mapping_flows._flow_or_again(None, "vb-1", "a@example.com", "softap", "ch_resp", "host")
+    assert attempts == ["vb-1"] and run.status.startswith("failed") and run.replaced == []

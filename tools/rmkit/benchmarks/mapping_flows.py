@@ -6,23 +6,26 @@ each of the node's boots' RAM figures from the board's RAM model (ram_phases.py)
 The phases chain from the client's login, each ending at a step the client or the node's log shows
 (MAPPING_PHASES), so they add up to the time to confirmed; what follows confirmed (ch_resp maps the node before
 its Wi-Fi is set) is timed on from there (AFTER_CONFIRMED). A run ends once the node is online: its MQTT session
-for ch_resp, the mapping publish acknowledged for the secret-key flow; the RAM log is read then.
+for ch_resp, the mapping publish acknowledged for the secret-key flow; the RAM log is read then. At ESP32 speed
+the four flows of a run go at once (measure()).
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from rmkit.benchmarks.ram_phases import boots
 from rmkit.flow import board_transport, run_flow
 from rmkit.provision.mapping import CHALLENGE_RESPONSE, SECRET_KEY
-from rmkit.recorder import CLOUD_PATTERNS, NODE_PATTERNS, LogWatcher
+from rmkit.recorder import NODE_PATTERNS, LogWatcher
 from rmkit.timeline import Timeline
 
-EMAIL, PASSWORD = "flows@example.com", "flows-password-1"
+PASSWORD = "flows-password-1"
 #: (transport, mapping) in the report's order
 FLOWS = (("softap", CHALLENGE_RESPONSE), ("ble", CHALLENGE_RESPONSE), ("softap", SECRET_KEY), ("ble", SECRET_KEY))
 SPEEDS = {"host": None, "esp32": "esp32"}  # the report's name -> VirtualBoard(cpu=)
@@ -56,6 +59,8 @@ class FlowRun:
     confirmed_s: Optional[float]      # login -> the client sees confirmed
     phases: dict = field(default_factory=dict)   # MAPPING_PHASES, then AFTER_CONFIRMED, seconds
     boots: list = field(default_factory=list)    # ram_phases.BootRam of each boot, as dicts
+    crashes: list = field(default_factory=list)  # the board's MicroPython process crashes (board.crashes)
+    replaced: list = field(default_factory=list)  # an earlier attempt whose board crashed, and how it ended
 
 
 def chain(timeline: Timeline, mapping: str) -> tuple[Optional[float], dict]:
@@ -77,45 +82,87 @@ def chain(timeline: Timeline, mapping: str) -> tuple[Optional[float], dict]:
     return confirmed, phases
 
 
-def one_flow(stack, name: str, transport: str, mapping: str, speed: str) -> FlowRun:
-    """One flow on a fresh board serving `transport` (the node offers both mappings)."""
-    board = stack.add_board(name, transport=transport, cpu=SPEEDS[speed])
+def _flow(stack, name: str, email: str, transport: str, mapping: str, speed: str) -> FlowRun:
+    """One flow by `email`'s client on a fresh board serving `transport` (the node offers both mappings). Only
+    the client's steps and the node's own log go on the timeline: the cloud's log holds every concurrent flow's
+    lines. A flow that fails is a FlowRun saying why, with the board's crashes if it had any."""
+    board = None
     try:
+        with _STARTING:
+            board = stack.add_board(name, transport=transport, cpu=SPEEDS[speed])
         board.wait_for_log(r"state: provisioning", timeout=NODE_DONE_TIMEOUT_S)
         timeline = Timeline()
-        watchers = [LogWatcher(board.serial_log, timeline, NODE_PATTERNS).start(),
-                    LogWatcher(stack.cloud_log, timeline, CLOUD_PATTERNS).start()]
+        watcher = LogWatcher(board.serial_log, timeline, NODE_PATTERNS).start()
         try:
             result = run_flow(lambda: board_transport(board, timeout=TRANSPORT_TIMEOUT_S), board.pop, 1, stack.ssid,
-                              stack.passphrase, stack.cloud.base_url, EMAIL, PASSWORD, timeline, mapping=mapping)
+                              stack.passphrase, stack.cloud.base_url, email, PASSWORD, timeline, mapping=mapping)
             if result.status == "confirmed":
                 board.wait_for_log(NODE_DONE[mapping], timeout=NODE_DONE_TIMEOUT_S)
         finally:
-            for watcher in watchers:
-                watcher.stop()
+            watcher.stop()
         confirmed, phases = chain(timeline, mapping) if result.status == "confirmed" else (None, {})
         return FlowRun(transport, mapping, speed, result.status, confirmed, phases,
-                       [asdict(boot) for boot in boots(board.ram_log())])
+                       [asdict(boot) for boot in boots(board.ram_log())], board.crashes)
+    except Exception as exc:  # noqa: BLE001 - one failed run is a row's count, not the end of the bench
+        crashes = board.crashes if board is not None else []
+        return FlowRun(transport, mapping, speed, f"failed: {type(exc).__name__}: {exc}"[:200], None, crashes=crashes)
     finally:
-        board.stop()
+        if board is not None:
+            board.stop()
 
 
-def measure(runs: dict, say: Callable[[str], None], flows: tuple = FLOWS) -> list[dict]:
+# the Stack deploys the firmware and issues a certificate for one new board at a time
+_STARTING = threading.Lock()
+
+
+def _flow_or_again(stack, name: str, email: str, transport: str, mapping: str, speed: str) -> FlowRun:
+    """_flow, once more on a new board if the first one's MicroPython process crashed and the flow failed: a
+    crash is the simulator's (the firmware is Python; a signal killed the interpreter), not the flow's, and the
+    run keeps what it was (`replaced`) for the report."""
+    flow = _flow(stack, name, email, transport, mapping, speed)
+    if flow.status == "confirmed" or not flow.crashes:
+        return flow
+    again = _flow(stack, name + "-again", email, transport, mapping, speed)
+    again.replaced = [f"{flow.status}; crashes: {'; '.join(flow.crashes)}"[:300]]
+    return again
+
+
+def _round(stack, number: int, flows: tuple, speed: str, at_once: bool) -> Iterator[FlowRun]:
+    """One run of each flow at `speed`, one after the other or all at once (each by its own user)."""
+    def run(index: int, transport: str, mapping: str) -> FlowRun:
+        return _flow_or_again(stack, f"vb-flow-{speed}-{number}-{index}", user_email(index), transport, mapping,
+                              speed)
+
+    if not at_once:
+        for index, (transport, mapping) in enumerate(flows):
+            yield run(index, transport, mapping)
+        return
+    with ThreadPoolExecutor(max_workers=len(flows)) as pool:
+        futures = [pool.submit(run, index, transport, mapping) for index, (transport, mapping) in enumerate(flows)]
+        for future in futures:
+            yield future.result()
+
+
+def user_email(index: int) -> str:
+    return f"flows-{index}@example.com"
+
+
+def measure(runs: dict, say: Callable[[str], None], flows: tuple = FLOWS, at_once: tuple = ("esp32",)) -> list[dict]:
     """`runs[speed]` runs of each (transport, mapping) of `flows` at each speed ("host", "esp32"), each on a fresh
-    board of one Stack; a flow that fails is a run with its status (and no times)."""
+    board of one Stack; a flow that fails is a run with its status (and no times). At the speeds in `at_once` a
+    run's flows go together: a board paced to an ESP32's speed uses about 1/k of a core and the host waits on it,
+    so they hardly meet, where one after the other they would take minutes. At host speed they would compete
+    for the cores and time each other."""
     from rmkit.stack import Stack
 
     results = []
     with tempfile.TemporaryDirectory(prefix="rmkit-bench-flows-") as tmp, Stack(Path(tmp)) as stack:
-        stack.add_user(EMAIL, PASSWORD)
+        for index in range(len(flows)):
+            stack.add_user(user_email(index), PASSWORD)
         for speed, count in runs.items():
-            for transport, mapping in flows:
-                for run in range(1, count + 1):
-                    try:
-                        flow = one_flow(stack, f"vb-flow-{len(results)}", transport, mapping, speed)
-                    except Exception as exc:  # noqa: BLE001 - one failed run is a row's count, not the end
-                        flow = FlowRun(transport, mapping, speed, f"failed: {type(exc).__name__}: {exc}"[:200], None)
+            for number in range(1, count + 1):
+                for flow in _round(stack, number, flows, speed, speed in at_once):
                     results.append(asdict(flow))
                     shown = f"confirmed in {flow.confirmed_s:.2f} s" if flow.confirmed_s is not None else flow.status
-                    say(f"  flow, {mapping} over {transport}, {speed} speed, run {run}/{count}: {shown}")
+                    say(f"  flow, {flow.mapping} over {flow.transport}, {speed} speed, run {number}/{count}: {shown}")
     return results
