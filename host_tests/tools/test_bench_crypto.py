@@ -16,7 +16,8 @@ def test_the_unix_port_times_every_operation_in_each_run():
     result = crypto_timing.measure(2, lines.append)
     for name in OPERATIONS:
         assert len(result[name]) == 2 and all(value > 0 for value in result[name]), name
-    assert result["x25519_ms"][0] < result["sec1_handshake_ms"][0]  # a handshake does two multiplications
+    # AES-CTR over a KiB is C calls in a loop, an X25519 multiplication thousands of big-integer operations
+    assert max(result["aes_ctr_kib_ms"]) * 10 < min(result["x25519_ms"])
     assert len(lines) == 2 and lines[0].startswith("  crypto, unix port, run 1/2: X25519 ")
 
 

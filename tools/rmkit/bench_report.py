@@ -211,7 +211,8 @@ def floor_rows(memory: dict, flows) -> tuple[list, dict]:
         whole = floor.get("phase") == "whole" or name.startswith("whole flow")
         label = f"GC heap floor, fixed heap (no growth): {name} (64-bit unix-port bytes, .mpy)"
         if floor.get("works_kib") is None:
-            rows.append(_row("2", label, f"fails even at {floor['fails_kib']} KiB", "—"))
+            rows.append(_row("2", label, f"fails even at {floor['fails_kib']} KiB, the top of the search",
+                             f"÷ {ratio:.2f}: more than {floor['fails_kib'] / ratio:.0f} KiB on a 32-bit ESP32"))
             if whole:
                 goals.setdefault("heap_64k", False)
             continue
@@ -360,9 +361,10 @@ def flow_rows(flows: dict) -> list:
             mine, theirs = _confirmed_flows(esp32), _confirmed_flows(host)
             rows.append(_row("7", f"whole flow to confirmed at ESP32 speed: {MAPPINGS[mapping]} over "
                                   f"{TRANSPORTS[transport]} (login → the client sees confirmed)",
-                             f"{duration_spread([r['confirmed_s'] for r in mine])}; {len(mine)}/{len(esp32)} confirmed",
+                             f"{duration_spread([r['confirmed_s'] for r in mine])}; {len(mine)}/{len(esp32)} confirmed"
+                             f"{_repeated(esp32)}",
                              f"host speed, same run: {duration_spread([r['confirmed_s'] for r in theirs])}; "
-                             f"{len(theirs)}/{len(host)} confirmed"))
+                             f"{len(theirs)}/{len(host)} confirmed{_repeated(host)}"))
             for phase in flows["phases"][mapping]:
                 rows.append(_row("7", f"  · {phase}", duration_spread(_flow_phase(mine, phase)),
                                  "host " + duration_spread(_flow_phase(theirs, phase))))
@@ -370,6 +372,12 @@ def flow_rows(flows: dict) -> list:
                 rows.append(_row("7", f"  · after confirmed: {phase}", duration_spread(_flow_phase(mine, phase)),
                                  "host " + duration_spread(_flow_phase(theirs, phase))))
     return rows
+
+
+def _repeated(runs: list) -> str:
+    """Runs done again on a new board because the first one's MicroPython process crashed (mapping_flows)."""
+    again = sum(1 for r in runs if r.get("replaced"))
+    return f" ({again} on a second board: the first one's MicroPython process crashed)" if again else ""
 
 
 def _confirmed_flows(runs: list) -> list:
@@ -448,7 +456,7 @@ def markdown(results: dict, rows: list, goals: dict, reasons: dict) -> str:
         f"MicroPython (unix port) {m['micropython']}, mpy-cross {m['mpy_cross']}.  ",
         f"Commit {m['commit']}{' (with uncommitted changes)' if m.get('dirty') else ''}, {m['date']}; "
         f"load average {m['loadavg_start']} at the start, {m['loadavg_end']} at the end; the run took "
-        f"{m['wall_s'] / 60:.1f} min.  ",
+        f"{m['wall_s'] / 60:.1f} min{_sections(m)}.  ",
         "Each figure is the median of repeated runs with its min–max, unless it says otherwise (the crypto times of "
         "row 6 on virtual boards are means of back-to-back runs); the reference beside it was measured in the same "
         "run.  ", esp32_speed_note(results), "",
@@ -466,6 +474,11 @@ def markdown(results: dict, rows: list, goals: dict, reasons: dict) -> str:
         lines.append(f"- {text}: **{verdict}**" + (f". {reasons[key]}" if reasons.get(key) else ""))
     lines += ["", "![the cloud at scale](scale.png)", ""]
     return "\n".join(lines)
+
+
+def _sections(machine: dict) -> str:
+    took = machine.get("sections_s") or {}
+    return (" (" + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in took.items()) + ")") if took else ""
 
 
 def esp32_speed_note(results: dict) -> str:
