@@ -15,7 +15,8 @@ bench/scale.png. Every row stands beside its reference, measured in the same run
 5. deploy over the serial port, whole firmware and a one-file change, beside `mpremote cp -r`;
 6. crypto on the node at ESP32 speed (a virtual board with cpu="esp32": X25519, the Security 1 handshake,
    P-256 sign(), AES-CTR per KiB), beside the same at host speed (a virtual board and the bare unix port),
-   with the CPU model's factor k and bm_pidigits on the board beside an ESP32's published time;
+   with the CPU model's factor k (calibrated at the start of the run, whose boards have a runtime directory of
+   their own) and bm_pidigits on the board beside an ESP32's published time;
 7. the whole mapping flow at ESP32 speed over SoftAP and BLE, by challenge-response and by the secret key,
    phase by phase, beside the same flows at host speed (few runs: a flow takes 5-15 s at ESP32 speed).
 
@@ -28,6 +29,7 @@ do the measuring; rmkit.bench_report writes the files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -39,7 +41,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rmkit import REPO_ROOT
 
@@ -202,7 +204,39 @@ def _guarded(name: str, measure: Callable[[], dict], failures: list) -> dict:
         return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
 
+@contextlib.contextmanager
+def private_runtime_dir() -> Iterator[Path]:
+    """A runtime directory of this run's own (RMKIT_RUNTIME_DIR, inherited by the processes it starts): its
+    boards are recorded apart from anyone's `make vboard`, and the ESP32 speed factor k is calibrated now, under
+    this run's load, instead of read from a cache an earlier, differently loaded moment wrote."""
+    before = os.environ.get("RMKIT_RUNTIME_DIR")
+    with tempfile.TemporaryDirectory(prefix="rmkit-bench-run-") as directory:
+        os.environ["RMKIT_RUNTIME_DIR"] = directory
+        try:
+            yield Path(directory)
+        finally:
+            if before is None:
+                os.environ.pop("RMKIT_RUNTIME_DIR", None)
+            else:
+                os.environ["RMKIT_RUNTIME_DIR"] = before
+
+
+def calibrate_esp32_speed() -> dict:
+    """k for this run's ESP32-speed boards (they read it from the private runtime directory's cache)."""
+    from rmkit.vboard.cpu_speed import cpu_speed
+
+    say(f"bench: the ESP32 speed factor k for this run's boards (bm_pidigits, a few seconds; load {loadavg()})")
+    speed = cpu_speed("esp32")
+    say("bench:   " + speed.describe())
+    return {"factor": speed.factor, "host_ms": speed.host_ms, "cached": speed.cached}
+
+
 def run(args: argparse.Namespace) -> int:
+    with private_runtime_dir():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from rmkit import bench_report
     from rmkit.benchmarks.flow_timing import PHASES
 
@@ -221,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
             took[section] = time.monotonic() - begun
             say(f"bench:   {section} took {took[section]:.0f} s")
 
+    results["esp32_speed"] = timed("calibration", lambda: _guarded("ESP32 speed factor", calibrate_esp32_speed,
+                                                                    failures))
     results["e2e"] = timed("end-to-end", lambda: _guarded("end-to-end", lambda: measure_e2e(args.runs, args.cli_runs),
                                                           failures))
     results["flows"] = timed("flows", lambda: _guarded("flows", lambda: measure_flows(args.flow_runs, args.esp32_runs),

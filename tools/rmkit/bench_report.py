@@ -313,7 +313,8 @@ def _unix_spread(unix: dict, key: str) -> str:
     return spread(unix[key], "{:.3f}" if key == "aes_ctr_kib_ms" else "{:.2f}", " ms")
 
 
-def crypto_rows(crypto: dict) -> tuple[list, dict]:
+def crypto_rows(crypto: dict, calibration: Optional[dict] = None) -> tuple[list, dict]:
+    """Row 6; `calibration` is k as the run measured it before its boards started (rmkit.bench)."""
     unix = crypto.get("unix") or {}
     boards = crypto.get("boards") or {}
     if _unavailable(boards):
@@ -324,7 +325,7 @@ def crypto_rows(crypto: dict) -> tuple[list, dict]:
     esp32, host, cpu = boards["esp32"], boards["host"], boards["esp32"]["cpu"]
     rows = [_row("6", "ESP32 speed: the CPU model's factor k (virtual boards with cpu=\"esp32\", rows 6-7)",
                  f"k = {cpu['factor']:.1f}: bm_pidigits' work takes {cpu['host_ms']:.2f} ms of CPU here, paced "
-                 f"({'calibrated earlier on this machine, cached' if cpu['cached'] else 'calibrated in this run'})",
+                 f"({_calibrated(cpu, calibration)})",
                  cpu["reference"])]
     pidigits = esp32.get("pidigits_ms") or []
     if pidigits:
@@ -345,6 +346,14 @@ def crypto_rows(crypto: dict) -> tuple[list, dict]:
             goals["sign_1_5s"] = met
         rows.append(_row("6", f"{name} at ESP32 speed (virtual board)", back_to_back(mine), reference, goal, met))
     return rows, goals
+
+
+def _calibrated(cpu: dict, calibration: Optional[dict]) -> str:
+    """When k was measured: by this run before its boards started, or by an earlier one (a cache)."""
+    if not cpu["cached"] or (calibration and not _unavailable(calibration) and not calibration.get("cached")
+                             and calibration.get("factor") == cpu["factor"]):
+        return "calibrated at the start of this run"
+    return "calibrated earlier on this machine, cached"
 
 
 def _flow_phase(runs: list, phase: str) -> list:
@@ -389,7 +398,7 @@ SECTIONS = (("1", "e2e", lambda section, results: e2e_rows(section, tuple(result
             ("3", "footprint", lambda section, _: footprint_rows(section)),
             ("4", "scale", lambda section, _: (scale_rows(section), {})),
             ("5", "deploy", lambda section, _: deploy_rows(section)),
-            ("6", "crypto", lambda section, _: crypto_rows(section)),
+            ("6", "crypto", lambda section, results: crypto_rows(section, results.get("esp32_speed"))),
             ("7", "flows", lambda section, _: (flow_rows(section), {})))
 
 
