@@ -20,8 +20,7 @@ def flow(total: float, per_phase: float) -> dict:
 
 
 CH_RESP_PHASES = ["session", "challenge from the cloud", "ch_resp: the node signs", "verify"]
-SECRET_PHASES = ["session", "user association", "Wi-Fi apply", "reboot, node online, mapping published",
-                 "cloud confirm"]
+SECRET_PHASES = ["session", "user association", "Wi-Fi apply", "reboot, node online, mapping published and confirmed"]
 
 
 def boot(gc_peak: int, growths: int, largest_min: int, tls_largest_min=None) -> dict:

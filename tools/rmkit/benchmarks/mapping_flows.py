@@ -35,10 +35,12 @@ MAPPING_PHASES = {
     CHALLENGE_RESPONSE: (("session (connect, proto-ver, Security 1)", "prov-session"),
                          ("challenge from the cloud", "request_id "),
                          ("ch_resp: the node signs", "signature ("), ("verify", "success: node mapped")),
+    # one phase from Connected to confirmed: the node's "published" line is no time to cut at, since at ESP32
+    # speed the pacer may stop the node between its publish and that line while the cloud confirms (a run had
+    # the client see confirmed 11 ms before the line)
     SECRET_KEY: (("session (connect, proto-ver, Security 1)", "prov-session"), ("user association", "node_id "),
                  ("Wi-Fi apply", "prov-config status: Connected"),
-                 ("reboot, node online, mapping published", "MQTT user/mapping"),
-                 ("cloud confirm", "request_status: confirmed")),
+                 ("reboot, node online, mapping published and confirmed", "request_status: confirmed")),
 }
 AFTER_CONFIRMED = {CHALLENGE_RESPONSE: (("Wi-Fi apply", "prov-config status: Connected"),
                                         ("reboot, node online", "MQTT connected")),
