@@ -46,7 +46,8 @@ print(_times)
 
 
 def _flash_with_scripts(directory: Path) -> Path:
-    """A board's flash with the firmware (.mpy) and node_crypto's scripts; /tmp for sec1.py's Store file."""
+    """A board's flash with the firmware (.mpy) and node_crypto's scripts, and a tmp directory at its root, where
+    sec1.py writes its Store file."""
     directory.mkdir(parents=True)
     deploy_to_flash_dir(directory)
     for script in SCRIPTS:
