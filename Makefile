@@ -118,7 +118,7 @@ sandbox: setup ## broker + cloud + one unprovisioned virtual board for any clien
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP)) \
 	  $(if $(CPU),--cpu $(CPU))
 
-bench: setup espcli ## benchmarks (about 5 minutes on 2 cores): bench/results.md, one table with each figure beside its reference, results.json, scale.png
+bench: setup espcli ## benchmarks (about 5-6 minutes on 2 cores): bench/results.md, one table with each figure beside its reference (ESP32-speed rows beside host-speed ones), results.json, scale.png
 	$(RMKIT) bench
 
 clean: ## remove venvs, build output and virtual boards' flash

@@ -1,19 +1,24 @@
 """`rmkit bench` (make bench): measures, then writes bench/results.md (one table), bench/results.json and
 bench/scale.png. Every row stands beside its reference, measured in the same run:
 
-1. end-to-end latency of the mapping flow on a virtual board (our client, median and p90, phase by
+1. end-to-end latency of the secret-key mapping flow on a virtual board (our client, median and p90, phase by
    phase: session, user association, Wi-Fi apply, reboot, station join, SNTP, TLS connect, config
    publish, publish -> PUBACK, cloud confirm), beside Espressif's esp-rainmaker-cli mapping the same
    firmware on the same Stack (in a private network namespace: its SoftAP address is fixed);
-2. memory: the smallest GC heap for the whole flow (SoftAP, BLE) and for each phase (provisioning per
-   transport, the online phase), firmware as .mpy, with the ESP32 estimate and the ratio used; the
-   internal-RAM headroom at the TLS handshake from the ESP32-strict board's model;
+2. memory: from the virtual board's ESP32 RAM model during the flows of row 7, each phase's largest GC heap
+   (ESP32 bytes, growths) and the largest free internal RAM block at the TLS handshake; the smallest fixed
+   GC heap (64-bit unix-port bytes, no growth) for the whole flow and for each phase, firmware as .mpy, with
+   the ratio to an ESP32's;
 3. flash footprint: bytes of each deployed .mpy and the total, beside the .py sources;
 4. the cloud at scale (python -m rmkit.benchmarks.scale): throughput and p50/p99 at each N, beside the
    broker's raw QoS 1 rate and p99 for the same message size;
 5. deploy over the serial port, whole firmware and a one-file change, beside `mpremote cp -r`;
-6. crypto on the node (unix port): X25519, AES-CTR per KiB, the Security 1 handshake, with an ESP32
-   estimate and its basis.
+6. crypto on the node at ESP32 speed (a virtual board with cpu="esp32": X25519, the Security 1 handshake,
+   P-256 sign(), AES-CTR per KiB), beside the same at host speed (a virtual board and the bare unix port),
+   with the CPU model's factor k (calibrated at the start of the run, whose boards have a runtime directory of
+   their own) and bm_pidigits on the board beside an ESP32's published time;
+7. the whole mapping flow at ESP32 speed over SoftAP and BLE, by challenge-response and by the secret key,
+   phase by phase, beside the same flows at host speed (few runs: a flow takes 5-15 s at ESP32 speed).
 
 Nothing here asserts a time; the goals are judged in the report. Every process a benchmark starts is
 stopped and every file it makes lives in a temporary directory removed at its end (the firmware build
@@ -24,6 +29,7 @@ do the measuring; rmkit.bench_report writes the files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -35,7 +41,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rmkit import REPO_ROOT
 
@@ -77,16 +83,16 @@ def machine() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-# -- the six measurements --------------------------------------------------------------------------
+# -- the seven measurements ------------------------------------------------------------------------
 
 def measure_e2e(runs: int, cli_runs: int) -> dict:
     from rmkit.benchmarks import espcli_flow
     from rmkit.benchmarks.flow_timing import rmkit_series
 
-    say(f"bench: 1/6 end-to-end, {runs} flows by our client on fresh boards (load {loadavg()})")
+    say(f"bench: 1/7 end-to-end, {runs} secret-key flows by our client on fresh boards (load {loadavg()})")
     with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
         ours = [asdict(t) for t in rmkit_series(runs, Path(tmp), say)]
-    say(f"bench: 1/6 end-to-end, {cli_runs} flows by esp-rainmaker-cli in a private network namespace")
+    say(f"bench: 1/7 end-to-end, {cli_runs} flows by esp-rainmaker-cli in a private network namespace")
     try:
         cli = [asdict(t) for t in espcli_flow.measure(cli_runs, say)]
     except espcli_flow.EspcliUnavailable as exc:
@@ -95,37 +101,48 @@ def measure_e2e(runs: int, cli_runs: int) -> dict:
     return {"rmkit": ours, "espcli": cli}
 
 
-def measure_memory(internal_ram: list, repeats: int) -> dict:
+def measure_memory(repeats: int) -> dict:
+    """The heap floors (fixed heaps, bisected); the RAM model's figures come with the flows of row 7."""
     from rmkit.benchmarks import heap_floor
+    from rmkit.provision.mapping import CHALLENGE_RESPONSE, SECRET_KEY
 
-    say(f"bench: 2/6 memory: heap floors, coarse (8 KiB) then 1 KiB steps near the edge (load {loadavg()})")
+    say(f"bench: 2/7 memory: heap floors, coarse (8 KiB) then 1 KiB steps near the edge (load {loadavg()})")
     floors = {}
-    for name, low, high, one_try in (
-            ("whole flow, SoftAP", 64, 120, lambda kib: heap_floor.flow_confirms(kib, "softap")),
-            ("whole flow, BLE", 64, 120, lambda kib: heap_floor.flow_confirms(kib, "ble")),
-            ("provisioning, SoftAP", 40, 112, lambda kib: heap_floor.provisions(kib, "softap")),
-            ("provisioning, BLE", 40, 112, lambda kib: heap_floor.provisions(kib, "ble")),
-            ("provisioning, SoftAP + BLE served", 40, 112, lambda kib: heap_floor.provisions(kib, "both"))):
-        floors[name] = asdict(heap_floor.search(name, low, high, one_try, say, repeats=repeats))
-    floors["online phase (TLS connect, config + mapping publish; node resident)"] = asdict(
-        heap_floor.online_floor(say, repeats=max(repeats, 2)))
+    # (name, what it is: phase, transport, mapping (the RAM model's rows pair with it), search range, one try).
+    # Provisioning over BLE alone and with both transports served are left out for time (a BLE try takes 5-9 s):
+    # the whole flow over BLE bounds the first; `heap_floor.provisions(kib, "both")` measures the second.
+    for name, phase, transport, mapping, low, high, one_try in (
+            ("whole flow, SoftAP, ch_resp", "whole", "softap", CHALLENGE_RESPONSE, 64, 120,
+             lambda kib: heap_floor.flow_confirms(kib, "softap")),
+            ("whole flow, BLE, ch_resp", "whole", "ble", CHALLENGE_RESPONSE, 64, 120,
+             lambda kib: heap_floor.flow_confirms(kib, "ble")),
+            ("provisioning, SoftAP, secret key", "provisioning", "softap", SECRET_KEY, 40, 120,
+             lambda kib: heap_floor.provisions(kib, "softap", SECRET_KEY)),
+            ("provisioning, SoftAP, ch_resp", "provisioning", "softap", CHALLENGE_RESPONSE, 40, 120,
+             lambda kib: heap_floor.provisions(kib, "softap", CHALLENGE_RESPONSE))):
+        floor = heap_floor.search(name, low, high, one_try, say, repeats=repeats)
+        floors[name] = {**asdict(floor), "phase": phase, "transport": transport, "mapping": mapping}
+    floors["online phase (TLS connect, config + mapping publish; node resident)"] = {
+        **asdict(heap_floor.online_floor(say, repeats=max(repeats, 2))), "phase": "online", "transport": None,
+        "mapping": SECRET_KEY}
     return {"floors": floors, "ratio": heap_floor.esp32_heap_ratio(),
             "ratio_basis": "the virtual board's RAM model (vboard/ram.py HEAP_RATIO_PERCENT): the same firmware "
                            "on a 32-bit build of the same MicroPython needed 1.38-1.40× less heap; not re-measured here",
-            "internal_ram": internal_ram, "tls_peak_bytes": _tls_peak_bytes()}
+            "tls_in_buffer_bytes": _model_constant("TLS_IN_BUFFER"),
+            "tls_peak_bytes": _model_constant("TLS_HANDSHAKE_PEAK")}
 
 
-def _tls_peak_bytes() -> int:
-    """The handshake's internal RAM above the session's record buffers in the board's model."""
+def _model_constant(name: str) -> int:
+    """A number of the board's RAM model (vboard/esp32_ram.c), e.g. what a TLS session needs."""
     from rmkit.vboard import ram
 
-    return ram.model_constant("TLS_HANDSHAKE_PEAK")
+    return ram.model_constant(name)
 
 
 def measure_footprint() -> dict:
     from rmkit.benchmarks import footprint
 
-    say("bench: 3/6 flash footprint of the deployed .mpy")
+    say("bench: 3/7 flash footprint of the deployed .mpy")
     return footprint.measure()
 
 
@@ -133,7 +150,7 @@ def measure_scale(plan: list[tuple[int, int]]) -> dict:
     """rmkit.benchmarks.scale as a process per N (its own runs count), its JSON rows merged."""
     rows, runs = [], {}
     for nodes, count in plan:
-        say(f"bench: 4/6 the cloud at scale, N = {nodes}, {count} run{'s' if count > 1 else ''} (load {loadavg()})")
+        say(f"bench: 4/7 the cloud at scale, N = {nodes}, {count} run{'s' if count > 1 else ''} (load {loadavg()})")
         with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp:
             out = Path(tmp) / "scale.json"
             proc = subprocess.Popen([sys.executable, "-m", "rmkit.benchmarks.scale", "--nodes", str(nodes),
@@ -152,15 +169,29 @@ def measure_scale(plan: list[tuple[int, int]]) -> dict:
 def measure_deploy(runs: int) -> dict:
     from rmkit.benchmarks import deploy_timing
 
-    say(f"bench: 5/6 deploy over the serial port, {runs} runs each (load {loadavg()})")
+    say(f"bench: 5/7 deploy over the serial port, {runs} runs each (load {loadavg()})")
     return deploy_timing.measure(runs, say)
 
 
-def measure_crypto(runs: int) -> dict:
-    from rmkit.benchmarks import crypto_timing
+def measure_crypto(runs: int, failures: list) -> dict:
+    """The bare unix port and the boards apart: one failing leaves the other's figures in the report."""
+    from rmkit.benchmarks import crypto_timing, esp32_crypto
 
-    say(f"bench: 6/6 crypto on the node (unix port), {runs} runs (load {loadavg()})")
-    return crypto_timing.measure(runs, say)
+    say(f"bench: 6/7 crypto on the node, on the unix port ({runs} runs) and on virtual boards at host and at ESP32 "
+        f"speed (load {loadavg()})")
+    return {"unix": _guarded("crypto on the unix port", lambda: crypto_timing.measure(runs, say), failures),
+            "boards": _guarded("crypto on virtual boards", lambda: esp32_crypto.measure(say), failures)}
+
+
+def measure_flows(host_runs: int, esp32_runs: int) -> dict:
+    from rmkit.benchmarks import mapping_flows
+
+    say(f"bench: 7/7 the whole flow over SoftAP and BLE, ch_resp and secret key: {host_runs} runs each at host "
+        f"speed, {esp32_runs} at ESP32 speed (load {loadavg()})")
+    return {"runs": mapping_flows.measure({"host": host_runs, "esp32": esp32_runs}, say),
+            "phases": {mapping: [name for name, _ in steps] for mapping, steps in mapping_flows.MAPPING_PHASES.items()},
+            "after_confirmed": {mapping: [name for name, _ in steps]
+                                for mapping, steps in mapping_flows.AFTER_CONFIRMED.items()}}
 
 
 def _guarded(name: str, measure: Callable[[], dict], failures: list) -> dict:
@@ -173,7 +204,39 @@ def _guarded(name: str, measure: Callable[[], dict], failures: list) -> dict:
         return {"unavailable": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
 
+@contextlib.contextmanager
+def private_runtime_dir() -> Iterator[Path]:
+    """A runtime directory of this run's own (RMKIT_RUNTIME_DIR, inherited by the processes it starts): its
+    boards are recorded apart from anyone's `make vboard`, and the ESP32 speed factor k is calibrated now, under
+    this run's load, instead of read from a cache an earlier, differently loaded moment wrote."""
+    before = os.environ.get("RMKIT_RUNTIME_DIR")
+    with tempfile.TemporaryDirectory(prefix="rmkit-bench-run-") as directory:
+        os.environ["RMKIT_RUNTIME_DIR"] = directory
+        try:
+            yield Path(directory)
+        finally:
+            if before is None:
+                os.environ.pop("RMKIT_RUNTIME_DIR", None)
+            else:
+                os.environ["RMKIT_RUNTIME_DIR"] = before
+
+
+def calibrate_esp32_speed() -> dict:
+    """k for this run's ESP32-speed boards (they read it from the private runtime directory's cache)."""
+    from rmkit.vboard.cpu_speed import cpu_speed
+
+    say(f"bench: the ESP32 speed factor k for this run's boards (bm_pidigits, a few seconds; load {loadavg()})")
+    speed = cpu_speed("esp32")
+    say("bench:   " + speed.describe())
+    return {"factor": speed.factor, "host_ms": speed.host_ms, "cached": speed.cached}
+
+
 def run(args: argparse.Namespace) -> int:
+    with private_runtime_dir():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from rmkit import bench_report
     from rmkit.benchmarks.flow_timing import PHASES
 
@@ -182,15 +245,30 @@ def run(args: argparse.Namespace) -> int:
     load_start = loadavg()
     say(f"bench: writing {args.out}/results.md, results.json, scale.png; load {load_start} on {os.cpu_count()} cores")
     failures: list = []
-    results["e2e"] = _guarded("end-to-end", lambda: measure_e2e(args.runs, args.cli_runs), failures)
-    internal = [r["internal_ram"] for r in results["e2e"].get("rmkit", []) if r.get("internal_ram")]
-    results["memory"] = _guarded("memory", lambda: measure_memory(internal, args.floor_repeats), failures)
-    results["footprint"] = _guarded("footprint", measure_footprint, failures)
-    results["scale"] = _guarded("scale", lambda: measure_scale(args.scale), failures)
-    results["deploy"] = _guarded("deploy", lambda: measure_deploy(args.deploy_runs), failures)
-    results["crypto"] = _guarded("crypto", lambda: measure_crypto(args.crypto_runs), failures)
+    took: dict = {}  # section -> seconds, for the report's line on where the time went
+
+    def timed(section: str, measure: Callable[[], dict]) -> dict:
+        begun = time.monotonic()
+        try:
+            return measure()
+        finally:
+            took[section] = time.monotonic() - begun
+            say(f"bench:   {section} took {took[section]:.0f} s")
+
+    results["esp32_speed"] = timed("calibration", lambda: _guarded("ESP32 speed factor", calibrate_esp32_speed,
+                                                                    failures))
+    results["e2e"] = timed("end-to-end", lambda: _guarded("end-to-end", lambda: measure_e2e(args.runs, args.cli_runs),
+                                                          failures))
+    results["flows"] = timed("flows", lambda: _guarded("flows", lambda: measure_flows(args.flow_runs, args.esp32_runs),
+                                                       failures))
+    results["memory"] = timed("heap floors", lambda: _guarded("memory", lambda: measure_memory(args.floor_repeats),
+                                                              failures))
+    results["footprint"] = timed("footprint", lambda: _guarded("footprint", measure_footprint, failures))
+    results["scale"] = timed("scale", lambda: _guarded("scale", lambda: measure_scale(args.scale), failures))
+    results["deploy"] = timed("deploy", lambda: _guarded("deploy", lambda: measure_deploy(args.deploy_runs), failures))
+    results["crypto"] = timed("crypto", lambda: measure_crypto(args.crypto_runs, failures))
     results["machine"] = {**machine(), "loadavg_start": load_start, "loadavg_end": loadavg(),
-                          "wall_s": time.monotonic() - started}
+                          "wall_s": time.monotonic() - started, "sections_s": took}
     rows, goals = bench_report.write(results, Path(args.out))
     for key, text in bench_report.GOALS.items():
         verdict = {None: "not measured", True: "met", False: "missed"}[goals.get(key)]
@@ -217,7 +295,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if args.quick:
         args.runs, args.cli_runs, args.deploy_runs, args.crypto_runs = 3, 1, 1, 1
-        args.floor_repeats, args.scale = 1, [(20, 1)]
+        args.flow_runs, args.esp32_runs, args.floor_repeats, args.scale = 1, 1, 1, [(20, 1)]
     return run(args)
 
 
@@ -225,14 +303,20 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks: the report in bench/ (results.md, results.json, scale.png)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where the report goes (default: %(default)s)")
-    p.add_argument("--runs", type=int, default=20, help="end-to-end flows by our client (default 20)")
-    p.add_argument("--cli-runs", type=int, default=5,
-                   help="end-to-end flows by esp-rainmaker-cli, about 10 s each: it polls every 5 s (default 5)")
-    p.add_argument("--scale", type=_scale_plan, nargs="+", default=[(100, 5), (1000, 3)], metavar="N:RUNS",
-                   help="cloud-at-scale runs per N (default 100:5 1000:3; a run at N = 1000 takes about 20 s)")
-    p.add_argument("--deploy-runs", type=int, default=3,
-                   help="deploy timings per method, each at 115200 baud (default 3; a run takes about 25 s)")
-    p.add_argument("--crypto-runs", type=int, default=5, help="runs of the crypto scripts (default 5)")
+    p.add_argument("--runs", type=int, default=10, help="end-to-end secret-key flows by our client (default 10)")
+    p.add_argument("--cli-runs", type=int, default=3,
+                   help="end-to-end flows by esp-rainmaker-cli, about 10 s each: it polls every 5 s (default 3)")
+    p.add_argument("--flow-runs", type=int, default=2,
+                   help="host-speed runs of each whole flow (SoftAP/BLE x ch_resp/secret key) of row 7 (default 2)")
+    p.add_argument("--esp32-runs", type=int, default=2,
+                   help="ESP32-speed runs of each whole flow of row 7, 5-15 s each (default 2)")
+    p.add_argument("--scale", type=_scale_plan, nargs="+", default=[(100, 3), (1000, 2)], metavar="N:RUNS",
+                   help="cloud-at-scale runs per N (default 100:3 1000:2; a run at N = 1000 takes about 20 s)")
+    p.add_argument("--deploy-runs", type=int, default=1,
+                   help="deploy timings per method, each at 115200 baud (default 1: runs differ by milliseconds; a run "
+                        "takes about 25 s)")
+    p.add_argument("--crypto-runs", type=int, default=5,
+                   help="runs of the crypto script on the bare unix port (default 5); the boards' runs are fixed")
     p.add_argument("--floor-repeats", type=int, default=2,
                    help="good runs a heap size needs near the floor (default 2)")
     p.add_argument("--quick", action="store_true", help="one or a few runs of everything, N = 20 at scale: "

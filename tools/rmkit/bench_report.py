@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +23,10 @@ GOALS = {
     "heap_64k": "whole-flow heap floor ≤ 64 KiB on the 32-bit-equivalent board",
     "mpy_64k": "≤ 64 KiB of .mpy including BLE",
     "deploy_5x": "one-file deploy ≥ 5× faster than `mpremote cp -r`",
+    "sign_1_5s": "P-256 sign() ≤ 1.5 s at ESP32 speed",
 }
+TRANSPORTS = {"softap": "SoftAP", "ble": "BLE", "both": "SoftAP + BLE served"}
+MAPPINGS = {"ch_resp": "ch_resp", "secret": "secret key"}
 
 
 # -- numbers ---------------------------------------------------------------------------------------
@@ -41,6 +45,34 @@ def spread(values: list, fmt: str = "{:.2f}", unit: str = "") -> str:
         return f"{fmt.format(values[0])}{unit} (1 run)"
     return (f"{fmt.format(statistics.median(values))}{unit} "
             f"({fmt.format(min(values))}–{fmt.format(max(values))}, {len(values)} runs)")
+
+
+def duration_spread(values: list) -> str:
+    """"median (min–max, n runs)" in one unit, chosen by the median."""
+    if not values:
+        return "—"
+    if statistics.median(values) >= 1:
+        return spread(values, unit=" s")
+    return spread([v * 1000 for v in values], "{:.0f}", " ms")
+
+
+def milliseconds(value: float) -> str:
+    """A time in ms with the digits that mean something."""
+    for limit, fmt in ((100, "{:.0f}"), (10, "{:.1f}"), (0.1, "{:.2f}")):
+        if value >= limit:
+            return fmt.format(value)
+    return f"{value:.3f}"
+
+
+def back_to_back(values: list) -> str:
+    """"mean ms (mean of n back to back; single min–max)": the figure for a paced board, whose pacer moves
+    time between neighbouring operations (rmkit.benchmarks.node_crypto)."""
+    return (f"{milliseconds(statistics.fmean(values))} ms (mean of {len(values)} back to back; single "
+            f"{milliseconds(min(values))}–{milliseconds(max(values))})")
+
+
+def byte_range(values: list) -> str:
+    return f"{min(values)} B" if min(values) == max(values) else f"{min(values)}–{max(values)} B"
 
 
 def _confirmed(runs: list) -> list:
@@ -74,7 +106,8 @@ def e2e_rows(e2e: dict, phases: tuple) -> tuple[list, dict]:
     goals = {"e2e_1s": bool(totals) and statistics.median(totals) <= 1.0}
     ratio = statistics.median(cli_totals) / statistics.median(totals) if totals and cli_totals else None
     goals["e2e_5x_cli"] = None if ratio is None else ratio >= 5
-    rows = [_row("1", "end-to-end latency, virtual board (session → client sees confirmed)", ours_text, cli_text,
+    rows = [_row("1", "end-to-end latency, secret-key flow over SoftAP, virtual board at host speed (session → client "
+                      "sees confirmed)", ours_text, cli_text,
                  f"{GOALS['e2e_1s']}; ≥ 5× faster (measured {ratio:.1f}×)" if ratio else GOALS["e2e_1s"],
                  goals["e2e_1s"] and bool(goals["e2e_5x_cli"]))]
     for phase in phases:
@@ -84,35 +117,129 @@ def e2e_rows(e2e: dict, phases: tuple) -> tuple[list, dict]:
     return rows, goals
 
 
-def memory_rows(memory: dict) -> tuple[list, dict]:
+# -- memory: the RAM model's figures per phase (from the flows of row 7), then the fixed-heap floors -----------
+
+def _flow_runs(flows, transport: Optional[str] = None, mapping: Optional[str] = None) -> list:
+    """The confirmed runs of row 7's flows (both speeds) that match."""
+    if not flows or _unavailable(flows):
+        return []
+    return [r for r in flows["runs"] if r["status"] == "confirmed" and (transport in (None, r["transport"]))
+            and (mapping in (None, r["mapping"]))]
+
+
+def provisioning_boots(runs: list) -> list:
+    """The provisioning phase is the first boot of a run."""
+    return [r["boots"][0] for r in runs if r.get("boots")]
+
+
+def online_boots(runs: list) -> list:
+    """The online phase is the last boot of a run that rebooted after provisioning."""
+    return [r["boots"][-1] for r in runs if len(r.get("boots", [])) >= 2]
+
+
+def _growths(boots: list) -> str:
+    """How often the GC heap grew in these boots (one per run), e.g. "grew once in 4/4 runs"."""
+    counts = sorted({b["growths"] for b in boots if b["growths"]})
+    if not counts:
+        return f"never grew ({len(boots)}/{len(boots)} runs)"
+    grew = sum(1 for b in boots if b["growths"])
+    times = "once" if counts == [1] else f"{counts[0]}–{counts[-1]} times" if len(counts) > 1 else f"{counts[0]} times"
+    return f"grew {times} in {grew}/{len(boots)} runs"
+
+
+def ram_model_rows(flows) -> list:
+    """Each phase's largest GC heap and growths, ESP32 bytes, from the RAM model's log of row 7's runs."""
+    if not flows or _unavailable(flows):
+        return [_row("2", "GC heap per phase (the RAM model)", f"not measured ({_unavailable(flows) or 'no flows'})",
+                     "—")]
+    rows = []
+    for transport in ("softap", "ble"):
+        for mapping in MAPPINGS:
+            boots = provisioning_boots(_flow_runs(flows, transport, mapping))
+            if not boots:
+                continue
+            rows.append(_row("2", f"GC heap, provisioning over {TRANSPORTS[transport]}, {MAPPINGS[mapping]} (RAM model, "
+                                  f"ESP32 bytes, both speeds)",
+                             f"largest {byte_range([b['gc_peak'] for b in boots])}; {_growths(boots)}",
+                             f"boots with {byte_range([b['gc_at_boot'] for b in boots])}; ESP-IDF's largest free block "
+                             f"{byte_range([b['largest_at_boot'] for b in boots])} at boot, "
+                             f"{byte_range([b['largest_min'] for b in boots])} at its lowest"))
+    for mapping, what in (("ch_resp", "TLS connect, config report"), ("secret", "TLS connect, config and mapping "
+                                                                                 "publish")):
+        boots = online_boots(_flow_runs(flows, mapping=mapping))
+        if boots:
+            rows.append(_row("2", f"GC heap, online phase after {MAPPINGS[mapping]} ({what}; RAM model, ESP32 bytes)",
+                             f"largest {byte_range([b['gc_peak'] for b in boots])}; {_growths(boots)}",
+                             f"boots with {byte_range([b['gc_at_boot'] for b in boots])} (its own boot: the node "
+                             f"reboots after provisioning)"))
+    return rows
+
+
+def tls_row(flows, memory: dict) -> list:
+    boots = [b for b in online_boots(_flow_runs(flows)) if b.get("tls_largest_min") is not None]
+    if not boots:
+        return []
+    return [_row("2", "largest free internal RAM block at the TLS handshake, its minimum (RAM model, both flows)",
+                 f"{byte_range([b['tls_largest_min'] for b in boots])} ({len(boots)} runs)",
+                 f"{byte_range([b['largest_at_boot'] for b in boots])} at the online phase's boot; a session needs one "
+                 f"free block of {memory.get('tls_in_buffer_bytes', '?')} B for its input buffer, its handshake "
+                 f"{memory.get('tls_peak_bytes', '?')} B more (vboard/esp32_ram.c)")]
+
+
+def _model_peak(flows, floor: dict) -> Optional[int]:
+    """The largest GC heap the RAM model reached in the phase a floor is about (row 7's runs), ESP32 bytes."""
+    runs = _flow_runs(flows, floor.get("transport"), floor.get("mapping"))
+    boots = {"provisioning": provisioning_boots(runs), "online": online_boots(runs),
+             "whole": [b for r in runs for b in r.get("boots", [])]}.get(floor.get("phase"), [])
+    return max((b["gc_peak"] for b in boots), default=None)
+
+
+def _twin(floors: dict, floor: dict) -> Optional[tuple]:
+    """The floor of the same phase and transport by the other mapping, measured in the same run."""
+    for name, other in floors.items():
+        if other is not floor and other.get("phase") == floor.get("phase") == "provisioning" \
+                and other.get("transport") == floor.get("transport") and other.get("mapping") != floor.get("mapping") \
+                and other.get("works_kib") is not None:
+            return MAPPINGS.get(other["mapping"], other["mapping"]), other["works_kib"]
+    return None
+
+
+def floor_rows(memory: dict, flows) -> tuple[list, dict]:
     ratio = memory["ratio"]
     rows, goals = [], {}
     for name, floor in memory["floors"].items():
+        whole = floor.get("phase") == "whole" or name.startswith("whole flow")
+        label = f"GC heap floor, fixed heap (no growth): {name} (64-bit unix-port bytes, .mpy)"
         if floor.get("works_kib") is None:
-            rows.append(_row("2", f"GC heap floor: {name}", f"fails even at {floor['fails_kib']}K", "—"))
-            if name.startswith("whole flow"):
+            rows.append(_row("2", label, f"fails even at {floor['fails_kib']} KiB, the top of the search",
+                             f"÷ {ratio:.2f}: more than {floor['fails_kib'] / ratio:.0f} KiB on a 32-bit ESP32"))
+            if whole:
                 goals.setdefault("heap_64k", False)
             continue
         estimate = floor["works_kib"] / ratio
-        whole = name.startswith("whole flow")
         met = estimate <= 64 if whole else None
         if whole:
             goals["heap_64k"] = goals.get("heap_64k", True) and met
         how = f"{floor['tries']} tries, {floor['seconds']:.0f} s" if floor.get("tries") else f"{floor['seconds']:.0f} s"
-        rows.append(_row("2", f"GC heap floor: {name} (64-bit unix port, .mpy)",
-                         f"{floor['works_kib']} KiB (fails at {floor['fails_kib']} KiB; {how})",
-                         f"ESP32 estimate {estimate:.0f} KiB (÷ {ratio:.2f}); board default 110 KiB",
-                         GOALS["heap_64k"] if whole else "", met))
-    ram = memory.get("internal_ram") or []
-    if ram:
-        lowest = [low for _, low in ram]
-        free = [f for f, _ in ram]
-        rows.append(_row("2", "internal-RAM headroom at the TLS handshake (the virtual board's ESP32 RAM model)",
-                         spread(lowest, "{:.0f}", " B"),
-                         f"free once online {spread(free, '{:.0f}', ' B')}; a handshake needs "
-                         f"{memory.get('tls_peak_bytes', 0)} B on top of the session's buffers"))
+        reference = [f"÷ {ratio:.2f} ≈ {estimate:.0f} KiB on a 32-bit ESP32"]
+        twin = _twin(memory["floors"], floor)
+        if twin:
+            reference.append(f"{twin[0]}: {twin[1]} KiB (same run)")
+        peak = _model_peak(flows, floor)
+        if peak is not None:
+            reference.append(f"the RAM model's growing heap reached {peak} B ({peak / KIB:.1f} KiB) in this phase")
+        rows.append(_row("2", label, f"{floor['works_kib']} KiB (fails at {floor['fails_kib']} KiB; {how})",
+                         "; ".join(reference), GOALS["heap_64k"] if whole else "", met))
     rows.append(_row("2", "64-bit → 32-bit heap ratio used", f"{ratio:.2f}", memory["ratio_basis"]))
     return rows, goals
+
+
+def memory_rows(memory: dict, flows) -> tuple[list, dict]:
+    """The RAM model's rows (from row 7's flows), then the floors (or why they are missing)."""
+    if _unavailable(memory):
+        return ram_model_rows(flows) + [_row("2", "GC heap floors", f"not measured ({_unavailable(memory)})", "—")], {}
+    rows, goals = floor_rows(memory, flows)
+    return ram_model_rows(flows) + tls_row(flows, memory) + rows, goals
 
 
 def footprint_rows(footprint: dict) -> tuple[list, dict]:
@@ -174,30 +301,105 @@ def deploy_rows(deploy: dict) -> tuple[list, dict]:
     return rows, {"deploy_5x": met}
 
 
-def crypto_rows(crypto: dict) -> list:
-    bigint, bytecode = crypto["slowdown"]["bm_pidigits"], crypto["slowdown"]["misc_pystone"]
+# -- crypto (row 6) and the whole flows (row 7) at ESP32 speed ------------------------------------------
 
-    def estimate(values: list, factor: tuple, unit: str) -> str:
-        median = statistics.median(values)
-        return f"ESP32 estimate {median * factor[0]:.1f}–{median * factor[1]:.1f} {unit} (× {factor[0]:.0f}–{factor[1]:.0f})"
+CRYPTO_OPERATIONS = (("x25519_ms", "X25519 scalar multiplication"),
+                     ("sec1_handshake_ms", "Security 1 handshake, device side (Cmd0 + Cmd1)"),
+                     ("p256_sign_ms", "ECDSA P-256 sign(), one signature"),
+                     ("aes_ctr_kib_ms", "AES-256-CTR per KiB"))
 
-    return [
-        _row("6", "X25519 scalar multiplication (unix port)", spread(crypto["x25519_ms"], unit=" ms"),
-             estimate(crypto["x25519_ms"], bigint, "ms")),
-        _row("6", "AES-256-CTR per KiB (unix port)", spread(crypto["aes_ctr_kib_ms"], "{:.3f}", " ms"),
-             estimate(crypto["aes_ctr_kib_ms"], bytecode, "ms")),
-        _row("6", "Security 1 handshake, device side (unix port)", spread(crypto["sec1_handshake_ms"], unit=" ms"),
-             estimate(crypto["sec1_handshake_ms"], bigint, "ms")),
-        _row("6", "  · basis of the ESP32 estimate", "big ints: bm_pidigits; bytecode: misc_pystone", crypto["basis"]),
-    ]
+
+def _unix_spread(unix: dict, key: str) -> str:
+    return spread(unix[key], "{:.3f}" if key == "aes_ctr_kib_ms" else "{:.2f}", " ms")
+
+
+def crypto_rows(crypto: dict, calibration: Optional[dict] = None) -> tuple[list, dict]:
+    """Row 6; `calibration` is k as the run measured it before its boards started (rmkit.bench)."""
+    unix = crypto.get("unix") or {}
+    boards = crypto.get("boards") or {}
+    if _unavailable(boards):
+        rows = [_row("6", f"{name} on the bare unix port, host speed",
+                     _unix_spread(unix, key) if not _unavailable(unix) else f"not measured ({_unavailable(unix)})",
+                     f"ESP32 speed: not measured ({_unavailable(boards)})") for key, name in CRYPTO_OPERATIONS]
+        return rows, {}
+    esp32, host, cpu = boards["esp32"], boards["host"], boards["esp32"]["cpu"]
+    rows = [_row("6", "ESP32 speed: the CPU model's factor k (virtual boards with cpu=\"esp32\", rows 6-7)",
+                 f"k = {cpu['factor']:.1f}: bm_pidigits' work takes {cpu['host_ms']:.2f} ms of CPU here, paced "
+                 f"({_calibrated(cpu, calibration)})",
+                 cpu["reference"])]
+    pidigits = esp32.get("pidigits_ms") or []
+    if pidigits:
+        rows.append(_row("6", "bm_pidigits' work on a virtual board at ESP32 speed", back_to_back(pidigits),
+                         f"an ESP32 at 160 MHz: {boards['pidigits_reference_ms']:.1f} ms; the board takes "
+                         f"{statistics.fmean(pidigits) / boards['pidigits_reference_ms']:.2f}× that (the simulator's "
+                         f"objects share its GC heap: rmkit.vboard.cpu_speed)"))
+    goals = {}
+    for key, name in CRYPTO_OPERATIONS:
+        mine, theirs = esp32[key], host[key]
+        reference = (f"host speed, same run: a virtual board {back_to_back(theirs)}, "
+                     f"×{statistics.fmean(mine) / statistics.fmean(theirs):.0f}")
+        if not _unavailable(unix) and unix.get(key):
+            reference += f"; the bare unix port {_unix_spread(unix, key)}"
+        goal, met = "", None
+        if key == "p256_sign_ms":
+            goal, met = GOALS["sign_1_5s"], statistics.fmean(mine) <= 1500
+            goals["sign_1_5s"] = met
+        rows.append(_row("6", f"{name} at ESP32 speed (virtual board)", back_to_back(mine), reference, goal, met))
+    return rows, goals
+
+
+def _calibrated(cpu: dict, calibration: Optional[dict]) -> str:
+    """When k was measured: by this run before its boards started, or by an earlier one (a cache)."""
+    if not cpu["cached"] or (calibration and not _unavailable(calibration) and not calibration.get("cached")
+                             and calibration.get("factor") == cpu["factor"]):
+        return "calibrated at the start of this run"
+    return "calibrated earlier on this machine, cached"
+
+
+def _flow_phase(runs: list, phase: str) -> list:
+    return [r["phases"][phase] for r in runs if phase in r.get("phases", {})]
+
+
+def flow_rows(flows: dict) -> list:
+    rows = []
+    for transport in ("softap", "ble"):
+        for mapping in MAPPINGS:
+            every = [r for r in flows["runs"] if r["transport"] == transport and r["mapping"] == mapping]
+            esp32 = [r for r in every if r["speed"] == "esp32"]
+            host = [r for r in every if r["speed"] == "host"]
+            mine, theirs = _confirmed_flows(esp32), _confirmed_flows(host)
+            rows.append(_row("7", f"whole flow to confirmed at ESP32 speed: {MAPPINGS[mapping]} over "
+                                  f"{TRANSPORTS[transport]} (login → the client sees confirmed)",
+                             f"{duration_spread([r['confirmed_s'] for r in mine])}; {len(mine)}/{len(esp32)} confirmed"
+                             f"{_repeated(esp32)}",
+                             f"host speed, same run: {duration_spread([r['confirmed_s'] for r in theirs])}; "
+                             f"{len(theirs)}/{len(host)} confirmed{_repeated(host)}"))
+            for phase in flows["phases"][mapping]:
+                rows.append(_row("7", f"  · {phase}", duration_spread(_flow_phase(mine, phase)),
+                                 "host " + duration_spread(_flow_phase(theirs, phase))))
+            for phase in flows["after_confirmed"][mapping]:
+                rows.append(_row("7", f"  · after confirmed: {phase}", duration_spread(_flow_phase(mine, phase)),
+                                 "host " + duration_spread(_flow_phase(theirs, phase))))
+    return rows
+
+
+def _repeated(runs: list) -> str:
+    """Runs done again on a new board because the first one's MicroPython process crashed (mapping_flows)."""
+    again = sum(1 for r in runs if r.get("replaced"))
+    return f" ({again} on a second board: the first one's MicroPython process crashed)" if again else ""
+
+
+def _confirmed_flows(runs: list) -> list:
+    return [r for r in runs if r["status"] == "confirmed" and r.get("confirmed_s") is not None]
 
 
 SECTIONS = (("1", "e2e", lambda section, results: e2e_rows(section, tuple(results["phases"]))),
-            ("2", "memory", lambda section, _: memory_rows(section)),
+            ("2", "memory", lambda section, results: memory_rows(section, results.get("flows"))),
             ("3", "footprint", lambda section, _: footprint_rows(section)),
             ("4", "scale", lambda section, _: (scale_rows(section), {})),
             ("5", "deploy", lambda section, _: deploy_rows(section)),
-            ("6", "crypto", lambda section, _: (crypto_rows(section), {})))
+            ("6", "crypto", lambda section, results: crypto_rows(section, results.get("esp32_speed"))),
+            ("7", "flows", lambda section, _: (flow_rows(section), {})))
 
 
 def table_rows(results: dict) -> tuple[list, dict]:
@@ -205,7 +407,7 @@ def table_rows(results: dict) -> tuple[list, dict]:
     rows, goals = [], {}
     for number, key, make in SECTIONS:
         section = results[key]
-        if _unavailable(section) and key != "scale":
+        if _unavailable(section) and key not in ("scale", "memory"):  # these say what is missing themselves
             rows.append(_row(number, key, f"not measured ({_unavailable(section)})", "—"))
             continue
         section_rows, section_goals = make(section, results)
@@ -234,6 +436,10 @@ def miss_reasons(results: dict, goals: dict) -> dict:
                                         f"{f['works_kib'] / memory['ratio']:.0f} KiB" for n, f in whole.items())
     if goals.get("mpy_64k") is False:
         reasons["mpy_64k"] = f"{results['footprint']['mpy_total'] / KIB:.1f} KiB of .mpy"
+    if goals.get("sign_1_5s") is False:
+        boards = results["crypto"]["boards"]
+        reasons["sign_1_5s"] = (f"one signature took {statistics.fmean(boards['esp32']['p256_sign_ms']):.0f} ms on a "
+                                f"virtual board at ESP32 speed (k = {boards['esp32']['cpu']['factor']:.1f})")
     deploy = results["deploy"]
     if goals.get("deploy_5x") is False:
         s = deploy["seconds"]
@@ -259,9 +465,10 @@ def markdown(results: dict, rows: list, goals: dict, reasons: dict) -> str:
         f"MicroPython (unix port) {m['micropython']}, mpy-cross {m['mpy_cross']}.  ",
         f"Commit {m['commit']}{' (with uncommitted changes)' if m.get('dirty') else ''}, {m['date']}; "
         f"load average {m['loadavg_start']} at the start, {m['loadavg_end']} at the end; the run took "
-        f"{m['wall_s'] / 60:.1f} min.  ",
-        "Each figure is the median of repeated runs with its min–max; the reference beside it was measured in the "
-        "same run.", "",
+        f"{m['wall_s'] / 60:.1f} min{_sections(m)}.  ",
+        "Each figure is the median of repeated runs with its min–max, unless it says otherwise (the crypto times of "
+        "row 6 on virtual boards are means of back-to-back runs); the reference beside it was measured in the same "
+        "run.  ", esp32_speed_note(results), "",
         "| # | measure | result | reference (same run) | goal | met |",
         "|---|---|---|---|---|---|",
     ]
@@ -276,6 +483,26 @@ def markdown(results: dict, rows: list, goals: dict, reasons: dict) -> str:
         lines.append(f"- {text}: **{verdict}**" + (f". {reasons[key]}" if reasons.get(key) else ""))
     lines += ["", "![the cloud at scale](scale.png)", ""]
     return "\n".join(lines)
+
+
+def _sections(machine: dict) -> str:
+    took = machine.get("sections_s") or {}
+    return (" (" + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in took.items()) + ")") if took else ""
+
+
+def esp32_speed_note(results: dict) -> str:
+    """What "ESP32 speed" means in rows 6-7, with k and the run counts as this run had them."""
+    boards = (results.get("crypto") or {}).get("boards") or {}
+    flows = results.get("flows") or {}
+    factor = "" if _unavailable(boards) or not boards else f", k = {boards['esp32']['cpu']['factor']:.1f} (row 6)"
+    counts = ""
+    if flows and not _unavailable(flows):
+        runs = Counter((r["speed"], r["transport"], r["mapping"]) for r in flows["runs"])
+        most = {speed: max((n for (s, _, _), n in runs.items() if s == speed), default=0) for speed in ("esp32", "host")}
+        counts = (f"; the whole flows of row 7 ran {most['esp32']} times each at ESP32 speed and {most['host']} at host "
+                  f"speed (a Security 1 handshake takes seconds at ESP32 speed)")
+    return (f"ESP32 speed: virtual boards with cpu=\"esp32\", stopped for k − 1 times every CPU second they use"
+            f"{factor}{counts}.")
 
 
 def draw_scale(scale: dict, path: Path) -> None:

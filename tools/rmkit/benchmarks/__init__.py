@@ -3,7 +3,8 @@ the unix-port runners they share with the tests (which may use what is here; not
 
 MicroPython scripts (run by the unix port with firmware/ and this folder on MICROPYPATH; also valid CPython):
   sec1.py              device-side Security 1 handshake and secured requests, median of 20 sessions
-  crypto.py            X25519, AES-CTR per KiB and the Security 1 handshake on the node's own code
+  node_crypto.py       X25519, AES-CTR per KiB, the Security 1 handshake and P-256 sign() on the node's own code,
+                       timed where it runs (the unix port, a virtual board at host or ESP32 speed)
   p256_sign.py         P-256 signing (rmnode.p256): sign() timings, import heap, garbage and C stack per signature
   stack_workload.py    a representative firmware workload (provisioning session with bad requests, MQTT codec,
                        mapping payloads) for the deepest-C-stack bisection (stack_depth.py)
@@ -11,16 +12,20 @@ MicroPython scripts (run by the unix port with firmware/ and this folder on MICR
   launch_mqtt_node.py  the node's online sequence against a flash-like directory (with test seams)
   sec1_client.py       the client side of Security 1 built from the firmware's own primitives
 CPython:
-  flow_timing.py       the whole mapping flow by our client, phase by phase (row 1)
+  flow_timing.py       the secret-key mapping flow by our client, phase by phase (row 1)
   espcli_flow.py       the same flow by Espressif's esp-rainmaker-cli, in a private network namespace (row 1)
-  heap_floor.py        the GC heap floors per phase and transport, by bisection (row 2)
+  mapping_flows.py     the whole flow over SoftAP and BLE, ch_resp and secret key, at host and ESP32 speed (row 7),
+                       with each boot's RAM figures (row 2)
+  ram_phases.py        each boot's RAM figures from a virtual board's RAM model log (row 2)
+  heap_floor.py        the GC heap floors per phase, transport and mapping, by bisection (row 2)
   mqtt_heap.py         TLS connect / mapping publish timings and the smallest GC heap of the online phase
   footprint.py         bytes of the deployed .mpy per module (row 3)
   scale.py             the cloud at N concurrent mappings beside the broker's raw QoS 1 (row 4; scale_load.py
                        is its load process)
   deploy_timing.py     deploy beside `mpremote cp -r` at 115200 baud (row 5)
-  crypto_timing.py     runs crypto.py and gives the ESP32 estimate with its basis (row 6)
-  p256_timing.py       runs p256_sign.py on the deployed .mpy, with an ESP32 estimate (no row yet; runnable alone)
+  crypto_timing.py     runs node_crypto.py on the bare unix port, at this host's speed (row 6)
+  esp32_crypto.py      runs node_crypto.py on virtual boards at host and ESP32 speed, and bm_pidigits' work (row 6)
+  p256_timing.py       runs p256_sign.py on the deployed .mpy: sign() time, heap, garbage, C stack (runnable alone)
   stack_depth.py       the firmware's deepest C stack use
 """
 

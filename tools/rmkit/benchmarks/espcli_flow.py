@@ -6,8 +6,9 @@ private user + network + pid namespace (`unshare`), where that address is on the
 `measure()` starts this module there (`--inside`), which starts the Stack (broker, SNTP, cloud), logs
 the CLI in once through a profile for the local cloud, then per run adds a fresh board at
 192.168.4.1:80 and times `esp-rainmaker-cli provision` from its start to "Node added to your account
-successfully!". The CLI's own steps are read from its output as it prints them (unbuffered). The
-namespace's init is this module, so whatever it started dies with it (`--kill-child`).
+successfully!" (the secret-key flow: the board offers no other, flow_timing.NODE_USER_MAPPING). The CLI's
+own steps are read from its output as it prints them (unbuffered). The namespace's init is this module,
+so whatever it started dies with it (`--kill-child`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rmkit import REPO_ROOT
-from rmkit.benchmarks.flow_timing import FlowTiming, chain, watch_node_and_cloud
+from rmkit.benchmarks.flow_timing import NODE_USER_MAPPING, FlowTiming, chain, watch_node_and_cloud
 from rmkit.timeline import Timeline
 
 ESPCLI = REPO_ROOT / ".venv-espcli" / "bin" / "esp-rainmaker-cli"
@@ -147,7 +148,7 @@ def _inside(out: Path, runs: int, heap: Optional[str]) -> dict:
                 return {"error": f"esp-rainmaker-cli {args[0]} {args[1] if args[0] == 'profile' else ''} failed: "
                                  + (done.stdout + done.stderr).strip().splitlines()[-1:][0]}
         for run in range(1, runs + 1):
-            board = stack.add_board(f"vb-cli-{run}", softap=f"{SOFTAP_IP}:80")
+            board = stack.add_board(f"vb-cli-{run}", softap=f"{SOFTAP_IP}:80", user_mapping=NODE_USER_MAPPING)
             try:
                 board.wait_for_log(r"state: provisioning", timeout=30)
                 timing = _time_cli_provision(env, stack, board)

@@ -1,4 +1,4 @@
-"""One mapping flow on a virtual board, timed end to end and split into its phases.
+"""One mapping flow by the secret key on a virtual board, timed end to end and split into its phases.
 
 The phases chain, so they add up to the end-to-end time: three client steps (session, user
 association, Wi-Fi apply up to `Connected`), the node's reboot into station mode (until its serial
@@ -8,7 +8,10 @@ until the client sees `confirmed` (it polls, so its poll interval is part of it)
 
 Host times come from one Timeline: the client's steps, and the node's reboot line as a LogWatcher
 sees it (5 ms polling). The same code times our client (rmkit.flow) and Espressif's
-esp-rainmaker-cli (rmkit.benchmarks.espcli_flow), which report the client steps with other texts.
+esp-rainmaker-cli (rmkit.benchmarks.espcli_flow), which report the client steps with other texts. Both
+map a node whose user_mapping is the secret key only (NODE_USER_MAPPING): a node that also offers
+challenge-response is mapped that way by either client, a flow without these phases
+(rmkit.benchmarks.mapping_flows times both flows).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ STATION_STEPS = (("station join", r"mqtt: network is up"),
                  ("config publish", r"mqtt: published \S+/user/mapping"),
                  ("publish→PUBACK", r"mapping: mapping for user \S+ acknowledged"))
 
+#: the node's user_mapping setting (rmkit factory --user-mapping) for the flows timed here
+NODE_USER_MAPPING = "secret"
 #: what our client's Timeline says at the end of each client step (rmkit.flow)
 RMKIT_CLIENT_MARKS = {"start": "login ", "session": "prov-session", "user association": "node_id ",
                       "Wi-Fi apply": "prov-config status: Connected", "confirmed": "request_status: confirmed"}
@@ -44,7 +49,6 @@ class FlowTiming:
     status: str                   # the mapping request's final status
     total_s: Optional[float]      # start -> the client sees confirmed
     phases: dict                  # phase -> seconds, in PHASES order (only when confirmed)
-    internal_ram: Optional[list] = None  # [free once online, lowest free: the TLS handshake] (ESP32 model)
 
 
 def station_boot_uptimes(serial_log: str) -> dict:
@@ -108,13 +112,6 @@ def time_rmkit_flow(stack, board, email: str, password: str) -> FlowTiming:
     return chain(timeline, RMKIT_CLIENT_MARKS, board.read_log())
 
 
-def internal_ram(board) -> tuple[int, int]:
-    """(free now, lowest free since the online phase's boot) of the modelled ESP-IDF heap, bytes, all
-    regions together: the lowest point is the TLS handshake's peak (vboard/esp32_ram.c)."""
-    stats = board.exec("import esp32; s = esp32.ram_stats(); print(s['free'], s['free_min'])").split()
-    return int(stats[0]), int(stats[1])
-
-
 def rmkit_series(runs: int, workdir, say, heap: Optional[str] = None, email: str = "bench@example.com",
                  password: str = "bench-password-1") -> list[FlowTiming]:
     """`runs` flows by our client, each on a fresh board (new flash, new node id) of one Stack."""
@@ -124,12 +121,10 @@ def rmkit_series(runs: int, workdir, say, heap: Optional[str] = None, email: str
     with Stack(workdir, heap=heap) as stack:
         stack.add_user(email, password)
         for run in range(1, runs + 1):
-            board = stack.add_board(f"vb-bench-{run}")
+            board = stack.add_board(f"vb-bench-{run}", user_mapping=NODE_USER_MAPPING)
             try:
                 board.wait_for_log(r"state: provisioning", timeout=30)
                 timing = time_rmkit_flow(stack, board, email, password)
-                if timing.status == "confirmed":
-                    timing.internal_ram = list(internal_ram(board))
             finally:
                 board.stop()
             timings.append(timing)

@@ -1,5 +1,5 @@
 """The smallest GC heap at which the node still does its job, for the whole flow and for each phase
-(provisioning per transport, the online phase), firmware as .mpy; and the ESP32 figures they imply.
+(provisioning per transport and mapping, the online phase), firmware as .mpy; and the ESP32 figures they imply.
 
 Each try is a whole run on a fresh virtual board, seconds long, so the search is cost-aware: coarse
 steps (8 KiB) first, 1 KiB steps only inside the last coarse bracket, and a try stops as soon as the
@@ -8,9 +8,11 @@ timeout. Near the edge a size counts only if it works `repeats` times in a row (
 peak by about 1 KiB between runs).
 
 The virtual board is the 64-bit unix port, whose objects are bigger than on an ESP32 (32-bit words,
-16-byte GC blocks instead of 32). Each try runs on a fixed heap (no growth). The ESP32 estimate divides
-by the ratio the board's own RAM model uses (vboard/ram.py HEAP_RATIO_PERCENT), measured with a 32-bit
-build of the same MicroPython (1.38-1.40); this run does not measure it again.
+16-byte GC blocks instead of 32). Each try runs on a fixed heap (VirtualBoard(heap=), no growth) of that
+many 64-bit bytes: a floor is what the firmware needs, not what an ESP32's growing heap would hold (the RAM
+model's figures, ram_phases.py, say that). The ESP32 equivalent divides by the ratio the board's own RAM
+model uses (vboard/ram.py HEAP_RATIO_PERCENT), measured with a 32-bit build of the same MicroPython
+(1.38-1.40); this run does not measure it again.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from rmkit.cloud_client import CloudClient
 from rmkit.flow import board_transport, run_flow
 from rmkit.provision.client import Provisioner
+from rmkit.provision.mapping import SECRET_KEY
 from rmkit.timeline import Timeline
 from rmkit.vboard import ram
 
@@ -99,8 +103,9 @@ def _board_serving(stack, transport: str):
 
 
 def flow_confirms(kib: int, transport: str = "softap") -> bool:
-    """Whether the whole flow (provisioning, reboot, TLS, mapping publish) confirms on a `kib` KiB board.
-    The cloud's mapping timeout is cut to 10 s: a flow that works confirms in about 2 s."""
+    """Whether the whole flow (provisioning, reboot, TLS, the node online) confirms on a `kib` KiB board, by the
+    mapping the node offers by default (challenge-response). The cloud's mapping timeout is cut to 10 s: a
+    flow that works confirms in about 2 s."""
     from rmkit.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp, \
@@ -116,19 +121,26 @@ def flow_confirms(kib: int, transport: str = "softap") -> bool:
             return False
 
 
-def provisions(kib: int, transport: str) -> bool:
-    """Whether a `kib` KiB board serving `transport` is provisioned to Connected (Security 1, a scan, the
-    mapping, Wi-Fi) by a client over BLE when it serves BLE, else over SoftAP."""
+def provisions(kib: int, transport: str, mapping: str = SECRET_KEY) -> bool:
+    """Whether a `kib` KiB board serving `transport` is provisioned to Connected (Security 1, the user mapping
+    by `mapping`, a scan, Wi-Fi) by a client over BLE when it serves BLE, else over SoftAP. Challenge-response
+    asks the Stack's cloud for the challenge and has it verify the signature."""
     from rmkit.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix="rmkit-bench-") as tmp, Stack(Path(tmp), heap=f"{kib}K") as stack:
         try:
+            cloud = None
+            if mapping != SECRET_KEY:
+                stack.add_user(EMAIL, PASSWORD)
+                cloud = CloudClient(stack.cloud.base_url)
+                cloud.login(EMAIL, PASSWORD)
             board = _board_serving(stack, transport)
             if board is None:
                 return False
             with board_transport(board, over="softap" if transport == "softap" else "ble") as client:
                 Provisioner(client, sec=1, pop=board.pop, poll_interval_s=0.1).provision(
-                    stack.ssid, stack.passphrase, "bench-user", str(uuid.uuid4()), scan=True)
+                    stack.ssid, stack.passphrase, "bench-user", str(uuid.uuid4()), scan=True, mapping=mapping,
+                    cloud=cloud)
             return True
         except Exception:  # noqa: BLE001 - any failure means "does not fit"
             return False

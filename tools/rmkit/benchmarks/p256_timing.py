@@ -1,12 +1,7 @@
 """P-256 signing on the node (rmnode.p256), on the MicroPython unix port with the .mpy a board gets
-(benchmarks/p256_sign.py): sign() time, the heap its import keeps, its garbage and C stack per
-signature, with an ESP32 estimate.
-
-The estimate multiplies the unix-port time by how much slower an ESP32 runs big-integer MicroPython
-work than this host's unix port: 70-200x, 150x to plan with (MicroPython's perf_bench bm_pidigits run
-with the same parameters on an ESP32 at 240 MHz and here put it at 135-200x; a board calibration is
-pending). Not crypto_timing.py's 14-18x: those perf_bench scores are normalised for the work done and
-taken with other parameters, so they do not compare. Read it as a range, not a measurement.
+(benchmarks/p256_sign.py): sign() time at this host's speed, the heap its import keeps, its garbage and C
+stack per signature. Its time at ESP32 speed is measured on a virtual board by `make bench` (row 6,
+benchmarks/esp32_crypto.py), not derived from this one.
 
     .venv/bin/python -m rmkit.benchmarks.p256_timing [--runs N]
 """
@@ -25,9 +20,6 @@ from rmkit.benchmarks import BENCH_DIR
 from rmkit.deploy import build
 
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
-# how much slower an ESP32 at 240 MHz runs big-integer MicroPython work than this host's unix port
-ESP32_SLOWDOWN = (70, 200)
-PLANNING_SLOWDOWN = 150
 
 
 def _run(firmware: Path, tmp: str) -> dict:
@@ -51,8 +43,7 @@ def measure(runs: int, say) -> dict:
         flash_bytes = (firmware / "rmnode" / "p256.mpy").stat().st_size
         key_flash_bytes = (firmware / "rmnode" / "p256_key.mpy").stat().st_size
     figures.pop("sign_us")
-    return {"sign_ms": sign_ms, "flash_bytes": flash_bytes, "key_flash_bytes": key_flash_bytes, **figures,
-            "slowdown": {"range": ESP32_SLOWDOWN, "planning": PLANNING_SLOWDOWN}}
+    return {"sign_ms": sign_ms, "flash_bytes": flash_bytes, "key_flash_bytes": key_flash_bytes, **figures}
 
 
 def main() -> int:
@@ -61,11 +52,8 @@ def main() -> int:
     args = parser.parse_args()
     result = measure(args.runs, print)
     median = statistics.median(result["sign_ms"])
-    low, high = result["slowdown"]["range"]
     runs = ", ".join(f"{ms:.2f}" for ms in result["sign_ms"])
-    print(f"sign(): median {median:.2f} ms on the unix port (runs: {runs}); "
-          f"ESP32 estimate {median * PLANNING_SLOWDOWN / 1000:.2f} s at {PLANNING_SLOWDOWN}x "
-          f"({median * low / 1000:.2f}-{median * high / 1000:.2f} s at {low}-{high}x)")
+    print(f"sign(): median {median:.2f} ms on the unix port (runs: {runs}); at ESP32 speed: make bench, row 6")
     print(f"import rmnode.p256: {result['import_bytes']} bytes of GC heap kept, the comb table {result['table_bytes']} "
           f"of them; p256.mpy {result['flash_bytes']} bytes of flash")
     print(f"import rmnode.p256_key: {result['key_import_bytes']} bytes of GC heap; p256_key.mpy "
