@@ -61,6 +61,7 @@ def stack_bounds(p256):
             if micropython.stack_use() < budget - wanted:
                 return burn()
             left = budget - micropython.stack_use()
+            gc.collect()  # a collection sign() triggers itself takes C stack too: start each try alike
             try:
                 p256.sign(KEY, b"sample")
                 return left, True
