@@ -81,6 +81,22 @@ def _permission_help(port: str) -> str:
             f"`sudo usermod -aG dialout $USER`, then log in again) or add a udev rule giving you the port")
 
 
+def find_image(pattern: str) -> Path:
+    """The firmware file `pattern` names. A pattern the shell left unexpanded (`make flash
+    FIRMWARE=ESP32_GENERIC-*.bin` passes it quoted, and a shell passes a glob with no match as it is)
+    is expanded here: one match is the image; none or several are one line saying what to do."""
+    if not glob.has_magic(pattern) or Path(pattern).exists():
+        return Path(pattern)
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+        raise UserError(f"no firmware image matches {pattern}: download ESP32_GENERIC from "
+                        "micropython.org/download/ESP32_GENERIC, or give the .bin's path")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        raise UserError(f"{pattern} matches {len(matches)} files ({shown}): give the one to flash")
+    return Path(matches[0])
+
+
 def check_image(path: Path) -> tuple:
     """(image bytes, Chip, app Image or None); one line when the file cannot be flashed."""
     try:
@@ -219,7 +235,8 @@ def _interrupted(port: str) -> str:
 def _cmd_flash(args: argparse.Namespace) -> int:
     from rmkit.serialport import resolve_port
 
-    flash(resolve_port(args.port), Path(args.firmware), baud=args.baud, erase=args.erase, no_stub=args.no_stub,
+    image = find_image(args.firmware)  # before the port: a wrong file is found without a board
+    flash(resolve_port(args.port), image, baud=args.baud, erase=args.erase, no_stub=args.no_stub,
           connect_attempts=args.connect_attempts)
     return 0
 
@@ -231,7 +248,9 @@ def register(subparsers) -> None:
                     "board with esptool: reset into download mode, write at the chip's offset (0x1000 on an "
                     "ESP32, 0x0 on the S3/C3/C6), verify, reset. The chip comes from the image's header. A "
                     "virtual board is flashed through its rfc2217:// URL (printed by `rmkit vboard`).")
-    p.add_argument("firmware", metavar="FIRMWARE", help="the firmware .bin (bootloader, partition table and app)")
+    p.add_argument("firmware", metavar="FIRMWARE",
+                   help="the firmware .bin (bootloader, partition table and app), or a pattern such as "
+                   "'ESP32_GENERIC-*.bin' that matches exactly one file")
     p.add_argument("--port", "-p", default="auto",
                    help="the board's serial port: /dev/ttyUSB0, /dev/ttyACM0, or a URL such as rfc2217://127.0.0.1:PORT "
                    "(default auto: the one ESP32 board on USB)")
