@@ -109,8 +109,8 @@ cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a tes
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(BROKER_LISTEN),--broker-listen $(BROKER_LISTEN)) \
 	  $(if $(BROKER_PORT),--broker-port $(BROKER_PORT))
 
-sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP, CPU=esp32)
-	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, BOARD = the board's name, default vb-sandbox, HEAP, CPU=esp32)
+	$(RMKIT) sandbox $(if $(filter command line environment,$(origin BOARD)),--board $(BOARD)) $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP)) \
 	  $(if $(CPU),--cpu $(CPU))
 
