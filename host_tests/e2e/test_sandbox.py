@@ -54,9 +54,13 @@ def running_sandbox(*args: str, argv: list = None):
         wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
         yield proc, lines, json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # make and the sandbox under it
-            proc.wait()
+        if proc.poll() is None:  # SIGTERM first: a sandbox killed outright leaves its broker running
+            os.killpg(proc.pid, signal.SIGTERM)  # make and the sandbox under it
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     # its board runs in the sandbox's process, out of the fixtures' sight: the sandbox logs its faults
     faults = [line for line in lines if "vboard FAULT: " in line]
     assert not faults, "the sandbox's board reported what an ESP32 does not survive:\n" + "".join(faults)

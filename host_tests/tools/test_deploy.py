@@ -120,6 +120,7 @@ def unchanged(flash: Path, files: dict) -> bool:
 
 def test_first_deploy_copies_everything_then_nothing_and_a_change_copies_one_file(firmware, tmp_path):
     flash = tmp_path / "flash"
+    flash.mkdir()  # a board's flash, as `make vboard` makes it
     copied, removed = deployed(rmkit("deploy", "--flash", str(flash), "--firmware", str(firmware)))
     assert set(copied) == expected_files(firmware) and removed == []
     assert copied[-1] == "main.py"  # written last: the deploy is complete once it is there
@@ -136,6 +137,7 @@ def test_first_deploy_copies_everything_then_nothing_and_a_change_copies_one_fil
 
 def test_a_removed_source_disappears_and_stale_or_shadowing_files_in_rmnode_go_too(firmware, tmp_path):
     flash = tmp_path / "flash"
+    flash.mkdir()
     deployed(rmkit("deploy", "--flash", str(flash), "--firmware", str(firmware)))
     mine = not_firmware(flash)
     (firmware / "rmnode" / "cert.py").unlink()
@@ -198,7 +200,17 @@ def test_a_full_flash_is_refused_before_anything_is_written(firmware, tmp_path):
 def test_a_flash_path_that_is_a_file_is_one_line(tmp_path):
     flash = tmp_path / "flash.bin"
     flash.write_bytes(b"\xff")
-    assert "is a file, not a directory" in one_error_line(rmkit("deploy", "--flash", str(flash)))
+    assert "is a file" in one_error_line(rmkit("deploy", "--flash", str(flash)))
+
+
+def test_a_mistyped_flash_directory_is_refused_saying_how_to_make_a_new_board(tmp_path):
+    """make deploy FLASH=vboards/nothre (vboards/nothere meant): no new board made behind the user's back."""
+    (tmp_path / "vboards" / "nothere").mkdir(parents=True)
+    typo = tmp_path / "vboards" / "nothre"
+    line = one_error_line(rmkit("deploy", "--flash", str(typo)))
+    assert line == (f"rmkit deploy: no virtual board's flash at {typo} (a typo?); a new board gets one when it first "
+                    f"starts: make vboard BOARD=nothre FLASH={typo}, then deploy to it")
+    assert not typo.exists()
 
 
 # -- a board on a serial port (a virtual board's pty or socket:// URL) -------------------------------------

@@ -228,3 +228,21 @@ def test_a_pattern_matching_no_file_or_several_is_one_line(images, tmp_path):
         shutil.copy(images["firmware"], tmp_path / f"ESP32_GENERIC-{version}.bin")
     one_line_error(rmkit_flash("--port", "/dev/ttyUSB97", pattern),
                    rf"{re.escape(pattern)} matches 2 files \(.*v1\.24\.1\.bin, .*v1\.25\.0\.bin\): give the one to flash$")
+
+
+def test_a_virtual_boards_socket_url_says_what_flashes_a_virtual_board(vboard, images):
+    """socket:// has no DTR/RTS: not "hold BOOT and press EN", but the board's rfc2217:// URL."""
+    one_line_error(rmkit_flash("--port", vboard.url, "--connect-attempts", "1", str(images["firmware"])),
+                   r"a socket:// port carries no DTR/RTS, so esptool cannot reset the board into download mode; a "
+                   r"virtual board is flashed at its rfc2217:// URL \(make vboard prints it\)")
+    from rmkit.vboard import runtime
+
+    runtime.record_board(vboard)  # as `make vboard` records it: then the message names its RFC 2217 port
+    try:
+        one_line_error(rmkit_flash("--port", vboard.url, str(images["firmware"])),
+                       rf"{re.escape(vboard.url)} is virtual board {vboard.name}'s plain TCP port, which carries no "
+                       rf"DTR/RTS, so esptool cannot reset it into download mode: flash it at its RFC 2217 port, "
+                       rf"make flash PORT={re.escape(vboard.rfc2217_url)}$")
+    finally:
+        runtime.remove_record(vboard.name, os.getpid())
+    assert not vboard.spi_flash_path.exists()

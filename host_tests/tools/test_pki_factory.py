@@ -9,6 +9,7 @@ from rmkit.__main__ import main as rmkit_main
 from rmkit.errors import UserError
 from rmkit.factory import mpremote_command, write_factory_data
 from rmkit.pki import Pki
+from support.paths import VENV_BIN
 
 
 def test_factory_data_in_a_virtual_boards_flash(pki, tmp_path):
@@ -103,7 +104,7 @@ def test_factory_refuses_a_broker_host_the_broker_certificate_does_not_name(tmp_
     assert status == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "rmkit factory: --mqtt-host 192.168.1.20: the broker certificate names localhost, mypc.lan, 127.0.0.1, so the "
-        f"board would refuse the broker there: run `rmkit pki --dir {pki_dir} init --broker-host mypc.lan "
+        f"board would refuse the broker there: run `{VENV_BIN / 'rmkit'} pki --dir {pki_dir} init --broker-host mypc.lan "
         "--broker-host 192.168.1.20` first (and restart the broker)"]
     assert not (flash / "factory").exists()
 

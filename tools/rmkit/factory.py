@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from rmkit import venv_tool
 from rmkit.errors import UserError
 from rmkit.pki import DEFAULT_BROKER_HOSTS, DEFAULT_PKI_DIR, Pki, check_host, names_host, san_names
 
@@ -154,7 +155,7 @@ def check_broker_host(pki: Pki, mqtt_host: str) -> None:
     keep = [name for name in names if name not in DEFAULT_BROKER_HOSTS]  # --broker-host replaces the set
     hosts = " ".join(f"--broker-host {shlex.quote(host)}" for host in (*keep, mqtt_host))
     raise UserError(f"--mqtt-host {mqtt_host}: the broker certificate names {', '.join(names)}, so the board would "
-                    f"refuse the broker there: run `rmkit pki{where} init {hosts}` first (and restart the broker)")
+                    f"refuse the broker there: run `{venv_tool('rmkit')} pki{where} init {hosts}` first (and restart the broker)")
 
 
 def _cmd_factory(args) -> int:

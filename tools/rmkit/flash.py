@@ -56,10 +56,19 @@ def serial_ports() -> list:
 
 
 def check_port(port: str) -> None:
-    """One line for a port esptool could not open: missing, not a serial device, no permission."""
+    """One line for a port esptool could not open: missing, not a serial device, no permission; or a
+    virtual board's socket:// URL, which has no DTR/RTS to reset it into download mode."""
     if re.fullmatch(r"\d+", port):
         raise UserError(f"port {port} looks like a TCP port number: give the board's serial device "
                         f"(/dev/ttyUSB0) or a URL (a virtual board's rfc2217://127.0.0.1:{port})")
+    if port.startswith("socket://"):
+        from rmkit.vboard import runtime
+
+        board = runtime.board_at_url(port)
+        if board is not None:
+            raise UserError(f"{port} is virtual board {board['name']}'s plain TCP port, which carries no DTR/RTS, so "
+                            f"esptool cannot reset it into download mode: flash it at its RFC 2217 port, "
+                            f"make flash PORT={board['rfc2217']}")
     if "://" in port:
         return   # a URL (rfc2217://, socket://): esptool finds out whether it answers
     try:
@@ -140,6 +149,10 @@ def explain_failure(port: str, chip: espimage.Chip, detail: str) -> str:
             return f"{port} is in use by another program (a serial monitor, mpremote?): close it and retry"
         return f"cannot open {port}: {detail}"
     if "Failed to connect" in detail or "No serial data received" in detail or "Invalid head of packet" in detail:
+        if port.startswith("socket://"):
+            return (f"no ESP32 answered on {port} ({detail}): a socket:// port carries no DTR/RTS, so esptool "
+                    f"cannot reset the board into download mode; a virtual board is flashed at its rfc2217:// URL "
+                    f"(make vboard prints it), a board behind a TCP serial bridge needs BOOT held while EN is pressed")
         return (f"no ESP32 answered on {port} ({detail}): hold BOOT and press EN (RST) to enter download "
                 f"mode, check that the USB cable carries data, or this port is not an ESP32")
     if "will not fit" in detail:
