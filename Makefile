@@ -34,11 +34,13 @@ WORKDIR ?=
 HEAP    ?=
 MAPPING ?=
 USER_MAPPING ?=
+WIFI    ?=
+FACTORY ?=
 CPU     ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo vboard repl monitor flash deploy provision cloud sandbox bench espcli clean
+.PHONY: help setup test demo vboard repl monitor flash deploy reset provision cloud sandbox bench espcli clean
 
 help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
@@ -98,6 +100,10 @@ flash: setup ## write MicroPython to a board with esptool and verify it: FIRMWAR
 deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyUSB0 (real), as .mpy
 	$(if $(and $(PORT),$(filter command line environment,$(origin FLASH))),$(error give FLASH= (a virtual board's flash directory) or PORT= (a board's serial port), not both))
 	$(RMKIT) deploy $(if $(PORT),--port $(PORT),--flash $(FLASH))
+
+reset: setup ## put a node back into provisioning: WIFI=1 (forget its network, keep its user) or FACTORY=1 (the node's factory reset: tells the cloud), on BOARD= (a running virtual board, default vb1), FLASH= or PORT=
+	$(if $(WIFI),$(if $(FACTORY),$(error give WIFI=1 or FACTORY=1, not both)),$(if $(FACTORY),,$(error give WIFI=1 (forget the network, keep the user) or FACTORY=1 (the factory reset))))
+	$(RMKIT) reset $(if $(WIFI),--wifi,--factory) $(if $(PORT),--port $(PORT),$(if $(filter command line environment,$(origin FLASH)),--flash $(FLASH),--name $(BOARD)))
 
 provision: setup ## provision a node: HOST=ip:port (SoftAP) or DEVICE=PROV_xxxxxx [HCI=tcp-client:127.0.0.1:N] (BLE), POP= SSID= PASSPHRASE= and CLOUD_URL= EMAIL= (password in RMKIT_PASSWORD) or USER_ID=
 	@RMKIT_POP="$(POP)" RMKIT_PASSPHRASE="$(PASSPHRASE)" $(RMKIT) provision \

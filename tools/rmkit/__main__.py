@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "rmkit.vboard.cli",
     "rmkit.flash",
     "rmkit.deploy",
+    "rmkit.reset",
     "rmkit.monitor",
     "rmkit.provision.cli",
     "rmkit.pki",

@@ -390,6 +390,10 @@ class SerialPort:
         self.timeout = timeout
         self.mpremote = str(Path(sys.executable).with_name("mpremote"))
 
+    def run(self, args: list[str], timeout: float) -> str:
+        """mpremote commands (after `connect PORT resume`); their output, or UserError with one line."""
+        return self._run(args, timeout=timeout, during="")
+
     def _run(self, args: list[str], timeout: float, during: str,
              on_line: Optional[Callable[[str], None]] = None) -> str:
         """One mpremote run; `on_line` sees its output line by line as it comes. Returns the output."""
