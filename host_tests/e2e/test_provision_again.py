@@ -117,6 +117,17 @@ def test_make_reset_wifi_puts_a_provisioned_node_back_into_provisioning_with_its
         again = subprocess.run(["bash", "-c", provision], capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "request_status confirmed" in again.stdout, again.stdout + again.stderr
         assert info["user"] in provision
+
+        # the factory reset: online again, the node tells the cloud, then forgets its network and its user
+        wait_until(lambda: "online: config reported" in serial.read_text(errors="replace")[offset:], timeout=60,
+                   what="the node online again")
+        factory = subprocess.run([RMKIT, "reset", "--factory", "--name", "vb-reset"], capture_output=True, text=True,
+                                 timeout=120)
+        assert factory.returncode == 0, factory.stdout + factory.stderr
+        assert factory.stdout.splitlines()[-1] == ("reset: done (reported to the cloud); the board reboots into "
+                                                   "provisioning")
+        state = json.loads(state_path.read_text())
+        assert "wifi" not in state and "mapped_user_id" not in state, state
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -124,3 +135,18 @@ def test_make_reset_wifi_puts_a_provisioned_node_back_into_provisioning_with_its
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_reset_of_a_stopped_virtual_board_forgets_its_network_on_its_flash_and_refuses_a_factory_reset(tmp_path):
+    flash = tmp_path / "vb1"
+    flash.mkdir()
+    (flash / "state.json").write_text(json.dumps({"wifi": {"ssid": "home", "passphrase": "pw"},
+                                                  "mapped_user_id": "u1"}))
+    wifi = subprocess.run([RMKIT, "reset", "--wifi", "--flash", str(flash)], capture_output=True, text=True, timeout=60)
+    assert wifi.returncode == 0, wifi.stderr
+    assert json.loads((flash / "state.json").read_text()) == {"mapped_user_id": "u1"}
+    factory = subprocess.run([RMKIT, "reset", "--factory", "--flash", str(flash)], capture_output=True, text=True,
+                             timeout=60)
+    assert factory.returncode == 2 and factory.stderr.strip().splitlines() == [
+        f"rmkit reset: no board runs on {flash}: a factory reset must be able to tell the cloud, so start the board "
+        f"first (make vboard FLASH={flash}), then reset it"]
