@@ -255,7 +255,8 @@ def _provisioning_help(board: VirtualBoard, wifi) -> str:
     if isinstance(pop, str):
         where = "from factory data"
     else:  # the firmware's default (docs/protocol.md 7.4): hex of the MAC's last four bytes
-        pop, where = board.mac.replace(":", "")[4:], "derived from the MAC: no factory data"
+        pop, where = board.mac.replace(":", "")[4:], "derived from the MAC: no factory data, so guessable; " \
+                                                     "rmkit factory writes a random one"
     sec = factory.get("sec_ver", 1)
     # settings.json overrides the factory data's transport, as on the node (rmnode/config.py)
     try:
