@@ -40,7 +40,7 @@ CPU     ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test demo vboard repl monitor flash deploy reset provision cloud sandbox bench espcli clean
+.PHONY: help setup test demo espcli-demo vboard repl monitor flash deploy reset provision cloud sandbox bench espcli clean
 
 help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
@@ -82,6 +82,9 @@ test: setup espcli ## run every test (host_tests/), virtual boards, broker and c
 
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow; CPU=esp32: the board computes at an ESP32's speed)
 	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING)) $(if $(CPU),--cpu $(CPU))
+
+espcli-demo: setup espcli ## Espressif's esp-rainmaker-cli provisions a sandbox's board and maps it, end to end, in a private network namespace (needs unshare), its output shown; everything stopped at the end, on failure and on Ctrl-C (USER_MAPPING=secret|both|ch_resp, WORKDIR)
+	$(RMKIT) espcli-demo $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(WORKDIR),--workdir $(WORKDIR))
 
 vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json, HEAP = a fixed heap, e.g. 110K; CPU=esp32: compute at an ESP32's speed)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))

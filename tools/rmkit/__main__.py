@@ -16,6 +16,7 @@ from rmkit.errors import UserError
 COMMAND_MODULES = [
     "rmkit.demo",
     "rmkit.sandbox",
+    "rmkit.espcli_demo",
     "rmkit.vboard.cli",
     "rmkit.flash",
     "rmkit.deploy",
