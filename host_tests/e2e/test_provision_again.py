@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 from support.fixtures_stack import PASSWORD
 from support.paths import REPO_ROOT, VENV_BIN

@@ -118,7 +118,10 @@ def run_vboard(args: argparse.Namespace) -> int:
             # the firmware started, after a deploy and a reset, or is back in provisioning: how to provision it now
             for _ in range(entries.new()):
                 text = _provisioning_help(board, wifi)
-                echo.say(text) if echo else print(text, flush=True)
+                if echo:
+                    echo.say(text)
+                else:
+                    print(text, flush=True)
         print(f"vboard {args.name}: board halted; see {board.serial_log}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
