@@ -230,7 +230,7 @@ def test_a_second_sandbox_is_told_the_knobs_that_start_it_and_they_do(tmp_path):
         assert refused.returncode != 0
         line = next(line for line in refused.stderr.splitlines() if line.startswith("rmkit sandbox: "))
         assert line.startswith("rmkit sandbox: a board named vb-sandbox is already running"), refused.stderr
-        suggested = line.split("another way: ", 1)[1].split(" (rmkit sandbox", 1)[0]
+        suggested = line.split("another way: ", 1)[1].split(" (", 1)[0]
         assert suggested == f"make sandbox WORKDIR={second_dir} BOARD=vb-sandbox2", line
         with running_sandbox(argv=["make", "-s", "-o", ".venv/.installed", *suggested.split()[1:]]) as (second, lines2, info2):
             assert info2["softap"] != info["softap"]

@@ -59,7 +59,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
             other = _other_name(args.board)
             raise UserError(f"a board named {args.board} is already running (pid {running['pid']}); stop it, "
                             f"or name this sandbox's board another way: make sandbox WORKDIR={workdir} BOARD={other} "
-                            f"(rmkit sandbox --board {other})")
+                            f"({venv_tool('rmkit')} sandbox --board {other})")
     fresh_workdir(workdir)
     lock.write_text(str(os.getpid()))
     try:
