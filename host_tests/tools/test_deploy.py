@@ -29,6 +29,21 @@ BLOCK = 4096
 
 # -- the virtual board's flash is as full as a board's -------------------------------------------------
 
+def test_a_missing_file_is_the_same_enoent_traceback_as_on_a_board(vboard_factory, tmp_path):
+    """What mpremote's `fs cp` reads back for each file it copies: no frame of the simulator's flash in it (a
+    board's VFS is C), and the calls that answer it still work."""
+    board = vboard_factory(flash_dir=tmp_path / "flash", run_main=False)
+    with pytest.raises(BoardError) as missing:
+        board.exec("import os\nos.stat('/nope.mpy')")
+    traceback = str(missing.value).split("code raised on the board:\n", 1)[1]
+    assert traceback.splitlines() == ["Traceback (most recent call last):", '  File "<stdin>", line 2, in <module>',
+                                      "OSError: [Errno 2] ENOENT"], traceback
+    out = board.exec("import os\nos.mkdir('/d')\nos.chdir('/d')\nprint(os.getcwd(), os.stat('/d')[0] & 0x4000)\n"
+                     "os.chdir('/')\nopen('/d/f', 'w').close()\nos.remove('/d/f')\nos.rmdir('/d')\nprint('/d' in os.listdir('/'))")
+    assert out.split() == ["/d", str(0x4000), "False"], out
+
+
+
 def test_a_write_past_the_partition_fails_with_enospc_as_on_littlefs(vboard_factory, tmp_path):
     flash = tmp_path / "flash"
     flash.mkdir()
