@@ -34,12 +34,14 @@ WORKDIR ?=
 HEAP    ?=
 MAPPING ?=
 USER_MAPPING ?=
+WIFI    ?=
+FACTORY ?=
 CPU     ?=
 PYTEST_ARGS ?=
 TIERS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo vboard repl monitor flash deploy provision cloud sandbox bench espcli clean
+.PHONY: help setup test test-fast demo espcli-demo vboard repl monitor flash deploy reset provision cloud sandbox bench espcli clean
 
 help: ## list the targets
 	@echo "Targets (knobs in CAPS, e.g. make vboard BOARD=vb2):"
@@ -85,6 +87,9 @@ test-fast: setup ## the unit tier only, for an edit-test loop: firmware logic un
 demo: setup ## the whole mapping flow on a virtual board, broker and local cloud (TRANSPORT=ble: provision over BLE; MAPPING=secret: the secret-key flow; CPU=esp32: the board computes at an ESP32's speed)
 	$(RMKIT) demo $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(MAPPING),--mapping $(MAPPING)) $(if $(CPU),--cpu $(CPU))
 
+espcli-demo: setup espcli ## Espressif's esp-rainmaker-cli provisions a sandbox's board and maps it, end to end, in a private network namespace (needs unshare), its output shown; everything stopped at the end, on failure and on Ctrl-C (USER_MAPPING=secret|both|ch_resp, WORKDIR)
+	$(RMKIT) espcli-demo $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(WORKDIR),--workdir $(WORKDIR))
+
 vboard: setup ## start one virtual board in the foreground (BOARD, FLASH, TCP_PORT, SOFTAP, AIR = its Wi-Fi, default FLASH.air.json, HEAP = a fixed heap, e.g. 110K; CPU=esp32: compute at an ESP32's speed)
 	$(if $(PORT),$(error PORT names a board's serial device (make deploy); the virtual board's TCP port is TCP_PORT=$(PORT)))
 	$(RMKIT) vboard --name $(BOARD) --flash $(FLASH) $(if $(TCP_PORT),--port $(TCP_PORT)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(AIR),--air $(AIR)) $(if $(HEAP),--heap $(HEAP)) $(if $(CPU),--cpu $(CPU))
@@ -103,6 +108,10 @@ deploy: setup ## put firmware/ on a board: FLASH=dir (virtual) or PORT=/dev/ttyU
 	$(if $(and $(PORT),$(filter command line environment,$(origin FLASH))),$(error give FLASH= (a virtual board's flash directory) or PORT= (a board's serial port), not both))
 	$(RMKIT) deploy $(if $(PORT),--port $(PORT),--flash $(FLASH))
 
+reset: setup ## put a node back into provisioning: WIFI=1 (forget its network, keep its user) or FACTORY=1 (the node's factory reset: tells the cloud), on BOARD= (a running virtual board, default vb1), FLASH= or PORT=
+	$(if $(WIFI),$(if $(FACTORY),$(error give WIFI=1 or FACTORY=1, not both)),$(if $(FACTORY),,$(error give WIFI=1 (forget the network, keep the user) or FACTORY=1 (the factory reset))))
+	$(RMKIT) reset $(if $(WIFI),--wifi,--factory) $(if $(PORT),--port $(PORT),$(if $(filter command line environment,$(origin FLASH)),--flash $(FLASH),--name $(BOARD)))
+
 provision: setup ## provision a node: HOST=ip:port (SoftAP) or DEVICE=PROV_xxxxxx [HCI=tcp-client:127.0.0.1:N] (BLE), POP= SSID= PASSPHRASE= and CLOUD_URL= EMAIL= (password in RMKIT_PASSWORD) or USER_ID=
 	@RMKIT_POP="$(POP)" RMKIT_PASSPHRASE="$(PASSPHRASE)" $(RMKIT) provision \
 	  $(if $(DEVICE),--transport ble --device "$(DEVICE)" $(if $(HCI),--hci "$(HCI)"),--host "$(HOST)") --ssid "$(SSID)" \
@@ -113,8 +122,8 @@ cloud: setup ## mosquitto (mutual TLS, PKI in pki/) + the local cloud with a tes
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(BROKER_LISTEN),--broker-listen $(BROKER_LISTEN)) \
 	  $(if $(BROKER_PORT),--broker-port $(BROKER_PORT))
 
-sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, HEAP, CPU=esp32)
-	$(RMKIT) sandbox $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
+sandbox: setup ## broker + cloud + one unprovisioned virtual board for any client, until Ctrl-C (TRANSPORT=softap|ble|both, USER_MAPPING=both|ch_resp|secret, SOFTAP, CLOUD_PORT, TIMEOUT, WORKDIR, BOARD = the board's name, default vb-sandbox, HEAP, CPU=esp32)
+	$(RMKIT) sandbox $(if $(filter command line environment,$(origin BOARD)),--board $(BOARD)) $(if $(TRANSPORT),--transport $(TRANSPORT)) $(if $(USER_MAPPING),--user-mapping $(USER_MAPPING)) $(if $(SOFTAP),--softap $(SOFTAP)) $(if $(CLOUD_PORT),--cloud-port $(CLOUD_PORT)) \
 	  $(if $(TIMEOUT),--mapping-timeout $(TIMEOUT)) $(if $(WORKDIR),--workdir $(WORKDIR)) $(if $(HEAP),--heap $(HEAP)) \
 	  $(if $(CPU),--cpu $(CPU))
 

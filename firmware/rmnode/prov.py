@@ -177,13 +177,18 @@ class Provisioning:
         if not self._applied:
             return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_DISCONNECTED}
         if self._apply_wanted:  # the main task has yet to start the join
-            return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_CONNECTING}
+            return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_CONNECTING,
+                    "connected": {"ssid": self._wifi_config[0]}}
         if self._apply_failed:
             return {"status": _STATUS_SUCCESS, "sta_state": wifi.STA_CONNECTION_FAILED,
                     "fail_reason": wifi.FAIL_NETWORK_NOT_FOUND}
         st = self.station.status()
         resp = {"status": _STATUS_SUCCESS, "sta_state": st.state}
-        if st.state == wifi.STA_CONNECTED:
+        if st.state == wifi.STA_CONNECTING:
+            # the network being joined, so that a client whose SetConfig was refused can say which
+            # (docs/protocol.md 2.4; upstream sends an empty `connected` here)
+            resp["connected"] = {"ssid": self._wifi_config[0]}
+        elif st.state == wifi.STA_CONNECTED:
             resp["connected"] = {"ip4_addr": st.ip4_addr, "auth_mode": st.auth_mode, "ssid": st.ssid,
                                  "bssid": st.bssid, "channel": st.channel}
             self.connected_reported = True
@@ -204,10 +209,19 @@ class Provisioning:
         if bssid and len(bssid) != 6:
             log.warning(_TAG, "SetConfig refused: BSSID of %d bytes" % len(bssid))
             return _STATUS_INVALID_ARGUMENT
-        if self._applied and self.station.status().state in (wifi.STA_CONNECTING, wifi.STA_CONNECTED):
-            # ESP-IDF refuses new credentials while a join is under way; prov-ctrl reset first
-            log.warning(_TAG, "SetConfig refused: a join is already under way")
-            return _STATUS_INTERNAL_ERROR
+        # a join started by ApplyConfig under way (or done): asked of the main task, connecting or connected;
+        # inline, not a helper: one call level less on the BLE IRQ handler's stack (docs/protocol.md 1.2)
+        if self._applied and not self._apply_failed and (self._apply_wanted or self.station.status().state in (
+                wifi.STA_CONNECTING, wifi.STA_CONNECTED)):
+            # A client interrupted after ApplyConfig that runs again sends the same credentials: the join under
+            # way is its own, and goes on. Others must wait for its outcome or send prov-ctrl reset first.
+            # docs/protocol.md 2.4: not InternalError, which would say the node is broken.
+            if (ssid, passphrase, bssid) == self._wifi_config:
+                log.info(_TAG, "Wi-Fi credentials for %s again: that join is under way" % (log.shown(ssid),))
+                return _STATUS_SUCCESS
+            log.warning(_TAG, "SetConfig refused: joining %s; wait for its result or send prov-ctrl reset first"
+                        % (log.shown(self._wifi_config[0]),))
+            return _STATUS_INVALID_ARGUMENT
         self._wifi_config = (ssid, passphrase, bssid)
         log.info(_TAG, "Wi-Fi credentials received for %s" % (log.shown(ssid),))
         return _STATUS_SUCCESS
@@ -216,6 +230,9 @@ class Provisioning:
         if self._wifi_config is None:
             log.warning(_TAG, "ApplyConfig without SetConfig")
             return _STATUS_INTERNAL_ERROR
+        if self._applied and not self._apply_failed and (self._apply_wanted or self.station.status().state in (
+                wifi.STA_CONNECTING, wifi.STA_CONNECTED)):
+            return _STATUS_SUCCESS  # these credentials' join goes on (SetConfig took no others meanwhile)
         if not may_block:
             self._apply_wanted, self._apply_failed, self._applied = True, False, True
             return _STATUS_SUCCESS

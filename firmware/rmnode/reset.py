@@ -1,4 +1,5 @@
-"""The REPL's factory reset (rmnode.node.factory_reset_from_repl): get online, report the reset, erase, reboot.
+"""The REPL's resets: the factory reset (rmnode.node.factory_reset_from_repl: get online, report the reset,
+erase, reboot) and the Wi-Fi reset (wifi_reset_from_repl: forget the network, keep the mapping state).
 
 Its own module so that the node does not carry this code in every phase: it is imported only
 when a reset is asked for.
@@ -58,3 +59,22 @@ def factory_reset_from_repl(node_class, erase_and_reboot, root, timeout_ms, rebo
 
 def _stay():
     pass  # the node's reboot while erasing: this module reboots (or not) itself
+
+
+def wifi_reset_from_repl(root="/", reboot=True):
+    """Forget the Wi-Fi credentials and reboot into provisioning, keeping the mapping state, as upstream's
+    Wi-Fi reset (esp_rmaker_wifi_reset) keeps the user-node mapping: the node is provisioned onto a network
+    again and stays its user's. Returns whether credentials were stored (reboot=False, for tests)."""
+    from rmnode import credentials
+    from rmnode.store import Store
+
+    store = Store((root.rstrip("/") or "") + "/state.json")
+    had = store.get(credentials.WIFI_KEY) is not None
+    if had:
+        store.delete(credentials.WIFI_KEY)
+    log.info(_TAG, "Wi-Fi reset done (%s); rebooting into provisioning"
+             % ("credentials forgotten, mapping state kept" if had else "no credentials were stored"))
+    if reboot:
+        import machine
+        machine.reset()
+    return had

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from rmkit.benchmarks.espcli_flow import UNSHARE  # the namespace make espcli-demo and make bench use
 from support.paths import ESPCLI_BIN, REPO_ROOT, launcher
 
 ESPCLI = ESPCLI_BIN / "esp-rainmaker-cli"
 DRIVER = launcher("e2e_netns")
-UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount", "--mount-proc",
-           "--kill-child"]
 RUN_TIMEOUT_S = 150
 
 
@@ -90,8 +89,8 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
     extra = []
     if os.environ.get("RMKIT_TEST_HEAP"):  # a local investigation only, as in fixtures_stack
         extra = ["--heap", os.environ["RMKIT_TEST_HEAP"]]
-    argv = (UNSHARE + [sys.executable, str(DRIVER), str(out), "--repo", str(REPO_ROOT), "--espcli", str(ESPCLI),
-                       "--user-mapping", user_mapping] + (["--cpu", cpu] if cpu else []) + extra)
+    argv = (UNSHARE + [sys.executable, str(DRIVER), str(out), "--repo", str(REPO_ROOT), "--user-mapping", user_mapping]
+            + (["--cpu", cpu] if cpu else []) + extra)
     driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     try:

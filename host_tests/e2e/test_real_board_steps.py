@@ -57,14 +57,15 @@ try:
     # 5. factory data over the serial port, the broker at the LAN address (the namespace has no
     #    pool.ntp.org: the cloud's SNTP server instead)
     sntp_host, sntp_port = info["sntp"].split(":")
-    factory = run("factory", "--port", str(board.pty_link), "--node-id", "MYNODE", "--pop", "abcd1234",
+    factory = run("factory", "--port", str(board.pty_link), "--node-id", "MYNODE", "--show-pop",
                   "--mqtt-host", LAN, "--mqtt-port", PORT, "--sntp-host", sntp_host, "--sntp-port", sntp_port,
                   "--pki-dir", str(pki))
+    pop = factory.split(" (shown because --show-pop was given)")[0].rsplit(": ", 1)[1]  # a random one
     # 6. reset, provision with the cloud's user until the mapping is confirmed
     board.reset()
     board.wait_for_log(r"state: provisioning", timeout=30)
     host, port = board.softap
-    provision = subprocess.run(rmkit + ["provision", "--host", "%s:%d" % (host, port), "--pop", "abcd1234",
+    provision = subprocess.run(rmkit + ["provision", "--host", "%s:%d" % (host, port), "--pop", pop,
                                         "--ssid", "HOME", "--passphrase", "home-pass-1", "--cloud-url",
                                         info["cloud_url"], "--email", info["user"], "--password", info["password"]],
                                capture_output=True, text=True, timeout=180)
@@ -90,6 +91,8 @@ def test_the_readme_real_board_steps_map_a_board_that_reaches_the_broker_on_the_
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     assert "deploy: copy main.py" in result["deploy"] and "soft reset" in result["deploy"]
     assert "broker 10.9.8.7:8883" in result["factory"]
+    assert re.search(r"PoP \(random, 8 hex digits\) written to /factory/factory\.json on \S+: [0-9a-f]{8} \(shown",
+                     result["factory"]), result["factory"]
     code, out, err = result["provision"]
     assert code == 0 and out.split() == ["node_id", "MYNODE", "request_status", "confirmed"], (
         out, err, result["board_log"], result["broker_log"])

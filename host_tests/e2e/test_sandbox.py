@@ -10,11 +10,13 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
 
 from support.fixtures_cloud import ApiClient
+from support.paths import REPO_ROOT
 from support.wait import wait_until
 from rmkit.pki import Pki
 
@@ -40,20 +42,25 @@ def publish_as_node(pki: Pki, broker: str, payload: dict) -> None:
 
 
 @contextlib.contextmanager
-def running_sandbox(*args: str):
-    """`rmkit sandbox ARGS` in the background -> (process, its output lines so far, its SANDBOX json); killed at
-    the end if the test did not stop it."""
-    proc = subprocess.Popen([sys.executable, "-m", "rmkit", "sandbox", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+def running_sandbox(*args: str, argv: list = None):
+    """`rmkit sandbox ARGS` (or `argv`, e.g. a `make sandbox` line) in the background -> (process, its output lines
+    so far, its SANDBOX json); killed at the end if the test did not stop it."""
+    proc = subprocess.Popen(argv or [sys.executable, "-m", "rmkit", "sandbox", *args], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:
         wait_until(lambda: any(line.startswith("SANDBOX ") for line in lines), timeout=60, what="the SANDBOX line")
         yield proc, lines, json.loads(next(line for line in lines if line.startswith("SANDBOX "))[len("SANDBOX "):])
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # SIGTERM first: a sandbox killed outright leaves its broker running
+            os.killpg(proc.pid, signal.SIGTERM)  # make and the sandbox under it
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     # its board runs in the sandbox's process, out of the fixtures' sight: the sandbox logs its faults
     faults = [line for line in lines if "vboard FAULT: " in line]
     assert not faults, "the sandbox's board reported what an ESP32 does not survive:\n" + "".join(faults)
@@ -77,6 +84,10 @@ def test_sandbox_restarts_its_broker_on_request_and_loses_no_mapping(tmp_path):
                        timeout=30, what=f"the mapping published after the {how} restart to be confirmed")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+    # without a board (make cloud) it is the broker and the cloud, and says so
+    said = [line for line in lines if not line.startswith(("SANDBOX ", " "))]
+    assert said[0].startswith("cloud ready (everything on this machine") and said[-1] == "cloud: stopped\n", said
+    assert not [line for line in said if "sandbox" in line.replace(str(tmp_path), "")], said
 
 
 def test_sandbox_and_demo_refuse_to_empty_a_directory_they_did_not_make(tmp_path):
@@ -178,3 +189,65 @@ def test_provision_over_ble_without_a_usable_system_bluetooth_says_what_to_do():
     assert result.returncode == 3, result.stderr
     assert "this computer's Bluetooth is not usable through bleak" in result.stderr
     assert "--hci tcp-client:127.0.0.1:PORT" in result.stderr
+
+
+def make_sandbox(*knobs: str) -> list:
+    """`make sandbox KNOB=...` as the README writes it (setup taken as done: make test ran it)."""
+    return ["make", "-s", "-o", ".venv/.installed", "sandbox", *knobs]
+
+
+def test_sandbox_serving_both_transports_prints_both_ways_to_reach_its_board(tmp_path):
+    """make sandbox TRANSPORT=both: the SANDBOX line and the text name the SoftAP address and the BLE device with its
+    radio, and each printed `rmkit provision` line is one of the two; the BLE one, run as printed, maps the board."""
+    with running_sandbox(argv=make_sandbox("TRANSPORT=both", f"WORKDIR={tmp_path / 'sb'}")) as (proc, lines, info):
+        assert info["softap"].startswith("127.0.0.1:")
+        assert info["ble_device"].startswith("PROV_") and info["ble_hci"].startswith("tcp-client:127.0.0.1:")
+        text = "".join(lines)
+        assert f"SoftAP HTTP at {info['softap']} and BLE as {info['ble_device']}, simulated radio at " \
+               f"{info['ble_hci']}" in text, text
+        commands = [(lines[i + 1].rstrip().rstrip("\\") + lines[i + 2]).strip()
+                    for i, line in enumerate(lines) if line.strip() in ("try:", "or over BLE:")]
+        assert len(commands) == 2, text
+        assert f"--host {info['softap']} " in commands[0]
+        assert f"--transport ble --device {info['ble_device']} --hci {info['ble_hci']} " in commands[1]
+        result = subprocess.run(["bash", "-c", commands[1]], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "request_status confirmed" in result.stdout, result.stdout + result.stderr
+        stop_by_ctrl_c(proc, lines)
+
+
+def stop_by_ctrl_c(proc, lines: list) -> None:
+    """Ctrl-C to make and the sandbox under it; the sandbox says it stopped everything."""
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    wait_until(lambda: any(line.startswith("sandbox: stopped") for line in lines), timeout=5, what="sandbox: stopped")
+
+
+def test_a_second_sandbox_is_told_the_knobs_that_start_it_and_they_do(tmp_path):
+    with running_sandbox("--workdir", str(tmp_path / "first")) as (first, _, info):
+        second_dir = tmp_path / "second"
+        refused = subprocess.run(make_sandbox(f"WORKDIR={second_dir}"), cwd=REPO_ROOT, capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode != 0
+        line = next(line for line in refused.stderr.splitlines() if line.startswith("rmkit sandbox: "))
+        assert line.startswith("rmkit sandbox: a board named vb-sandbox is already running"), refused.stderr
+        suggested = line.split("another way: ", 1)[1].split(" (", 1)[0]
+        assert suggested == f"make sandbox WORKDIR={second_dir} BOARD=vb-sandbox2", line
+        with running_sandbox(argv=["make", "-s", "-o", ".venv/.installed", *suggested.split()[1:]]) as (second, lines2, info2):
+            assert info2["softap"] != info["softap"]
+            stop_by_ctrl_c(second, lines2)
+
+
+def test_a_board_that_dies_at_boot_is_one_line_with_its_error_at_once(tmp_path):
+    """make sandbox HEAP=20K: the firmware's main.py fails with MemoryError and the board waits at its REPL; the
+    sandbox says so as soon as the board printed it, in one line, and stops what it started."""
+    started = time.monotonic()
+    result = subprocess.run(make_sandbox("HEAP=20K", "BOARD=vb-heap", f"WORKDIR={tmp_path / 'sb'}"), cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - started
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.startswith("rmkit sandbox: ")]
+    assert len(ours) == 1, result.stderr
+    assert "the firmware stopped at boot and waits at the REPL: MemoryError: memory allocation failed" in ours[0]
+    assert "20K is too small a heap for the firmware: give more (HEAP=110K) or none for an ESP32's" in ours[0]
+    assert took < 20, f"took {took:.1f} s: the sandbox waited instead of reading the board's error"

@@ -14,6 +14,9 @@ from support.needs import need_user_namespaces
 
 from rmkit.broker import Broker, BrokerError, config_text, exposure_warnings
 from rmkit.pki import Pki
+from support.paths import VENV_BIN
+
+RMKIT = VENV_BIN / "rmkit"  # messages name the venv's programs by path: they work when pasted
 
 
 def _client(pki, identity, port, client_id=None):
@@ -214,11 +217,11 @@ def test_listening_beyond_loopback_warns_that_the_network_can_reach_it(tmp_path)
     assert exposure_warnings("0.0.0.0", 8883, default) == [
         "warning: the broker listens on every interface of this machine (port 8883): other machines on your network "
         "can reach it (each still needs a client certificate from this PKI)",
-        "warning: its certificate names only localhost and 127.0.0.1: a board refuses it; run `rmkit pki init "
+        f"warning: its certificate names only localhost and 127.0.0.1: a board refuses it; run `{RMKIT} pki init "
         "--broker-host <this machine's LAN address or name>` and restart"]
     assert exposure_warnings("192.168.1.20", 8883, default)[1] == (
         "warning: its certificate does not name 192.168.1.20 (localhost, 127.0.0.1): a board connecting there "
-        "refuses it; run `rmkit pki init --broker-host 192.168.1.20` and restart")
+        f"refuses it; run `{RMKIT} pki init --broker-host 192.168.1.20` and restart")
     named = pki.broker_identity(hosts=["192.168.1.20"]).certificate()
     # once the certificate names an address a board can use, only the first warning stays
     assert exposure_warnings("192.168.1.20", 8883, named) == [
@@ -312,8 +315,8 @@ def test_a_board_on_the_network_reaches_the_broker_on_the_address_it_listens_on(
     assert result["sandbox_connack"] == "20020000"
     assert result["refused"] == [2, [
         f"rmkit sandbox: the broker certificate in {tmp_path / 'pki2'} does not name 10.9.8.7, where the local cloud "
-        f"connects: run `rmkit pki --dir {tmp_path / 'pki2'} init --broker-host 10.9.8.7` first"]]
+        f"connects: run `{RMKIT} pki --dir {tmp_path / 'pki2'} init --broker-host 10.9.8.7` first"]]
     assert result["own"]["broker"] == "10.9.8.7:18886"  # the cloud connected there, its certificate checked
     assert result["sandbox_stderr"] == [
-        "sandbox: warning: the broker listens on every interface of this machine (port 18884): other machines on "
+        "cloud: warning: the broker listens on every interface of this machine (port 18884): other machines on "
         "your network can reach it (each still needs a client certificate from this PKI)"]

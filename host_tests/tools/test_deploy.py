@@ -31,6 +31,21 @@ BLOCK = 4096
 
 # -- the virtual board's flash is as full as a board's -------------------------------------------------
 
+def test_a_missing_file_is_the_same_enoent_traceback_as_on_a_board(vboard_factory, tmp_path):
+    """What mpremote's `fs cp` reads back for each file it copies: no frame of the simulator's flash in it (a
+    board's VFS is C), and the calls that answer it still work."""
+    board = vboard_factory(flash_dir=tmp_path / "flash", run_main=False)
+    with pytest.raises(BoardError) as missing:
+        board.exec("import os\nos.stat('/nope.mpy')")
+    traceback = str(missing.value).split("code raised on the board:\n", 1)[1]
+    assert traceback.splitlines() == ["Traceback (most recent call last):", '  File "<stdin>", line 2, in <module>',
+                                      "OSError: [Errno 2] ENOENT"], traceback
+    out = board.exec("import os\nos.mkdir('/d')\nos.chdir('/d')\nprint(os.getcwd(), os.stat('/d')[0] & 0x4000)\n"
+                     "os.chdir('/')\nopen('/d/f', 'w').close()\nos.remove('/d/f')\nos.rmdir('/d')\nprint('/d' in os.listdir('/'))")
+    assert out.split() == ["/d", str(0x4000), "False"], out
+
+
+
 def test_a_write_past_the_partition_fails_with_enospc_as_on_littlefs(vboard_factory, tmp_path):
     flash = tmp_path / "flash"
     flash.mkdir()
@@ -122,6 +137,7 @@ def unchanged(flash: Path, files: dict) -> bool:
 
 def test_first_deploy_copies_everything_then_nothing_and_a_change_copies_one_file(firmware, tmp_path):
     flash = tmp_path / "flash"
+    flash.mkdir()  # a board's flash, as `make vboard` makes it
     copied, removed = deployed(rmkit("deploy", "--flash", str(flash), "--firmware", str(firmware)))
     assert set(copied) == expected_files(firmware) and removed == []
     assert copied[-1] == "main.py"  # written last: the deploy is complete once it is there
@@ -138,6 +154,7 @@ def test_first_deploy_copies_everything_then_nothing_and_a_change_copies_one_fil
 
 def test_a_removed_source_disappears_and_stale_or_shadowing_files_in_rmnode_go_too(firmware, tmp_path):
     flash = tmp_path / "flash"
+    flash.mkdir()
     deployed(rmkit("deploy", "--flash", str(flash), "--firmware", str(firmware)))
     mine = not_firmware(flash)
     (firmware / "rmnode" / "cert.py").unlink()
@@ -200,7 +217,17 @@ def test_a_full_flash_is_refused_before_anything_is_written(firmware, tmp_path):
 def test_a_flash_path_that_is_a_file_is_one_line(tmp_path):
     flash = tmp_path / "flash.bin"
     flash.write_bytes(b"\xff")
-    assert "is a file, not a directory" in one_error_line(rmkit("deploy", "--flash", str(flash)))
+    assert "is a file" in one_error_line(rmkit("deploy", "--flash", str(flash)))
+
+
+def test_a_mistyped_flash_directory_is_refused_saying_how_to_make_a_new_board(tmp_path):
+    """make deploy FLASH=vboards/nothre (vboards/nothere meant): no new board made behind the user's back."""
+    (tmp_path / "vboards" / "nothere").mkdir(parents=True)
+    typo = tmp_path / "vboards" / "nothre"
+    line = one_error_line(rmkit("deploy", "--flash", str(typo)))
+    assert line == (f"rmkit deploy: no virtual board's flash at {typo} (a typo?); a new board gets one when it first "
+                    f"starts: make vboard BOARD=nothre FLASH={typo}, then deploy to it")
+    assert not typo.exists()
 
 
 # -- a board on a serial port (a virtual board's pty or socket:// URL) -------------------------------------

@@ -207,3 +207,45 @@ def test_make_flash_passes_its_knobs():
     assert re.search(r"rmkit flash --port auto +\"fw\.bin\"", out), out
     result = make("flash", "PORT=/dev/ttyUSB0")
     assert result.returncode != 0 and "FIRMWARE=" in result.stderr, result.stderr
+
+
+def test_make_flash_takes_the_readmes_pattern_and_flashes_the_one_file_it_matches(vboard, images, tmp_path):
+    """README: `make flash FIRMWARE=ESP32_GENERIC-*.bin`: the Makefile passes the pattern quoted, rmkit expands it."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    shutil.copy(images["firmware"], downloads / "ESP32_GENERIC-20250415-v1.25.0.bin")
+    result = subprocess.run(["make", "-s", "-o", ".venv/.installed", "-o", "mosquitto", "flash",
+                             f"FIRMWARE={downloads}/ESP32_GENERIC-*.bin", f"PORT={vboard.rfc2217_url}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "flash: MicroPython v1.25.0 for ESP32" in result.stdout
+    assert vboard.spi_flash_path.exists()
+
+
+def test_a_pattern_matching_no_file_or_several_is_one_line(images, tmp_path):
+    pattern = str(tmp_path / "ESP32_GENERIC-*.bin")
+    one_line_error(rmkit_flash("--port", "/dev/ttyUSB97", pattern),
+                   rf"no firmware image matches {re.escape(pattern)}: download ESP32_GENERIC from "
+                   r"micropython\.org/download/ESP32_GENERIC, or give the \.bin's path$")
+    for version in ("v1.24.1", "v1.25.0"):
+        shutil.copy(images["firmware"], tmp_path / f"ESP32_GENERIC-{version}.bin")
+    one_line_error(rmkit_flash("--port", "/dev/ttyUSB97", pattern),
+                   rf"{re.escape(pattern)} matches 2 files \(.*v1\.24\.1\.bin, .*v1\.25\.0\.bin\): give the one to flash$")
+
+
+def test_a_virtual_boards_socket_url_says_what_flashes_a_virtual_board(vboard, images):
+    """socket:// has no DTR/RTS: not "hold BOOT and press EN", but the board's rfc2217:// URL."""
+    one_line_error(rmkit_flash("--port", vboard.url, "--connect-attempts", "1", str(images["firmware"])),
+                   r"a socket:// port carries no DTR/RTS, so esptool cannot reset the board into download mode; a "
+                   r"virtual board is flashed at its rfc2217:// URL \(make vboard prints it\)")
+    from rmkit.vboard import runtime
+
+    runtime.record_board(vboard)  # as `make vboard` records it: then the message names its RFC 2217 port
+    try:
+        one_line_error(rmkit_flash("--port", vboard.url, str(images["firmware"])),
+                       rf"{re.escape(vboard.url)} is virtual board {vboard.name}'s plain TCP port, which carries no "
+                       rf"DTR/RTS, so esptool cannot reset it into download mode: flash it at its RFC 2217 port, "
+                       rf"make flash PORT={re.escape(vboard.rfc2217_url)}$")
+    finally:
+        runtime.remove_record(vboard.name, os.getpid())
+    assert not vboard.spi_flash_path.exists()

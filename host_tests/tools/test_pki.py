@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from rmkit.__main__ import main as rmkit_main
 from rmkit.broker import Broker
 from rmkit.pki import Pki, PkiError
+from support.paths import VENV_BIN
 
 
 def _cn(cert):
@@ -99,7 +100,7 @@ def test_cli_init_node_show(tmp_path, capsys):
 
 def test_cli_show_without_ca_is_a_one_line_error(tmp_path, capsys):
     assert rmkit_main(["pki", "--dir", str(tmp_path / "none"), "show"]) == 2
-    assert "rmkit pki init" in capsys.readouterr().err
+    assert f"`{VENV_BIN / 'rmkit'} pki init`" in capsys.readouterr().err  # works pasted, venv or not
 
 
 def test_pki_show_names_each_identity_once(tmp_path):

@@ -1,6 +1,7 @@
 """Factory data on a board's flash: the files and keys the firmware reads at /factory."""
 
 import json
+import re
 import stat
 
 import pytest
@@ -9,6 +10,8 @@ from rmkit.__main__ import main as rmkit_main
 from rmkit.errors import UserError
 from rmkit.factory import mpremote_command, write_factory_data
 from rmkit.pki import Pki
+from rmkit.vboard.board import mac_for_name
+from support.paths import VENV_BIN
 
 
 def test_factory_data_in_a_virtual_boards_flash(pki, tmp_path):
@@ -103,7 +106,7 @@ def test_factory_refuses_a_broker_host_the_broker_certificate_does_not_name(tmp_
     assert status == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "rmkit factory: --mqtt-host 192.168.1.20: the broker certificate names localhost, mypc.lan, 127.0.0.1, so the "
-        f"board would refuse the broker there: run `rmkit pki --dir {pki_dir} init --broker-host mypc.lan "
+        f"board would refuse the broker there: run `{VENV_BIN / 'rmkit'} pki --dir {pki_dir} init --broker-host mypc.lan "
         "--broker-host 192.168.1.20` first (and restart the broker)"]
     assert not (flash / "factory").exists()
 
@@ -131,3 +134,55 @@ def test_factory_refuses_a_broker_host_with_a_port(tmp_path, capsys):
 def test_the_user_mapping_setting_is_written_unless_it_is_the_default(pki, tmp_path, user_mapping, written):
     path = write_factory_data(tmp_path, pki, node_id="node1", pop="pop", user_mapping=user_mapping)
     assert json.loads(path.read_text()).get("user_mapping") == written
+
+
+# -- the PoP: random unless given; from the MAC only on request; printed only when asked -------------------
+
+def _factory(flash, pki, *options) -> int:
+    return rmkit_main(["factory", "--flash", str(flash), "--node-id", "node1", "--pki-dir", str(pki.directory),
+                       *options])
+
+
+def _written_pop(flash) -> str:
+    return json.loads((flash / "factory" / "factory.json").read_text())["pop"]
+
+
+def test_without_a_pop_the_board_gets_a_random_one_and_is_told_where_it_is_not_what_it_is(pki, tmp_path, capsys):
+    pops = []
+    for name in ("a", "b"):
+        flash = tmp_path / name
+        assert _factory(flash, pki) == 0
+        pops.append(_written_pop(flash))
+        out = capsys.readouterr()
+        assert pops[-1] not in out.out + out.err
+        assert (f"factory: PoP (random, 8 hex digits) written to {flash / 'factory' / 'factory.json'}; --show-pop "
+                "prints it") in out.out.splitlines()
+    assert all(re.fullmatch(r"[0-9a-f]{8}", pop) for pop in pops) and pops[0] != pops[1], pops
+    assert mac_for_name("a").replace(":", "")[4:] not in pops  # never the firmware's MAC fallback (docs/protocol.md 7.4)
+
+
+def test_show_pop_prints_it(pki, tmp_path, capsys):
+    assert _factory(tmp_path / "flash", pki, "--show-pop") == 0
+    pop = _written_pop(tmp_path / "flash")
+    assert f": {pop} (shown because --show-pop was given)" in capsys.readouterr().out
+
+
+def test_a_mac_derived_pop_only_on_request_and_with_a_warning(pki, tmp_path, capsys):
+    flash = tmp_path / "flash"
+    assert _factory(flash, pki, "--pop", "mac", "--mac", "24:0A:C4:12:34:56") == 0
+    assert _written_pop(flash) == "c4123456"  # docs/protocol.md 7.4: MAC bytes 2 to 5
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        "factory: warning: a PoP derived from the MAC is guessable: the board's access point is named PROV_ and the "
+        "MAC's last three bytes and broadcasts a BSSID next to the MAC, so anyone in radio range can work it out; "
+        "leave --pop out for a random one"]
+    assert "PoP (derived from the MAC 24:0a:c4:12:34:56) written to" in out.out and "c4123456" not in out.out
+    assert _factory(tmp_path / "other", pki, "--pop", "mac") == 2  # a stopped board's MAC is unknown
+    assert "--pop mac needs the board's MAC: give --mac" in capsys.readouterr().err
+
+
+def test_a_mac_derived_pop_over_the_serial_port_is_the_boards_own(vboard, pki, capsys):
+    assert rmkit_main(["factory", "--port", str(vboard.pty_link), "--node-id", "node1", "--pop", "mac",
+                       "--pki-dir", str(pki.directory)]) == 0
+    assert json.loads((vboard.flash_dir / "factory" / "factory.json").read_text())["pop"] == \
+        vboard.mac.replace(":", "")[4:]  # what the firmware derives (config.py) and make vboard shows

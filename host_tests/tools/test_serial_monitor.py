@@ -62,7 +62,7 @@ def test_monitor_prints_a_virtual_boards_lines_with_timestamps(vboard):
     monitor = subprocess.Popen([RMKIT, "monitor", "--port", vboard.url], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)  # connected
+        assert monitor.stderr.readline().startswith("monitor: "), "rmkit monitor did not connect"  # connected
         vboard.exec("print('monitored', 6 * 7)")
         deadline, seen = time.monotonic() + 10, ""
         while "monitored 42" not in seen:
@@ -80,7 +80,8 @@ def test_monitor_and_repl_on_a_port_that_does_not_exist_are_one_line():
         result = subprocess.run([RMKIT, *args], capture_output=True, text=True, timeout=30)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [f"rmkit {args[0]}: no serial port /dev/ttyNOSUCH0: check the "
-                                                      "cable, or list ports with `python -m serial.tools.list_ports`"]
+                                                      f"cable, or list ports with `{VENV_BIN / 'python'} -m "
+                                                      "serial.tools.list_ports`"]
 
 
 @pytest.mark.parametrize("args", [

@@ -3,6 +3,7 @@ mpremote line, open a REPL, Ctrl-C; bad input gives one clear line and a non-zer
 
 import json
 import os
+import threading
 import re
 import shlex
 import signal
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from support.paths import VENV_BIN
+from support.paths import REPO_ROOT, VENV_BIN
 
 pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
 
@@ -53,9 +54,15 @@ def test_vboard_cli_connect_repl_and_ctrl_c(tmp_path, artifacts_dir, cli_env):
         banner = read_until(proc, "Ctrl-C stops the board.")
         mac = re.search(r"MAC ([0-9a-f:]{17})", banner).group(1)
         exec_line = next(line for line in banner.splitlines() if "mpremote connect socket://" in line)
+        before = log.stat().st_size
         out = subprocess.run(shlex.split(exec_line), capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == repr(bytes(int(b, 16) for b in mac.split(":")))
+        assert out.stdout.strip() == mac
+        # the line ends with `+ reset`: wait for the board to be back at its REPL before typing there
+        deadline = time.monotonic() + 15
+        while not re.search(rb"rst:0xc.*>>> ", log.read_bytes()[before:], re.S):
+            assert time.monotonic() < deadline, "the board did not come back after the exec line's reset"
+            time.sleep(0.05)
 
         record = json.loads((tmp_path / "run" / "clibrd.json").read_text())
         assert record["pid"] == proc.pid and record["mac"] == mac
@@ -140,6 +147,7 @@ def test_vboard_flash_path_is_a_file(tmp_path, cli_env):
     proc = run_rmkit(cli_env, "vboard", "--flash", str(flash))
     assert_one_line_error(proc, f"flash path {flash} is a file")
     assert flash.read_bytes() == b"\xff" * 16  # nothing lost
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "run") == ["flash.bin"]  # and nothing written
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -194,3 +202,58 @@ def test_without_an_air_file_the_board_gets_a_lab_network_and_says_how_to_provis
     passphrase = air["aps"][0]["password"]
     assert f"simulated network 'rmkit-lab', passphrase {passphrase}" in banner
     assert "no firmware on this flash yet" in banner and f"make deploy FLASH={flash}" in banner
+
+
+def test_deploy_to_a_running_board_then_ctrl_d_says_how_to_provision_it_with_no_raw_repl_noise(tmp_path, cli_env):
+    """The walk-through: `make vboard`, `make deploy` to its flash (through its port), Ctrl-D at its REPL. The board's
+    console shows no traceback or raw-REPL byte of the deploy's mpremote session; deploy says what state it left the
+    board in; when the firmware starts, make vboard prints its PoP and the `rmkit provision` line, which provisions
+    it; the printed mpremote exec line leaves the firmware running (it starts again and says so again)."""
+    flash = tmp_path / "dep"
+    vboard = subprocess.Popen(["make", "-s", "-o", ".venv/.installed", "vboard", "BOARD=dep", f"FLASH={flash}"],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", env=cli_env, start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(vboard.stdout), daemon=True).start()
+
+    def wait_for(text: str, count: int = 1, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while "".join(lines).count(text) < count:
+            assert time.monotonic() < deadline and vboard.poll() is None, f"no {text!r} (x{count}):\n{''.join(lines)}"
+            time.sleep(0.05)
+        return "".join(lines)
+
+    try:
+        banner = wait_for("Ctrl-C stops the board.")
+        assert "no firmware on this flash yet" in banner
+        deploy = subprocess.run(["make", "-s", "-o", ".venv/.installed", "deploy", f"FLASH={flash}"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=120, env=cli_env)
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        assert deploy.stdout.splitlines()[-1] == (
+            "deploy: the board restarted MicroPython without running main.py (a soft reset from the raw REPL runs "
+            "boot.py only) and waits at its REPL; the new firmware starts at the next reset: press the board's reset "
+            "button, or Ctrl-D at its REPL (make repl BOARD=dep)")
+        port = int(re.search(r"serial \(socket\) socket://127\.0\.0\.1:(\d+)", banner).group(1))
+        with socket.create_connection(("127.0.0.1", port)) as console:
+            console.sendall(b"\x04")  # Ctrl-D at the REPL
+            text = wait_for("provisioning: SoftAP HTTP at")
+        console_after_banner = text[len(banner):]
+        for noise in ("Traceback", "ENOENT", "raw REPL", "\ufffd", "R\x01"):
+            assert noise not in console_after_banner, f"{noise!r} on the board's console:\n{console_after_banner}"
+
+        exec_line = next(line for line in banner.splitlines() if " resume exec " in line)
+        assert exec_line.rstrip().endswith("+ reset"), exec_line
+        ran = subprocess.run(shlex.split(exec_line), capture_output=True, text=True, timeout=30, env=cli_env)
+        assert ran.returncode == 0, ran.stderr
+        text = wait_for("provisioning: SoftAP HTTP at", count=2)  # the firmware runs again
+
+        provision = [line.strip() for line in text.splitlines() if " provision --host " in line][-1]
+        done = subprocess.run(shlex.split(provision), capture_output=True, text=True, timeout=60, env=cli_env)
+        assert done.returncode == 0 and re.search(r"node_id [0-9A-F]{12}", done.stdout), done.stdout + done.stderr
+    finally:
+        os.killpg(vboard.pid, signal.SIGINT)
+        try:
+            vboard.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(vboard.pid, signal.SIGKILL)
+            vboard.wait()

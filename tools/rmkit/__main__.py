@@ -16,9 +16,11 @@ from rmkit.errors import UserError
 COMMAND_MODULES = [
     "rmkit.demo",
     "rmkit.sandbox",
+    "rmkit.espcli_demo",
     "rmkit.vboard.cli",
     "rmkit.flash",
     "rmkit.deploy",
+    "rmkit.reset",
     "rmkit.monitor",
     "rmkit.provision.cli",
     "rmkit.pki",

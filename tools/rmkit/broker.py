@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from rmkit import REPO_ROOT
+from rmkit import REPO_ROOT, venv_tool
 from rmkit.errors import UserError
 from rmkit.net import free_port
 from rmkit.pki import DEFAULT_PKI_DIR, Identity, Pki, check_name, cloud_identities, names_host, san_names
@@ -90,10 +90,10 @@ def exposure_warnings(listen: str, port: int, certificate) -> list[str]:
     outside = [name for name in names if name not in ("localhost", "127.0.0.1")]
     if listen != "0.0.0.0" and not names_host(certificate, listen):
         lines.append(f"warning: its certificate does not name {listen} ({', '.join(names)}): a board connecting "
-                     f"there refuses it; run `rmkit pki init --broker-host {listen}` and restart")
+                     f"there refuses it; run `{venv_tool('rmkit')} pki init --broker-host {listen}` and restart")
     elif listen == "0.0.0.0" and not outside:
         lines.append("warning: its certificate names only localhost and 127.0.0.1: a board refuses it; run "
-                     "`rmkit pki init --broker-host <this machine's LAN address or name>` and restart")
+                     f"`{venv_tool('rmkit')} pki init --broker-host <this machine's LAN address or name>` and restart")
     return lines
 
 

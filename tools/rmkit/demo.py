@@ -21,6 +21,7 @@ from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.timeline import ACTOR_TITLES, Timeline, render_svg
 from rmkit.vboard.cpu_speed import CPU_HELP, CPU_MODELS, cpu_speed
 from rmkit.vboard.errors import BoardError
+from rmkit.vboard.node_start import wait_for_node
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "demo"
 DEMO_EMAIL = "demo@example.com"
@@ -61,7 +62,7 @@ def run_demo(workdir: Path, heap: Optional[str] = None, mapping_timeout: float =
         if speed is not None:
             step(speed.describe())
         board.start()
-        board.wait_for_log(r"state: provisioning", timeout=30)
+        wait_for_node(board, r"state: provisioning", timeout=30)
         if transport == "ble":
             where = f"BLE service {board.service_name} on the simulated radio ({board.ble_hci})"
         else:

@@ -390,6 +390,10 @@ class SerialPort:
         self.timeout = timeout
         self.mpremote = str(Path(sys.executable).with_name("mpremote"))
 
+    def run(self, args: list[str], timeout: float) -> str:
+        """mpremote commands (after `connect PORT resume`); their output, or UserError with one line."""
+        return self._run(args, timeout=timeout, during="")
+
     def _run(self, args: list[str], timeout: float, during: str,
              on_line: Optional[Callable[[str], None]] = None) -> str:
         """One mpremote run; `on_line` sees its output line by line as it comes. Returns the output."""
@@ -637,6 +641,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     source = Path(args.firmware)
     if args.flash:
         flash = Path(args.flash)
+        _check_flash_dir(flash)
         running = _running_board_on(flash)
         if running:  # a board is running on it: through its serial port, so it stops, is checked and reset
             print(f"deploy: board {running['name']} runs on {flash}: deploying through its port {running['pty']}",
@@ -657,9 +662,28 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"deploy: {len(result.copied)} copied, {len(result.removed)} removed; {where} holds the build's "
               f"{result.total} files", flush=True)
     if isinstance(target, SerialPort):
-        print("deploy: soft reset done; the node starts at the next reset (the board's reset button, or Ctrl-D "
-              "at its REPL)", flush=True)
+        repl = f"make repl BOARD={running['name']}" if args.flash else f"make repl PORT={target.port}"
+        print("deploy: the board restarted MicroPython without running main.py (a soft reset from the raw REPL runs "
+              "boot.py only) and waits at its REPL; the new firmware starts at the next reset: press the board's "
+              f"reset button, or Ctrl-D at its REPL ({repl})", flush=True)
     return 0
+
+
+def _check_flash_dir(flash: Path) -> None:
+    """A virtual board's flash must exist: a mistyped --flash would otherwise become a new, erased board."""
+    if flash.is_dir():
+        return
+    if flash.exists():
+        raise UserError(f"--flash {flash} is a file; give a virtual board's flash directory")
+    from rmkit.vboard import runtime
+    from rmkit.vboard.errors import BoardError
+
+    try:
+        board = f"BOARD={runtime.check_name(flash.name)} "
+    except BoardError:
+        board = ""
+    raise UserError(f"no virtual board's flash at {flash} (a typo?); a new board gets one when it first starts: "
+                    f"make vboard {board}FLASH={flash}, then deploy to it")
 
 
 def register(subparsers) -> None:

@@ -4,6 +4,12 @@ The contract with the firmware (docs/protocol.md 7.3, firmware/rmnode/config.py)
 points at. A virtual board's flash is a host directory, written directly; a real board is written
 through mpremote (`mpremote connect PORT fs cp ...`). The key file is the node's private key:
 it is written with mode 0600 on the host side and never printed.
+
+The PoP is random unless one is given (docs/protocol.md 7.4: upstream's "random" type); the "MAC" type
+only on request (`--pop mac`), with a warning: the board's access point is named after its MAC and
+broadcasts a BSSID next to it, so that PoP is guessable. The firmware itself falls back to the MAC type
+when factory data holds no PoP; these tools always write one and never rely on that fallback. The PoP
+is never printed unless asked for (`--show-pop`), as `make sandbox` prints its board's on purpose.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -19,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from rmkit import venv_tool
 from rmkit.errors import UserError
 from rmkit.pki import DEFAULT_BROKER_HOSTS, DEFAULT_PKI_DIR, Pki, check_host, names_host, san_names
 
@@ -138,6 +147,61 @@ def write_factory_data_serial(port: str, pki: Pki, node_id: Optional[str] = None
             raise UserError(f"mpremote on {port} failed: {detail[-1] if detail else 'exit status %d' % result.returncode}")
 
 
+POP_FROM_MAC = "mac"  # --pop mac: the firmware's "MAC" type, on request only
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+MAC_POP_WARNING = ("factory: warning: a PoP derived from the MAC is guessable: the board's access point is named "
+                   "PROV_ and the MAC's last three bytes and broadcasts a BSSID next to the MAC, so anyone in radio "
+                   "range can work it out; leave --pop out for a random one")
+# the board's base MAC, read at its REPL (one mpremote round trip)
+READ_MAC = "import network, binascii\nprint('MAC', binascii.hexlify(network.WLAN(network.STA_IF).config('mac'), ':').decode())"
+
+
+def random_pop() -> str:
+    """docs/protocol.md 7.4, upstream's random type: 8 hex digits from the operating system's random source."""
+    return secrets.token_hex(4)
+
+
+def pop_from_mac(mac: str) -> str:
+    """docs/protocol.md 7.4, the "MAC" type: MAC bytes 2 to 5 in lower-case hex (the firmware's fallback)."""
+    return mac.replace(":", "").lower()[4:12]
+
+
+def board_mac(mac: Optional[str], flash: Optional[Path], port: Optional[str]) -> str:
+    """The board's base MAC: as given, from the running virtual board on `flash`, or read at the REPL on `port`."""
+    if mac is None and flash is not None:
+        from rmkit.vboard import runtime
+
+        running = runtime.board_using_flash(flash)
+        if running is None:
+            raise UserError(f"--pop mac needs the board's MAC: give --mac (make vboard prints it) or start the board "
+                            f"on {flash} first")
+        mac = running["mac"]
+    elif mac is None:
+        from rmkit.deploy import SerialPort
+
+        output = SerialPort(port).run(["exec", READ_MAC], timeout=30)
+        found = [line.split()[1] for line in output.splitlines() if line.startswith("MAC ")]
+        if not found:
+            raise UserError(f"cannot read the MAC of the board on {port}: {output.strip()[-200:] or 'no answer'}")
+        mac = found[0]
+    if not _MAC.match(mac):
+        raise UserError(f"--mac {mac!r} must look like 24:0a:c4:12:34:56")
+    return mac.lower()
+
+
+def choose_pop(pop: Optional[str], sec_ver: int, mac: Optional[str], flash: Optional[Path],
+               port: Optional[str]) -> tuple[str, str]:
+    """(the PoP to write, how it was chosen) for --pop as given: random when left out (none for Security 0),
+    the MAC type for `mac` (with a warning on stderr), else as given."""
+    if pop is None:
+        return ("", "none: Security 0") if sec_ver == 0 else (random_pop(), "random, 8 hex digits")
+    if pop == POP_FROM_MAC:
+        mac = board_mac(mac, flash, port)
+        print(MAC_POP_WARNING, file=sys.stderr, flush=True)
+        return pop_from_mac(mac), f"derived from the MAC {mac}"
+    return pop, "as given"
+
+
 def check_broker_host(pki: Pki, mqtt_host: str) -> None:
     """A board checks the broker's certificate against `mqtt_host` (CERT_REQUIRED with the host name):
     refuse factory data naming a host the broker certificate does not name."""
@@ -154,7 +218,7 @@ def check_broker_host(pki: Pki, mqtt_host: str) -> None:
     keep = [name for name in names if name not in DEFAULT_BROKER_HOSTS]  # --broker-host replaces the set
     hosts = " ".join(f"--broker-host {shlex.quote(host)}" for host in (*keep, mqtt_host))
     raise UserError(f"--mqtt-host {mqtt_host}: the broker certificate names {', '.join(names)}, so the board would "
-                    f"refuse the broker there: run `rmkit pki{where} init {hosts}` first (and restart the broker)")
+                    f"refuse the broker there: run `{venv_tool('rmkit')} pki{where} init {hosts}` first (and restart the broker)")
 
 
 def _cmd_factory(args) -> int:
@@ -163,22 +227,34 @@ def _cmd_factory(args) -> int:
     where = args.flash or args.port
     print(f"factory: node id {args.node_id or '(from MAC, no certificate)'}, broker {args.mqtt_host}:{args.mqtt_port}"
           f"{', topic prefix ' + args.topic_prefix if args.topic_prefix else ''} -> {where}")
-    options = dict(node_id=args.node_id, pop=args.pop, sec_ver=args.sec_ver, mqtt_host=args.mqtt_host,
+    if args.mac is not None and args.pop != POP_FROM_MAC:
+        raise UserError("--mac is only used with --pop mac (a PoP derived from the MAC)")
+    port = None
+    if args.port:
+        from rmkit.serialport import resolve_port
+
+        port = args.port = resolve_port(args.port)
+    flash = Path(args.flash) if args.flash else None
+    if flash is not None and flash.exists() and not flash.is_dir():
+        raise UserError(f"--flash {flash} is a file; give a virtual board's flash directory")
+    pop, how = choose_pop(args.pop, args.sec_ver, args.mac, flash, port)
+    options = dict(node_id=args.node_id, pop=pop, sec_ver=args.sec_ver, mqtt_host=args.mqtt_host,
                    mqtt_port=args.mqtt_port, topic_prefix=args.topic_prefix, sntp_host=args.sntp_host,
                    sntp_port=args.sntp_port, transport=args.transport, user_mapping=args.user_mapping)
-    if args.flash:
-        flash = Path(args.flash)
-        if flash.exists() and not flash.is_dir():
-            raise UserError(f"--flash {flash} is a file; give a virtual board's flash directory")
+    if flash is not None:
         flash.mkdir(parents=True, exist_ok=True)  # a new directory is a new (erased) board, as for `rmkit vboard`
         path = write_factory_data(flash, pki, **options)
         print(f"factory: wrote {path} and the DER files next to it")
+        written = str(path)
     else:
-        from rmkit.serialport import resolve_port
-
-        args.port = resolve_port(args.port)
-        write_factory_data_serial(args.port, pki, **options)
-        print(f"factory: copied factory data to /{FACTORY_DIR} on {args.port}")
+        write_factory_data_serial(port, pki, **options)
+        print(f"factory: copied factory data to /{FACTORY_DIR} on {port}")
+        written = f"/{FACTORY_DIR}/factory.json on {port}"
+    if pop:
+        print(f"factory: PoP ({how}) written to {written}"
+              + (f": {pop} (shown because --show-pop was given)" if args.show_pop else "; --show-pop prints it"))
+    else:
+        print(f"factory: no PoP ({how})")
     return 0
 
 
@@ -192,7 +268,13 @@ def register(subparsers) -> None:
     target.add_argument("--flash", metavar="DIR", help="a virtual board's flash directory")
     target.add_argument("--port", metavar="SERIAL", help="a board's serial port (or socket://host:port); auto: the one ESP32 board on USB")
     parser.add_argument("--node-id", help="node id (certificate CN); without it the board uses its MAC and gets no certificate")
-    parser.add_argument("--pop", default="", help="proof of possession, required for security 1 (not printed)")
+    parser.add_argument("--pop", help="proof of possession for Security 1: default a random one (8 hex digits); "
+                        "`mac` derives it from the board's MAC (guessable: only where that does not matter); the PoP "
+                        "is not printed unless --show-pop")
+    parser.add_argument("--show-pop", action="store_true",
+                        help="print the PoP (you need it to provision the board; it is also in /factory/factory.json)")
+    parser.add_argument("--mac", help="with --pop mac: the board's base MAC, e.g. 24:0a:c4:12:34:56 (default: read "
+                        "from the board on --port, or from the running virtual board on --flash)")
     parser.add_argument("--sec-ver", type=int, default=1, choices=(0, 1), help="provisioning security: 1 (default) or 0")
     parser.add_argument("--transport", choices=TRANSPORTS, default="softap",
                         help="how the board serves provisioning: softap (its access point and HTTP, default), "

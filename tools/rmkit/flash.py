@@ -56,10 +56,19 @@ def serial_ports() -> list:
 
 
 def check_port(port: str) -> None:
-    """One line for a port esptool could not open: missing, not a serial device, no permission."""
+    """One line for a port esptool could not open: missing, not a serial device, no permission; or a
+    virtual board's socket:// URL, which has no DTR/RTS to reset it into download mode."""
     if re.fullmatch(r"\d+", port):
         raise UserError(f"port {port} looks like a TCP port number: give the board's serial device "
                         f"(/dev/ttyUSB0) or a URL (a virtual board's rfc2217://127.0.0.1:{port})")
+    if port.startswith("socket://"):
+        from rmkit.vboard import runtime
+
+        board = runtime.board_at_url(port)
+        if board is not None:
+            raise UserError(f"{port} is virtual board {board['name']}'s plain TCP port, which carries no DTR/RTS, so "
+                            f"esptool cannot reset it into download mode: flash it at its RFC 2217 port, "
+                            f"make flash PORT={board['rfc2217']}")
     if "://" in port:
         return   # a URL (rfc2217://, socket://): esptool finds out whether it answers
     try:
@@ -79,6 +88,22 @@ def check_port(port: str) -> None:
 def _permission_help(port: str) -> str:
     return (f"permission denied on {port}: add yourself to its group (usually dialout: "
             f"`sudo usermod -aG dialout $USER`, then log in again) or add a udev rule giving you the port")
+
+
+def find_image(pattern: str) -> Path:
+    """The firmware file `pattern` names. A pattern the shell left unexpanded (`make flash
+    FIRMWARE=ESP32_GENERIC-*.bin` passes it quoted, and a shell passes a glob with no match as it is)
+    is expanded here: one match is the image; none or several are one line saying what to do."""
+    if not glob.has_magic(pattern) or Path(pattern).exists():
+        return Path(pattern)
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+        raise UserError(f"no firmware image matches {pattern}: download ESP32_GENERIC from "
+                        "micropython.org/download/ESP32_GENERIC, or give the .bin's path")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        raise UserError(f"{pattern} matches {len(matches)} files ({shown}): give the one to flash")
+    return Path(matches[0])
 
 
 def check_image(path: Path) -> tuple:
@@ -124,6 +149,10 @@ def explain_failure(port: str, chip: espimage.Chip, detail: str) -> str:
             return f"{port} is in use by another program (a serial monitor, mpremote?): close it and retry"
         return f"cannot open {port}: {detail}"
     if "Failed to connect" in detail or "No serial data received" in detail or "Invalid head of packet" in detail:
+        if port.startswith("socket://"):
+            return (f"no ESP32 answered on {port} ({detail}): a socket:// port carries no DTR/RTS, so esptool "
+                    f"cannot reset the board into download mode; a virtual board is flashed at its rfc2217:// URL "
+                    f"(make vboard prints it), a board behind a TCP serial bridge needs BOOT held while EN is pressed")
         return (f"no ESP32 answered on {port} ({detail}): hold BOOT and press EN (RST) to enter download "
                 f"mode, check that the USB cable carries data, or this port is not an ESP32")
     if "will not fit" in detail:
@@ -219,7 +248,8 @@ def _interrupted(port: str) -> str:
 def _cmd_flash(args: argparse.Namespace) -> int:
     from rmkit.serialport import resolve_port
 
-    flash(resolve_port(args.port), Path(args.firmware), baud=args.baud, erase=args.erase, no_stub=args.no_stub,
+    image = find_image(args.firmware)  # before the port: a wrong file is found without a board
+    flash(resolve_port(args.port), image, baud=args.baud, erase=args.erase, no_stub=args.no_stub,
           connect_attempts=args.connect_attempts)
     return 0
 
@@ -231,7 +261,9 @@ def register(subparsers) -> None:
                     "board with esptool: reset into download mode, write at the chip's offset (0x1000 on an "
                     "ESP32, 0x0 on the S3/C3/C6), verify, reset. The chip comes from the image's header. A "
                     "virtual board is flashed through its rfc2217:// URL (printed by `rmkit vboard`).")
-    p.add_argument("firmware", metavar="FIRMWARE", help="the firmware .bin (bootloader, partition table and app)")
+    p.add_argument("firmware", metavar="FIRMWARE",
+                   help="the firmware .bin (bootloader, partition table and app), or a pattern such as "
+                   "'ESP32_GENERIC-*.bin' that matches exactly one file")
     p.add_argument("--port", "-p", default="auto",
                    help="the board's serial port: /dev/ttyUSB0, /dev/ttyACM0, or a URL such as rfc2217://127.0.0.1:PORT "
                    "(default auto: the one ESP32 board on USB)")

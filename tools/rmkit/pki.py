@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from rmkit import REPO_ROOT
+from rmkit import REPO_ROOT, venv_tool
 from rmkit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,7 @@ def _cmd_node(args) -> int:
 def _cmd_show(args) -> int:
     directory = Path(args.dir)
     if not (directory / "ca" / "ca.crt.pem").is_file():
-        raise UserError(f"no CA in {directory}: run `rmkit pki init` first")
+        raise UserError(f"no CA in {directory}: run `{venv_tool('rmkit')} pki init` first")
     pki = Pki(directory)
     cert = pki.ca_certificate
     print(f"CA: {cert.subject.rfc4514_string()} valid until {cert.not_valid_after_utc:%Y-%m-%d}  {pki.ca_pem}")

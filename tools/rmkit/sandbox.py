@@ -4,8 +4,8 @@ client to try (our CLI, Espressif's esp-rainmaker-cli, a phone app's logic in a 
 Prints what a client needs, then, for scripts, the same once as one line:
 `SANDBOX {"softap": ..., "pop": ..., "sec": ..., "ssid": ..., "passphrase": ..., "cloud_url": ...,
 "user": ..., "password": ..., "pid": ...}` when everything is ready (with --transport ble, "ble_device" and
-"ble_hci" instead of "softap": the board's name and the HCI transport a Bumble central reaches its radio on). Ctrl-C (or SIGTERM) stops
-everything; SIGHUP restarts the broker, SIGUSR1 kills it (SIGKILL) and starts it again, its
+"ble_hci" instead of "softap": the board's name and the HCI transport a Bumble central reaches its radio on; with
+--transport both, all three). Ctrl-C (or SIGTERM) stops everything; SIGHUP restarts the broker, SIGUSR1 kills it (SIGKILL) and starts it again, its
 persistence kept, so fault tests can be run by hand.
 """
 
@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 from rmkit import REPO_ROOT, venv_tool
 from rmkit.broker import check_listen, exposure_warnings
@@ -30,9 +31,15 @@ from rmkit.stack import Stack, check_heap, fresh_workdir
 from rmkit.vboard import runtime
 from rmkit.vboard.cpu_speed import CPU_HELP, CPU_MODELS
 from rmkit.vboard.errors import BoardError
+from rmkit.vboard.node_start import NodeDidNotStart, wait_for_node
 
 DEFAULT_WORKDIR = REPO_ROOT / "build" / "sandbox"
 SANDBOX_USER = "sandbox@example.com"
+
+
+def _role(args: argparse.Namespace) -> str:
+    """What this run is to the user: `make cloud` (--no-board) is the broker and the cloud, not a sandbox."""
+    return "cloud" if args.no_board else "sandbox"
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
@@ -41,22 +48,36 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     lock = workdir.with_name(workdir.name + ".pid")
     if lock.exists() and _alive(lock):
-        raise UserError(f"a sandbox is already running in {workdir} (pid {lock.read_text().strip()}); "
-                        "stop it, or give another --workdir (make sandbox WORKDIR=...)")
+        raise UserError(f"a {_role(args)} is already running in {workdir} (pid {lock.read_text().strip()}); "
+                        f"stop it, or give another --workdir (make {_role(args)} WORKDIR=...)")
     if not args.no_board:
         try:
             running = runtime.read_record(runtime.check_name(args.board))
         except BoardError as exc:
             raise UserError(f"--board: {exc}") from None
         if running:
+            other = _other_name(args.board)
             raise UserError(f"a board named {args.board} is already running (pid {running['pid']}); stop it, "
-                            "or give the sandbox's board another --board name")
+                            f"or name this sandbox's board another way: make sandbox WORKDIR={workdir} BOARD={other} "
+                            f"({venv_tool('rmkit')} sandbox --board {other})")
     fresh_workdir(workdir)
     lock.write_text(str(os.getpid()))
     try:
         return _run_sandbox(args, workdir)
     finally:
         lock.unlink(missing_ok=True)
+
+
+def _other_name(board: str) -> str:
+    """A board name no running board has, to suggest: the name with the first free number after it."""
+    for number in range(2, 100):
+        name = f"{board}{number}"
+        try:
+            if runtime.read_record(runtime.check_name(name)) is None:
+                return name
+        except BoardError:
+            break
+    return f"{board}-2"
 
 
 def _alive(lock: Path) -> bool:
@@ -87,29 +108,33 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                 "pki": str(stack.pki.directory), "sntp": f"{stack.sntp.host}:{stack.sntp.port}",
                 "pid": os.getpid()}
         board = None
+        reaches: list[str] = []  # the `rmkit provision` arguments of each way to the board
         if not args.no_board:
             board = stack.add_board(args.board, softap=args.softap, transport=args.transport,
                                     user_mapping=args.user_mapping)
-            board.wait_for_log(r"state: provisioning", timeout=30)
+            _wait_for_provisioning(board, args.heap)
             host, port = board.softap
-            if args.transport == "ble":
-                info.update({"ble_device": board.service_name, "ble_hci": board.ble_hci})
-                where = f"BLE as {board.service_name}, simulated radio at {board.ble_hci}"
-                reach = f"--transport ble --device {board.service_name} --hci {board.ble_hci}"
-            else:
+            ways = []
+            if args.transport != "ble":
                 info["softap"] = f"{host}:{port}"
-                where = f"SoftAP HTTP at {host}:{port}"
-                reach = f"--host {host}:{port}"
+                ways.append(f"SoftAP HTTP at {host}:{port}")
+                reaches.append(f"--host {host}:{port}")
+            if args.transport != "softap":
+                info.update({"ble_device": board.service_name, "ble_hci": board.ble_hci})
+                ways.append(f"BLE as {board.service_name}, simulated radio at {board.ble_hci}")
+                reaches.append(f"--transport ble --device {board.service_name} --hci {board.ble_hci}")
+            where = " and ".join(ways)
             info.update({"pop": board.pop, "sec": 1, "ssid": stack.ssid, "passphrase": stack.passphrase})
             runtime.record_board(board)  # so `make repl BOARD=` and `rmkit repl --name` find it
-        print(f"sandbox ready (everything on this machine; logs in {workdir}):")
+        role = _role(args)
+        print(f"{role} ready (everything on this machine; logs in {workdir}):")
         print(f"  cloud       {stack.cloud.base_url} (REST under /v1/), user {SANDBOX_USER} password {password}")
         print(f"  broker      {stack.broker.host}:{stack.broker.port} (mutual TLS; PKI in {stack.pki.directory}"
               + (f"; listening on {stack.broker.listen}, certificate for "
                  f"{', '.join(san_names(stack.broker.identity.certificate()))})"
                  if stack.broker.listen != stack.broker.host else ")"))
         for line in exposure_warnings(stack.broker.listen, stack.broker.port, stack.broker.identity.certificate()):
-            print(f"sandbox: {line}", file=sys.stderr, flush=True)
+            print(f"{role}: {line}", file=sys.stderr, flush=True)
         print(f"  time        SNTP on udp {stack.sntp.host}:{stack.sntp.port} (boards power on at 2000-01-01)")
         if board is not None:
             print(f"  node        {board.node_id}, provisioning over {where}, Security 1, PoP {board.pop}")
@@ -120,10 +145,12 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
                   f"    {venv_tool('mpremote')} connect {shlex.quote(str(board.pty_link))} resume repl\n"
                   f"    make repl BOARD={board.name}\n"
                   f"    {venv_tool('rmkit')} repl --name {board.name}")
-            print("  try:\n    %s provision %s --pop %s --ssid %s --passphrase %s \\\n"
-                  "      --cloud-url %s --email %s --password %s"
-                  % (venv_tool("rmkit"), reach, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
-                     SANDBOX_USER, password))
+            for number, reach in enumerate(reaches):
+                print(("  try:" if number == 0 else "  or over BLE:")
+                      + "\n    %s provision %s --pop %s --ssid %s --passphrase %s \\\n"
+                      "      --cloud-url %s --email %s --password %s"
+                      % (venv_tool("rmkit"), reach, board.pop, stack.ssid, stack.passphrase, stack.cloud.base_url,
+                         SANDBOX_USER, password))
         print(f"  restarts    kill -HUP {os.getpid()} restarts the broker, kill -USR1 {os.getpid()} kills it "
               "(SIGKILL) and starts it again; its sessions and queued messages are kept")
         print("SANDBOX " + json.dumps(info), flush=True)
@@ -131,7 +158,7 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
         try:
             while not stop.wait(0.2):
                 while restart_requests:
-                    _restart_broker(stack, restart_requests.pop(0))
+                    _restart_broker(stack, restart_requests.pop(0), role)
                 if board is not None and not board.running:
                     print("sandbox: the board's MicroPython process is gone; see", board.serial_log, flush=True)
                     return 1
@@ -140,17 +167,28 @@ def _run_sandbox(args: argparse.Namespace, workdir: Path) -> int:
         finally:
             if board is not None:
                 runtime.remove_record(board.name, os.getpid())
-    print("sandbox: stopped", flush=True)
+    print(f"{role}: stopped", flush=True)
     return 0
 
 
-def _restart_broker(stack: Stack, how: str) -> None:
+def _wait_for_provisioning(board, heap: Optional[str]) -> None:
+    """The board's node in provisioning, or one line with the error its firmware stopped on, as soon as it did."""
+    try:
+        wait_for_node(board, r"state: provisioning", timeout=30)
+    except NodeDidNotStart as exc:
+        hint = ""
+        if exc.error and exc.error.startswith("MemoryError") and heap:
+            hint = f"; {heap} is too small a heap for the firmware: give more (HEAP=110K) or none for an ESP32's"
+        raise UserError(f"{exc}{hint}") from None
+
+
+def _restart_broker(stack: Stack, how: str, role: str) -> None:
     if how == "SIGKILL":
         stack.broker.kill()
     else:
         stack.broker.stop()
     stack.broker.start()
-    print(f"sandbox: broker restarted ({how}), pid {stack.broker.pid}", flush=True)
+    print(f"{role}: broker restarted ({how}), pid {stack.broker.pid}", flush=True)
 
 
 def register(subparsers) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 from typing import Iterable, Optional
 
+from rmkit import venv_tool
 from rmkit.errors import UserError
 
 AUTO = "auto"
@@ -81,7 +82,8 @@ def describe_open_error(port: str, exc: Exception) -> str:
     code = getattr(exc, "errno", None)
     text = str(exc)
     if code == errno.ENOENT or "No such file" in text or "could not open port" in text and "[Errno 2]" in text:
-        return f"no serial port {port}: check the cable, or list ports with `python -m serial.tools.list_ports`"
+        return (f"no serial port {port}: check the cable, or list ports with "
+                f"`{venv_tool('python')} -m serial.tools.list_ports`")
     if code == errno.EACCES or "Permission denied" in text or "[Errno 13]" in text:
         return (f"permission denied on {port}: add yourself to the port's group "
                 f"(`sudo usermod -aG dialout $USER`, then log in again) or add a udev rule")

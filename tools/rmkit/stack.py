@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from rmkit import REPO_ROOT
+from rmkit import REPO_ROOT, venv_tool
 from rmkit.broker import Broker, check_listen, connect_host
 from rmkit.cloud.mqtt import MqttSettings
 from rmkit.cloud.service import CloudService
@@ -127,7 +127,7 @@ class Stack:
             self.broker = Broker(self.pki, self.workdir / "broker", port=self.broker_port, listen=listen)
             if not names_host(self.broker.identity.certificate(), self.broker.host):
                 raise UserError(f"the broker certificate in {self.pki.directory} does not name {self.broker.host}, "
-                                f"where the local cloud connects: run `rmkit pki --dir {self.pki.directory} init "
+                                f"where the local cloud connects: run `{venv_tool('rmkit')} pki --dir {self.pki.directory} init "
                                 f"--broker-host {self.broker.host}` first")
             self.broker.start()
             # boards set their clock by SNTP before TLS (they power on at 2000-01-01)

@@ -58,3 +58,17 @@ def test_the_button_online_leaves_it_to_the_online_sequence():
 
 def test_the_repl_entry_point_keeps_the_name_users_learnt():
     check(node_module.factory_reset is node_module.factory_reset_from_repl, "rmnode.node.factory_reset")
+
+
+def test_the_wifi_reset_forgets_the_network_and_keeps_the_mapping_state():
+    """As upstream's esp_rmaker_wifi_reset: the node is provisioned onto a network again and stays its user's."""
+    from rmnode.reset import wifi_reset_from_repl
+    from rmnode.store import Store
+
+    root = tmpdir("wifi-reset")
+    pending = {"user_id": "u1", "secret_key": "k1"}
+    Store(root + "/state.json").update({"wifi": {"ssid": "home", "passphrase": "pw"}, "pending_mapping": pending})
+    check(wifi_reset_from_repl(root, reboot=False), "credentials were stored")
+    state = Store(root + "/state.json")
+    equal((state.get("wifi"), state.get("pending_mapping")), (None, pending), "network forgotten, mapping kept")
+    check(not wifi_reset_from_repl(root, reboot=False), "nothing left to forget")

@@ -198,6 +198,68 @@ def test_failed_join_then_ctrl_reset_then_retry():
     equal([j[1] for j in node.station.joins], [b"wrong-pw", b"right-pw"], "two joins")
 
 
+def _logged(fn):
+    """Run fn(); return the log lines it wrote."""
+    from rmnode import log
+
+    lines = []
+    log.sink = lambda line: lines.append(line) or True
+    try:
+        fn()
+    finally:
+        log.sink = None
+    return lines
+
+
+def test_the_same_credentials_during_their_join_are_taken_and_nothing_restarts():
+    """A client interrupted after ApplyConfig runs again (docs/protocol.md 2.4): in its new session the same
+    credentials are Success, ApplyConfig again is Success without a second join, and the status names the
+    network being joined."""
+    node = Node()
+    client = _sec1(node)
+    _config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
+    _config(node, client, {"msg": 4})
+    again = _sec1(node, session_id=8)
+    equal(_config(node, again, {"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}},
+                  session_id=8)["resp_set_config"]["status"], 0, "the same credentials again")
+    equal(_config(node, again, {"msg": 4}, session_id=8)["resp_apply_config"]["status"], 0, "ApplyConfig again")
+    equal(node.station.joins, [(b"home", b"pw123456", None)], "one join, not restarted")
+    status = _config(node, again, {"cmd_get_status": {}}, session_id=8)["resp_get_status"]
+    equal((status["sta_state"], status["connected"]["ssid"]), (fwtest.STA_CONNECTING, b"home"), "joining home")
+
+
+def test_other_credentials_during_a_join_are_refused_but_not_as_an_internal_error():
+    node = Node()
+    client = _sec1(node)
+    _config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
+    _config(node, client, {"msg": 4})
+    replies = []
+    lines = _logged(lambda: replies.append(_config(node, client, {"msg": 2, "cmd_set_config": {
+        "ssid": b"office", "passphrase": b"pw123456"}})))
+    equal(replies[0]["resp_set_config"]["status"], fwtest.STATUS_INVALID_ARGUMENT, "refused, the node is not broken")
+    equal([line.split(": ", 1)[1] for line in lines],
+          ["SetConfig refused: joining home; wait for its result or send prov-ctrl reset first"], "one line")
+    equal(node.station.joins, [(b"home", b"pw123456", None)], "the join goes on")
+    node.station.current = node.station.StationStatus(fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR)
+    equal(_config(node, client, {"msg": 2, "cmd_set_config": {"ssid": b"office", "passphrase": b"pw123456"}})
+          ["resp_set_config"]["status"], 0, "once that join failed, new credentials are taken")
+
+
+def test_from_the_irq_handler_the_same_credentials_before_the_join_started_are_taken_once():
+    node = Node()
+    dispatch = _from_irq(node)
+    client = sec1_session(dispatch, 7, b"abcd1234")
+    config = lambda req: secured(dispatch, client, 7, "prov-config", pb.WiFiConfigPayload, req)
+    for _ in range(2):
+        equal(config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
+              ["resp_set_config"]["status"], 0, "SetConfig")
+        equal(config({"msg": 4})["resp_apply_config"]["status"], 0, "ApplyConfig")
+    equal(config({"cmd_get_status": {}})["resp_get_status"]["connected"]["ssid"], b"home", "joining home")
+    node.prov.run_deferred()
+    check(not node.prov.run_deferred(), "one join asked for")
+    equal(node.station.joins, [(b"home", b"pw123456", None)], "joined once")
+
+
 def test_network_not_found_reported():
     node = Node()
     client = _sec1(node)

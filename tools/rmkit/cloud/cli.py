@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from rmkit import REPO_ROOT
+from rmkit import REPO_ROOT, venv_tool
 from rmkit.errors import UserError
 
 DEFAULT_DB = REPO_ROOT / "build" / "cloud.db"  # build/ is gitignored
@@ -33,7 +33,7 @@ def _serve(args) -> int:
         if not args.broker_port:
             raise UserError("give --broker-port (and --pki) for the MQTT side, or --no-mqtt")
         if not Path(args.pki).is_dir():
-            raise UserError(f"no PKI at {args.pki}: run `rmkit pki init` first, or pass --pki DIR")
+            raise UserError(f"no PKI at {args.pki}: run `{venv_tool('rmkit')} pki init` first, or pass --pki DIR")
         if args.session_expiry < 0 or args.session_expiry > 0xFFFFFFFF:
             raise UserError(f"--session-expiry {args.session_expiry} is out of range (0 .. 4294967295 s)")
         mqtt = MqttSettings.from_pki(args.pki, args.broker_host, args.broker_port,
@@ -100,7 +100,7 @@ def _list_users(args) -> int:
     for user in users:
         print(f"{user.user_id}  {user.email}")
     if not users:
-        print("cloud: no users (add one with `rmkit cloud add-user EMAIL --password P`)")
+        print(f"cloud: no users (add one with `{venv_tool('rmkit')} cloud add-user EMAIL --password P`)")
     return 0
 
 

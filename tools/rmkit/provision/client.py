@@ -12,8 +12,8 @@ from typing import Callable
 from google.protobuf.message import DecodeError
 
 from rmkit.proto import pb
-from rmkit.provision.errors import (ChallengeDeclined, HandshakeFailed, MappingRefused, ProtocolError, ProvisionError,
-                                    TransportError, WifiJoinFailed, DeviceUnreachable)
+from rmkit.provision.errors import (ChallengeDeclined, ConfigRefused, HandshakeFailed, MappingRefused, ProtocolError,
+                                    ProvisionError, TransportError, WifiJoinFailed, DeviceUnreachable)
 from rmkit.provision.mapping import (AUTO, CHALLENGE_RESPONSE, CHOICES, DEFAULT_CHALLENGE_TIMEOUT_S, SECRET_KEY,
                                      ChallengeCloud, choose_mapping)
 from rmkit.provision.security import make_security
@@ -274,7 +274,10 @@ class Provisioner:
         request.cmd_set_config.ssid = ssid_bytes
         request.cmd_set_config.passphrase = passphrase_bytes
         response = self._secured("prov-config", request, pb.WiFiConfigPayload)
-        self._check_config(response, pb.WiFiConfigMsgType.TypeRespSetConfig, response.resp_set_config.status, "set")
+        status = response.resp_set_config.status
+        if response.msg == pb.WiFiConfigMsgType.TypeRespSetConfig and status != pb.Status.Success:
+            raise ConfigRefused(status, _enum_name(pb.Status, status))
+        self._check_config(response, pb.WiFiConfigMsgType.TypeRespSetConfig, status, "set")
 
     def apply_wifi_config(self) -> None:
         # Espressif's client sends only msg=4 (0804); the node dispatches on msg (docs/protocol.md 2.4)
@@ -292,6 +295,9 @@ class Provisioner:
         result = WifiStatus(state=_enum_name(pb.WifiStationState, status.sta_state))
         if status.WhichOneof("state") == "fail_reason":
             result.fail_reason = _enum_name(pb.WifiConnectFailedReason, status.fail_reason)
+        elif status.WhichOneof("state") == "connected" and result.state == "Connecting":
+            # this node names the network it is joining there (docs/protocol.md 2.4); upstream sends it empty
+            result.ssid = status.connected.ssid.decode("utf-8", "replace")
         elif status.WhichOneof("state") == "connected":
             connected = status.connected
             result.ip4_addr = connected.ip4_addr
@@ -320,6 +326,36 @@ class Provisioner:
             if time.monotonic() >= deadline:
                 raise WifiJoinFailed(f"still Connecting after {self.wifi_timeout_s:g} s", None, ssid)
             time.sleep(self.poll_interval_s)
+
+    def join_wifi(self, ssid: str, passphrase: str) -> WifiStatus:
+        """prov-config set, apply, status until Connected. When the node refuses the credentials because it is
+        already joining a network (an earlier run was interrupted after ApplyConfig, or another client came
+        first), wait for that join's outcome and report it: joined, that is where the node is; failed, the
+        node takes these credentials again."""
+        try:
+            self.set_wifi_config(ssid, passphrase)
+        except ConfigRefused:
+            under_way = self.wifi_status()
+            if under_way.state not in ("Connecting", "Connected"):
+                raise
+            joining = under_way.ssid or "a network it does not name"
+            self._progress(f"the node is joining {joining}; waiting for its result")
+            try:
+                joined = self.wait_for_wifi(under_way.ssid)
+            except WifiJoinFailed as failed:
+                self._progress(f"the node could not join {joining} ({failed.state}"
+                               f"{', ' + failed.reason if failed.reason else ''}); sending the credentials for '{ssid}'")
+                self.set_wifi_config(ssid, passphrase)
+            else:
+                if joined.ssid and joined.ssid != ssid:
+                    log.warning("node joined %r, not %r", joined.ssid, ssid)
+                    self._progress(f"the node joined '{joined.ssid}', not '{ssid}': it was joining that network "
+                                   "when these credentials came; to move it, put it back into provisioning "
+                                   "(make reset WIFI=1 with its BOARD= or PORT=) and provision it again")
+                return joined
+        self.apply_wifi_config()
+        self._progress(f"Wi-Fi credentials for '{ssid}' applied, waiting for the node to join")
+        return self.wait_for_wifi(ssid)
 
     def reset_wifi(self) -> None:
         """prov-ctrl CmdCtrlReset: the node forgets the failed attempt and accepts new credentials."""
@@ -374,10 +410,7 @@ class Provisioner:
             self._progress(f"scan: {len(networks)} networks")
             for network in networks:
                 self._progress(f"  {network.ssid!r} channel {network.channel} rssi {network.rssi} {network.auth}")
-        self.set_wifi_config(ssid, passphrase)
-        self.apply_wifi_config()
-        self._progress(f"Wi-Fi credentials for '{ssid}' applied, waiting for the node to join")
-        wifi = self.wait_for_wifi(ssid)
+        wifi = self.join_wifi(ssid, passphrase)
         self.timings_s["total"] = time.perf_counter() - started
         self._progress(f"node joined '{wifi.ssid or ssid}' with address {wifi.ip4_addr or '?'}")
         return ProvisionResult(node_id=node_id, wifi=wifi, sec_ver=self._security.version,

@@ -60,3 +60,13 @@ class ChallengeDeclined(ProvisionError):
 
 class MappingUnavailable(ProvisionError):
     """The user-node mapping flow that was asked for is one the node does not offer."""
+
+
+class ConfigRefused(ProvisionError):
+    """prov-config SetConfig answered a status other than Success (docs/protocol.md 2.4): a join of other
+    credentials is under way, or the node took none."""
+
+    def __init__(self, status: int, status_name: str):
+        super().__init__(f"prov-config set: node answered {status_name}")
+        self.status = status
+        self.status_name = status_name

@@ -82,6 +82,9 @@ def run_vboard(args: argparse.Namespace) -> int:
     if args.rfc2217_port and port_in_use(args.rfc2217_port):
         raise UserError(f"TCP port {args.rfc2217_port} on 127.0.0.1 is already in use "
                         f"(pick another --rfc2217-port, or omit it)")
+    if args.flash.exists() and not args.flash.is_dir():  # before anything is written next to it
+        raise UserError(f"flash path {args.flash} is a file, not a directory: give the board's flash directory "
+                        f"(a new one is an erased board), e.g. make vboard FLASH=vboards/{args.name}")
     air = args.air or args.flash.with_name(args.flash.name + ".air.json")
     echo = None if args.quiet else _Echo()
     try:
@@ -106,11 +109,19 @@ def run_vboard(args: argparse.Namespace) -> int:
         raise UserError(str(exc).splitlines()[0]) from None
     try:
         runtime.record_board(board)
-        _print_connect_help(board, air, wifi)
+        helped = _print_connect_help(board, air, wifi)
         if echo:
             echo.enable()
+        entries = ProvisioningEntries(board.serial_log, skip_first=helped)
         while board.running:
             time.sleep(0.2)
+            # the firmware started, after a deploy and a reset, or is back in provisioning: how to provision it now
+            for _ in range(entries.new()):
+                text = _provisioning_help(board, wifi)
+                if echo:
+                    echo.say(text)
+                else:
+                    print(text, flush=True)
         print(f"vboard {args.name}: board halted; see {board.serial_log}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -155,17 +166,54 @@ class _Echo:
             self._write(bytes(self._held))
             self._held.clear()
 
-    @staticmethod
-    def _write(data: bytes) -> None:
-        # minus raw-REPL protocol bytes (0x04, 0x01...) that would garble a terminal
+    def say(self, text: str) -> None:
+        """Lines of this command's own between the board's, on a line of their own."""
+        with self._lock:
+            self._write(("" if self._at_line_start else "\n").encode() + text.encode() + b"\n")
+
+    _at_line_start = True
+
+    def _write(self, data: bytes) -> None:
+        # minus control bytes (0x04, 0x01...) that would garble a terminal
         text = bytes(b for b in data if b >= 0x20 or b in (0x09, 0x0A, 0x0D))
+        if text:
+            self._at_line_start = text.endswith(b"\n")
         sys.stdout.buffer.write(text.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
         sys.stdout.flush()
 
 
-def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
+class ProvisioningEntries:
+    """Counts the node's entries into provisioning in a board's serial log (`state: provisioning (service
+    ...)`: the firmware started its provisioning service), as they come."""
+
+    MARK = b"state: provisioning (service "
+
+    def __init__(self, serial_log: Path, skip_first: bool = False):
+        self._log = Path(serial_log)
+        self._offset = 0
+        self._skip = 1 if skip_first else 0
+
+    def new(self) -> int:
+        """Entries since the last call (the first one skipped when the banner already said how to provision)."""
+        try:
+            with open(self._log, "rb") as log:
+                log.seek(self._offset)
+                text = log.read()
+        except OSError:
+            return 0
+        end = text.rfind(b"\n") + 1  # whole lines only: a mark may be half written
+        count = text[:end].count(self.MARK)
+        self._offset += end
+        skipped = min(count, self._skip)
+        self._skip -= skipped
+        return count - skipped
+
+
+def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> bool:
+    """The banner; True when it said how to provision the firmware on the flash."""
     mpremote, ampy = venv_tool("mpremote"), venv_tool("ampy")
-    mac_cmd = "import network; print(network.WLAN(network.STA_IF).config('mac'))"
+    mac_cmd = ("import network, binascii; "
+               "print(binascii.hexlify(network.WLAN(network.STA_IF).config('mac'), ':').decode())")
     pty = shlex.quote(str(board.pty_link))
     print(f"vboard {board.name}: up in {board.start_seconds:.2f} s, MAC {board.mac}\n"
           f"  serial (socket) {board.url}\n"
@@ -178,15 +226,19 @@ def _print_connect_help(board: VirtualBoard, air: Path, wifi) -> None:
           + (f"  Wi-Fi           simulated network {wifi[0]!r}, passphrase {wifi[1]} (in {air}; AIR= for another)\n"
              if wifi else f"  Wi-Fi           the access points in {air}\n")
           + f"connect with:\n"
-          f"  {mpremote} connect {board.url} exec \"{mac_cmd}\"\n"
+          f"  {mpremote} connect {board.url} resume exec \"{mac_cmd}\" + reset\n"
           f"  {mpremote} connect {pty} repl\n"
           f"  {ampy} --port {pty} ls\n"
           f"  make repl BOARD={board.name}\n"
           f"  {venv_tool('esptool')} --port {board.rfc2217_url} chip-id\n"
           f"  {venv_tool('rmkit')} repl --name {board.name}\n"
-          "(ampy needs the pty: it cannot open socket:// URLs; Ctrl-] leaves `make repl`)", flush=True)
-    print(_provisioning_help(board, wifi), flush=True)
+          "(ampy needs the pty: it cannot open socket:// URLs; Ctrl-] leaves `make repl`; mpremote's `resume` keeps "
+          "it from soft-resetting the board first, and `+ reset` starts the firmware again that its exec "
+          "interrupted)", flush=True)
+    help_text = _provisioning_help(board, wifi)
+    print(help_text, flush=True)
     print("Ctrl-C stops the board.", flush=True)
+    return help_text.startswith("provisioning:")
 
 
 def _provisioning_help(board: VirtualBoard, wifi) -> str:
@@ -206,7 +258,8 @@ def _provisioning_help(board: VirtualBoard, wifi) -> str:
     if isinstance(pop, str):
         where = "from factory data"
     else:  # the firmware's default (docs/protocol.md 7.4): hex of the MAC's last four bytes
-        pop, where = board.mac.replace(":", "")[4:], "derived from the MAC: no factory data"
+        pop, where = board.mac.replace(":", "")[4:], "derived from the MAC: no factory data, so guessable; " \
+                                                     "rmkit factory writes a random one"
     sec = factory.get("sec_ver", 1)
     # settings.json overrides the factory data's transport, as on the node (rmnode/config.py)
     try:

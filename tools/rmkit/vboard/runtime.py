@@ -100,3 +100,12 @@ def board_using_flash(flash: Path):
         if record and Path(record.get("flash", "")).resolve() == wanted:
             return record
     return None
+
+
+def board_at_url(url: str):
+    """The record of a running board one of whose serial URLs (socket:// or rfc2217://) is `url`, or None."""
+    for path in sorted(runtime_dir().glob("*.json")):
+        record = read_record(path.stem) if _NAME.match(path.stem) else None
+        if record and url in (record.get("url"), record.get("rfc2217")):
+            return record
+    return None

@@ -20,6 +20,11 @@ process whenever the board "reboots". Why each piece is there (each measured on 
   power_cut(); anything else (a signal, a FATAL error) is a crash, reported in the serial stream
   and to waiting callers, and followed by a reboot like an ESP32 panic; three crashes within
   10 s halt the board instead of looping.
+- `on_output` (what `rmkit vboard` echoes to its terminal) is the console a person watches: it gets
+  everything the board prints except a raw-REPL session, which is one client's private exchange
+  (mpremote's `fs cp` asks os.stat() about each file it copies and reads the expected ENOENT
+  tracebacks back; raw-paste's flow-control bytes), as on a board whose port one program holds. The
+  serial log and every client still get every byte.
 - A line with `vboard FAULT: ` from the process (sim/vb_irq.py: a BLE IRQ handler released the GIL)
   is a fault: recorded with its log offset and reported to waiting callers like a crash, but the
   board carries on (on an ESP32 the harm is silent).
@@ -390,7 +395,7 @@ class Supervisor(threading.Thread):
     def _emit(self, data: bytes) -> None:
         self._log.write(data)
         self._log.flush()
-        if self._on_output:
+        if self._on_output and not self._raw_mode:  # a raw-REPL session is its client's alone (see above)
             try:
                 self._on_output(data)
             except Exception:  # a broken echo (closed stdout) must not take the board down
