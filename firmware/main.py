@@ -3,10 +3,7 @@
 import gc
 import sys
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import asyncio
 
 from rmnode import log
 from rmnode.node import Node

@@ -19,10 +19,7 @@ import gc
 import struct
 import sys
 
-try:
-    import asyncio
-except ImportError:  # MicroPython before 1.21
-    import uasyncio as asyncio
+import asyncio
 
 try:
     import random
