@@ -115,20 +115,30 @@ def freq(hz=None):
 # WDT_RESET (ports/esp32/modmachine.c).
 # Here the host keeps the timer (rmkit/vboard/supervisor.py): a write of the state file /wdt (the timeout
 # in ms) is a feed, its mtime the moment; the host resets the board when it is older than the timeout,
-# and forgets it at every reset but a soft one.
+# and removes the file at every reset but a soft one (a soft reboot's new process rewrites it when the
+# firmware makes its WDT again: until then the file's last feed counts, as the running timer does).
 _wdt = []
 
 
 class _WDT:
-    def __init__(self, timeout):
-        self._text = str(timeout)
+    def __init__(self):
+        # kept open and rewritten in place, a fixed-width number: a feed allocates nothing on the GC heap,
+        # where the firmware's share is counted (a board's feed is a register write)
+        self._file = _state.open("/wdt", "w")
+        self._text = ""
+
+    def _write(self):
+        f = self._file
+        f.seek(0)
+        f.write(self._text)
+        f.flush()
 
     def feed(self):
         # On an ESP32 a BLE IRQ handler runs on the NimBLE task holding the GIL (vb_irq): the main task
         # cannot run, so cannot feed, until it returns. A feed made meanwhile here does not count.
         running = vb_irq._handler_thread[0]
         if running is None or running == _thread.get_ident():
-            _state_write("/wdt", self._text)
+            self._write()
 
 
 def WDT(id=0, timeout=5000):
@@ -137,10 +147,10 @@ def WDT(id=0, timeout=5000):
     if timeout <= 0:
         raise ValueError("WDT timeout too short")
     if not _wdt:
-        _wdt.append(_WDT(timeout))
+        _wdt.append(_WDT())
     wdt = _wdt[0]
-    wdt._text = str(timeout)
-    _state_write("/wdt", wdt._text)  # the reconfigure restarts the count
+    wdt._text = "%010d" % timeout
+    wdt._write()  # the reconfigure restarts the count
     return wdt
 
 
