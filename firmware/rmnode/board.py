@@ -42,8 +42,9 @@ _REPL_TIMEOUT_MS = const(3600000)
 _BUTTON = const(0)  # GPIO0, a DevKit's BOOT button; pressed pulls it low
 _WIFI_RESET_MS = const(3000)
 _FACTORY_RESET_MS = const(10000)
-# A level counts once it has not changed for this long: contacts bounce for a few ms (ESP-IDF's button
-# component debounces over 2 ticks of 5 ms); shorter presses are noise
+# A level counts once it has not changed for this long: contacts bounce for a few ms (espressif/button, which
+# app_reset uses, needs 2 equal scans 5 ms apart: Kconfig BUTTON_DEBOUNCE_TICKS, BUTTON_PERIOD_TIME_MS); shorter
+# presses are noise
 _DEBOUNCE_MS = const(30)
 _POLL_MS = const(100)
 
