@@ -169,6 +169,7 @@ class Supervisor(threading.Thread):
         self._reset_cause = PWRON_RESET
         self._chip_started = time.monotonic()  # the last reset other than a soft one (ESP-IDF's uptime)
         self._wdt_file = state_dir / "wdt"      # sim/vb_machine.py WDT: fed = rewritten
+        self._wdt_seen = (None, 0.0)            # (mtime, timeout s) of the wdt file last read
         self.watchdog_resets = 0
         self._crash_times: list = []
         self._stopping = False
@@ -836,10 +837,11 @@ class Supervisor(threading.Thread):
             return None
         try:
             fed = self._wdt_file.stat().st_mtime
-            timeout_ms = int(self._wdt_file.read_text())
+            if self._wdt_seen[0] != fed:  # read the timeout only when the file changed: this runs at every wakeup
+                self._wdt_seen = (fed, int(self._wdt_file.read_text()) / 1000)
         except (OSError, ValueError):  # none, or a feed being written this very moment
             return None
-        return time.time() - fed, timeout_ms / 1000
+        return time.time() - fed, self._wdt_seen[1]
 
     def _watchdog_left(self) -> Optional[float]:
         state = self._watchdog()
