@@ -72,11 +72,13 @@ def test_tls_that_does_not_fit_internal_ram_fails_is_retried_and_maps_once_it_fi
     assert re.search(r"mqtt: connected in \d+ ms", board.read_log(fits.end()))
 
 
-def test_a_wifi_driver_call_that_never_returns_is_ended_by_the_watchdog_and_the_mapping_still_confirms(rig):
+def test_a_wifi_driver_call_that_never_returns_is_ended_by_the_watchdog_and_the_mapping_still_confirms(rig_factory):
     """The node is online with its mapping pending (the broker is away). Its board resets, and at boot the
     Wi-Fi driver wedges: WLAN.connect() never returns (the air's connect_block_s), so the event loop stops and
     nothing feeds the watchdog. It resets the board as an ESP32's does; the driver works again after that, and
     the node comes back with the mapping it kept on flash and publishes it."""
+    # the request stays open through the 30 s watchdog, a reboot or two and the cloud's reconnect to the broker
+    rig = rig_factory(mapping_timeout=300)
     rig.add_user("carol@example.com")
     carol = rig.login("carol@example.com")
     rig.stack.broker.stop()
