@@ -105,6 +105,7 @@ class HostileBroker:
             self._spawn(self._serve if served.script is not None else self._pipe, conn, served)
 
     def _serve(self, conn: socket.socket, served: Served) -> None:
+        sent_at = None
         try:
             conn.settimeout(HANG_UP_WAIT_S)
             with self._context.wrap_socket(conn, server_side=True) as tls:
@@ -116,7 +117,7 @@ class HostileBroker:
                     pass
                 served.hung_up_after_s = time.monotonic() - sent_at
         except (ConnectionError, ssl.SSLError) as exc:  # a client that aborts resets or cuts the TLS stream
-            if served.connect_seen:
+            if sent_at is not None:
                 served.hung_up_after_s = time.monotonic() - sent_at
             else:
                 served.error = f"{type(exc).__name__}: {exc}"
