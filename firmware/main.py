@@ -3,10 +3,7 @@
 import gc
 import sys
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import asyncio
 
 from rmnode import log
 from rmnode.node import Node
@@ -19,7 +16,10 @@ gc.threshold(4096)
 try:
     asyncio.run(Node().run())
 except KeyboardInterrupt:
-    log.info("main", "interrupted; at the REPL")
+    from rmnode.board import watchdog_at_repl
+
+    watchdog_at_repl()  # nothing feeds it at the REPL, and it cannot be stopped
+    log.info("main", "interrupted; at the REPL (watchdog: an hour)")
 except Exception as exc:  # a bug, not bad input: say so loudly, then reboot like an ESP32 panic would
     log.error("main", "node stopped on an unexpected error")
     sys.print_exception(exc)

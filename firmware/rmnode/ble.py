@@ -31,10 +31,7 @@ silent for `idle_s` (connected without a request, or leaving its response unread
 the attribute buffer are truncated by the stack (then fail to decrypt or decode: an ATT error on the read).
 """
 
-try:
-    import asyncio
-except ImportError:  # older MicroPython firmware
-    import uasyncio as asyncio
+import asyncio
 
 import time
 from binascii import unhexlify

@@ -23,10 +23,7 @@ server keeps serving. Bodies are read with `readexactly` only after their length
 
 import os
 
-try:
-    import asyncio
-except ImportError:  # older MicroPython firmware
-    import uasyncio as asyncio
+import asyncio
 
 try:
     from micropython import const

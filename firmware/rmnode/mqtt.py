@@ -11,6 +11,12 @@ Sized for the online phase's heap (64 KiB or less): one class and one exception 
 once; a resend only sets the DUP bit). The node never subscribes, so the client has no SUBSCRIBE
 and treats a PUBLISH from the broker like any other unexpected packet: the link is dropped.
 
+A broken or hostile broker cannot take the node down with a packet header: `read_packet` checks the
+fixed header before it reads a body byte (what a client may receive, §2.2; the Remaining Length a
+packet of that type has, §3) and reads no body longer than `_MAX_BODY`. Any packet MQTT 3.1.1 says a
+client must not accept, or one this client has no use for, ends the connection (MQTTError); the
+client then reconnects with its backoff.
+
 Runs on MicroPython (ESP32 and the unix port) and on CPython 3.11 (host unit tests).
 Payloads are never logged: the mapping payload carries the secret key.
 """
@@ -19,10 +25,7 @@ import gc
 import struct
 import sys
 
-try:
-    import asyncio
-except ImportError:  # MicroPython before 1.21
-    import uasyncio as asyncio
+import asyncio
 
 try:
     import random
@@ -52,6 +55,18 @@ _PUBACK = const(0x40)
 _PINGRESP = const(0xD0)
 
 _MAX_REMAINING = const(268435455)  # 4-byte Remaining Length (§2.2.3)
+# The longest packet body this client reads: a CONNACK or a PUBACK, 2 bytes (§3.2.1, §3.4.1; a PINGRESP
+# has none). The node subscribes to nothing (docs/protocol.md 5.2), so a PUBLISH or SUBACK never has a
+# reason to come, and a Remaining Length of up to 256 MiB is refused before anything is allocated. A
+# node that subscribes raises this to the largest PUBLISH it accepts.
+_MAX_BODY = const(2)
+# What a client may receive, by packet type (the first byte's high nibble, §2.2.1): "x" never comes to a
+# client (reserved 0, CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT, reserved 15), a digit is the
+# Remaining Length every packet of that type has (CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: 2;
+# PINGRESP: 0), "v" a variable one (PUBLISH, SUBACK)
+_INBOUND = const("xx2v2222xvx2x0xx")
+_PUBREL_TYPE = const(6)  # the one packet a client receives whose flags are not 0 but 0b0010 (§2.2.2)
+_PUBLISH_TYPE = const(3)  # flags DUP, QoS, RETAIN; QoS 3 is malformed (§3.3.1.2)
 
 # An outbox entry (a QoS 1 publish waiting for its PUBACK) is a list, not an object: a class would
 # cost heap for the online phase's whole life. const() names for its fields are inlined: free.
@@ -140,14 +155,12 @@ def publish_packet(topic, payload, qos=0, packet_id=0, dup=False, retain=False):
     return packet
 
 
-def puback_packet(packet_id):
-    return struct.pack(">BBH", _PUBACK, 2, packet_id)
-
-
 def parse_connack(body):
     """session_present of an accepting CONNACK body (§3.2); MQTTError naming the reason of a refusal."""
     if len(body) != 2:
         raise MQTTError("CONNACK of %d bytes" % len(body))
+    if body[0] & 0xFE:  # §3.2.2.1: bits 7-1 of the acknowledge flags are reserved, 0
+        raise MQTTError("CONNACK with reserved flags 0x%02x" % body[0])
     code = body[1]
     if code:
         raise MQTTError("CONNACK return code %d (%s)" % (code, _REFUSALS[code - 1] if code <= 5 else "?"))
@@ -155,14 +168,33 @@ def parse_connack(body):
 
 
 def parse_packet_id(body):
-    """The packet id of a PUBACK body."""
-    if len(body) < 2:
-        raise MQTTError("packet id missing (%d bytes)" % len(body))
+    """The packet id of a PUBACK body (exactly 2 bytes, §3.4.1)."""
+    if len(body) != 2:
+        raise MQTTError("PUBACK of %d bytes" % len(body))
     return body[0] << 8 | body[1]
 
 
-async def read_packet(reader):
-    """(first_byte, body) of the next packet; EOFError when the peer closed.
+def check_header(first_byte, length, max_body=_MAX_BODY):
+    """MQTTError unless a client may receive a packet with this first byte and Remaining Length, and its
+    body is at most max_body bytes. Called before any body byte is read."""
+    kind = first_byte >> 4
+    rule = _INBOUND[kind]
+    if rule == "x":
+        why = "a type never sent to a client"
+    elif first_byte & 15 != (2 if kind == _PUBREL_TYPE else 0) and (kind != _PUBLISH_TYPE or first_byte & 6 == 6):
+        why = "reserved flags"  # §2.2.2: a receiver closes the connection on flags other than the type's
+    elif rule != "v" and length != ord(rule) - 48:
+        why = "malformed"
+    elif length > max_body:
+        why = "more than the %d this client reads" % max_body
+    else:
+        return
+    raise MQTTError("packet 0x%02x of %d bytes: %s" % (first_byte, length, why))
+
+
+async def read_packet(reader, max_body=_MAX_BODY):
+    """(first_byte, body) of the next packet; EOFError when the peer closed; MQTTError, before its body is
+    read, for a packet a client must not accept or one longer than max_body (check_header).
 
     Every packet has at least two bytes, so a PUBACK or PINGRESP costs two reads.
     """
@@ -172,10 +204,11 @@ async def read_packet(reader):
     shift = 0
     while byte & 0x80:
         shift += 7
-        if shift > 21:
+        if shift > 21:  # §2.2.3: at most four bytes
             raise MQTTError("malformed remaining length")
         byte = (await reader.readexactly(1))[0]
         length |= (byte & 0x7F) << shift
+    check_header(head[0], length, max_body)
     return head[0], (await reader.readexactly(length) if length else b"")
 
 
@@ -428,8 +461,8 @@ class MQTTClient:
             # happens on this first write/read
             await self._send(connect_packet(self.client_id, self.keepalive_s), writer)
             first_byte, body = await read_packet(reader)
-            if first_byte & 0xF0 != _CONNACK:
-                raise MQTTError("expected CONNACK, got packet type 0x%02x" % first_byte)
+            if first_byte != _CONNACK:  # §3.2: the server's first packet
+                raise MQTTError("expected CONNACK, got packet 0x%02x" % first_byte)
             parse_connack(body)
         except BaseException:
             await _close(writer)
@@ -479,18 +512,19 @@ class MQTTClient:
             while True:
                 first_byte, body = await read_packet(self._reader)
                 self._last_rx = ticks_ms()
-                kind = first_byte & 0xF0
-                if kind == _PUBACK:
+                if first_byte == _PUBACK:
                     packet_id = parse_packet_id(body)
                     entry = self._outbox.get(packet_id)
                     if entry is not None:
                         log.info(_TAG, "acked msg id %d" % packet_id)
                         entry[_ACKED] = True
                         entry[_ACKED_EVENT].set()
-                elif kind == _PINGRESP:
+                elif first_byte == _PINGRESP:
                     self._ping_sent = None
+                elif first_byte == _CONNACK:  # §3.2: one per connection, its first packet
+                    raise MQTTError("a second CONNACK")
                 else:  # we never subscribe, so not even a PUBLISH is expected
-                    raise MQTTError("unexpected packet type 0x%02x" % first_byte)
+                    raise MQTTError("unexpected packet 0x%02x" % first_byte)
         except asyncio.CancelledError:
             raise
         except EOFError:

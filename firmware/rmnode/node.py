@@ -1,9 +1,10 @@
-"""Node lifecycle: provisioning (SoftAP + protocomm) -> joining Wi-Fi -> online (MQTT); factory reset.
+"""Node lifecycle: provisioning (SoftAP + protocomm) -> joining Wi-Fi -> online (MQTT); Wi-Fi and factory reset.
 
 States, one log line each: `provisioning` (no stored Wi-Fi credentials: access point and HTTP
 service up), `connecting` (joining the stored or just-received network), `online` (station up,
 MQTT running). The pending mapping is persisted by cloud_user_assoc the moment it arrives and is
-published by the online sequence, so no state change can lose it.
+published by the online sequence, so no state change can lose it. In every phase the task watchdog
+is fed and the BOOT button resets Wi-Fi or the node (rmnode.board).
 """
 
 try:
@@ -48,6 +49,11 @@ class Node:
     async def run(self):
         cfg = self.config
         log.info(_TAG, "rmnode %s, node id %s (from %s)" % (VERSION, cfg.node_id, cfg.node_id_source))
+        # imported here, not with this module: what imports rmnode.node without running it (the REPL's
+        # factory reset, the heap benchmarks) does not load it
+        from rmnode import board
+
+        board.start(self)
         stored = self.stored_credentials()
         if stored is None:
             # the provisioning phase's code is loaded only for it (rmnode.node_prov)
@@ -71,13 +77,25 @@ class Node:
         """(ssid, passphrase) as bytes from flash, or None (none stored, or malformed: provision again)."""
         return credentials.load(self.state_store)
 
-    # -- factory reset -------------------------------------------------------------------------------
-    # One entry point per caller: the reset button (Node.reset_button_pressed), the REPL or a script
-    # (factory_reset_from_repl below); both end in _erase_and_reboot, after the cloud was told when online.
+    # -- Wi-Fi reset and factory reset ----------------------------------------------------------------
+    # Wi-Fi reset: the button held 3 to 10 s (rmnode.board). Factory reset, one entry point per caller: the
+    # button held 10 s or more (Node.reset_button_pressed), the REPL or a script (factory_reset_from_repl
+    # below); both end in _erase_and_reboot, after the cloud was told when online (docs/protocol.md 5.5).
+
+    async def wifi_reset(self):
+        """Forget the Wi-Fi credentials only, as upstream's Wi-Fi reset does (esp_wifi_restore): the user mapping
+        stays, with the cloud and on flash. Online, MQTT is closed first, so the broker sees the node leave at
+        once (upstream disconnects for the same reason). Then reboot into provisioning."""
+        if self.online is not None:
+            await self.online.client.close()
+        self.state_store.delete(credentials.WIFI_KEY)
+        log.info(_TAG, "Wi-Fi reset: credentials erased, user mapping kept; rebooting into provisioning")
+        self.reboot()
 
     def reset_button_pressed(self):
-        """The reset button's hook, safe from a scheduled IRQ handler (micropython.schedule): online, the
-        online sequence reports the reset to the cloud first (docs/protocol.md 5.3); else erase and reboot now."""
+        """The reset button's hook (rmnode.board calls it from its task), safe from a scheduled IRQ handler too
+        (micropython.schedule): online, the online sequence reports the reset to the cloud first (docs/protocol.md
+        5.3); else erase and reboot now."""
         if self.online is not None:
             self.online.reset_requested.set()
         else:

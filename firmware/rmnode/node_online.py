@@ -4,10 +4,7 @@ Loaded only once the node has Wi-Fi credentials (rmnode.node imports it then), s
 phase, the one with the least heap to spare, never carries this code.
 """
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import asyncio
 
 try:
     from micropython import const

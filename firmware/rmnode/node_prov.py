@@ -5,10 +5,7 @@ Loaded only when the node has no Wi-Fi credentials (rmnode.node imports it then)
 phase after the reboot never carries this code.
 """
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import asyncio
 
 import gc
 

@@ -15,10 +15,7 @@ running sequence reports, then calls `on_factory_reset`.
 import sys
 import time
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import asyncio
 
 try:
     from micropython import const

@@ -5,10 +5,7 @@ Its own module so that the node does not carry this code in every phase: it is i
 when a reset is asked for.
 """
 
-try:
-    import asyncio
-except ImportError:
-    import uasyncio as asyncio
+import asyncio
 
 from rmnode import log
 

@@ -1,7 +1,9 @@
 """End to end, what a real ESP32 makes the node do that a kinder board would not: set its clock by SNTP
-before TLS (and wait for a time server that is not there yet), and survive a TLS session that does not
-fit its internal RAM. Virtual board running the firmware, mosquitto with mutual TLS, the local cloud."""
+before TLS (and wait for a time server that is not there yet), survive a TLS session that does not
+fit its internal RAM, and come back from a hang through its task watchdog. Virtual board running the
+firmware, mosquitto with mutual TLS, the local cloud."""
 
+import json
 import re
 import uuid
 
@@ -10,6 +12,10 @@ from rmkit.sntp import SntpServer
 
 LARGEST_BLOCK = r"mqtt: largest free internal RAM block for TLS: (\d+) bytes"
 TLS_IN_BUFFER = 16717  # mbedtls's input record buffer on an ESP32: one block (mbedtls ssl_misc.h)
+# ESP-IDF's task watchdog panic for MicroPython's watchdog user, then the chip's restart (rmkit.vboard.supervisor)
+WATCHDOG_RESET = (r"task_wdt: Task watchdog got triggered\. The following tasks/users did not reset the watchdog in "
+                  r"time:\r\n[^\n]* - mpy_machine_wdt \(CPU 0/1\)\r\n[^\n]*Aborting\.\r\nRebooting\.\.\.\r\n"
+                  r"rst:0xc \(SW_CPU_RESET\)")
 SNTP_FAILED = r"clock: time not set by SNTP 127\.0\.0\.1:%d: ClockError\(no SNTP answer within \d+ ms\); " \
               r"no TLS until it is; retry in \d+ ms"
 
@@ -64,3 +70,40 @@ def test_tls_that_does_not_fit_internal_ram_fails_is_retried_and_maps_once_it_fi
     assert int(fits.group(1)) > TLS_IN_BUFFER
     assert bob.wait_for_mapping(request_id, poll_interval_s=0.1, give_up_s=30).status == "confirmed"
     assert re.search(r"mqtt: connected in \d+ ms", board.read_log(fits.end()))
+
+
+def test_a_wifi_driver_call_that_never_returns_is_ended_by_the_watchdog_and_the_mapping_still_confirms(rig_factory):
+    """The node is online with its mapping pending (the broker is away). Its board resets, and at boot the
+    Wi-Fi driver wedges: WLAN.connect() never returns (the air's connect_block_s), so the event loop stops and
+    nothing feeds the watchdog. It resets the board as an ESP32's does; the driver works again after that, and
+    the node comes back with the mapping it kept on flash and publishes it."""
+    # the request stays open through the 30 s watchdog, a reboot or two and the cloud's reconnect to the broker
+    rig = rig_factory(mapping_timeout=300)
+    rig.add_user("carol@example.com")
+    carol = rig.login("carol@example.com")
+    rig.stack.broker.stop()
+    board = rig.add_board("vb-wdt")
+    secret_key = str(uuid.uuid4())
+    node_id = provision_node(rig.provisioner(board), rig.timeline, carol.user_id, secret_key,
+                             rig.ssid, rig.passphrase)
+    request_id = carol.request_mapping(node_id, secret_key)
+    board.wait_for_log(r"mqtt: connect failed", timeout=30)  # online, nobody to publish to
+    air = json.loads(rig.stack.air_path.read_text())
+    tmp = rig.stack.air_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(air, connect_block_s=3600)))
+    tmp.replace(rig.stack.air_path)
+
+    since = board.log_offset()
+    board.reset()
+    connecting = board.wait_for_log(r"node: state: connecting", since=since, timeout=20)
+    reset = board.wait_for_log(WATCHDOG_RESET, since=connecting.end(), timeout=60)  # 30 s, and a little
+    assert board.watchdog_resets >= 1 and board.crashes == []
+    state = json.loads((board.flash_dir / "state.json").read_text())
+    assert state["pending_mapping"]["secret_key"] == secret_key and state["wifi"]["ssid"] == rig.ssid
+
+    rig.stack.write_air()  # the driver answers again (a boot that read the fault before this is reset once more)
+    rig.stack.broker.start()
+    board.wait_for_log(r"board: watchdog on, 30000 ms \(this boot follows a watchdog reset\)", since=reset.end(),
+                       timeout=20)
+    assert carol.wait_for_mapping(request_id, poll_interval_s=0.2, give_up_s=90).status == "confirmed"
+    board.wait_for_log(rf"mapping: mapping for user {carol.user_id} acknowledged", since=reset.end(), timeout=30)

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from support.board_button import FACTORY_RESET_HOLD, WIFI_RESET_HOLD, hold_button_until
 from support.fixtures_mqtt import Subscriber
 from rmkit.proto import pb as wire
 from rmkit.provision.errors import HandshakeFailed, WifiJoinFailed
@@ -290,6 +291,74 @@ def test_factory_reset_while_online_publishes_the_reset_mapping_then_provisions_
     board.wait_for_log(r"state: provisioning", since=since, timeout=20)
     assert read_state(board) == {}
     assert accepts(*board.softap)  # the provisioning service is back
+
+
+def test_button_held_3_s_online_resets_wifi_only_and_the_same_user_maps_again_without_reset(rig, harness):
+    """docs/protocol.md 5.5: a Wi-Fi reset erases the credentials and nothing else, as upstream's. The node
+    leaves MQTT with a DISCONNECT, reports nothing, reboots into provisioning and keeps the user it was mapped
+    to, so that user provisioning it again publishes no "reset"."""
+    watcher = harness()
+    board = rig.add_board("vb-e2e-wifireset")
+    user_id, secret_key = "user-wifireset", str(uuid.uuid4())
+    full_sequence(rig, board, 1, user_id, secret_key).transport.close()
+    board.wait_for_log(r"acknowledged", timeout=30)
+    mapping_topic = f"node/{board.node_id}/user/mapping"
+    since = board.log_offset()
+    hold_button_until(board, WIFI_RESET_HOLD, since)
+    board.wait_for_log(r"board: button released after \d+ ms: Wi-Fi reset", since=since, timeout=5)
+    board.wait_for_log(r"node: Wi-Fi reset: credentials erased, user mapping kept; rebooting into provisioning",
+                       since=since, timeout=10)
+    board.wait_for_log(r"state: provisioning", since=since, timeout=20)
+    assert read_state(board) == {"mapped_user_id": user_id}
+    assert f"Client {board.node_id} disconnected." in rig.stack.broker.log_text()  # a DISCONNECT, not a drop
+    assert watcher.payloads(mapping_topic) == [mapping_json(board.node_id, user_id, secret_key, reset=True)]
+
+    new_key = str(uuid.uuid4())
+    full_sequence(rig, board, 1, user_id, new_key).transport.close()
+    assert watcher.wait_for_topic(mapping_topic, count=2, timeout=30)[1] == mapping_json(
+        board.node_id, user_id, new_key, reset=False)
+
+
+def test_button_held_10_s_online_reports_the_factory_reset_then_provisions_again(rig, harness):
+    """docs/protocol.md 5.3 and 5.5: the long hold is a factory reset; online, the node tells the cloud with
+    the dummy reset mapping first, then erases its state and serves provisioning again."""
+    watcher = harness()
+    board = rig.add_board("vb-e2e-buttonreset")
+    user_id, secret_key = "user-buttonreset", str(uuid.uuid4())
+    full_sequence(rig, board, 1, user_id, secret_key).transport.close()
+    board.wait_for_log(r"acknowledged", timeout=30)
+    since = board.log_offset()
+    hold_button_until(board, FACTORY_RESET_HOLD, since)
+    board.wait_for_log(r"board: button released after \d+ ms: factory reset", since=since, timeout=5)
+    board.wait_for_log(r"factory reset done \(reported to the cloud\)", since=since, timeout=10)
+    payloads = watcher.wait_for_topic(f"node/{board.node_id}/user/mapping", count=2, timeout=15)
+    assert payloads[1] == json.dumps({"node_id": board.node_id, "user_id": RESET_USER_ID,
+                                      "secret_key": RESET_SECRET_KEY, "reset": True}, separators=(",", ":")).encode()
+    board.wait_for_log(r"state: provisioning", since=since, timeout=20)
+    assert read_state(board) == {}
+    assert accepts(*board.softap)
+
+
+def test_button_while_provisioning_a_short_press_does_nothing_and_a_long_hold_erases_the_pending_mapping(rig):
+    """In the provisioning phase the button works too: under 3 s nothing happens; held 10 s it is a factory
+    reset, with nobody to tell (offline, as upstream): the pending mapping is erased and the node reboots into
+    provisioning."""
+    board = rig.add_board("vb-e2e-provbutton")
+    client = rig.provisioner(board)
+    client.start_session()
+    assert client.set_user_mapping("user-provbutton", str(uuid.uuid4())) == board.node_id
+    client.transport.close()
+    since = board.log_offset()
+    board.press_button(0.3)  # a click (one of a few ms is contact noise, and ignored)
+    board.wait_for_log(r"board: button released after \d+ ms: no reset \(hold 3 s for Wi-Fi, 10 s for factory\)",
+                       since=since, timeout=10)
+    assert read_state(board)["pending_mapping"]["user_id"] == "user-provbutton"
+
+    since = board.log_offset()
+    hold_button_until(board, FACTORY_RESET_HOLD, since)
+    board.wait_for_log(r"factory reset done \(cloud not told\)", since=since, timeout=10)
+    board.wait_for_log(r"state: provisioning", since=since, timeout=20)
+    assert read_state(board) == {}
 
 
 def test_broker_down_when_the_node_comes_online_retries_with_growing_delays_then_publishes(rig, harness):

@@ -14,6 +14,7 @@ import pytest
 
 from rmkit.flow import map_node, provision_node
 from rmkit.vboard.errors import BoardError
+from support.board_button import FACTORY_RESET_HOLD, WIFI_RESET_HOLD, hold_button_until
 from support.log_wait import wait_for_log_line
 from support.mapping_status import poll_until_final
 
@@ -195,6 +196,37 @@ def test_factory_reset_then_another_user_takes_the_node(rig, transport, sec):
     assert map_node(bob, rig.timeline, node_id, bob_key, poll_interval_s=0.1).status == "confirmed"
     assert bob.nodes() == [node_id]
     assert alice.nodes() == []
+
+
+def test_the_boot_button_resets_wifi_keeping_the_user_then_resets_to_factory_telling_the_cloud(rig):
+    """docs/protocol.md 5.5, as upstream: held 3 to 10 s the BOOT button resets Wi-Fi only, so the cloud keeps
+    alice's node and her provisioning it again confirms; held 10 s it is a factory reset, which the node reports
+    before erasing itself (5.3): the cloud drops alice, and the node serves provisioning again."""
+    rig.add_user("alice@example.com")
+    alice = rig.login("alice@example.com")
+    board = rig.add_board("vb-s-button")
+    key = str(uuid.uuid4())
+    node_id = provision_node(rig.provisioner(board), rig.timeline, alice.user_id, key, rig.ssid, rig.passphrase)
+    assert map_node(alice, rig.timeline, node_id, key, poll_interval_s=0.1).status == "confirmed"
+    board.wait_for_log(acked_line(alice.user_id), timeout=30)
+
+    since = board.log_offset()
+    hold_button_until(board, WIFI_RESET_HOLD, since)
+    board.wait_for_log(r"node: state: provisioning", since=since, timeout=30)
+    assert alice.nodes() == [node_id]
+    key = str(uuid.uuid4())
+    assert provision_node(rig.provisioner(board), rig.timeline, alice.user_id, key, rig.ssid,
+                          rig.passphrase) == node_id
+    assert map_node(alice, rig.timeline, node_id, key, poll_interval_s=0.1).status == "confirmed"
+    board.wait_for_log(acked_line(alice.user_id), since=since, timeout=30)
+
+    since = board.log_offset()
+    hold_button_until(board, FACTORY_RESET_HOLD, since)
+    board.wait_for_log(r"online: factory reset reported", since=since, timeout=10)
+    wait_for_cloud_log(rig, rf"node {node_id} reset: associations of 1 user\(s\) removed \({alice.user_id}\)")
+    assert alice.nodes() == []
+    board.wait_for_log(r"node: state: provisioning", since=since, timeout=30)
+    assert softap_listening(board)
 
 
 def test_a_board_serving_both_transports_is_provisioned_over_ble_then_stops_both(rig):

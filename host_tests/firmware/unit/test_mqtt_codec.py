@@ -45,7 +45,6 @@ def test_publish_refuses_wildcards_bad_qos_and_ids():
 
 
 def test_small_packets():
-    equal(mqtt.puback_packet(0x1234), b"\x40\x02\x12\x34", "PUBACK")
     equal(mqtt.PINGREQ_PACKET, b"\xc0\x00", "PINGREQ")
     equal(mqtt.DISCONNECT_PACKET, b"\xe0\x00", "DISCONNECT")
 
@@ -77,13 +76,13 @@ class _Bytes:
         return chunk
 
 
-def _read_all(data):
+def _read_all(data, max_body=2):
     reader = _Bytes(data)
     packets = []
 
     async def main():
         while reader.pos < len(reader.data):
-            packets.append(await mqtt.read_packet(reader))
+            packets.append(await mqtt.read_packet(reader, max_body))
 
     asyncio.run(main())
     return packets
@@ -91,7 +90,7 @@ def _read_all(data):
 
 def test_read_packet_splits_a_stream():
     stream = b"\x20\x02\x00\x00" + b"\x40\x02\x00\x07" + b"\xd0\x00" + mqtt.publish_packet("x/y", b"z" * 130, 1, 9)
-    packets = _read_all(stream)
+    packets = _read_all(stream, max_body=200)  # a client that subscribes reads PUBLISH bodies too
     equal([p[0] for p in packets], [0x20, 0x40, 0xD0, 0x32], "types")
     equal(mqtt.parse_connack(packets[0][1]), False, "CONNACK")
     equal(mqtt.parse_packet_id(packets[1][1]), 7, "PUBACK id")
@@ -102,7 +101,54 @@ def test_read_packet_rejects_malformed_input():
     raises(mqtt.MQTTError, _read_all, b"\x20\xff\xff\xff\xff\x01")
     raises(EOFError, _read_all, b"\x40\x02\x00")
     raises(mqtt.MQTTError, mqtt.parse_connack, b"\x00")
+    raises(mqtt.MQTTError, mqtt.parse_connack, b"\x02\x00")  # reserved acknowledge flag (§3.2.2.1)
     raises(mqtt.MQTTError, mqtt.parse_packet_id, b"\x01")
+    raises(mqtt.MQTTError, mqtt.parse_packet_id, b"\x00\x01\x00")
+
+
+class _Announcing(_Bytes):
+    """A stream whose header announces a body it never sends; counts what the reader asked for."""
+
+    def __init__(self, data):
+        _Bytes.__init__(self, data)
+        self.asked = 0
+
+    async def readexactly(self, n):
+        self.asked = max(self.asked, n)
+        return await _Bytes.readexactly(self, n)
+
+
+def _refused(header, max_body=2):
+    """The MQTTError read_packet raises for `header`, having asked the stream for no body byte."""
+    reader = _Announcing(header)
+    error = raises(mqtt.MQTTError, asyncio.run, mqtt.read_packet(reader, max_body))
+    check(reader.asked <= 2, "asked for %d bytes of 0x%s" % (reader.asked, header.hex()))
+    return str(error)
+
+
+def test_a_hostile_length_is_refused_before_the_body_is_read():
+    # a PUBLISH of 268435455 bytes (256 MiB): one header, no allocation
+    check("268435455 bytes: more than the 2" in _refused(b"\x30\xff\xff\xff\x7f"), "256 MiB PUBLISH")
+    check("more than the 200" in _refused(b"\x30\xc9\x01", max_body=200), "201 bytes over a bound of 200")
+    check("3 bytes: more than the 2" in _refused(b"\x90\x03"), "a SUBACK of 3 bytes")
+
+
+def test_packets_a_client_must_not_accept_are_refused_by_their_header():
+    # §2.2.1: types a server never sends to a client
+    for first_byte in (0x00, 0x10, 0x82, 0xA2, 0xC0, 0xE0, 0xF0):
+        check("never sent to a client" in _refused(bytes([first_byte, 0])), "type 0x%02x" % first_byte)
+    # §2.2.2: reserved flags, and PUBLISH with QoS 3 (§3.3.1.2)
+    for header in (b"\x21\x02", b"\x42\x02", b"\x6a\x02", b"\x60\x02", b"\xd8\x00", b"\x36\x02"):
+        check("reserved flags" in _refused(header), "flags of 0x%s" % header.hex())
+    # §3: fixed-size packets with another Remaining Length
+    for header in (b"\x20\x03", b"\x40\x01", b"\x40\x03", b"\xd0\x01", b"\xb0\x00"):
+        check("malformed" in _refused(header), "length of 0x%s" % header.hex())
+
+
+def test_packets_a_client_may_receive_pass_their_header_check():
+    for first_byte, length in ((0x20, 2), (0x40, 2), (0x50, 2), (0x62, 2), (0x70, 2), (0xB0, 2), (0xD0, 0),
+                               (0x30, 2), (0x3B, 2), (0x90, 2)):
+        mqtt.check_header(first_byte, length)
 
 
 def test_connect_refused_names_the_reason():

@@ -17,7 +17,9 @@ What a board is:
 - its own MAC (default: derived from the name, under Espressif's OUI 24:0a:c4), reported by
   network.WLAN(...).config('mac') and machine.unique_id();
 - simulated `network` and `machine` modules (sim/, never in firmware/), `network` driven by the
-  air file (schema in sim/vb_network.py);
+  air file (schema in sim/vb_network.py), `machine.WDT` a task watchdog whose timer the supervisor keeps
+  (not fed in time, the board resets as an ESP32's does; board.watchdog_resets), `machine.Pin(0)` the
+  BOOT button the host presses (board.hold_button(), release_button(), press_button(seconds));
 - a serial log with everything the board printed, written even when no client is attached;
 - faults: what firmware did that an ESP32 would not survive (a BLE IRQ handler releasing the GIL),
   printed as `vboard FAULT: ...` lines, listed in board.faults and raised as BoardFault by

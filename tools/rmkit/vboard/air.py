@@ -54,12 +54,16 @@ def check_air(air, where: str = "air") -> None:
 
     if not isinstance(air, dict) or not isinstance(air.get("aps", []), list):
         fail('expected {"aps": [ {"ssid": ..., ...}, ... ]}')
-    unknown = set(air) - {"aps", "scan_s"}
+    unknown = set(air) - {"aps", "scan_s", "connect_block_s"}
     if unknown:
-        fail(f"unknown top-level key {sorted(unknown)[0]!r} (only 'aps' and 'scan_s')")
+        fail(f"unknown top-level key {sorted(unknown)[0]!r} (only 'aps', 'scan_s' and 'connect_block_s')")
     scan_s = air.get("scan_s", 1.5)
     if isinstance(scan_s, bool) or not isinstance(scan_s, (int, float)) or not 0 <= scan_s <= 30:
         fail(f"scan_s must be a number of seconds 0..30 (a scan blocks the board that long), got {scan_s!r}")
+    block = air.get("connect_block_s", 0)
+    if isinstance(block, bool) or not isinstance(block, (int, float)) or not 0 <= block <= 3600:
+        fail(f"connect_block_s must be a number of seconds 0..3600 (WLAN.connect() blocks the board that long: "
+             f"a Wi-Fi driver that hangs), got {block!r}")
     for i, ap in enumerate(air.get("aps", [])):
         at = f"aps[{i}]"
         if not isinstance(ap, dict):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from rmkit.net import free_port
-from rmkit.vboard import ram, runtime
+from rmkit.vboard import button, ram, runtime
 from rmkit.vboard.air import load_air
 from rmkit.vboard.ble_radio import BleRadio
 from rmkit.vboard.cpu import PacerStats
@@ -43,8 +43,9 @@ ESPRESSIF_OUI = "24:0a:c4"
 # ends when it has booted (esp32_ram.c `base`).
 # measured 43.3 KB held when the simulator has booted (after a collection): network, machine, flash,
 # time, sys, esp32 (the door to the RAM model), socket, bluetooth (.mpy) and the boot code; + 13 KB for
-# what a BLE IRQ handler must not do (vb_irq, vb_console, vb_select, vb_thread, tls, the Socket class)
-SIM_HEAP_ALLOWANCE = 61 * 1024
+# what a BLE IRQ handler must not do (vb_irq, vb_console, vb_select, vb_thread, tls, the Socket class);
+# + 3.6 KB for machine.WDT and machine.Pin (62336 B in all, the RAM model's "simulator" line)
+SIM_HEAP_ALLOWANCE = 64 * 1024
 _HEAP = re.compile(r"^(\d+)([KkMm]?)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 PathLike = Union[str, Path]
@@ -247,6 +248,16 @@ class VirtualBoard:
         return self._earlier_faults + ([fault.message for fault in self._sup.faults] if self._sup else [])
 
     @property
+    def watchdog_resets(self) -> int:
+        """How many times the task watchdog (machine.WDT) reset the board since start()."""
+        return self._sup.watchdog_resets if self._sup else 0
+
+    @property
+    def state_dir(self) -> Optional[Path]:
+        """The host-side state of a started board (the RTC offset, the watchdog, the BOOT button, ...)."""
+        return self._state_dir
+
+    @property
     def pids(self) -> list:
         """Every MicroPython process id this board has started (for leak checks)."""
         return list(self._sup.pids) if self._sup else []
@@ -280,6 +291,7 @@ class VirtualBoard:
             self.tcp_port = tcp.getsockname()[1]
             self.rfc2217_port = rfc.getsockname()[1]
             self._state_dir = Path(tempfile.mkdtemp(prefix=f"rmkit-vboard-{self.name}-"))
+            button.prepare(self._state_dir)
             sim_dir = self._compile_sim()
             self.radio = BleRadio(self.name, self.mac).start()
             self.serial_log.parent.mkdir(parents=True, exist_ok=True)
@@ -352,6 +364,29 @@ class VirtualBoard:
     def power_cut(self, timeout: float = 20.0) -> None:
         """SIGKILL the MicroPython process wherever it is (mid-write too), then power on again."""
         self._restart("power", timeout)
+
+    def hold_button(self) -> None:
+        """Press the BOOT button (GPIO0 low) and keep it held, as by hand; release_button() lets go."""
+        button.set_button(self._started_state(), pressed=True)
+
+    def release_button(self) -> None:
+        button.set_button(self._started_state(), pressed=False)
+
+    def press_button(self, seconds: float) -> None:
+        """Hold the BOOT button for `seconds` (this host's clock), then release it. RainMaker's node resets
+        Wi-Fi on a hold of 3 s to 10 s and resets to factory on a longer one (docs/protocol.md 5.5)."""
+        if seconds < 0:
+            raise BoardError(f"a button press lasts 0 s or more, not {seconds!r}")
+        self.hold_button()
+        try:
+            time.sleep(seconds)
+        finally:
+            self.release_button()
+
+    def _started_state(self) -> Path:
+        if self._state_dir is None:
+            raise BoardError(f"board {self.name} is not started")
+        return self._state_dir
 
     def take_internal_ram(self, nbytes: int) -> None:
         """Hold `nbytes` of the modelled ESP-IDF heap (0 gives it back), as other ESP-IDF users would:

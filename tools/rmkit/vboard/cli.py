@@ -63,6 +63,16 @@ def register(sub) -> None:
     where.add_argument("--port", help="a board's serial port, e.g. /dev/ttyUSB0, or auto")
     repl.set_defaults(func=run_repl)
 
+    press = sub.add_parser(
+        "vboard-button", help="press the BOOT button (GPIO0) of a running virtual board",
+        description="Hold the BOOT button of the board started by `rmkit vboard --name NAME` (or `make sandbox`) "
+        "for --hold seconds, then release it, as by hand. The node resets Wi-Fi when it is released after 3 to "
+        "10 s and resets to factory when released after 10 s or more (docs/protocol.md 5.5).")
+    press.add_argument("--name", default="vb1", help="virtual board name (default vb1)")
+    press.add_argument("--hold", type=float, default=0.2, metavar="SECONDS",
+                       help="how long to hold it (default 0.2: a short press, which resets nothing)")
+    press.set_defaults(func=run_button)
+
 
 def run_vboard(args: argparse.Namespace) -> int:
     try:
@@ -285,6 +295,30 @@ def _provisioning_help(board: VirtualBoard, wifi) -> str:
         help_text += ("This board has no node certificate, so it joins Wi-Fi but cannot reach a broker to publish "
                       "its mapping: `make sandbox` runs a board with factory data, a broker and the cloud.")
     return help_text.rstrip("\n")
+
+
+def run_button(args: argparse.Namespace) -> int:
+    from rmkit.vboard.button import set_button
+
+    try:
+        runtime.check_name(args.name)
+    except BoardError as exc:
+        raise UserError(str(exc)) from None
+    if not 0 <= args.hold <= 3600:
+        raise UserError(f"--hold {args.hold:g}: give 0 to 3600 seconds")
+    record = runtime.read_record(args.name)
+    if record is None or not record.get("state_dir"):
+        raise UserError(f"no virtual board named {args.name!r} is running (start one with: make vboard BOARD={args.name})")
+    state_dir = Path(record["state_dir"])
+    print(f"vboard {args.name}: BOOT button held for {args.hold:g} s", flush=True)
+    set_button(state_dir, pressed=True)
+    try:
+        time.sleep(args.hold)
+    finally:
+        set_button(state_dir, pressed=False)
+    print(f"vboard {args.name}: BOOT button released; the board's log says what it did ({record['serial_log']})",
+          flush=True)
+    return 0
 
 
 def run_repl(args: argparse.Namespace) -> int:

@@ -88,6 +88,7 @@ def record_board(board) -> Path:
         "flash": str(Path(board.flash_dir).resolve()), "softap": "%s:%d" % board.softap,
         "serial_log": str(Path(board.serial_log).resolve()),
         "ble_device": board.service_name, "ble_hci": board.ble_hci,
+        "state_dir": str(board.state_dir),  # `rmkit vboard-button` presses its BOOT button there
     })
 
 

@@ -33,6 +33,11 @@ process whenever the board "reboots". Why each piece is there (each measured on 
   which answers esptool until it resets the chip or leaves for the app; every boot from flash first
   checks the image there and, when it is no MicroPython, prints the ROM's or the bootloader's
   messages in a loop (timed, never a busy loop) instead of starting the process.
+- The task watchdog (machine.WDT, sim/vb_machine.py) is a timer kept here, as the chip's timer group
+  keeps it outside the CPU: each feed rewrites the state file `wdt` (its content the timeout in ms), and
+  when the file is older than that while MicroPython runs, the process is killed with ESP-IDF's panic
+  lines and the board boots with reset_cause() WDT_RESET. The timer outlives soft reboots (the port
+  never unsubscribes its watchdog user) and ends at every other reset.
 - With a CPU factor (`cpu_factor`, VirtualBoard(cpu="esp32")), a CpuPacer (cpu.py) stops and continues
   each process so that its CPU-bound work takes that many times as long, from the moment the
   simulator's setup is done (the ready file) until the process is killed or ends; every path that
@@ -78,8 +83,19 @@ SYSTEM_RESET = b"rst:0x3 (SW_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
 # boot loops: the ROM prints "invalid header" every 50 ms until its RTC watchdog resets the chip
 # (about 1 s); the bootloader prints its errors and resets at once (a boot takes about 0.3 s)
 ROM_LINE_S, ROM_LINES_PER_RESET, ROM_HALT_S, BOOTLOADER_LOOP_S = 0.05, 20, 1.0, 0.3
-# machine.reset_cause() values on the ESP32 port
-PWRON_RESET, SOFT_RESET = 1, 5
+# machine.reset_cause() values on the ESP32 port (ports/esp32/modmachine.c, v1.24.0-v1.26.1): power-on and
+# EN read PWRON_RESET; machine.reset() and a panic HARD_RESET (ESP_RST_SW, ESP_RST_PANIC); the task
+# watchdog WDT_RESET (ESP_RST_TASK_WDT); the boot after a soft reset SOFT_RESET (is_soft_reset)
+PWRON_RESET, HARD_RESET, WDT_RESET, SOFT_RESET = 1, 2, 3, 5
+# The task watchdog's expiry as ESP-IDF prints it for MicroPython's watchdog user, which runs on no
+# particular core (components/esp_system/task_wdt/task_wdt.c esp_task_wdt_print_triggered_tasks and
+# task_wdt_timeout_abort; panic.c "Rebooting..."; ports/esp32/machine_wdt.c names the user); the
+# backtraces between these lines are left out. {ms}: milliseconds since the chip reset.
+TASK_WDT_PANIC = ("E ({ms}) task_wdt: Task watchdog got triggered. The following tasks/users did not reset the "
+                  "watchdog in time:\r\n"
+                  "E ({ms}) task_wdt:  - mpy_machine_wdt (CPU 0/1)\r\n"
+                  "E ({ms}) task_wdt: Aborting.\r\n"
+                  "Rebooting...\r\n")
 CRASH_LIMIT, CRASH_WINDOW_S = 3, 10.0
 EPOCH_2000 = 946684800     # the ESP32's RTC reads 2000-01-01 00:00:00 at power-on
 SIGINT_COALESCE_S = 0.25   # ampy sends Ctrl-C twice 0.1 s apart; the board sees one interrupt
@@ -180,6 +196,10 @@ class Supervisor(threading.Thread):
         self._last_sigint = 0.0
         self._expected_kill: Optional[str] = None
         self._reset_cause = PWRON_RESET
+        self._chip_started = time.monotonic()  # the last reset other than a soft one (ESP-IDF's uptime)
+        self._wdt_file = state_dir / "wdt"      # sim/vb_machine.py WDT: fed = rewritten
+        self._wdt_seen = (None, 0.0)            # (mtime, timeout s) of the wdt file last read
+        self.watchdog_resets = 0
         self._crash_times: list = []
         self._stopping = False
         self.cond = threading.Condition()
@@ -252,6 +272,9 @@ class Supervisor(threading.Thread):
                     timeout = min(timeout, max(0.0, self._timer[0] - time.monotonic()))
                 if self._rx_due is not None:
                     timeout = min(timeout, max(0.0, self._rx_due - time.monotonic()))
+                starving = self._watchdog_left()
+                if starving is not None:
+                    timeout = min(timeout, max(0.0, starving))
                 for key, events in self._sel.select(timeout):
                     self._dispatch(key, events)
                 if self._rx_due is not None and time.monotonic() >= self._rx_due:
@@ -259,6 +282,7 @@ class Supervisor(threading.Thread):
                     self._flush_child_input()
                 self._run_timer()
                 self._check_ready()
+                self._check_watchdog()
                 self._handle_requests()
         except Exception:  # keep the reason in the log; callers see a halted board
             log.exception("vboard %s: supervisor failed", self.board_name)
@@ -627,6 +651,7 @@ class Supervisor(threading.Thread):
             if note:
                 self._emit(b"\r\n[vboard] " + note.encode() + b"\r\n")
             self._emit(SOFT_REBOOT)
+            self._reset_cause = SOFT_RESET
             raw = self._raw_mode
             self._spawn("boot" if raw and self._boot_mode != "none" else self._boot_mode)
             if raw:  # back into the raw REPL, where the client waits for its banner
@@ -634,14 +659,15 @@ class Supervisor(threading.Thread):
                 self._flush_child_input()
             return
         self._raw_mode = False
+        self._chip_reset()
         if kind == "crash":
             self._report_crash(note)
             if self.halted:
                 return
-            self._reset_cause = SOFT_RESET  # ESP_RST_PANIC reads as SOFT_RESET on the ESP32 port
+            self._reset_cause = HARD_RESET  # ESP_RST_PANIC
             self._emit(SW_RESET)
         elif kind == "hard":
-            self._reset_cause = SOFT_RESET  # ESP_RST_SW
+            self._reset_cause = HARD_RESET  # ESP_RST_SW
             self._emit(SW_RESET)
         else:  # power
             self._reset_cause = PWRON_RESET
@@ -715,7 +741,8 @@ class Supervisor(threading.Thread):
                 if self._lines.in_reset:
                     self._set_chip("reset", "held in reset: the serial adapter holds EN low (RTS)", attempt=True)
                     continue
-                self._reset_cause = PWRON_RESET if what == "power" else SOFT_RESET
+                self._chip_reset()
+                self._reset_cause = PWRON_RESET if what == "power" else HARD_RESET
                 if what == "power":
                     self._power_off_rtc()
                 self._emit(POWER_ON if what == "power" else SW_RESET)
@@ -788,6 +815,7 @@ class Supervisor(threading.Thread):
     def _enter_reset(self) -> None:
         self._cancel_timer()
         self._stop_child()
+        self._chip_reset()
         self._loader = None
         self._raw_mode = False
         self._expected_kill = None
@@ -821,6 +849,50 @@ class Supervisor(threading.Thread):
             self._boot_app()
         else:                      # "ram": code loaded to RAM runs; nothing here can run it
             self._set_chip("idle", "running code esptool loaded to RAM, which a virtual board cannot run")
+
+    # ---- the task watchdog (sim/vb_machine.py WDT) ------------------------------------------
+
+    def _chip_reset(self) -> None:
+        """What every reset but a soft one does here: the chip's timers restart, the watchdog's too."""
+        self._chip_started = time.monotonic()
+        self._wdt_file.unlink(missing_ok=True)
+
+    def _watchdog(self):
+        """(seconds since the last feed, timeout in seconds) while MicroPython runs with a watchdog, else None."""
+        if self.chip != "app" or self._child is None:
+            return None
+        try:
+            fed = self._wdt_file.stat().st_mtime
+            if self._wdt_seen[0] != fed:  # read the timeout only when the file changed: this runs at every wakeup
+                self._wdt_seen = (fed, int(self._wdt_file.read_text()) / 1000)
+        except (OSError, ValueError):  # none, or a feed being written this very moment
+            return None
+        return time.time() - fed, self._wdt_seen[1]
+
+    def _watchdog_left(self) -> Optional[float]:
+        state = self._watchdog()
+        return None if state is None else state[1] - state[0]
+
+    def _check_watchdog(self) -> None:
+        state = self._watchdog()
+        if state is None or state[0] < state[1]:
+            return
+        starved, timeout = state
+        log.warning("vboard %s: task watchdog not fed for %.1f s (timeout %.1f s): resetting",
+                    self.board_name, starved, timeout)
+        with self.cond:
+            self.rebooting = True
+        self._stop_child()  # the panic stops the CPU: what it did not print yet is lost
+        self._raw_mode = False
+        uptime_ms = int((time.monotonic() - self._chip_started) * 1000)
+        self._emit(b"\r\n" + TASK_WDT_PANIC.format(ms=uptime_ms).encode())
+        self._chip_reset()
+        self._reset_cause = WDT_RESET  # ESP_RST_TASK_WDT, from the reset hint task_wdt_timeout_abort set
+        with self.cond:
+            self.watchdog_resets += 1
+            self.cond.notify_all()
+        self._emit(SW_RESET)
+        self._boot_app()
 
     def _boot_app(self) -> None:
         """Boot from flash: MicroPython when the flash holds it, else the ROM's or the bootloader's

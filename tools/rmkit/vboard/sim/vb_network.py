@@ -26,10 +26,13 @@
 #   192.168.4.1 (its SoftAP default).
 # - connect(), scan() and an active() that changes the state wait for ESP-IDF's Wi-Fi task with the GIL
 #   released: from a BLE IRQ handler that is a fault (vb_irq).
+# - a fault a board can have: the air's "connect_block_s" makes connect() block the interpreter that long
+#   (default 0), as esp_wifi_connect() does when the Wi-Fi task it waits for is wedged: a driver call that
+#   does not return, for tests of the task watchdog.
 #
 # The air file (JSON; path in VBOARD_AIR, re-read whenever it changes - replace it atomically,
 # new file + rename, as mtime has 1 s steps; a file that does not parse keeps the previous air) - rmkit/vboard/air.py validates it on the host:
-#   {"scan_s": 1.5,
+#   {"scan_s": 1.5, "connect_block_s": 0,
 #    "aps": [{"ssid": "home", "password": "secret123", "authmode": "WPA2_PSK", "rssi": -50,
 #             "channel": 6, "bssid": "02:00:00:00:00:01", "hidden": false, "join_s": 0.3,
 #             "ip": "127.0.0.1", "netmask": "255.0.0.0", "gateway": "127.0.0.1", "dns": "127.0.0.1",
@@ -107,6 +110,7 @@ class _Air:
     def __init__(self, path):
         self.aps = []
         self.scan_s = _DEFAULT_SCAN_S
+        self.connect_block_s = 0
         self._fs = None
         self._name = None
         self._stamp = None
@@ -130,11 +134,13 @@ class _Air:
                 f.close()
             aps = [_ap_record(ap) for ap in data.get("aps", [])]
             scan_s = float(data.get("scan_s", _DEFAULT_SCAN_S))
+            connect_block_s = float(data.get("connect_block_s", 0))
         except Exception:  # being rewritten or removed: keep the previous air
             return
         self._stamp = stamp
         self.aps = aps
         self.scan_s = scan_s
+        self.connect_block_s = connect_block_s
 
     def find(self, ssid, bssid=None, refresh=True):
         if refresh:
@@ -355,6 +361,9 @@ class WLAN:
         if not _sta.active:
             raise OSError("Wifi Not Started")
         vb_irq.released_gil("WLAN.connect()", _SOURCE)  # around esp_wifi_connect(), failing or not
+        _air.refresh()
+        if _air.connect_block_s:
+            time.sleep(_air.connect_block_s)  # the injected fault: a wedged driver
         if _sta.busy():
             raise OSError("Wifi Internal Error")  # esp_wifi_connect(): ESP_ERR_WIFI_CONN
         if ssid is not None or key is not None or bssid is not None:
