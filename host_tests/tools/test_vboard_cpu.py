@@ -170,6 +170,16 @@ def test_the_pacer_continues_what_it_stopped_when_it_forgets_it_or_closes():
         spinner.wait()
 
 
+def test_the_measured_factor_survives_the_sweep_of_stale_board_records(tmp_path, esp32_speed):
+    """The cache sits in the runtime directory beside the board records; looking for a board (which
+    removes records whose process is gone) leaves it, so the next board does not measure again."""
+    cache = runtime.runtime_dir() / CACHE_NAME
+    assert cache.exists()
+    assert runtime.board_using_flash(tmp_path) is None
+    assert runtime.board_at_url("socket://127.0.0.1:1") is None
+    assert cache.exists() and cpu_speed("esp32").cached
+
+
 def test_rmkit_vboard_cpu_esp32_says_so_and_sigterm_leaves_no_stopped_process(tmp_path, esp32_speed):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -73,7 +73,9 @@ CALIBRATION_HEAP_BYTES = 110 * 1024
 # ESP32's ~0.1 s), ROUNDS of each: ~4 s, spread out because a shared VM's core changes speed every few
 # seconds (here: 0.83 or 1.33 ms a run, back and forth)
 RUNS, PACED_RUNS, ROUNDS = 10, 4, 10
-CACHE_NAME = "cpu-speed.json"
+# not *.json: the runtime directory's *.json files are board records, and a record whose process is
+# gone is swept away (runtime.read_record)
+CACHE_NAME = "cpu-speed.cache"
 # --cpu of `rmkit vboard`, `rmkit sandbox` and `rmkit demo`
 CPU_HELP = ("run the board's CPU-bound work at this chip's speed: esp32 = an ESP32 at 160 MHz, ESP32_GENERIC's clock "
             "(factor measured on this machine once, from MicroPython's bm_pidigits benchmark, and cached; each CPU "
