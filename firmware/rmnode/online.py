@@ -105,6 +105,7 @@ class Online:
         log.info(_TAG, "config reported")
         entry = self.mapping.pending()
         if entry is None:
+            log.info(_TAG, "no mapping pending")
             return False
         await client.publish(self.mapping_topic, self.mapping.payload(self.node_id, entry))
         self.mapping.acknowledged(entry)

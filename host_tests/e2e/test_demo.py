@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from support.wait import wait_until
+
 RMKIT = [sys.executable, "-m", "rmkit"]
 
 
@@ -115,8 +117,10 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
     assert demo.returncode != 0
-    deadline = time.monotonic() + 5  # the board's launcher dies with its parent (PR_SET_PDEATHSIG)
-    while (alive := [pid for pid in children if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert alive == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in alive]
+    def alive() -> list:
+        return [pid for pid in children if Path(f"/proc/{pid}").exists()]
+
+    # the board's launcher dies with its parent (PR_SET_PDEATHSIG)
+    wait_until(lambda: not alive(), 5, interval=0.05, what="the demo's processes to end",
+               detail=lambda: str([Path(f"/proc/{pid}/cmdline").read_bytes() for pid in alive()]))
     assert _processes_using(workdir) == []

@@ -16,13 +16,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from rmkit.benchmarks.espcli_flow import UNSHARE  # the namespace make espcli-demo and make bench use
 from support.paths import ESPCLI_BIN, REPO_ROOT, launcher
+from support.wait import wait_until
 
 ESPCLI = ESPCLI_BIN / "esp-rainmaker-cli"
 DRIVER = launcher("e2e_netns")
@@ -113,10 +113,8 @@ def test_espressif_cli_provisions_and_maps_the_sandbox_node_in_a_private_namespa
     assert report_path.exists(), f"the driver wrote no report (exit {driver.returncode}):\n{driver_output}"
     report = json.loads(report_path.read_text())
     # nothing of the run may outlive it: not in the namespace when the sandbox stopped, not on the host after
-    deadline = time.monotonic() + 5
-    while _processes_in_net_namespace(report["net_ns"]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _processes_in_net_namespace(report["net_ns"]) == []
+    wait_until(lambda: _processes_in_net_namespace(report["net_ns"]) == [], 5, interval=0.1,
+               what="the namespace's processes to end", detail=lambda: str(_processes_in_net_namespace(report["net_ns"])))
     assert report["leftovers"] == [], "processes left after the sandbox's SIGTERM: %s" % report["leftovers"]
     assert "error" not in report, report["error"] + "\n" + driver_output
     assert report["sandbox"]["softap"] == "192.168.4.1:80"  # the ESP32 SoftAP default, inside the namespace

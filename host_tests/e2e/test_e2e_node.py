@@ -9,13 +9,13 @@ mode and publishes.
 
 import json
 import socket
-import time
 import uuid
 
 import pytest
 
 from support.board_button import FACTORY_RESET_HOLD, WIFI_RESET_HOLD, hold_button_until
 from support.fixtures_mqtt import Subscriber
+from support.wait import wait_until
 from rmkit.proto import pb as wire
 from rmkit.provision.errors import HandshakeFailed, WifiJoinFailed
 from rmkit.provision.transport import MAX_REQUEST
@@ -71,16 +71,14 @@ def accepts(host: str, port: int) -> bool:
 def wait_port_closed(board, timeout: float) -> None:
     """Wait until nothing accepts on the board's provisioning port; AssertionError on timeout."""
     host, port = board.softap
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def closed() -> bool:
         try:
-            if not accepts(host, port):
-                return
+            return not accepts(host, port)
         except (ConnectionResetError, socket.timeout):
-            pass  # the listener went away while our connection sat in its backlog: ask again
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{host}:{port} still accepts connections after {timeout} s")
-        time.sleep(0.05)
+            return False  # the listener went away while our connection sat in its backlog: ask again
+
+    wait_until(closed, timeout, interval=0.05, what=f"{host}:{port} to stop accepting connections")
 
 
 def mapping_json(node_id: str, user_id: str, secret_key: str, reset: bool) -> bytes:
@@ -215,9 +213,9 @@ def test_a_mapping_from_a_session_whose_join_failed_is_dropped_when_a_new_sessio
     assert second.wait_for_wifi(rig.ssid).state == "Connected"
     config_topic = f"node/{board.node_id}/config"
     watcher.wait_for_topic(config_topic, timeout=30)
-    # the mapping would follow the config's PUBACK: give it the time it takes, then look
-    board.wait_for_log(r"online: config reported", since=since, timeout=10)
-    time.sleep(1)
+    # the mapping would follow the config's PUBACK; the node says it has none
+    reported = board.wait_for_log(r"online: config reported", since=since, timeout=10)
+    board.wait_for_log(r"online: no mapping pending", since=reported.end(), timeout=10)
     assert watcher.payloads(f"node/{board.node_id}/user/mapping") == []
     assert "user/mapping" not in board.read_log()
     assert "pending_mapping" not in read_state(board)

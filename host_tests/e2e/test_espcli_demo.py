@@ -57,15 +57,19 @@ class DemoRun:
         threading.Thread(target=self._find_namespace, daemon=True).start()
 
     def _find_namespace(self) -> None:
+        """Note the namespace of the demo's inside half as soon as it runs (a thread: the test reads it later)."""
         marker = f"rmkit.espcli_demo --inside {self.workdir}"
-        while self.proc.poll() is None and self.net_ns is None:
+
+        def found() -> bool:
             for entry in os.listdir("/proc"):
                 try:
                     if entry.isdigit() and marker in Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode():
                         self.net_ns = net_namespace(int(entry))
                 except OSError:
                     pass
-            time.sleep(0.05)
+            return self.net_ns is not None or self.proc.poll() is not None
+
+        wait_until(found, 600, interval=0.05, what="the demo's namespace")
 
     def wait_for(self, lines: list, text: str, timeout: float = 120) -> None:
         wait_until(lambda: any(text in line for line in lines) or self.proc.poll() is not None, timeout=timeout,

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from support.paths import REPO_ROOT, VENV_BIN
+from support.wait import wait_until
 
 RMKIT = str(VENV_BIN / "rmkit")
 
@@ -79,7 +80,5 @@ def test_ctrl_c_stops_a_command_started_with_sigint_ignored(name, tmp_path):
     assert "Traceback" not in out + rest, out + rest
     if name == "rmkit demo":  # stopped where it was, not run to its end
         assert "interrupted" in rest and proc.returncode != 0, rest
-    deadline = time.monotonic() + 5
-    while (alive := [p for p in started if os.path.exists(f"/proc/{p}")]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert alive == [], f"{name} left processes running after Ctrl-C"
+    wait_until(lambda: not [p for p in started if os.path.exists(f"/proc/{p}")], 5, interval=0.05,
+               what=f"the processes {name} started to end after Ctrl-C")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.paths import REPO_ROOT, VENV_BIN
+from support.wait import wait_until
 
 # a printed command: an indented line that starts with `make` or a program of the project's venv
 COMMAND = re.compile(r"^\s+((?:make|/\S+/(?:mpremote|ampy|rmkit|esptool))\s.*)$")
@@ -57,13 +58,11 @@ def run_in_terminal(command: str, env: dict, connected: bytes, timeout: float = 
                     break
                 out += data
             if not left and connected in out:
-                time.sleep(0.3)
+                # at once: a byte typed before the terminal goes raw is kept (both switch with TCSANOW)
                 os.write(fd, b"\x1d")
                 left = True
-        deadline = time.monotonic() + 10
-        while (done := os.waitpid(pid, os.WNOHANG))[0] != pid:
-            assert time.monotonic() < deadline, f"{command!r} did not exit after Ctrl-]"
-            time.sleep(0.05)
+        done = wait_until(lambda: (got := os.waitpid(pid, os.WNOHANG))[0] == pid and got, 10, interval=0.05,
+                          what=f"{command!r} to exit after Ctrl-]")
         code = os.waitstatus_to_exitcode(done[1])
     finally:
         try:

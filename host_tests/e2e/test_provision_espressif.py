@@ -32,7 +32,7 @@ for _ in range(50):
     states.append(prov_util.get_wifi_config(tp, security))
     if states[-1] != "connecting":
         break
-    time.sleep(0.05)
+    time.sleep(0.05)  # the poll interval of a client asking for the Wi-Fi state, as esp_prov does
 report["states"] = states
 print("REPORT " + json.dumps(report))
 '''

@@ -87,7 +87,7 @@ def test_dead_link_is_detected_by_keepalive_and_reconnected(pki, broker, capsys)
     asyncio.run(_with_client(_client(pki, broker, keepalive_s=1, ping_timeout_ms=500), scenario))
 
 
-def test_unacknowledged_publish_is_resent_with_dup_after_reconnect(pki, broker, subscriber):
+def test_unacknowledged_publish_is_resent_with_dup_after_reconnect(pki, broker, subscriber, capsys):
     harness = subscriber(broker)
     network = {"up": True}
 
@@ -95,7 +95,8 @@ def test_unacknowledged_publish_is_resent_with_dup_after_reconnect(pki, broker, 
         await client.wait_connected()
         broker.pause()
         publish = asyncio.create_task(client.publish("node/nodeA/user/mapping", "m"))
-        await asyncio.sleep(0.2)
+        while "published node/nodeA/user/mapping (msg id 1" not in capsys.readouterr().out:  # sent, not acked
+            await asyncio.sleep(0.02)
         network["up"] = False  # keep the client away until the harness listens on the new broker
         subacks = harness.subacks
         loop = asyncio.get_running_loop()
@@ -127,7 +128,8 @@ def test_close_wakes_a_waiting_publish_with_an_error(pki, broker_factory):
 
     async def scenario(client):
         publish = asyncio.create_task(client.publish("node/nodeA/user/mapping", "m"))
-        await asyncio.sleep(0.1)
+        while not client._outbox:  # the publish is waiting for its PUBACK
+            await asyncio.sleep(0.01)
         await client.close()
         with pytest.raises(mqtt.MQTTError, match="client closed before PUBACK"):
             await publish
@@ -136,15 +138,20 @@ def test_close_wakes_a_waiting_publish_with_an_error(pki, broker_factory):
 
 
 def test_network_down_means_no_connection_attempt(pki, broker, capsys):
-    network = {"up": False}
+    network = {"up": False, "asked": 0}
+
+    def is_network_up() -> bool:
+        network["asked"] += 1
+        return network["up"]
 
     async def scenario(client):
-        await asyncio.sleep(0.6)
+        while network["asked"] < 10:  # the client has looked ten times (50 ms apart) and found no network
+            await asyncio.sleep(0.02)
         assert not client.connected and client.connects == 0
         network["up"] = True
         await client.wait_connected(timeout_ms=5000)
 
-    asyncio.run(_with_client(_client(pki, broker, is_network_up=lambda: network["up"]), scenario))
+    asyncio.run(_with_client(_client(pki, broker, is_network_up=is_network_up), scenario))
     out = capsys.readouterr().out
     assert out.count("waiting for network") == 1 and "network is up" in out
     assert out.index("network is up") < out.index("connecting to")

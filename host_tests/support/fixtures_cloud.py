@@ -42,6 +42,7 @@ from rmkit.cloud.mapping import MappingService
 from rmkit.cloud.storage import Storage
 from rmkit.net import free_port, wait_for_port
 from support.paths import REPO_ROOT
+from support.wait import wait_until
 
 PASSWORD = "correct horse 42"
 
@@ -215,11 +216,13 @@ class CloudProcess:
                                          stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, start_new_session=True)
         wait_for_port(self.port, timeout=timeout, alive=lambda: self.proc.poll() is None)
         # with MQTT the port opens before the subscription; "listening on" is printed after both
-        deadline = time.monotonic() + timeout
-        while "cloud: listening on" not in self.log_text()[offset:]:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"cloud did not start; log {self.log_path}:\n{self.log_text()[offset:]}")
-            time.sleep(0.02)
+        def listening() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cloud exited at start; log {self.log_path}:\n{self.log_text()[offset:]}")
+            return "cloud: listening on" in self.log_text()[offset:]
+
+        wait_until(listening, timeout, what="the cloud's 'listening on' line",
+                   detail=lambda: f"log {self.log_path}:\n{self.log_text()[offset:]}")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -47,6 +47,7 @@ from support.log_wait import wait_for_log_line
 from support import paths
 from support.hil_board import HilBoard
 from support.hil_plugin import DEFAULT_SOFTAP, worker_index
+from support.wait import wait_until
 
 PASSWORD = "hil-password-1"
 # a real board boots, joins its own AP, runs X25519 in Python and a TLS handshake: generous waits
@@ -262,18 +263,20 @@ class HilSession:
             self.board.wait_for_log(r"ble: advertising PROV_", timeout=BOOT_S, since=since)
             return  # the transport looks for the advertisement itself, and says so when it finds none
         self.board.wait_for_log(r"serving protocomm on", timeout=BOOT_S, since=since)
-        deadline = time.monotonic() + SOFTAP_WAIT_S
-        while True:
+        refusals = []
+
+        def answers() -> bool:
             try:
                 with socket.create_connection(self.config.softap, timeout=2):
-                    return
+                    return True
             except OSError as exc:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"the board logs that it serves provisioning, but {self.softap_text} "
-                                         f"does not answer from here within {SOFTAP_WAIT_S:g} s ({exc}): has "
-                                         "this machine joined its PROV_ access point? (README, Hardware in "
-                                         "the loop)") from None
-                time.sleep(0.3)
+                refusals.append(exc)
+                return False
+
+        wait_until(answers, SOFTAP_WAIT_S, interval=0.3,
+                   what=f"{self.softap_text} to answer from here, as the board logs that it serves provisioning",
+                   detail=lambda: f"last error: {refusals[-1]}; has this machine joined its PROV_ access point? "
+                                  "(README, Hardware in the loop)")
 
     # -- what the scenarios use ----------------------------------------------------------------------
 

@@ -182,7 +182,7 @@ class HilBoard:
         for at in range(0, len(data), CHUNK):
             self._conn.write(data[at:at + CHUNK])
             if len(data) > CHUNK:
-                time.sleep(0.01)
+                time.sleep(0.01)  # time passing on purpose: a board's UART buffer drains between chunks
         self._conn.flush()
 
     def _wait_bytes(self, marker: bytes, start: int, deadline: float, what: str) -> int:
@@ -204,6 +204,8 @@ class HilBoard:
         may miss them)."""
         deadline = time.monotonic() + timeout
         while True:
+            # time passing on purpose between the keys: each Ctrl-C must reach the board as its own
+            # interrupt, also a board whose program catches the first; nothing on the wire says one arrived
             self._write(b"\r\x03")
             time.sleep(0.05)
             self._write(b"\x03")   # a second Ctrl-C, for a KeyboardInterrupt caught once

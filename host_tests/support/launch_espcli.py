@@ -24,6 +24,9 @@ import sys
 import time
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # host_tests/, for support.wait
+from support.wait import wait_until  # noqa: E402
+
 import rmaker_cmd.provision as provision_cmd
 import rmaker_cmd.user as user_cmd
 from rainmaker.rainmaker import main
@@ -36,12 +39,12 @@ def stand_in_device(transport_mode, pop, userid, secretkey, **_kwargs):
         json.dump({"node_id": node_id, "user_id": userid, "secret_key": secretkey}, f)
     os.replace(out + ".tmp", out)
     go = os.environ.get("RMKIT_DEVICE_GO")
-    deadline = time.monotonic() + 30
-    while go and not os.path.exists(go):
-        if time.monotonic() > deadline:
-            print("stand-in device: no go signal within 30 s", file=sys.stderr)
+    if go:
+        try:
+            wait_until(lambda: os.path.exists(go), 30, what="the stand-in device's go signal")
+        except AssertionError as exc:
+            print(f"stand-in device: {exc}", file=sys.stderr)
             return None
-        time.sleep(0.02)
     return node_id, False  # (node_id, challenge_response_performed), as provision_device returns
 
 

@@ -4,7 +4,8 @@ Bumble central (rmkit.vboard.ble_central) that reaches it over the board's radio
 (att_request, att_command) for the ATT server's answers."""
 
 import asyncio
-import time
+
+from support.wait import wait_until
 
 from rmkit.vboard.ble_central import BleCentral
 
@@ -98,9 +99,13 @@ def write_once(board, *values):
 
 
 def wait_board(board, expr, expected, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = board_value(board, expr)
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
+    """`expr`'s repr on the board once it equals `expected`; the failure shows the last value seen."""
+    seen = []
+
+    def matches() -> bool:
+        seen.append(board_value(board, expr))
+        return seen[-1] == expected
+
+    wait_until(matches, timeout, interval=0.05, what=f"{expr} == {expected} on the board",
+               detail=lambda: f"last value: {seen[-1]}")
+    return seen[-1]

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from rmkit.errors import UserError
 from rmkit.net import free_port
 from rmkit.vboard.errors import BoardError
 from support.paths import FIRMWARE, VENV_BIN
+from support.wait import wait_until
 
 pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
 
@@ -280,10 +280,11 @@ def test_a_board_that_resets_mid_deploy_is_one_line_boots_to_nothing_and_the_nex
     flash = board.flash_dir
     proc = subprocess.Popen([str(VENV_BIN / "rmkit"), "deploy", "--port", str(board.pty_link), "--firmware",
                              str(firmware)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while len(list((flash / "rmnode").glob("*.mpy")) if (flash / "rmnode").is_dir() else []) < 3:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    def three_copied() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        return len(list((flash / "rmnode").glob("*.mpy")) if (flash / "rmnode").is_dir() else []) >= 3
+
+    wait_until(three_copied, 60, interval=0.01, what="three modules on the board")
     board.reset()
     out, err = proc.communicate(timeout=120)
     line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))

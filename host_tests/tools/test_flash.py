@@ -16,6 +16,7 @@ import pytest
 from support.needs import need_command
 
 from support.paths import REPO_ROOT, VENV_BIN
+from support.wait import wait_until
 from rmkit import espimage
 
 pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
@@ -96,9 +97,7 @@ def test_an_interrupted_flash_leaves_a_board_the_next_flash_brings_back(vboard, 
                    r"and not boot; run the same flash again")
     # half an image: the board does not run MicroPython (esptool's hard reset after the interrupt, or
     # still in download mode)
-    deadline = time.monotonic() + 5
-    while vboard.chip_state == "app" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: vboard.chip_state != "app", 5, interval=0.05, what="the chip to leave the app")
     assert vboard.chip_state in ("bootloop", "download"), vboard.chip_state
     proc = rmkit_flash("--port", vboard.rfc2217_url, str(images["big"]))
     assert proc.returncode == 0, proc.stdout + proc.stderr

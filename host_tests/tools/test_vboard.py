@@ -141,11 +141,11 @@ def test_ctrl_c_at_the_friendly_repl(vboard):
     with socket.create_connection(("127.0.0.1", vboard.tcp_port)) as sock:
         since = vboard.log_offset()
         sock.sendall(b"\r\x03")
-        time.sleep(0.1)
+        vboard.wait_for_log(r">>> ", since=since)
         sock.sendall(b"import time\r")
-        sock.sendall(b"while True: time.sleep(0.01)\r\r")
-        vboard.wait_for_log(r"while True", since=since)
-        time.sleep(0.2)
+        # the loop says when it runs (the echo shows the call, not the joined words), so Ctrl-C comes in it
+        sock.sendall(b"for i in range(10**9): i or print('loop', 'running'); time.sleep(0.01)\r\r")
+        vboard.wait_for_log(r"loop running", since=since)
         sock.sendall(b"\x03")
         vboard.wait_for_log(r"KeyboardInterrupt", since=since)
         sock.sendall(b"print('still', 'here')\r")
@@ -254,12 +254,16 @@ def test_network_fault_drops_the_link_and_station_retries(vboard_factory, tmp_pa
                     {"ssid": "flaky", "password": "p" * 8, "join_s": 0.1, "drop_after_s": 0.3},
                     {"ssid": "broken", "fail": "assoc", "join_s": 0.05})
     board = vboard_factory(air=air)
+    # the simulation's clock stepped by hand (its _now), so a busy host cannot push a look past its window
     out = board.exec("import network, time\n"
+                     "clock = [time.ticks_ms()]\n"
+                     "network._now = lambda: clock[0]\n"
+                     "def after(ms): clock[0] = time.ticks_add(clock[0], ms)\n"
                      "sta = network.WLAN(network.STA_IF); sta.active(True)\n"
-                     "sta.connect('flaky', 'pppppppp'); time.sleep(0.2); print(sta.isconnected())\n"
-                     "time.sleep(0.25); print(sta.isconnected(), sta.status())\n"
-                     "time.sleep(0.15); print(sta.isconnected())\n"
-                     "sta.config(reconnects=1); sta.connect('broken', ''); time.sleep(0.3); print(sta.status())\n")
+                     "sta.connect('flaky', 'pppppppp'); after(200); print(sta.isconnected())\n"
+                     "after(250); print(sta.isconnected(), sta.status())\n"
+                     "after(150); print(sta.isconnected())\n"
+                     "sta.config(reconnects=1); sta.connect('broken', ''); after(300); print(sta.status())\n")
     assert out.split() == ["True", "False", "1001", "True", "203"]
 
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from support.paths import REPO_ROOT, VENV_BIN
+from support.wait import wait_until
 
 pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
 
@@ -59,10 +60,8 @@ def test_vboard_cli_connect_repl_and_ctrl_c(tmp_path, artifacts_dir, cli_env):
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == mac
         # the line ends with `+ reset`: wait for the board to be back at its REPL before typing there
-        deadline = time.monotonic() + 15
-        while not re.search(rb"rst:0xc.*>>> ", log.read_bytes()[before:], re.S):
-            assert time.monotonic() < deadline, "the board did not come back after the exec line's reset"
-            time.sleep(0.05)
+        wait_until(lambda: re.search(rb"rst:0xc.*>>> ", log.read_bytes()[before:], re.S), 15,
+                   what="the board to come back after the exec line's reset")
 
         record = json.loads((tmp_path / "run" / "clibrd.json").read_text())
         assert record["pid"] == proc.pid and record["mac"] == mac
@@ -70,13 +69,10 @@ def test_vboard_cli_connect_repl_and_ctrl_c(tmp_path, artifacts_dir, cli_env):
         repl = subprocess.Popen([RMKIT, "repl", "--name", "clibrd"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=cli_env)
         try:
-            time.sleep(0.3)
+            assert repl.stdout.readline().startswith(b"Connected to")  # its ready line: connected to the board
             repl.stdin.write(b"\rprint(6 * 7)\r")
             repl.stdin.flush()
-            deadline = time.monotonic() + 10
-            while b"\n42" not in log.read_bytes():
-                assert time.monotonic() < deadline, "the REPL line never ran"
-                time.sleep(0.05)
+            wait_until(lambda: b"\n42" in log.read_bytes(), 10, what="the REPL line to run")
             repl.stdin.write(b"\x1d")  # Ctrl-] quits
             repl.stdin.flush()
             repl_out, _ = repl.communicate(timeout=10)
@@ -217,10 +213,11 @@ def test_deploy_to_a_running_board_then_ctrl_d_says_how_to_provision_it_with_no_
     threading.Thread(target=lambda: lines.extend(vboard.stdout), daemon=True).start()
 
     def wait_for(text: str, count: int = 1, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while "".join(lines).count(text) < count:
-            assert time.monotonic() < deadline and vboard.poll() is None, f"no {text!r} (x{count}):\n{''.join(lines)}"
-            time.sleep(0.05)
+        def seen() -> bool:
+            assert vboard.poll() is None, f"make vboard exited before {text!r} (x{count}):\n{''.join(lines)}"
+            return "".join(lines).count(text) >= count
+
+        wait_until(seen, timeout, interval=0.05, what=f"{text!r} (x{count})", detail=lambda: "".join(lines))
         return "".join(lines)
 
     try:

@@ -66,7 +66,7 @@ def irq2(event, data):
     if event == 3:
         print("a line longer than twenty bytes")
         sys.stdout.write("another line, longer than twenty\\n")
-        time.sleep(0.05)
+        time.sleep(0.05)  # the fault under test: sleeping in the handler
         udp.sendto(b"x", discard)
         poller.poll(30)
         wlan.connect("nowhere", "secret123")

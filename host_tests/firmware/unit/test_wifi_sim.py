@@ -75,11 +75,18 @@ def test_sim_wrong_password_reads_connecting_until_the_retries_run_out_then_reas
     net = _network()
     wifi = Wifi(net)
     sta = net.WLAN(net.STA_IF)
-    wifi.connect(b"home", b"wrong-pw")
-    equal(sta.status(), net.STAT_CONNECTING, "first attempt")
-    time.sleep_ms(70)
-    equal(sta.status(), net.STAT_CONNECTING, "one attempt failed, the driver retries")
-    st = _wait(wifi, (fwtest.STA_CONNECTION_FAILED,))
+    # the simulation's clock, stepped by hand: one attempt (join_s 50 ms) fails, and not all of them
+    clock = [time.ticks_ms()]
+    real_now, net._now = net._now, lambda: clock[0]
+    try:
+        wifi.connect(b"home", b"wrong-pw")
+        equal(sta.status(), net.STAT_CONNECTING, "first attempt")
+        clock[0] = time.ticks_add(clock[0], 70)
+        equal((sta.status(), net._sta.attempts), (net.STAT_CONNECTING, 1), "one attempt failed, the driver retries")
+        clock[0] = time.ticks_add(clock[0], 5000)  # past every retry
+        st = _wait(wifi, (fwtest.STA_CONNECTION_FAILED,))
+    finally:
+        net._now = real_now
     equal((sta.status(), st.fail_reason), (15, fwtest.FAIL_AUTH_ERROR), "4-way handshake timeout = AuthError")
     wifi.connect(b"old-router", b"wrong-pw")
     equal(_wait(wifi, (fwtest.STA_CONNECTION_FAILED,)).fail_reason, fwtest.FAIL_AUTH_ERROR, "reason 2 = AuthError")

@@ -23,13 +23,14 @@ def run_terminal(port: int, label: str) -> int:
     stdin = sys.stdin.fileno()
     is_tty = os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if is_tty else None
-    print(f"Connected to {label}. Ctrl-] quits; Ctrl-C/Ctrl-D/Ctrl-E go to the board.", flush=True)
     try:
         if is_tty:
-            tty.setraw(stdin)
+            # TCSANOW, not setraw's default TCSAFLUSH: what was typed (or pasted) before this moment is kept
+            tty.setraw(stdin, termios.TCSANOW)
             attrs = termios.tcgetattr(stdin)
             attrs[1] |= termios.OPOST | termios.ONLCR
             termios.tcsetattr(stdin, termios.TCSANOW, attrs)
+        print(f"Connected to {label}. Ctrl-] quits; Ctrl-C/Ctrl-D/Ctrl-E go to the board.", flush=True)
         sock.setblocking(False)
         while True:
             ready, _, _ = select.select([sock, stdin], [], [])
