@@ -20,7 +20,7 @@ Wi-Fi scan or join) could have its own frames freed and reused under it. Holding
 return, the handler is the only Python running (the VM's periodic GIL hand-over is skipped while the
 scheduler is locked, py/vm.c, and invoke_irq_handler locks it, mp_sched_lock); a collection it triggers
 itself scans its own stack and every MicroPython thread's. So: no sleeping, log lines held for the main
-task (HeldLines), a Wi-Fi scan or join left to the main task (rmnode.prov, may_block=False). The price is stack: Python gets
+task (HeldLines), a Wi-Fi scan or join left to the main task (rmnode.prov_endpoints, may_block=False). The price is stack: Python gets
 4 KiB of C stack there (CONFIG_BT_NIMBLE_TASK_STACK_SIZE 6144 in ports/esp32/boards/sdkconfig.ble, less
 1024 in mpconfigport.h and the 1024 stack-check margin), about ten Python call levels, which is why the
 handler calls protocomm directly and the Security 1 path is kept shallow.

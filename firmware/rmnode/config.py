@@ -105,10 +105,10 @@ class NodeConfig:
             log.warning(_TAG, "transport %r is not softap, ble or both, using softap" % (value,))
             value = "softap"
         self.transport = value
-        # docs/protocol.md 7.1: how a user is mapped, settings over factory data; checked by rmnode.node_prov, which
+        # docs/protocol.md 7.1: how a user is mapped, settings over factory data; checked by rmnode.prov_phase, which
         # alone uses it (the online phase's heap has no room to spare for the check)
         self.user_mapping = st.get("user_mapping", factory.get("user_mapping"))
-        # None: rmnode.ble's default; checked by rmnode.node_prov, which alone uses it (the checker loads only there)
+        # None: rmnode.ble's default; checked by rmnode.prov_phase, which alone uses it (the checker loads only there)
         self.ble_service_uuid = st.get("ble_service_uuid") or _factory_str(factory, "ble_service_uuid", None)
         self.ble_idle_s = _int(st, "ble_idle_s", _DEFAULT_BLE_IDLE_S, 1, 3600, "settings")
         self.prov_linger_s = _int(st, "prov_linger_s", _DEFAULT_PROV_LINGER_S, 0, 3600, "settings")

@@ -95,7 +95,7 @@ class MappingState:
 
     def set_pending(self, user_id, secret_key):
         """Persist a mapping from cloud_user_assoc at once (one atomic write). MappingError on bad input. Returns
-        whether the publish will carry "reset"; the caller logs it (rmnode.prov: one call level less in the BLE
+        whether the publish will carry "reset"; the caller logs it (rmnode.prov_endpoints: one call level less in the BLE
         IRQ handler that runs this, docs/protocol.md 1.2)."""
         check_mapping(user_id, secret_key)
         stored = self.store.get(USER_ID_KEY)

@@ -56,8 +56,8 @@ class Node:
         board.start(self)
         stored = self.stored_credentials()
         if stored is None:
-            # the provisioning phase's code is loaded only for it (rmnode.node_prov)
-            from rmnode.node_prov import provision
+            # the provisioning phase's code is loaded only for it (rmnode.prov_phase)
+            from rmnode.prov_phase import provision
 
             await provision(self)
             # Provisioning and the MQTT/TLS phase never share the heap: a 110 KiB board cannot hold
@@ -68,8 +68,8 @@ class Node:
             return
         self.enter("connecting", log.shown(stored[0]))
         self.wifi.connect(stored[0], stored[1])
-        # and the online phase's code only for that one (rmnode.node_online)
-        from rmnode.node_online import run_online
+        # and the online phase's code only for that one (rmnode.online_phase)
+        from rmnode.online_phase import run_online
 
         await run_online(self, self._erase_and_reboot)
 

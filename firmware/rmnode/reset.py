@@ -14,7 +14,7 @@ _TAG = "node"
 
 async def _report(node, timeout_ms):
     """True if the cloud acknowledged the reset report; never raises on network errors."""
-    from rmnode import online as online_seq
+    from rmnode import online_reports as online_seq
 
     stored = node.stored_credentials()
     if stored is None:

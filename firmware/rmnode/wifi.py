@@ -26,7 +26,7 @@ _AUTH_WPA2_PSK = const(3)
 _AUTH_REASONS = b"\x02\x04\x0e\x0f\xca\xcc\xcd"
 
 # wifi_constants.proto WifiStationState: what StationStatus.state holds. The one definition: prov and
-# node_online compare with these (public, so each costs a global here; inlined in this module). Here,
+# online_phase compare with these (public, so each costs a global here; inlined in this module). Here,
 # not in rmnode.pb, so the always-loaded station code does not pull in the codec.
 STA_CONNECTED = const(0)
 STA_CONNECTING = const(1)
@@ -140,7 +140,7 @@ class Wifi:
 
     def status(self):
         """A StationStatus from the station's real state. Never starts a join (is_connected() retries one the
-        driver refused): a BLE IRQ handler asks this, and WLAN.connect() must not run there (rmnode.prov)."""
+        driver refused): a BLE IRQ handler asks this, and WLAN.connect() must not run there (rmnode.prov_endpoints)."""
         net = self._net
         if self._start_pending:
             return StationStatus(STA_CONNECTING if self._joining else STA_DISCONNECTED)

@@ -126,7 +126,7 @@ def test_two_instances_on_one_database_each_get_every_publish_and_confirm_once(c
 
 
 # ---------------------------------------------------------------- persistent session: nothing is lost
-# A node clears its pending mapping when the broker's PUBACK arrives (firmware/rmnode/online.py), so
+# A node clears its pending mapping when the broker's PUBACK arrives (firmware/rmnode/online_reports.py), so
 # what the broker acknowledged while no cloud was connected must still reach the cloud.
 
 def mqtt_cloud_process(factory, cloud_broker, **options):

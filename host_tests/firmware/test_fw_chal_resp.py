@@ -16,7 +16,7 @@ from rmkit.pki import Pki
 from rmkit.proto import pb as host_pb
 from rmnode import chal_resp
 from rmnode.p256_key import load_key
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from fwtest import FakeConfig, FakeStation, sec1_session
 
 PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))

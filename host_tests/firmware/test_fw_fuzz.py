@@ -8,7 +8,7 @@ import random
 import pytest
 
 from rmnode import log, pb, protocomm
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 import fwtest
 from test_fw_interop import _random_message
 

@@ -73,9 +73,9 @@ def test_no_module_uses_a_private_attribute_of_another():
 def test_the_private_attribute_check_sees_what_it_should(tmp_path):
     # a guard for the test above
     sample = tmp_path / "sample.py"
-    sample.write_text("from rmnode import mqtt as m\nimport rmnode.online\nfrom rmnode.node import Node\n"
-                      "m._close(); rmnode.online._TAG; Node._erase_and_reboot; m.__name__; self._ok\n")
-    assert sorted(private_attributes_used(sample)) == ["Node._erase_and_reboot", "m._close", "rmnode.online._TAG"]
+    sample.write_text("from rmnode import mqtt as m\nimport rmnode.online_reports\nfrom rmnode.node import Node\n"
+                      "m._close(); rmnode.online_reports._TAG; Node._erase_and_reboot; m.__name__; self._ok\n")
+    assert sorted(private_attributes_used(sample)) == ["Node._erase_and_reboot", "m._close", "rmnode.online_reports._TAG"]
 
 
 def test_there_is_no_import_circle():
@@ -97,5 +97,5 @@ def test_there_is_no_import_circle():
 def test_the_graph_is_read_as_expected():
     # a guard for the two tests above: they see the lazy imports too
     edges = graph()
-    assert {"node_prov", "node_online", "credentials"} <= edges["node"]
-    assert "mqtt" in edges["clock"] and {"log", "mapping", "wifi"} <= edges["prov"]
+    assert {"prov_phase", "online_phase", "credentials"} <= edges["node"]
+    assert "mqtt" in edges["clock"] and {"log", "mapping", "wifi"} <= edges["prov_endpoints"]

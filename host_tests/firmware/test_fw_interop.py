@@ -15,7 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from rmnode import pb, protocomm, x25519
 from rmnode.aes_ctr import AESCTR
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from rmnode.store import Store
 from rmkit.proto import pb as gpb
 import fwtest

@@ -26,7 +26,7 @@ from support.paths import MICROPYTHON, MPY_CROSS, launcher
 # What the node imports before any of ours (main.py runs asyncio; the others are built in).
 PRELOADED = ("asyncio", "os", "time", "hashlib", "json", "cryptolib", "rmnode")
 ALWAYS_LOADED = ("log", "store", "config", "wifi")
-PROVISIONING = ("pb", "x25519", "aes_ctr", "security", "protocomm", "prov", "http")
+PROVISIONING = ("pb", "x25519", "aes_ctr", "security", "protocomm", "prov_endpoints", "http")
 
 # Measured (bytes of GC heap, 64-bit unix port): always-loaded 15.2 KB (17.4 KB before the DER parser left
 # config), provisioning set 41.7 KB (per module: log 1.1, store 3.1, config 4.9, wifi 6.2 | pb 8.2, x25519 2.2,
@@ -36,7 +36,7 @@ ALWAYS_LOADED_BUDGET = 18_500
 PROVISIONING_BUDGET = 52_000
 # Smallest round heap (4 KiB steps) a full Sec1 session with scan runs in, launcher included: 92K works,
 # 88K fails (in 1 KiB steps 90K works, 89K fails). It was 88K while the launcher left rmnode.mapping out;
-# rmnode.prov now checks a mapping with it, and a node has it loaded in every phase anyway (with it
+# rmnode.prov_endpoints now checks a mapping with it, and a node has it loaded in every phase anyway (with it
 # loaded, the firmware before that change needed 91-92K).
 SESSION_HEAP = "92K"
 
@@ -88,13 +88,13 @@ def test_always_loaded_modules_fit_their_budget_and_leave_the_codec_out(flash):
     assert total <= ALWAYS_LOADED_BUDGET, {name: costs[name] for name in ALWAYS_LOADED}
 
 
-# The node itself (rmnode.node, which loads mapping at boot) and the code of the phase it is in: node_prov
-# while provisioning, node_online after the reboot; cert (DER CN parser) and reset (factory reset) only when
-# used. Measured after ALWAYS_LOADED: mapping 3.7, credentials 1.1, node 3.0, node_prov 3.7 = 11.4 KB
+# The node itself (rmnode.node, which loads mapping at boot) and the code of the phase it is in: prov_phase
+# while provisioning, online_phase after the reboot; cert (DER CN parser) and reset (factory reset) only when
+# used. Measured after ALWAYS_LOADED: mapping 3.7, credentials 1.1, node 3.0, prov_phase 3.7 = 11.4 KB
 # (node 2.6 KB before its Wi-Fi reset and the start of rmnode.board; the qstr pool's steps move
-# node_prov between 2.3 and 3.7 KB; node_online 1.3 KB; node was 7.2 KB with both phases and factory reset
+# prov_phase between 2.3 and 3.7 KB; online_phase 1.3 KB; node was 7.2 KB with both phases and factory reset
 # in it).
-NODE_PHASE = ("mapping", "credentials", "node", "node_prov")
+NODE_PHASE = ("mapping", "credentials", "node", "prov_phase")
 NODE_PHASE_BUDGET = 12_500
 
 
@@ -154,7 +154,7 @@ def test_sec1_session_completes_in_a_small_heap(flash, tmp_path, artifacts_dir):
 # -- online phase: after provisioning the node reboots into station mode, so MQTT/TLS gets a
 # heap of its own. node.py imports mapping at boot and online (which imports mqtt) once the station is up.
 
-ONLINE = ("mapping", "mqtt", "online")
+ONLINE = ("mapping", "mqtt", "online_reports")
 # Measured (64-bit unix port, .mpy, after the always-loaded set): mapping 3.6, mqtt 12.3, online 8.1 =
 # 24.0 KB (online carries the next qstr pool; 23.2 KB before mqtt checked each header before reading a body:
 # +0.8 KB, its puback_packet, which only tests used, gone; 25.1 KB before the import diet of mqtt, online and

@@ -1,4 +1,4 @@
-"""Our client against the firmware's provisioning service (rmnode.prov + rmnode.http) running under the
+"""Our client against the firmware's provisioning service (rmnode.prov_endpoints + rmnode.http) running under the
 MicroPython unix port (and once under CPython), over 127.0.0.1."""
 
 import json

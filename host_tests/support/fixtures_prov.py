@@ -318,7 +318,7 @@ def reference_node_factory():
             served.close()
 
 
-# --- the firmware's provisioning service (rmnode.prov + rmnode.http) as a process ---
+# --- the firmware's provisioning service (rmnode.prov_endpoints + rmnode.http) as a process ---
 
 @pytest.fixture
 def firmware_node_factory(tmp_path, artifacts_dir):

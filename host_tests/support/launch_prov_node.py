@@ -1,4 +1,4 @@
-"""Run the firmware's provisioning service (rmnode.prov.Provisioning behind rmnode.http.ProvHttpServer)
+"""Run the firmware's provisioning service (rmnode.prov_endpoints.Provisioning behind rmnode.http.ProvHttpServer)
 under the MicroPython unix port or CPython, for the client integration tests.
 
 usage: launch_prov_node.py FIRMWARE_DIR PORT FLASH_DIR
@@ -25,7 +25,7 @@ except ImportError:
 from rmnode import log
 from rmnode.config import NodeConfig
 from rmnode.http import ProvHttpServer
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from rmnode.store import Store
 from rmnode.wifi import Wifi
 

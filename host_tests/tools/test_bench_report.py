@@ -91,7 +91,7 @@ def made_up_results(**overrides) -> dict:
              "raw_qos1_p99_s": 0.1, "confirmed": 1000}]},
         "deploy": {"seconds": {"rmkit_whole": [0.5, 0.45, 0.48], "rmkit_one": [0.2, 0.21, 0.22],
                                "mpremote_whole": [0.4, 0.38, 0.41], "mpremote_one": [0.2, 0.19, 0.2]},
-                   "files": 25, "whole_bytes": 53000, "one_file_bytes": 3000, "changed": "rmnode/online.mpy",
+                   "files": 25, "whole_bytes": 53000, "one_file_bytes": 3000, "changed": "rmnode/online_reports.mpy",
                    "baud": 115200},
         "crypto": {"unix": {"x25519_ms": [3.3, 3.4, 3.2], "aes_ctr_kib_ms": [0.04, 0.038, 0.039],
                             "sec1_handshake_ms": [6.5, 6.6, 6.4], "p256_sign_ms": [1.7, 1.6, 1.8], "inner_runs": 20},

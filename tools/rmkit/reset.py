@@ -30,7 +30,7 @@ WIFI_KEY = "wifi"  # firmware/rmnode/credentials.py WIFI_KEY, in /state.json
 WIFI_RESET = "from rmnode.reset import wifi_reset_from_repl\nprint('RESET', wifi_reset_from_repl(reboot=False))"
 FACTORY_RESET = ("from rmnode.node import factory_reset_from_repl\n"
                  "print('RESET', factory_reset_from_repl(reboot=False))")
-# the factory reset waits up to 5 s for the cloud (firmware/rmnode/online.py RESET_TIMEOUT_MS), after joining
+# the factory reset waits up to 5 s for the cloud (firmware/rmnode/online_reports.py RESET_TIMEOUT_MS), after joining
 REPL_TIMEOUT_S = {"wifi": 30.0, "factory": 60.0}
 
 

@@ -8,7 +8,7 @@ import json
 
 from rmnode import chal_resp, p256, pb, protocomm
 from rmnode.p256_key import KeyUnusable, load_key
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from fwtest import HERE, FakeConfig, FakeStation, check, equal, raises, sec1_session, secured, tmpdir
 
 h = bytes.fromhex

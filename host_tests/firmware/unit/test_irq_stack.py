@@ -7,7 +7,7 @@ board's handler gets exactly 4096 bytes). On CPython the requests just run."""
 
 from rmnode import chal_resp, pb
 from rmnode.mapping import MappingState
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from rmnode.store import Store
 from fwtest import FakeConfig, FakeStation, Sec1Client, check, equal, tmpdir, with_c_stack_left
 

@@ -8,7 +8,7 @@ if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
 
 from rmnode.store import Store
 from rmnode.mapping import MappingState, MappingError, check_mapping, mapping_payload, reset_payload, json_string
-from rmnode import online
+from rmnode import online_reports as online
 from fwtest import raises, check, equal, tmpdir
 
 

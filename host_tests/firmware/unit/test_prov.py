@@ -5,7 +5,7 @@ import json
 
 from rmnode import pb
 from rmnode import protocomm
-from rmnode.prov import Provisioning, version_json
+from rmnode.prov_endpoints import Provisioning, version_json
 from rmnode.store import Store
 import fwtest
 from fwtest import (raises, check, equal, FakeStation, FakeConfig, Sec1Client, sec1_session, secured,

@@ -8,7 +8,7 @@ import os
 import time
 
 from rmnode import pb
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from rmnode.wifi import Wifi
 import fwtest
 from fwtest import check, equal, FakeConfig, sec1_session, secured

@@ -24,7 +24,7 @@ from rmkit.vboard import VirtualBoard
 
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
 #: the module the one-file change alters on the board
-CHANGED = "rmnode/online.mpy"
+CHANGED = "rmnode/online_reports.mpy"
 
 
 class _ErasedBoard:

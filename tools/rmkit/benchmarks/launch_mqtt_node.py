@@ -32,7 +32,7 @@ import asyncio
 if hasattr(gc, "threshold"):  # MicroPython only
     gc.threshold(4096)
 
-from rmnode import log, mqtt, online
+from rmnode import log, mqtt, online_reports as online
 
 for _name in (os.getenv("RMNODE_TEST_RESIDENT") or "").split(","):
     if _name:

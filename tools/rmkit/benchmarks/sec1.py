@@ -10,7 +10,7 @@ import os
 import time
 
 from rmnode import log, pb
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from rmnode.store import Store
 from rmnode.wifi import StationStatus
 from sec1_client import Sec1Client

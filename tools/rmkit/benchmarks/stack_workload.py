@@ -15,7 +15,7 @@ if sys.implementation.name == "micropython" and ".frozen" not in sys.path:
 
 from rmnode import log, mqtt, pb, protocomm
 from rmnode.mapping import mapping_payload, reset_payload
-from rmnode.prov import Provisioning
+from rmnode.prov_endpoints import Provisioning
 from rmnode.store import Store
 from rmnode.wifi import StationStatus
 from sec1_client import Sec1Client

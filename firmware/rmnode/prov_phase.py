@@ -31,7 +31,7 @@ async def provision(node):
     """Serve provisioning until the station joined, linger so the client reads Connected, then stop."""
     cfg = node.config
     gc.collect()  # load the provisioning code into an unfragmented heap
-    from rmnode.prov import Provisioning
+    from rmnode.prov_endpoints import Provisioning
     if cfg.transport != "ble":
         from rmnode.http import ProvHttpServer
     if cfg.transport != "softap":

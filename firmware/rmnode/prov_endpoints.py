@@ -257,7 +257,7 @@ class Provisioning:
         req = pb.decode(pb.WiFiScanPayload, request)
         msg = req["msg"]
         if msg == _SCAN_CMD_START and not may_block:
-            # answered from the last scan the main task ran (rmnode.node_prov runs one before BLE starts),
+            # answered from the last scan the main task ran (rmnode.prov_phase runs one before BLE starts),
             # and a new one asked for, for this client's next start
             if self._scan_staged is not None:
                 self._scan_results, self._scan_staged, self._scan_done = self._scan_staged, None, True

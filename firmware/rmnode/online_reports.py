@@ -1,4 +1,5 @@
-"""What the node does once its station is up: report its config, publish the pending mapping, report a factory reset.
+"""The online reports: what the node tells the cloud once its station is up (its config, the pending mapping,
+a factory reset), over MQTT.
 
 Sequence on every MQTT connect (docs/protocol.md 5.3, 5.4): the node config on `node/<id>/config` (QoS 1),
 then, once that is acknowledged, the pending mapping on `node/<id>/user/mapping` (QoS 1). The

@@ -1,4 +1,5 @@
-"""The node's online phase: keep the station up and run the online sequence (MQTT, mapping publish).
+"""The node's online phase: keep the station up and run the online reports (rmnode.online_reports: MQTT,
+config and mapping publish).
 
 Loaded only once the node has Wi-Fi credentials (rmnode.node imports it then), so the provisioning
 phase, the one with the least heap to spare, never carries this code.
@@ -51,7 +52,7 @@ async def _keep_station_up(node):
 
 
 async def _go_online(node, on_factory_reset):
-    from rmnode import online as online_seq
+    from rmnode import online_reports as online_seq
 
     cfg = node.config
     try:
