@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from rmkit.errors import UserError
+from rmkit.factory import write_factory_data
 from rmkit.net import free_port
 from rmkit.vboard.errors import BoardError
-from support.paths import FIRMWARE, VENV_BIN
+from support.paths import FIRMWARE, REPO_ROOT, VENV_BIN
 from support.wait import wait_until
 
 pytestmark = pytest.mark.board  # tier: virtual boards (support/tiers.py)
@@ -399,3 +400,37 @@ def test_a_fresh_board_with_micropythons_own_boot_py_is_not_taken_for_an_interru
     result = rmkit("deploy", "--port", str(board.pty_link), "--firmware", str(firmware))
     assert "did not finish" not in result.stdout
     assert set(deployed(result)[0]) == expected_files(firmware)
+
+
+# The last commit whose firmware had four modules under their earlier names; the current names say what each
+# runs or serves (README, Layout). A board deployed from then holds these .mpy files.
+EARLIER_NAMES_COMMIT = "bfbefa655d658a11a94fe0bab07a33218911fbb8"
+EARLIER_NAMES = {"rmnode/node_prov.mpy", "rmnode/prov.mpy", "rmnode/node_online.mpy", "rmnode/online.mpy"}
+
+
+def test_the_firmware_deploys_over_an_earlier_one_whose_modules_had_other_names(vboard_factory, firmware, pki,
+                                                                                tmp_path):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=tar", EARLIER_NAMES_COMMIT,
+                              "firmware"], capture_output=True, timeout=60)
+    assert archive.returncode == 0, ("this test reads the earlier firmware from the repository's history (a git "
+                                     f"clone, not an export): {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(earlier)], input=archive.stdout, check=True, timeout=60)
+    board = vboard_factory()  # runs main.py at every boot, once there is one
+    write_factory_data(board.flash_dir, pki, pop="abcd1234")
+    factory = {p for p in board_files(board.flash_dir) if p.startswith("factory/")}
+
+    deployed(rmkit("deploy", "--port", str(board.pty_link), "--firmware", str(earlier / "firmware")))
+    assert EARLIER_NAMES <= board_files(board.flash_dir)
+    since = board.log_offset()
+    board.reset()
+    board.wait_for_log(r"node: state: provisioning", since=since, timeout=30)  # the earlier node runs
+
+    copied, removed = deployed(rmkit("deploy", "--port", str(board.pty_link), "--firmware", str(firmware)))
+    assert EARLIER_NAMES <= set(removed) and {"rmnode/prov_phase.mpy", "rmnode/prov_endpoints.mpy"} <= set(copied)
+    assert board_files(board.flash_dir) - {"settings.json"} == expected_files(firmware) | factory
+    since = board.log_offset()
+    board.reset()
+    board.wait_for_log(r"node: state: provisioning", since=since, timeout=30)  # the current node
+    assert "Traceback" not in board.read_log(since)
