@@ -85,16 +85,18 @@ def test_demo_confirms_draws_the_sequence_and_stops_everything(tmp_path, transpo
 
 
 def test_the_whole_flow_confirms_on_a_board_computing_at_esp32_speed(tmp_path, esp32_speed):
-    """make demo CPU=esp32: the node's Security 1 session alone takes an ESP32's seconds (30-40 ms at full
-    speed), and the mapping still confirms within the clients' and the cloud's timeouts."""
+    """make demo CPU=esp32: the node's Security 1 session and its signature take an ESP32's second or so
+    (30-40 ms at full speed), and the mapping still confirms within the clients' and the cloud's timeouts.
+    Measured from proto-ver to the signature, not per step: the pacer charges CPU after the fact
+    (rmkit.vboard.cpu), and on a loaded host part of the session's charge can fall into the next step."""
     workdir = tmp_path / "demo"
     run = subprocess.run(RMKIT + ["demo", "--workdir", str(workdir), "--cpu", "esp32"],
                          capture_output=True, text=True, timeout=180)  # the factor is cached by esp32_speed
     assert run.returncode == 0, run.stdout + run.stderr
     assert "ESP32 speed: CPU-bound work x" in run.stdout and "...: confirmed" in run.stdout
-    at = {step: float(re.search(r"\[\s*([\d.]+) s\] Client -> ESP32 node:\s+" + step, run.stdout).group(1))
-          for step in ("proto-ver", "prov-session")}
-    assert at["prov-session"] - at["proto-ver"] > 0.5, run.stdout
+    proto_ver = float(re.search(r"\[\s*([\d.]+) s\] Client -> ESP32 node:\s+proto-ver", run.stdout).group(1))
+    signed = float(re.search(r"\[\s*([\d.]+) s\] ESP32 node -> Client:\s+signature", run.stdout).group(1))
+    assert signed - proto_ver > 0.6, run.stdout
     assert _processes_using(workdir) == []
 
 

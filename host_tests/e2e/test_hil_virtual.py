@@ -36,8 +36,11 @@ RUN_LIMIT_S = 170.0
 
 
 def collected(args: list) -> int:
-    """How many tests pytest collects from `args` (the HIL tests are collected, then skipped, without --board)."""
-    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+    """How many tests pytest collects from `args` (with a --board: without one the HIL tests are deselected;
+    collecting opens no port)."""
+    board = ["--board", "rfc2217://127.0.0.1:1", "--wifi-ssid", "-", "--wifi-pass", "-", "--broker-host", "127.0.0.1"]
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *board,
+                             *args],
                             cwd=paths.HOST_TESTS, capture_output=True, text=True, env=_clean_env())
     match = re.search(r"^(\d+)(?:/\d+)? tests? collected", result.stdout, re.M)  # "2/5 tests collected" with -k
     assert match, result.stdout + result.stderr

@@ -3,7 +3,9 @@
     pytest host_tests/hil --board /dev/ttyUSB0 --wifi-ssid S --wifi-pass P --broker-host H
                           [--firmware image.bin] [--board-softap 192.168.4.1:80]
 
-Without --board every test marked `hil` is reported SKIPPED with SKIP_REASON. --board and
+Without --board every test marked `hil` is deselected, and the report header says why (DESELECT_REASON):
+not skipped, since nothing is hidden: `make test` runs the same tests against a virtual board
+(host_tests/e2e/test_hil_virtual.py). --board and
 --board-softap may be given several times: with pytest-xdist, worker gwN takes the N-th board (and the
 N-th SoftAP address, or the only one given); without it, the first board is used. README.md,
 "Hardware in the loop", says how to run it.
@@ -15,7 +17,8 @@ import os
 
 import pytest
 
-SKIP_REASON = "no --board given: hardware-in-the-loop tests need a board, see README"
+DESELECT_REASON = ("tests marked hil deselected: no --board given (README: Hardware in the loop); "
+                   "host_tests/e2e/test_hil_virtual.py runs them against a virtual board")
 DEFAULT_SOFTAP = "192.168.4.1:80"   # where an ESP32's provisioning service is, seen from a station on its AP
 WIFI_PASS_ENV = "RMKIT_HIL_WIFI_PASS"
 
@@ -76,16 +79,16 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("board"):
         return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
-    for item in items:
-        if "hil" in item.keywords:
-            item.add_marker(skip)
+    deselected = [item for item in items if "hil" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if "hil" not in item.keywords]
 
 
 def pytest_report_header(config):
     boards = config.getoption("board")
     if not boards:
-        return None
+        return f"hil: {DESELECT_REASON}"
     host = config.getoption("broker_host")
     lines = [f"hil: board(s) {', '.join(boards)}; broker and SNTP for the board on {host}"]
     if host not in ("localhost", "127.0.0.1"):
