@@ -35,13 +35,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from rmkit import FIRMWARE_DIR, REPO_ROOT
 from rmkit.errors import UserError
+from rmkit.streamed import run_streamed
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,22 @@ print('S', s[0], s[3])
 
 
 class SerialPort:
-    """A board on a serial port (or a virtual board's pty or socket:// URL), driven by mpremote."""
+    """A board on a serial port (or a virtual board's pty or socket:// URL), driven by mpremote's command line.
+
+    Why the command line and not mpremote's Python modules (mpremote.transport_serial.SerialTransport):
+    - mpremote documents its commands (https://docs.micropython.org/en/latest/reference/mpremote.html),
+      not its modules, and they move: pyboard.py until v1.20, transport_serial.py from v1.21; the
+      fs_* methods were in transport_serial.py up to v1.23 (fs_put, fs_cp, fs_writefile without
+      progress) and in transport.py from v1.24 with other signatures (micropython/micropython,
+      tools/mpremote). The commands we use stayed the same across all of them, so a new mpremote in
+      requirements-dev.txt is a version bump, not a port.
+    - A board that hangs mid-transfer must not hang the deploy: killing the mpremote process ends any
+      read or write at once and frees the port; an in-process transport blocked in a serial write (it
+      opens the port without a write timeout) cannot be stopped from here.
+    - What we run is what a user can type to retry by hand.
+    Its errors arrive as text, so _error() maps the messages mpremote prints (its exception names and
+    the board's OSError lines) to our one-line errors; test_deploy.py covers each.
+    """
 
     def __init__(self, port: str, timeout: float = 300.0):
         self.port = port
@@ -398,36 +413,15 @@ class SerialPort:
              on_line: Optional[Callable[[str], None]] = None) -> str:
         """One mpremote run; `on_line` sees its output line by line as it comes. Returns the output."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines as they happen, not at exit
-        proc = subprocess.Popen([self.mpremote, "connect", self.port, "resume", *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        lines = []
-        try:
-            for line in proc.stdout:
-                lines.append(line)
-                if on_line is not None:
-                    on_line(line.rstrip("\r\n"))
-            proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-        output = "".join(lines)
-        if timed_out.is_set():
+        run = run_streamed([self.mpremote, "connect", self.port, "resume", *args], timeout=timeout, env=env,
+                           on_line=on_line)
+        output = run.output
+        if run.timed_out:
             if during:
                 raise UserError(f"{self.where} did not answer within {timeout:.0f} s {during}; it holds no main.py "
                                 "until a deploy completes: check the cable and deploy again")
             raise UserError(f"{self.where} did not answer within {timeout:.0f} s (is it running a REPL?)")
-        if proc.returncode != 0:
+        if run.returncode != 0:
             raise self._error(output, during)
         return output
 

@@ -21,12 +21,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable, Optional
 
 from rmkit import REPO_ROOT
 from rmkit.benchmarks.flow_timing import NODE_USER_MAPPING, FlowTiming, chain, watch_node_and_cloud
+from rmkit.streamed import run_streamed
 from rmkit.timeline import Timeline
 
 ESPCLI = REPO_ROOT / ".venv-espcli" / "bin" / "esp-rainmaker-cli"
@@ -58,19 +58,10 @@ def measure(runs: int, say: Callable[[str], None], heap: Optional[str] = None) -
         result = Path(tmp) / "result.json"
         argv = UNSHARE + [sys.executable, "-m", "rmkit.benchmarks.espcli_flow", "--inside", tmp,
                           "--runs", str(runs)] + (["--heap", heap] if heap else [])
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            for line in proc.stderr:
-                say(line.rstrip("\n"))
-            proc.wait(timeout=60 + runs * (CLI_TIMEOUT_S + 30))
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # --kill-child takes the namespace, and all in it, along
-                proc.wait()
-            proc.stderr.close()
+        # unshare --kill-child: killing it (at the timeout) takes the namespace, and all in it, along
+        run = run_streamed(argv, timeout=60 + runs * (CLI_TIMEOUT_S + 30), on_line=say, start_new_session=True)
         if not result.exists():
-            raise EspcliUnavailable(f"the namespace run wrote no result (exit {proc.returncode})")
+            raise EspcliUnavailable(f"the namespace run wrote no result (exit {run.returncode})")
         rows = json.loads(result.read_text())
     if "error" in rows:
         raise EspcliUnavailable(rows["error"])
@@ -88,24 +79,17 @@ def _time_cli_provision(env: dict, stack, board) -> FlowTiming:
     timeline = Timeline()
     watchers = watch_node_and_cloud(board, stack.cloud_log, timeline)
     timeline.add("client", "client", CLI_MARKS["start"])
-    proc = subprocess.Popen([str(ESPCLI), "provision", "--pop", board.pop, "--ssid", stack.ssid,
-                             "--passphrase", stack.passphrase, "--no-retry"], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    timer = threading.Timer(CLI_TIMEOUT_S, proc.kill)
-    timer.start()
+    def mark(line: str) -> None:
+        for step, text in CLI_LINES.items():
+            if text in line:
+                timeline.add("client", "client", CLI_MARKS[step])
+
     try:
-        proc.stdin.write("\n")  # the CLI asks to press Enter once the computer is on the node's access point
-        proc.stdin.close()
-        for line in proc.stdout:
-            for step, text in CLI_LINES.items():
-                if text in line:
-                    timeline.add("client", "client", CLI_MARKS[step])
-        proc.wait()
+        # the CLI asks to press Enter once the computer is on the node's access point
+        run_streamed([str(ESPCLI), "provision", "--pop", board.pop, "--ssid", stack.ssid, "--passphrase",
+                      stack.passphrase, "--no-retry"], timeout=CLI_TIMEOUT_S, on_line=mark, stdin_text="\n",
+                     env=env)
     finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         for watcher in watchers:
             watcher.stop()
     return chain(timeline, CLI_MARKS, board.read_log())

