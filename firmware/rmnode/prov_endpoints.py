@@ -133,8 +133,10 @@ class Provisioning:
     def run_deferred(self):
         """Main task: start the join or the scan a BLE client asked for. Returns whether it did anything."""
         if self._apply_wanted:
+            # lowered only once the join has started (or failed): the IRQ handler can answer a GetStatus
+            # between any two bytecodes here, and until the driver says Connecting the flag is what says it
+            self._apply_failed = self._start_join() != _STATUS_SUCCESS
             self._apply_wanted = False
-            self._apply_failed = self._apply_config(True) != _STATUS_SUCCESS
             return True
         if self.scan_wanted:
             self.scan_wanted = False
@@ -236,6 +238,10 @@ class Provisioning:
         if not may_block:
             self._apply_wanted, self._apply_failed, self._applied = True, False, True
             return _STATUS_SUCCESS
+        return self._start_join()
+
+    def _start_join(self):
+        """Main task: WLAN.connect() with the credentials SetConfig took, then tell the node."""
         ssid, passphrase, bssid = self._wifi_config
         try:
             self.station.connect(ssid, passphrase, bssid or None)

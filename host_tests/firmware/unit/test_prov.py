@@ -396,6 +396,29 @@ def test_from_the_irq_handler_apply_only_asks_the_main_task_to_join():
     equal(config({"cmd_get_status": {}})["resp_get_status"]["sta_state"], fwtest.STA_CONNECTING, "the driver's state")
 
 
+def test_a_status_asked_while_the_main_task_starts_the_join_says_connecting():
+    """On a board the BLE IRQ handler can run between any two bytecodes of the main task (the NimBLE task
+    takes the GIL whenever the VM lets it go): a GetStatus that lands after the main task took the join
+    up but before the driver says Connecting must not answer Disconnected, which ends the client's wait."""
+    node = Node()
+    dispatch = _from_irq(node)
+    client = sec1_session(dispatch, 7, b"abcd1234")
+    config = lambda req: secured(dispatch, client, 7, "prov-config", pb.WiFiConfigPayload, req)
+    seen = []
+    join = node.station.connect
+
+    def connect_with_a_status_request_first(ssid, passphrase, bssid=None):
+        seen.append(config({"cmd_get_status": {}})["resp_get_status"]["sta_state"])
+        join(ssid, passphrase, bssid)
+
+    node.station.connect = connect_with_a_status_request_first
+    config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"pw123456"}})
+    config({"msg": 4})
+    check(node.prov.run_deferred(), "the main task starts the join")
+    equal(seen, [fwtest.STA_CONNECTING], "Connecting while the join starts")
+    equal(config({"cmd_get_status": {}})["resp_get_status"]["sta_state"], fwtest.STA_CONNECTING, "and after")
+
+
 def test_from_the_irq_handler_a_join_that_cannot_start_reports_failure():
     node = Node()
     dispatch = _from_irq(node)

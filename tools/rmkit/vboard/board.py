@@ -299,8 +299,6 @@ class VirtualBoard:
                        VBOARD_FLASH=str(self.flash_dir.resolve()), VBOARD_STATE=str(self._state_dir),
                        VBOARD_MAC=self.mac, VBOARD_AIR=str(self.air or ""), VBOARD_AP_IP=self.softap[0],
                        VBOARD_MPY_VERSION=self.reported_version or "", VBOARD_BLE=str(self.radio.board_port),
-                       # how much slower than this host the board computes: 1 unless paced (rmkit.vboard.cpu)
-                       VBOARD_CPU_FACTOR="%.1f" % (self.cpu_speed.factor if self.cpu_speed else 1.0),
                        **clock_environment())
             ram_model = ram.process_environment(self.heap_bytes)
             env.update(ram_model, LD_PRELOAD=ram_model["LD_PRELOAD"] + ":" + env["LD_PRELOAD"])
@@ -356,6 +354,8 @@ class VirtualBoard:
                     pass
         self._cleanup_state()
         _live_boards.discard(self)
+        if sup is not None and sup.failure:  # a simulator bug: never let it pass unseen
+            raise BoardError(f"board {self.name}: its supervisor failed:\n{sup.failure}")
 
     def reset(self, timeout: float = 20.0) -> None:
         """Like machine.reset(): restart the MicroPython process (boot.py, main.py run again)."""

@@ -56,6 +56,7 @@ import subprocess
 import termios
 import threading
 import time
+import traceback
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,7 @@ class Supervisor(threading.Thread):
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe already holds a wake-up
         self._requests: list = []
         self._clients: list = []
         self._child: Optional[Child] = None
@@ -213,6 +215,7 @@ class Supervisor(threading.Thread):
         self.halted: Optional[str] = None
         self.pids: list = []
         self.startup_failure: Optional[str] = None
+        self.failure: Optional[str] = None   # the traceback, if this thread ended on an exception
         # the chip: its flash, the RFC 2217 port's modem lines, download mode, timed boot loops
         self._rfc_listen = rfc2217_sock
         self._rfc_clients: dict = {}
@@ -245,8 +248,13 @@ class Supervisor(threading.Thread):
 
     def request(self, what: str) -> None:
         with self.cond:
+            if self._wake_w is None:  # the I/O thread has ended (stopped, or failed: see `failure`)
+                return
             self._requests.append(what)
-        os.write(self._wake_w, b"x")
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
 
     def child_pid(self) -> Optional[int]:
         child = self._child
@@ -284,10 +292,11 @@ class Supervisor(threading.Thread):
                 self._check_ready()
                 self._check_watchdog()
                 self._handle_requests()
-        except Exception:  # keep the reason in the log; callers see a halted board
+        except Exception:  # keep the reason; callers see a halted board, and VirtualBoard.stop() raises it
             log.exception("vboard %s: supervisor failed", self.board_name)
             with self.cond:
-                self.halted = "supervisor failed (see the host log)"
+                self.failure = traceback.format_exc()
+                self.halted = "supervisor failed: " + self.failure.strip().splitlines()[-1]
                 self.cond.notify_all()
         finally:
             self._shutdown()
@@ -953,7 +962,9 @@ class Supervisor(threading.Thread):
             self._rfc_listen.close()
         if self._flash is not None:
             self._flash.close()
-        for fd in (self.host_master, self.host_slave, self._wake_r, self._wake_w):
+        with self.cond:  # request() writes to the wake pipe under cond
+            wake, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), None, None
+        for fd in (self.host_master, self.host_slave, *wake):
             try:
                 os.close(fd)
             except OSError:
