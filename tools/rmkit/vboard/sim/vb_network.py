@@ -363,7 +363,10 @@ class WLAN:
         vb_irq.released_gil("WLAN.connect()", _SOURCE)  # around esp_wifi_connect(), failing or not
         _air.refresh()
         if _air.connect_block_s:
-            time.sleep(_air.connect_block_s)  # the injected fault: a wedged driver
+            # the injected fault: a wedged driver. Said on the console, so that a test that restores the air
+            # knows this call has read it already (the next boot's call must not)
+            print("vb_network: WLAN.connect() wedged for %g s (the air's connect_block_s)" % _air.connect_block_s)
+            time.sleep(_air.connect_block_s)
         if _sta.busy():
             raise OSError("Wifi Internal Error")  # esp_wifi_connect(): ESP_ERR_WIFI_CONN
         if ssid is not None or key is not None or bssid is not None:
