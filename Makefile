@@ -78,8 +78,8 @@ $(ESPCLI_STAMP): requirements-espcli.txt
 	@$(call PIP_INSTALL,$(ESPCLI_VENV)/bin/python,requirements-espcli.txt)
 	@touch $@
 
-test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (JOBS=2 workers, PYTEST_ARGS=... for pytest)
-	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) $(PYTEST_ARGS)
+test: setup espcli ## run every test (host_tests/), virtual boards, broker and cloud included (JOBS=4 workers: most tests wait on boards and brokers, so 4 fit 2 cores; PYTEST_ARGS=... for pytest)
+	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),4) --maxschedchunk 2 $(PYTEST_ARGS)
 
 test-fast: setup ## the unit tier only, for an edit-test loop: firmware logic under CPython and the unix port, codecs, cloud API in-process (TIERS="unit or component" for more; tiers in host_tests/support/tiers.py)
 	$(VENV)/bin/pytest host_tests -n $(or $(JOBS),2) -m "$(or $(TIERS),unit)" $(PYTEST_ARGS)

@@ -32,6 +32,7 @@ pytest_plugins = [
 
 def pytest_collection_modifyitems(config, items):
     tiers.mark(items)
+    tiers.slowest_first(items)
 
 
 def pytest_configure(config):

@@ -1,5 +1,6 @@
 """The test suite in tiers, as pytest markers, so that a firmware developer's edit-test loop runs the fast ones
-(`make test-fast`: unit and component, under a minute) and `make test` runs them all:
+(`make test-fast`: the unit tier, under a minute; TIERS="unit or component" for more) and `make test` runs
+them all:
 
 - unit: code in this process or one short interpreter run, nothing started that listens (firmware logic under
   CPython and the unix port, codecs, the PKI, the report and picture writers);
@@ -7,11 +8,15 @@
   MicroPython process serving provisioning, the reference node);
 - board: virtual boards (the MicroPython unix port made an ESP32), their simulated radios and ROM;
 - e2e: whole stacks (host_tests/e2e), Espressif's tools, namespaces;
-- hil: a board on a desk (host_tests/hil, skipped without --board; host_tests/e2e/test_hil_virtual.py runs them
-  against a virtual board).
+- hil: a board on a desk (host_tests/hil, deselected without --board; host_tests/e2e/test_hil_virtual.py runs
+  them against a virtual board).
 
 A test gets its tier from its folder (e2e, hil), else from a marker its module sets (`pytestmark = pytest.mark.board`
-where a module builds boards itself), else from the fixtures it uses."""
+where a module builds boards itself), else from the fixtures it uses.
+
+The slowest tiers run first (`slowest_first`): with pytest-xdist handing out a test or two at a time
+(`--maxschedchunk 2` in the Makefile), the long end-to-end tests start early and the short ones fill the
+gaps, so the run does not end waiting on one worker's minute-long test."""
 
 from __future__ import annotations
 
@@ -60,3 +65,11 @@ def mark(items) -> None:
         if len(tiers) > 1:
             raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(tiers)}: one tier per test "
                                     "(support/tiers.py)")
+
+
+RUN_ORDER = ("e2e", "hil", "board", "component", "unit")  # slowest first (median time per test, in that order)
+
+
+def slowest_first(items) -> None:
+    """Order `items` by tier, slowest first; within a tier as collected (a module's tests stay together)."""
+    items.sort(key=lambda item: RUN_ORDER.index(tier_of(item)))
