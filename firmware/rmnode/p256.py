@@ -7,17 +7,13 @@ is RFC 6979's (HMAC-SHA256 written here: an ESP32's MicroPython has no hmac modu
 key and message, so no random source is needed and different messages never share a k; it is the k
 OpenSSL's deterministic ECDSA picks, so signatures equal `cryptography`'s byte for byte.
 
-Cost, on the 64-bit unix port (tools/rmkit/benchmarks/p256_timing.py): sign() takes 1.6-1.9 ms; on a virtual
-board computing at ESP32_GENERIC's speed (160 MHz, rmkit.vboard.cpu) about 0.27 s, X25519 there about 0.5 s. Importing the
-module keeps 5.8 KB of GC heap, 1 KB of it the table of G's multiples (a bytes constant; the .mpy is
-2.9 KB). A signature allocates ~470 KB of short-lived ints (every big-int operation allocates), so
-on a board the GC runs once per heap-full of free space, some ten times per signature. sign() calls
-two levels deep at most and needs at most 1.6 KB of C stack.
+Its time, heap, allocations and stack, and why each choice below: docs/measurements.md, "P-256 signing";
+`make bench` times it at ESP32 speed. A signature allocates many short-lived ints (every big-int
+operation allocates), so on a board the GC runs several times per signature.
 How: R = kG by a fixed-base comb (4 teeth 64 bits apart, 64 columns: 63 doublings and at most 64
-additions of a precomputed affine point) in Jacobian coordinates, `%` for every reduction (one mpz
-`%` of a product takes ~1 us here; FIPS 186-4's special-form reduction of P-256 written in Python,
-~28 us), and two inversions by the extended Euclidean algorithm (~70 us here, pow(x, p-2, p) ~400
-us): Z^-1 mod p for R's x, and k^-1 mod n.
+additions of a precomputed affine point) in Jacobian coordinates, `%` for every reduction (mpz's `%`
+beats P-256's special-form reduction written in Python), and two inversions by the extended Euclidean
+algorithm (faster than pow(x, p-2, p)): Z^-1 mod p for R's x, and k^-1 mod n.
 
 Not constant-time: MicroPython's big ints give no such guarantee, and the comb's additions depend on
 k's bits. Side channels are out of scope: the key never leaves the node, and only a client that also
@@ -43,12 +39,9 @@ _IPAD_TAIL = b"\x36" * 32
 _OPAD_TAIL = b"\x5c" * 32
 
 # The comb's table: entry i (1-15) is sum(2^(64 t) G for each bit t set in i), affine, as x || y,
-# 32 bytes each, big-endian; entry i starts at byte 64 (i - 1). Four teeth: three (448 bytes) made
-# a signature ~0.4 ms slower here, five (1984 bytes) ~0.27 ms faster. A bytes constant: the same
-# points as ints would take 2.2 KB of heap on the unix port, and reading two coordinates per
-# addition costs ~3% of a signature; computing them from G at import would take ~3.6 ms here
-# (half a second on a board). host_tests/firmware/test_fw_p256.py checks every point against
-# `cryptography`.
+# 32 bytes each, big-endian; entry i starts at byte 64 (i - 1). Four teeth, and a bytes constant rather
+# than ints or points computed at import: docs/measurements.md, "P-256 signing", says why.
+# host_tests/firmware/test_fw_p256.py checks every point against `cryptography`.
 _COMB = (
     # 1: G
     b"\x6b\x17\xd1\xf2\xe1\x2c\x42\x47\xf8\xbc\xe6\xe5\x63\xa4\x40\xf2"

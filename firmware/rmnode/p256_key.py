@@ -3,8 +3,8 @@
 SEC1 is RFC 5915's ECPrivateKey, what `openssl ec -outform der` writes; PKCS#8 (RFC 5958) wraps it
 with the algorithm id-ecPublicKey and the curve. Anything else (RSA, Ed25519, another curve, explicit
 curve parameters, PEM text) is refused with a KeyFormatError that names what it found and where,
-never the key's bytes. Imported only to sign (rmnode.p256), like rmnode.cert for the certificate;
-importing it keeps ~5.6 KB of GC heap on the 64-bit unix port (.mpy 2.8 KB), so read the key once.
+never the key's bytes. Imported only to sign (rmnode.p256), like rmnode.cert for the certificate; importing
+it keeps a few KB of GC heap (docs/measurements.md), so read the key once.
 """
 
 try:

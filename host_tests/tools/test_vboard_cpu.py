@@ -19,7 +19,7 @@ import pytest
 
 from rmkit.vboard import runtime
 from rmkit.vboard.cpu import CpuPacer, cpu_clock
-from rmkit.vboard.cpu_speed import CACHE_NAME, ESP32_PIDIGITS_MS, WORKLOAD, cpu_speed
+from rmkit.vboard.cpu_speed import CACHE_NAME, ESP32_PIDIGITS_MS, WORKLOAD, cpu_speed, measure
 from rmkit.vboard.rawrepl import RawRepl
 from rmkit.vboard.supervisor import LAUNCHER
 
@@ -83,10 +83,12 @@ def test_the_benchmark_runs_at_the_calibrated_speed_on_a_board_and_far_faster_at
     assert full_ms < ESP32_PIDIGITS_MS / 20
 
 
-def test_the_calibrated_factor_gives_the_published_esp32_time_in_a_bare_micropython(esp32_speed):
+def test_the_calibrated_factor_gives_the_published_esp32_time_in_a_bare_micropython():
     """Where the published figure was taken, a bare MicroPython with an ESP32's heap, the benchmark paced at
-    the factor takes the ESP32's time, within 25 %."""
-    factor = cpu_speed("esp32").factor
+    the factor takes the ESP32's time, within 25 %. Calibrated here, not taken from the run's cache: this
+    host's CPU time for the same work changes with its load (up to 1.5x with the whole suite running), and
+    a factor measured minutes earlier under another load would test the load, not the calibration."""
+    factor = ESP32_PIDIGITS_MS / measure()["host_ms"]
     code = WORKLOAD.read_text() + TIMED_RUNS.format(runs=40)
     proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "-X", "heapsize=110K", "-c", code],
                             stdout=subprocess.PIPE, text=True, env=dict(os.environ, VBOARD_PARENT=str(os.getpid())))

@@ -21,27 +21,10 @@ The virtual board (rmkit.vboard.supervisor) paces each MicroPython process from 
 simulator's own setup is done (`ready`), and forgets it before killing or reaping it; Ctrl-C releases
 a stopped process at once (`interrupt()`), since a board stops computing where the interrupt finds it.
 
-Measured on the 2-core AMD EPYC VM this was written on (factor ~90; a wake-up costs ~20-40 us of CPU
-there, a stop and continue ~0.2 ms of the paced process's CPU when it runs on, both far more than on
-bare metal):
-- this thread's own CPU: 2.5-3.5 % of a core while the board idles (one read every 1-2 ms: the state,
-  the clock), under 1 % while it computes (it is stopped 99 % of the time then);
-- run-ahead: a computing board's slices were charged 0.76 ms of CPU (median), 1.0 ms (90th percentile),
-  2.5 ms at most in a busy loop; during a SoftAP provisioning exchange 1-2.5 ms (90th percentile) and
-  4-12 ms at worst (late wake-ups of this thread on a loaded machine), i.e. output up to about
-  factor x 12 ms early, rarely;
-- slices of 0.2 ms (shorter run-ahead) made the board use 2-2.5x the CPU for the same exchange
-  (stop-and-continue overhead), which the factor, taken on a big-integer benchmark, did not cover;
-  1 ms keeps that overhead near 10-20 %, and rmkit.vboard.cpu_speed measures the factor under pacing.
-The simulator's share: its modules (sim/vb_*.py, Python here, C in ROM on a board) run in the board's
-process and are paced too, which makes the board slower than an ESP32, never faster. A whole SoftAP
-provisioning exchange (Security 1 session, cloud_user_assoc, Wi-Fi config, apply, status until
-Connected) used 38.6 ms of CPU on a virtual board and 40.6 ms with the same firmware service on a bare
-unix port (launch_prov_node.py in the host tests; medians of 3, each +-15 %): no share measurable in the
-exchange itself. It shows elsewhere: an idle provisioning node used 1.0-1.2 ms of CPU a second on a
-board (the firmware's polls into the simulated Wi-Fi) against 0.07-0.09 ms for the bare service, and
-allocation-heavy work such as bm_pidigits ran about 1.5x slower on a board than in a bare MicroPython
-with the same free heap, because the simulator's objects fragment the GC heap (rmkit.vboard.cpu_speed).
+Why SLICE_S and the poll intervals are what they are, the pacer's own CPU, the run-ahead seen, and the
+simulator's share of a board's CPU: docs/measurements.md, "CPU pacing". The simulator's modules
+(sim/vb_*.py, Python here, C in ROM on a board) run in the board's process and are paced too, which makes
+the board slower than an ESP32, never faster.
 """
 
 from __future__ import annotations
@@ -299,8 +282,11 @@ class CpuPacer(threading.Thread):
             paused = time.monotonic() - stopped_at
             if self._paced is paced and paced.stopped:
                 self._continue_locked(paced)
-                # an overshoot (sleep latency) is credited: what it paid too much it may run unpaced
-                self._debt_s -= paused
+                # An overshoot (sleep latency) is credited, up to one slice's worth: on a loaded machine this
+                # thread wakes up late by a hundred ms and more, and a full credit would let the board run that
+                # long unpaced, a burst at host speed (a 1.5 ms computation took 1.5 ms, not 100). Slower than
+                # an ESP32 then, never faster.
+                self._debt_s = max(self._debt_s - paused, -SLICE_S * (self.factor - 1))
             self._stats.pauses += 1
             self._stats.paused_s += paused
         return charged_ns

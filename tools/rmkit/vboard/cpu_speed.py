@@ -8,21 +8,19 @@ not wall time, so that a loaded machine does not skew it. Measured once per mach
 in the runtime directory, keyed by what changes it: the CPU, the MicroPython build, the interpreter,
 the workload and the pacer.
 
-Two things make the host time harder to take than it looks, both measured on the 2-core VM this was
-written on:
+Two things make the host time harder to take than it looks (figures: docs/measurements.md, "The ESP32
+speed factor"):
 - Paced work uses more CPU than the same work run straight through: after each stop the process
-  restarts cold (here 1.1x the CPU with the pacer's 1 ms slices, 1.4x with 0.2 ms ones). The host time
-  is therefore taken while the process is paced at the factor the straight-through time gives, as a
-  board's process is paced.
-- The VM's cores change speed every few seconds (0.83 or 1.33 ms a run, back and forth): the samples
-  are spread over ~4 s and averaged, as a board's runs are averaged over the same changes.
+  restarts cold. The host time is therefore taken while the process is paced at the factor the
+  straight-through time gives, as a board's process is paced.
+- Cloud VMs' cores change speed every few seconds: the samples are spread over ~4 s and averaged, as a
+  board's runs are averaged over the same changes.
 
-A board's own process runs this work about 1.5x slower (1.1-1.9x) than the bare process: the
-simulator's objects (sim/vb_*.py, C in ROM on an ESP32) fragment the GC heap, and MicroPython's
-first-fit allocator then scans past hundreds of small holes (1200 one-block holes made a bare process
-9x slower at it). The pacer charges that too: a board without firmware takes about 1.5x an ESP32's
-time for bm_pidigits. With the firmware loaded its own objects fragment the heap anyway: a SoftAP
-provisioning exchange used the same CPU on a board as the same firmware service on a bare unix port.
+A board's own process runs this work slower than the bare process: the simulator's objects (sim/vb_*.py,
+C in ROM on an ESP32) fragment the GC heap, and MicroPython's first-fit allocator then scans past the
+holes. The pacer charges that too, so a board without firmware takes longer than an ESP32 for
+bm_pidigits (`make bench` row 6 shows by how much); with the firmware loaded its own objects fragment the
+heap anyway.
 
 The ESP32 reference (MicroPython's scoring, tests/run-perfbench.py: score = 1e6 * norm / microseconds,
 norm = runs x digits = 65 here, so ms a run = 65000 / score):
@@ -33,9 +31,9 @@ norm = runs x digits = 65 here, so ms a run = 65000 / score):
   65 ms). The firmware never raises the clock, so 160 MHz is the board modelled here.
 - 591.97 -> 109.8 ms: the same change's figures in PR #7850's description (clock not given).
 - 586.65 -> 110.8 ms and 475.01 -> 136.8 ms: v1.13 and v1.13-180, before that change (issue #6565).
-The same commit gives misc_pystone (bytecode-bound) 1801.87 -> 166.5 ms at 160 MHz, where this host
-takes about 1.23x its bm_pidigits time: an ESP32 is relatively 1.4x slower at bytecode than at big
-integers, so with this factor bytecode-bound work runs about 1.4x faster than on an ESP32.
+The same commit gives misc_pystone (bytecode-bound) 1801.87 -> 166.5 ms at 160 MHz: against this host an
+ESP32 is relatively slower at bytecode than at big integers, so with this factor bytecode-bound work runs
+somewhat faster than on an ESP32 (docs/measurements.md).
 """
 
 from __future__ import annotations
