@@ -28,11 +28,13 @@ process whenever the board "reboots". Why each piece is there (each measured on 
 - A line with `vboard FAULT: ` from the process (sim/vb_irq.py: a BLE IRQ handler released the GIL)
   is a fault: recorded with its log offset and reported to waiting callers like a crash, but the
   board carries on (on an ESP32 the harm is silent).
-- Below MicroPython is the chip (rom.py): DTR/RTS from RFC 2217 clients reach EN and IO0. EN low
-  stops the process (the chip is in reset); EN high with IO0 low starts the ROM's download mode,
-  which answers esptool until it resets the chip or leaves for the app; every boot from flash first
-  checks the image there and, when it is no MicroPython, prints the ROM's or the bootloader's
-  messages in a loop (timed, never a busy loop) instead of starting the process.
+- Below MicroPython is the chip (chip.py, a class of its own): DTR/RTS from RFC 2217 clients reach EN
+  and IO0, the ROM's download mode answers esptool, and a boot from flash that finds no MicroPython
+  loops on the ROM's or the bootloader's messages. The supervisor calls it when lines change, bytes
+  arrive while MicroPython does not run, or its timer is due; it calls back to print, to start
+  MicroPython and to stop it at EN low (the ChipHost methods below).
+- Each source the I/O thread waits on carries its own callback (the selector key's data): the wake-up
+  pipe, the host pty, the two listening sockets, each client, the MicroPython process's pty.
 - The task watchdog (machine.WDT, sim/vb_machine.py) is a timer kept here, as the chip's timer group
   keeps it outside the CPU: each feed rewrites the state file `wdt` (its content the timeout in ms), and
   when the file is older than that while MicroPython runs, the process is killed with ESP-IDF's panic
@@ -46,6 +48,7 @@ process whenever the board "reboots". Why each piece is there (each measured on 
 """
 
 import ctypes
+import functools
 import logging
 import os
 import select
@@ -63,8 +66,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from rmkit.vboard.cpu import CpuPacer
+from rmkit.vboard.chip import POWER_ON, Chip
 from rmkit.vboard.rfc2217 import Rfc2217Client
-from rmkit.vboard.rom import STRAP_WINDOW_S, Boot, Loader, ResetLines, SpiFlash, boot_from
+from rmkit.vboard.rom import SpiFlash
 
 # The pacing step of a board with a baud rate: bytes cross its UART in slices of this much line time
 UART_SLICE_S = 0.01
@@ -75,15 +79,7 @@ log = logging.getLogger(__name__)
 RAW_BANNER = b"raw REPL; CTRL-B to exit"
 FRIENDLY_BANNER = b'Type "help()" for more information.'
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
-POWER_ON = b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
 SW_RESET = b"rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
-DOWNLOAD_BOOT = b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"
-DOWNLOAD_REBOOT = b"rst:0xc (SW_CPU_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n"
-RTCWDT_RESET = b"rst:0x10 (RTCWDT_RTC_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
-SYSTEM_RESET = b"rst:0x3 (SW_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
-# boot loops: the ROM prints "invalid header" every 50 ms until its RTC watchdog resets the chip
-# (about 1 s); the bootloader prints its errors and resets at once (a boot takes about 0.3 s)
-ROM_LINE_S, ROM_LINES_PER_RESET, ROM_HALT_S, BOOTLOADER_LOOP_S = 0.05, 20, 1.0, 0.3
 # machine.reset_cause() values on the ESP32 port (ports/esp32/modmachine.c, v1.24.0-v1.26.1): power-on and
 # EN read PWRON_RESET; machine.reset() and a panic HARD_RESET (ESP_RST_SW, ESP_RST_PANIC); the task
 # watchdog WDT_RESET (ESP_RST_TASK_WDT); the boot after a soft reset SOFT_RESET (is_soft_reset)
@@ -147,6 +143,7 @@ class Child:
     ready: bool = False
     pending: bytearray = field(default_factory=bytearray)
     closed: bool = False    # killed and cleaned up at once (EN reset), no exit to handle
+    on_io: Optional[Callable[[int], None]] = None   # its selector callback (events)
 
 
 @dataclass
@@ -162,7 +159,8 @@ class Fault:
 
 
 class Supervisor(threading.Thread):
-    """Serial hub + process keeper for one board. Public methods are safe from any thread."""
+    """Serial hub + process keeper for one board, with its chip (chip.py) below. Public methods are safe
+    from any thread; `chip`, `rom_state` and `boot_attempts` are the chip's, read under `cond`."""
 
     def __init__(self, *, name: str, argv: list, env: dict, state_dir: Path, log_path: Path,
                  tcp_sock: socket.socket, pty_link: Path, boot_mode: str,
@@ -216,19 +214,13 @@ class Supervisor(threading.Thread):
         self.pids: list = []
         self.startup_failure: Optional[str] = None
         self.failure: Optional[str] = None   # the traceback, if this thread ended on an exception
-        # the chip: its flash, the RFC 2217 port's modem lines, download mode, timed boot loops
+        # the RFC 2217 port, whose modem lines reach the chip's EN and IO0
         self._rfc_listen = rfc2217_sock
         self._rfc_clients: dict = {}
         self._flash = spi_flash
-        self._mac = bytes(mac)
-        self._lines = ResetLines(reset_circuit)
-        self._loader: Optional[Loader] = None
-        self._timer: Optional[tuple] = None
-        self._loop: Optional[dict] = None
-        self._strap_window = False   # EN released, IO0 not yet seen low, window still open
-        self.chip = "app"            # app, reset (EN low), download, bootloop, idle
-        self.rom_state: Optional[str] = None   # why MicroPython is not running, while it is not
-        self.boot_attempts = 0       # boots from flash or into download mode so far
+        self._chip = Chip(self, flash=spi_flash, mac=mac, reset_circuit=reset_circuit, cond=self.cond,
+                          baud=lambda: next((c.lines.baudrate for c in self._rfc_clients.values()), 115200),
+                          name=name)
         # the modelled CPU speed: each process's CPU-bound work takes cpu_factor times as long
         self.pacer = CpuPacer(cpu_factor, name=f"vboard-{name}-cpu") if cpu_factor else None
 
@@ -260,35 +252,51 @@ class Supervisor(threading.Thread):
         child = self._child
         return child.proc.pid if child else None
 
+    @property
+    def chip(self) -> str:
+        """app (MicroPython runs, or is about to), reset (EN low), download, bootloop, idle."""
+        return self._chip.state
+
+    @property
+    def rom_state(self) -> Optional[str]:
+        """Why MicroPython is not running, while it is not."""
+        return self._chip.rom_state
+
+    @property
+    def boot_attempts(self) -> int:
+        """Boots from flash or into download mode so far."""
+        return self._chip.boot_attempts
+
     # ---- the I/O thread ---------------------------------------------------------------------
 
     def run(self) -> None:
         try:
-            self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-            self._sel.register(self.host_master, selectors.EVENT_READ, "host")
-            self._sel.register(self._tcp, selectors.EVENT_READ, "listen")
+            self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+            self._sel.register(self.host_master, selectors.EVENT_READ, self._on_host_pty)
+            self._sel.register(self._tcp, selectors.EVENT_READ, self._accept_client)
             if self._rfc_listen is not None:
-                self._sel.register(self._rfc_listen, selectors.EVENT_READ, "listen-rfc2217")
+                self._sel.register(self._rfc_listen, selectors.EVENT_READ, self._accept_rfc2217)
             if self.pacer is not None:
                 self.pacer.start()
-            self._emit(POWER_ON)
-            self._boot_app()
+            self.emit(POWER_ON)
+            self._chip.boot_from_flash()
             while not self._stopping:
                 child = self._child
                 timeout = 0.005 if child and not child.ready else 0.5
-                if self._timer is not None:
-                    timeout = min(timeout, max(0.0, self._timer[0] - time.monotonic()))
+                chip_due = self._chip.timer_due_in(time.monotonic())
+                if chip_due is not None:
+                    timeout = min(timeout, chip_due)
                 if self._rx_due is not None:
                     timeout = min(timeout, max(0.0, self._rx_due - time.monotonic()))
                 starving = self._watchdog_left()
                 if starving is not None:
                     timeout = min(timeout, max(0.0, starving))
                 for key, events in self._sel.select(timeout):
-                    self._dispatch(key, events)
+                    key.data(events)
                 if self._rx_due is not None and time.monotonic() >= self._rx_due:
                     self._rx_due = None
                     self._flush_child_input()
-                self._run_timer()
+                self._chip.run_timer()
                 self._check_ready()
                 self._check_watchdog()
                 self._handle_requests()
@@ -301,70 +309,76 @@ class Supervisor(threading.Thread):
         finally:
             self._shutdown()
 
-    def _dispatch(self, key, events) -> None:
-        what = key.data
-        if what == "wake":
-            try:
-                os.read(self._wake_r, 4096)
-            except BlockingIOError:
-                pass
-        elif what == "host":
-            try:
-                data = os.read(self.host_master, 65536)
-            except (BlockingIOError, OSError):
-                return
+    # ---- one callback per selector source (the key's data), each called with the events ----------
+
+    def _on_wake(self, events: int) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+
+    def _on_host_pty(self, events: int) -> None:
+        try:
+            data = os.read(self.host_master, 65536)
+        except (BlockingIOError, OSError):
+            return
+        self._on_input(data)
+
+    def _accept_client(self, events: int) -> None:
+        conn, _ = self._tcp.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(2.0)
+        self._clients.append(conn)
+        self._sel.register(conn, selectors.EVENT_READ, functools.partial(self._on_client, conn))
+
+    def _on_client(self, conn: socket.socket, events: int) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if data:
             self._on_input(data)
-        elif what == "listen":
-            conn, _ = self._tcp.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(2.0)
-            self._clients.append(conn)
-            self._sel.register(conn, selectors.EVENT_READ, conn)
-        elif what == "listen-rfc2217":
-            conn, _ = self._rfc_listen.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(2.0)
+        else:
+            self._drop_client(conn)
+
+    def _accept_rfc2217(self, events: int) -> None:
+        conn, _ = self._rfc_listen.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(2.0)
+        try:
+            client = Rfc2217Client(conn, self._chip.on_lines)
+        except OSError:
+            conn.close()
+            return
+        self._rfc_clients[conn] = client
+        self._sel.register(conn, selectors.EVENT_READ, functools.partial(self._on_rfc2217, client))
+
+    def _on_rfc2217(self, client: Rfc2217Client, events: int) -> None:
+        try:
+            data = client.sock.recv(65536)
+            data = client.decode(data) if data else None
+        except OSError:
+            data = None
+        if data is None:
+            self._drop_rfc2217(client)
+        elif data:
+            self._on_input(data)
+
+    def _on_child_io(self, child: Child, events: int) -> None:
+        if child.closed:
+            return
+        if events & selectors.EVENT_READ:
             try:
-                client = Rfc2217Client(conn, self._on_lines)
-            except OSError:
-                conn.close()
-                return
-            self._rfc_clients[conn] = client
-            self._sel.register(conn, selectors.EVENT_READ, client)
-        elif isinstance(what, Rfc2217Client):
-            try:
-                data = what.sock.recv(65536)
-                data = what.decode(data) if data else None
-            except OSError:
-                data = None
-            if data is None:
-                self._drop_rfc2217(what)
-            elif data:
-                self._on_input(data)
-        elif isinstance(what, socket.socket):
-            try:
-                data = what.recv(65536)
-            except OSError:
+                data = os.read(child.master, 65536)
+            except OSError:  # EIO: every slave fd closed, the process is gone
                 data = b""
             if data:
-                self._on_input(data)
+                self._on_child_output(data)
             else:
-                self._drop_client(what)
-        elif isinstance(what, Child):
-            if what.closed:
+                self._on_child_exit(child)
                 return
-            if events & selectors.EVENT_READ:
-                try:
-                    data = os.read(what.master, 65536)
-                except OSError:  # EIO: every slave fd closed, the process is gone
-                    data = b""
-                if data:
-                    self._on_child_output(data)
-                else:
-                    self._on_child_exit(what)
-                    return
-            if events & selectors.EVENT_WRITE and what is self._child:
-                self._flush_child_input()
+        if events & selectors.EVENT_WRITE and child is self._child:
+            self._flush_child_input()
 
     def _drop_client(self, conn: socket.socket) -> None:
         if conn in self._clients:
@@ -377,7 +391,7 @@ class Supervisor(threading.Thread):
             self._sel.unregister(client.sock)
         client.sock.close()
         if not self._rfc_clients:  # the port closed: the adapter releases DTR and RTS (HUPCL)
-            self._on_lines(dtr=False, rts=False)
+            self._chip.on_lines(dtr=False, rts=False)
 
     # ---- output: child -> log, pty, TCP clients -------------------------------------------
 
@@ -390,7 +404,7 @@ class Supervisor(threading.Thread):
         if not self._raw_mode:
             data = self._cook(data)
         self._find_faults(data)  # before the log has them: whoever reads the line sees the fault recorded
-        self._emit(data)
+        self.emit(data)
 
     def _find_faults(self, data: bytes) -> None:
         """Record each fault line completed in `data`, the next bytes of the log."""
@@ -425,7 +439,8 @@ class Supervisor(threading.Thread):
         self._ended_cr = data.endswith(b"\r")
         return cooked
 
-    def _emit(self, data: bytes) -> None:
+    def emit(self, data: bytes) -> None:
+        """What the board prints: to the log, the console callback and every client (ChipHost too)."""
         self._log.write(data)
         self._log.flush()
         if self._on_output and not self._raw_mode:  # a raw-REPL session is its client's alone (see above)
@@ -434,13 +449,13 @@ class Supervisor(threading.Thread):
             except Exception:  # a broken echo (closed stdout) must not take the board down
                 log.exception("vboard %s: output callback failed; disabling it", self.board_name)
                 self._on_output = None
-        self._send_raw(data)
+        self.send_raw(data)
         with self.cond:
             self.log_size += len(data)
             self.cond.notify_all()
 
-    def _send_raw(self, data: bytes) -> None:
-        """To every client, not to the log: _emit() for what the board prints, this alone for the
+    def send_raw(self, data: bytes) -> None:
+        """To every client, not to the log: emit() for what the board prints, this alone for the
         download-mode protocol (binary, and megabytes when esptool reads the flash)."""
         self._write_host_pty(data)
         for conn in list(self._clients):
@@ -480,13 +495,8 @@ class Supervisor(threading.Thread):
 
     def _on_input(self, data: bytes) -> None:
         if self.chip != "app":
-            if self.chip == "download":
-                out = self._loader.feed(data)
-                if out:
-                    self._send_raw(out)
-                if self._loader.event:
-                    self._rom_event(self._loader.event)
-            return  # in reset, or the ROM or a bootloader loops: nobody reads the UART
+            self._chip.feed(data)  # download mode reads it; in reset or a boot loop nobody does
+            return
         child = self._child
         if child is None:
             return  # rebooting: a UART drops what arrives meanwhile
@@ -539,7 +549,7 @@ class Supervisor(threading.Thread):
                 break
             del child.pending[:n]
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if child.pending and not paced else 0)
-        self._sel.modify(child.master, events, child)
+        self._sel.modify(child.master, events, child.on_io)
 
     def _uart_allowance(self, want: int) -> int:
         """How many of `want` bytes the UART toward the board carries now (all without a baud rate); 0 while
@@ -581,13 +591,14 @@ class Supervisor(threading.Thread):
             os.close(slave)
         os.set_blocking(master, False)
         child = Child(proc=proc, master=master, gen=self.gen)
+        child.on_io = functools.partial(self._on_child_io, child)
         if self.pacer is not None:
             self.pacer.follow(proc.pid, ready=lambda gen=self.gen: self._ready_file_says(gen))
         self.pids.append(proc.pid)
         self._child = child
         self._tail = b""
         self._unfinished_line = b""
-        self._sel.register(master, selectors.EVENT_READ, child)
+        self._sel.register(master, selectors.EVENT_READ, child.on_io)
         log.debug("vboard %s: MicroPython pid %d (gen %d, boot %s)", self.board_name, proc.pid,
                   self.gen, boot_mode)
 
@@ -658,8 +669,8 @@ class Supervisor(threading.Thread):
         log.debug("vboard %s: gen %d ended with %s -> %s", self.board_name, child.gen, rc, kind)
         if kind == "soft":
             if note:
-                self._emit(b"\r\n[vboard] " + note.encode() + b"\r\n")
-            self._emit(SOFT_REBOOT)
+                self.emit(b"\r\n[vboard] " + note.encode() + b"\r\n")
+            self.emit(SOFT_REBOOT)
             self._reset_cause = SOFT_RESET
             raw = self._raw_mode
             self._spawn("boot" if raw and self._boot_mode != "none" else self._boot_mode)
@@ -674,15 +685,15 @@ class Supervisor(threading.Thread):
             if self.halted:
                 return
             self._reset_cause = HARD_RESET  # ESP_RST_PANIC
-            self._emit(SW_RESET)
+            self.emit(SW_RESET)
         elif kind == "hard":
             self._reset_cause = HARD_RESET  # ESP_RST_SW
-            self._emit(SW_RESET)
+            self.emit(SW_RESET)
         else:  # power
             self._reset_cause = PWRON_RESET
             self._power_off_rtc()
-            self._emit(POWER_ON)
-        self._boot_app()
+            self.emit(POWER_ON)
+        self._chip.boot_from_flash()
 
     def _classify(self, rc: int, child: Child):
         if self._expected_kill and rc == -signal.SIGKILL:
@@ -706,12 +717,12 @@ class Supervisor(threading.Thread):
         now = time.monotonic()
         self._crash_times = [t for t in self._crash_times if now - t < CRASH_WINDOW_S] + [now]
         offset = self.log_size
-        self._emit(b"\r\n[vboard] " + message.encode() + b"\r\n")
+        self.emit(b"\r\n[vboard] " + message.encode() + b"\r\n")
         halt = len(self._crash_times) >= CRASH_LIMIT or self.ready_gen == 0
         if halt:
             reason = (f"{message} (during the first boot)" if self.ready_gen == 0 else
                       f"crashed {CRASH_LIMIT} times within {CRASH_WINDOW_S:.0f} s; not restarting")
-            self._emit(b"[vboard] board halted: " + reason.encode() + b"\r\n")
+            self.emit(b"[vboard] board halted: " + reason.encode() + b"\r\n")
         with self.cond:
             self.crashes.append(Crash(offset, message))
             if halt:
@@ -729,9 +740,7 @@ class Supervisor(threading.Thread):
                 self._stopping = True
                 return
             if what in ("download", "en"):  # buttons: EN pressed, BOOT (IO0) held for "download"
-                self._enter_reset()
-                if not self._lines.in_reset:     # unless the serial adapter holds EN low
-                    self._release_reset(download=what == "download" or self._lines.io0_low)
+                self._chip.press_en(boot_held=what == "download")
                 continue
             # reset / power: restart the process; a halted board, or a chip not running
             # MicroPython, powers up again too
@@ -745,43 +754,35 @@ class Supervisor(threading.Thread):
                     self.halted = None
                 self._crash_times.clear()
                 self._raw_mode = False
-                self._cancel_timer()
-                self._loader = None
-                if self._lines.in_reset:
-                    self._set_chip("reset", "held in reset: the serial adapter holds EN low (RTS)", attempt=True)
+                if not self._chip.restart():
                     continue
                 self._chip_reset()
                 self._reset_cause = PWRON_RESET if what == "power" else HARD_RESET
                 if what == "power":
                     self._power_off_rtc()
-                self._emit(POWER_ON if what == "power" else SW_RESET)
-                self._boot_app()
+                self.emit(POWER_ON if what == "power" else SW_RESET)
+                self._chip.boot_from_flash()
 
-    # ---- the chip: EN, IO0, download mode, boots from flash -----------------------------------
+    # ---- what the chip asks of the board (chip.ChipHost) -------------------------------------
 
-    def _set_chip(self, state: str, why: Optional[str], attempt: bool = False) -> None:
+    def start_micropython(self) -> None:
+        self._spawn(self._boot_mode)
+
+    def hold_in_reset(self) -> None:
+        """EN low: the CPU stops where it is, the RTC and the timers restart; a halted board may run again."""
+        self._stop_child()
+        self._chip_reset()
+        self._raw_mode = False
+        self._expected_kill = None
+        self._reset_cause = PWRON_RESET    # EN is the chip's power-on reset; the RTC restarts too
+        self._power_off_rtc()
         with self.cond:
-            self.chip = state
-            self.rom_state = None if state == "app" else why
-            if attempt:
-                self.boot_attempts += 1
-            if state != "app":
-                self.rebooting = True
-            self.cond.notify_all()
+            self.halted = None if self.halted != "stopped" else self.halted
+        self._crash_times.clear()
 
-    def _set_timer(self, delay: float, callback) -> None:
-        self._timer = (time.monotonic() + delay, callback)
-
-    def _cancel_timer(self) -> None:
-        self._timer = None
-        self._loop = None
-        self._strap_window = False
-
-    def _run_timer(self) -> None:
-        timer = self._timer
-        if timer is not None and time.monotonic() >= timer[0]:
-            self._timer = None
-            timer[1]()
+    def chip_changed(self, state: str) -> None:
+        if state != "app":    # called with cond held
+            self.rebooting = True
 
     def _stop_child(self) -> None:
         """Kill the MicroPython process now, as a chip reset stops the CPU (unsent output is lost)."""
@@ -800,64 +801,6 @@ class Supervisor(threading.Thread):
         except subprocess.TimeoutExpired:
             pass
         os.close(child.master)
-
-    def _on_lines(self, dtr: Optional[bool] = None, rts: Optional[bool] = None) -> None:
-        """DTR/RTS from an RFC 2217 client, through the board's reset circuit to EN and IO0."""
-        lines = self._lines
-        change = lines.set(dtr, rts)
-        if change == "reset":
-            self._enter_reset()
-        elif change == "release":
-            if lines.circuit == "usb-jtag" or lines.io0_low:
-                self._release_reset(download=lines.usb_download if lines.circuit == "usb-jtag" else True)
-            else:   # see rom.STRAP_WINDOW_S
-                self._set_timer(STRAP_WINDOW_S, self._straps_latched)
-                self._strap_window = True
-        elif self._strap_window and lines.io0_low:
-            self._cancel_timer()
-            self._release_reset(download=True)
-
-    def _straps_latched(self) -> None:
-        self._strap_window = False
-        self._release_reset(download=False)
-
-    def _enter_reset(self) -> None:
-        self._cancel_timer()
-        self._stop_child()
-        self._chip_reset()
-        self._loader = None
-        self._raw_mode = False
-        self._expected_kill = None
-        self._reset_cause = PWRON_RESET    # EN is the chip's power-on reset; the RTC restarts too
-        self._power_off_rtc()
-        with self.cond:
-            self.halted = None if self.halted != "stopped" else self.halted
-        self._crash_times.clear()
-        self._set_chip("reset", "held in reset (EN low)")
-
-    def _release_reset(self, download: bool) -> None:
-        if download:
-            self._emit(DOWNLOAD_BOOT)
-            self._start_loader()
-        else:
-            self._emit(POWER_ON)
-            self._boot_app()
-
-    def _start_loader(self) -> None:
-        baud = next((c.lines.baudrate for c in self._rfc_clients.values()), 115200)
-        self._loader = Loader(self._flash, self._mac, baud=baud)
-        self._set_chip("download", "in the ROM's download mode (IO0 was low at reset): waiting for esptool",
-                       attempt=True)
-
-    def _rom_event(self, event: str) -> None:
-        self._loader = None
-        if event == "reboot":      # a CPU reset keeps the latched straps: download mode again
-            self._emit(DOWNLOAD_REBOOT)
-            self._start_loader()
-        elif event == "run":       # the ROM leaves for the app in flash
-            self._boot_app()
-        else:                      # "ram": code loaded to RAM runs; nothing here can run it
-            self._set_chip("idle", "running code esptool loaded to RAM, which a virtual board cannot run")
 
     # ---- the task watchdog (sim/vb_machine.py WDT) ------------------------------------------
 
@@ -894,50 +837,14 @@ class Supervisor(threading.Thread):
         self._stop_child()  # the panic stops the CPU: what it did not print yet is lost
         self._raw_mode = False
         uptime_ms = int((time.monotonic() - self._chip_started) * 1000)
-        self._emit(b"\r\n" + TASK_WDT_PANIC.format(ms=uptime_ms).encode())
+        self.emit(b"\r\n" + TASK_WDT_PANIC.format(ms=uptime_ms).encode())
         self._chip_reset()
         self._reset_cause = WDT_RESET  # ESP_RST_TASK_WDT, from the reset hint task_wdt_timeout_abort set
         with self.cond:
             self.watchdog_resets += 1
             self.cond.notify_all()
-        self._emit(SW_RESET)
-        self._boot_app()
-
-    def _boot_app(self) -> None:
-        """Boot from flash: MicroPython when the flash holds it, else the ROM's or the bootloader's
-        boot loop (or a valid app of another project, which sits idle here)."""
-        boot = boot_from(self._flash) if self._flash is not None else Boot("micropython", [], "")
-        if boot.kind == "micropython":
-            self._set_chip("app", None, attempt=True)
-            self._spawn(self._boot_mode)
-            return
-        log.info("vboard %s: no MicroPython to boot: %s", self.board_name, boot.reason)
-        if boot.kind == "foreign":
-            self._emit(f"[vboard] {boot.reason}: a virtual board runs only MicroPython; it stays here "
-                       f"until reset or flashed again\r\n".encode())
-            self._set_chip("idle", boot.reason, attempt=True)
-            return
-        if boot.kind == "rom" and len(boot.lines) == 1:    # invalid header, over and over
-            loop = {"every": ROM_LINE_S, "count": ROM_LINES_PER_RESET, "pause": ROM_LINE_S, "banner": RTCWDT_RESET}
-        elif boot.kind == "rom":                            # the ROM stops; its watchdog resets it
-            loop = {"every": 0, "count": 1, "pause": ROM_HALT_S, "banner": RTCWDT_RESET}
-        else:                                               # the bootloader resets the chip itself
-            loop = {"every": 0, "count": 1, "pause": BOOTLOADER_LOOP_S, "banner": SYSTEM_RESET}
-        loop.update(n=0, text="".join(line + "\r\n" for line in boot.lines).encode())
-        self._loop = loop
-        self._set_chip("bootloop", f"boot loop: {boot.reason}", attempt=True)
-        self._bootloop_tick()
-
-    def _bootloop_tick(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if loop["n"] == loop["count"]:
-            self._emit(loop["banner"])
-            loop["n"] = 0
-        self._emit(loop["text"])
-        loop["n"] += 1
-        self._set_timer(loop["every"] if loop["n"] < loop["count"] else loop["pause"], self._bootloop_tick)
+        self.emit(SW_RESET)
+        self._chip.boot_from_flash()
 
     def _shutdown(self) -> None:
         self._stopping = True
