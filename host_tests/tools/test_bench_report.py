@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rmkit import bench_report
+from rmkit.benchmarks import report as bench_report
 from rmkit.benchmarks.flow_timing import PHASES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

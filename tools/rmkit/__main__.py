@@ -27,7 +27,7 @@ COMMAND_MODULES = [
     "rmkit.factory",
     "rmkit.broker",
     "rmkit.cloud.cli",
-    "rmkit.bench",
+    "rmkit.benchmarks.run",
 ]
 
 

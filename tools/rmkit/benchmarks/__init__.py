@@ -1,5 +1,10 @@
-"""The measurements of `rmkit bench` (make bench, which writes bench/results.md through rmkit.bench_report), and
-the unix-port runners they share with the tests (which may use what is here; nothing here uses the tests).
+"""`rmkit bench` (make bench): run.py runs every measurement below and report.py writes bench/results.md,
+results.json and scale.png from what they measured.
+
+Two MicroPython scripts here are used by the host tests as well: sec1_client.py and esp32_stack.py. They are
+the benchmark's own (the Security 1 client the benchmark drives the node's session with, and the ESP32-sized
+stack it measures depth on), and the firmware unit tests use the same ones so that what is tested is what is
+measured; nothing here uses the tests.
 
 MicroPython scripts (run by the unix port with firmware/ and this folder on MICROPYPATH; also valid CPython):
   sec1.py              device-side Security 1 handshake and secured requests, median of 20 sessions

@@ -2,7 +2,7 @@
 (one table, each row beside the reference measured in the same run, then the goals met and missed) and
 bench/scale.png (the cloud at scale: p50/p99 and throughput against N, the broker's raw QoS 1 beside).
 
-Only formatting lives here: rmkit.bench measures, this writes, so the writer can be tested with small
+Only formatting lives here: rmkit.benchmarks.run measures, this writes, so the writer can be tested with small
 made-up measurements.
 """
 
@@ -314,7 +314,7 @@ def _unix_spread(unix: dict, key: str) -> str:
 
 
 def crypto_rows(crypto: dict, calibration: Optional[dict] = None) -> tuple[list, dict]:
-    """Row 6; `calibration` is k as the run measured it before its boards started (rmkit.bench)."""
+    """Row 6; `calibration` is k as the run measured it before its boards started (rmkit.benchmarks.run)."""
     unix = crypto.get("unix") or {}
     boards = crypto.get("boards") or {}
     if _unavailable(boards):

@@ -23,7 +23,7 @@ bench/scale.png. Every row stands beside its reference, measured in the same run
 Nothing here asserts a time; the goals are judged in the report. Every process a benchmark starts is
 stopped and every file it makes lives in a temporary directory removed at its end (the firmware build
 cache build/firmware, which `make deploy` keeps, is the exception). The modules in rmkit/benchmarks/
-do the measuring; rmkit.bench_report writes the files.
+do the measuring; rmkit.benchmarks.report writes the files.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rmkit import bench_report
+    from rmkit.benchmarks import report as bench_report
     from rmkit.benchmarks.flow_timing import PHASES
 
     started = time.monotonic()
