@@ -176,7 +176,7 @@ class NimbleAttServer(Server):
         await self._read_at(bearer, request, request.attribute_handle, 0, Opcode.ATT_READ_RESPONSE)
 
     async def _read_blob_request(self, bearer, request: att.ATT_Read_Blob_Request) -> None:
-        # ble_att_svr_rx_read_blob: never Attribute Not Long, which the spec allows and Bumble answers
+        # ble_att_svr_rx_read_blob: never Attribute Not Long, which the Bluetooth Core Specification allows and Bumble answers
         await self._read_at(bearer, request, request.attribute_handle, request.value_offset,
                             Opcode.ATT_READ_BLOB_RESPONSE)
 
