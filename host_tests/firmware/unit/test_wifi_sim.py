@@ -37,7 +37,7 @@ def _wait(wifi, states, timeout_s=3):
         st = wifi.status()
         if st.state in states:
             return st
-        time.sleep_ms(10)
+        time.sleep_ms(10)  # poll interval (this helper runs under MicroPython too: no support.wait there)
     raise AssertionError("station stayed in state %d" % wifi.status().state)
 
 
@@ -162,7 +162,7 @@ def test_sim_provisioning_wrong_password_reset_retry():
     config({"msg": 4})
     deadline = time.ticks_add(time.ticks_ms(), 3000)
     while status()["sta_state"] == fwtest.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
-        time.sleep_ms(10)
+        time.sleep_ms(10)  # poll interval
     st = status()
     equal((st["sta_state"], st["fail_reason"]), (fwtest.STA_CONNECTION_FAILED, fwtest.FAIL_AUTH_ERROR), "AuthError")
     reset = secured(prov.dispatch, client, 1, "prov-ctrl", pb.WiFiCtrlPayload, {"msg": 1, "cmd_ctrl_reset": {}})
@@ -171,7 +171,7 @@ def test_sim_provisioning_wrong_password_reset_retry():
     config({"msg": 2, "cmd_set_config": {"ssid": b"home", "passphrase": b"right-pw"}})
     config({"msg": 4})
     while status()["sta_state"] == fwtest.STA_CONNECTING and time.ticks_diff(deadline, time.ticks_ms()) > 0:
-        time.sleep_ms(10)
+        time.sleep_ms(10)  # poll interval
     st = status()
     equal(st["sta_state"], fwtest.STA_CONNECTED, "connected")
     equal(st["connected"], {"ip4_addr": "127.0.0.1", "auth_mode": 3, "ssid": b"home",
