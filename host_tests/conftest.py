@@ -4,7 +4,7 @@ folder, and the fixture plugins of every area.
 Layout: support/ (fixtures, launchers, paths, MicroPython stand-ins: not tests), firmware/ (the node's
 code; firmware/unit/ runs under CPython and the unix port), tools/ (rmkit's host tools), cloud/ (the
 local cloud), e2e/ (whole stacks: scenarios, demo, sandbox, Espressif interop), hil/ (the scenarios on a
-board through its serial port: `pytest host_tests/hil --board PORT ...`, skipped without --board).
+board through its serial port: `pytest host_tests/hil --board PORT ...`, deselected without --board).
 sys.path: pytest.ini puts host_tests/ on it; support.paths.use_firmware() adds firmware/ where firmware
 code runs in-process.
 """

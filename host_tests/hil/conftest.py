@@ -1,6 +1,6 @@
 """Fixtures of the hardware-in-the-loop tests (support/hil.py): `hil_session` brings the board up once per
 session (per pytest-xdist worker), `hil` hands each test the board freshly reset into provisioning with
-its serial log going to the test's artifacts folder. Without --board these tests are skipped
+its serial log going to the test's artifacts folder. Without --board these tests are deselected
 (support/hil_plugin.py)."""
 
 from __future__ import annotations
