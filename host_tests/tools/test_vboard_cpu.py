@@ -189,7 +189,9 @@ def test_the_pacer_continues_what_it_stopped_when_it_forgets_it_or_closes():
             pacer.follow(spinner.pid, ready=lambda: True)
             wait_until_paced(spinner.pid)
             let_go()
-            assert process_state(spinner.pid) == "R"  # running at once: continued, not merely unpaced
+            # continued at once, not merely unpaced: no longer stopped (R, or D for a moment while the loaded
+            # host pages it back in; T is stopped)
+            assert process_state(spinner.pid) not in ("T", "t", None)
         assert not pacer.is_alive()
     finally:
         pacer.close()
