@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import pytest
 from rmkit.deploy import deploy_to_flash_dir
 from rmkit.net import free_port
 from rmkit.provision import HttpTransport, Provisioner
+from rmkit.streamed import run_streamed
 from support.node_process import NodeProcess
 from rmkit.benchmarks import ESP32_STACK, MQTT_NODE_LAUNCHER
 from support.paths import MICROPYTHON, MPY_CROSS, launcher
@@ -196,23 +196,11 @@ def test_tls_connect_and_mapping_publish_complete_in_a_small_heap(online_flash, 
     harness = subscriber(broker)
     board = make_flash(tmp_path / "board", pki, ONLINE_NODE, broker.port, pending=("user-7", "secret-7"))
     env = {"PATH": "/usr/bin:/bin", "RMNODE_TEST_EXIT_MAPPED": "1"}  # the launcher exits once the PUBACK is in
-    proc = subprocess.Popen([str(MICROPYTHON), "-X", f"heapsize={ONLINE_HEAP}", "-m", "launch_mqtt_node",
-                             str(online_flash), str(board), "online"],
-                            cwd=online_flash, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    watchdog = threading.Timer(30, proc.kill)
-    watchdog.start()
-    lines = []
-    try:
-        for line in proc.stdout:  # a node short of memory retries forever: stop it at its first MemoryError
-            lines.append(line)
-            if "MemoryError" in line or "out of memory" in line:
-                break
-    finally:
-        watchdog.cancel()
-        proc.kill()
-        returncode = proc.wait()
-        proc.stdout.close()
-    output = "".join(lines)
+    # a node short of memory retries forever: stopped at its first MemoryError
+    run = run_streamed([str(MICROPYTHON), "-X", f"heapsize={ONLINE_HEAP}", "-m", "launch_mqtt_node",
+                        str(online_flash), str(board), "online"], timeout=30, cwd=online_flash, env=env,
+                       on_line=lambda line: "MemoryError" in line or "out of memory" in line)
+    output, returncode = run.output, run.returncode
     (artifacts_dir / "online_node_small_heap.log").write_text(output)
     assert "MemoryError" not in output and "out of memory" not in output, output[-3000:]
     assert returncode == 0 and "TEST mapped" in output, output[-3000:]
