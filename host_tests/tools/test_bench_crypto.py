@@ -29,8 +29,10 @@ def test_a_board_at_esp32_speed_takes_about_k_times_a_host_speed_boards_time(esp
     assert [len(esp32[name]) for name in OPERATIONS] == [2, 2, 1, 2]
     factor = esp32["cpu"]["factor"]
     assert factor > 10 and "549448e8bb" in esp32["cpu"]["reference"]
-    # the host-speed board's fastest run: the least touched by other processes on the machine
-    ratio = statistics.fmean(esp32["x25519_ms"]) / min(host["x25519_ms"])
+    # the host-speed board's fastest run: the least touched by other processes on the machine. The longest
+    # operation, the handshake (~10 ms of CPU here): a paced process is charged after the fact, and a pacer
+    # thread the loaded host wakes late can leave a 5 ms X25519 unpaced (once seen under the whole suite)
+    ratio = statistics.fmean(esp32["sec1_handshake_ms"]) / min(host["sec1_handshake_ms"])
     assert factor / 5 < ratio < factor * 5, (ratio, factor)
     # bm_pidigits' work on the board, beside an ESP32's 97.8 ms: the calibration's own workload
     assert result["pidigits_reference_ms"] == esp32_crypto.ESP32_PIDIGITS_MS
