@@ -35,10 +35,10 @@ def test_a_board_at_esp32_speed_takes_about_k_times_a_host_speed_boards_time(esp
     ratio = statistics.fmean(esp32["sec1_handshake_ms"]) / min(host["sec1_handshake_ms"])
     assert factor / 5 < ratio < factor * 5, (ratio, factor)
     # bm_pidigits' work on the board, beside an ESP32's 97.8 ms: the calibration's own workload. Only the upper
-    # bound here: a run is 1.5 ms of CPU, less than the pacer's run-ahead on a loaded host (up to ~12 ms of CPU,
-    # docs/measurements.md, "CPU pacing"), so under the whole suite both runs were seen to finish before their charge; the pacing
-    # of this workload is checked where nothing else runs in the process (test_vboard_cpu.py), and make bench
-    # reports it from a quiet machine
+    # bound here: a run is 1.5 ms of CPU, less than the pacer's run-ahead on a loaded host (up to ~12 ms of
+    # CPU, docs/measurements.md, "CPU pacing"), and under the whole suite both runs were seen to finish before
+    # their charge. This workload's pacing is checked where nothing else runs in the process
+    # (test_vboard_cpu.py), and make bench reports it from a quiet machine.
     assert result["pidigits_reference_ms"] == esp32_crypto.ESP32_PIDIGITS_MS
     assert statistics.fmean(esp32["pidigits_ms"]) / result["pidigits_reference_ms"] < 8
     assert lines[1].startswith(f"  crypto, virtual board at ESP32 speed (k = {factor:.1f}): X25519 ")
