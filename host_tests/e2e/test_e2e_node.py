@@ -88,7 +88,7 @@ def mapping_json(node_id: str, user_id: str, secret_key: str, reset: bool) -> by
 
 
 def full_sequence(rig, board, sec: int, user_id: str, secret_key: str):
-    """Spec 2.3 step by step: proto-ver, session, cloud_user_assoc, prov-config set/apply/status."""
+    """docs/protocol.md 2.3 step by step: proto-ver, session, cloud_user_assoc, prov-config set/apply/status."""
     client = rig.provisioner(board, sec=sec)
     info = client.proto_ver()
     assert info["prov"]["sec_ver"] == sec

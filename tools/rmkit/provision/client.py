@@ -371,7 +371,7 @@ class Provisioner:
 
     def provision(self, ssid: str, passphrase: str, user_id: str = "", secret_key: str = "", scan: bool = False,
                   mapping: str = SECRET_KEY, cloud: ChallengeCloud | None = None) -> ProvisionResult:
-        """Spec 2.3: proto-ver, prov-session, the user mapping (before any Wi-Fi data), [prov-scan],
+        """docs/protocol.md 2.3: proto-ver, prov-session, the user mapping (before any Wi-Fi data), [prov-scan],
         prov-config set, apply, status until Connected.
 
         The user mapping is `mapping` (rmkit.provision.mapping): SECRET_KEY sends `user_id` and

@@ -42,7 +42,7 @@ HANDLER_STACK = 4096
 # Measured here with micropython.stack_use(): a call level takes 416 bytes (a function or a method),
 # 448-464 with a try block, 320 when its state is over 11 words and so on the GC heap. On an ESP32
 # (Xtensa) a BLE IRQ handler with the same 4096 bytes (v1.23) raised RuntimeError on its 11th nested
-# method call (antirez/freakwan issue 21): about 370-410 bytes a level there. Here a handler's chain of
+# method call (github.com/antirez/freakwan/issues/21): about 370-410 bytes a level there. Here a handler's chain of
 # plain methods fails at its 11th call too (with a try block in each, at its 10th): 100, no kinder.
 STACK_RATIO_PERCENT = 100
 # The thread reading the radio, whose handler calls are the BLE host task's: the smallest stack the
