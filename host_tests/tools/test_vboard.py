@@ -137,6 +137,62 @@ def test_ctrl_c_interrupts_the_main_thread_not_a_thread_it_started(vboard_factor
     assert "Unhandled exception in thread" not in board.read_log()
 
 
+# Three threads collect garbage in a loop while the main thread moves its only references between two lists
+# and allocates (so that what a collection wrongly freed is soon reused): the unix port, with no GIL, let the
+# main thread run on while another thread's collection marked, and lost such objects or hung (seen: a module
+# global resolving to another function); a board's GIL stops it. Each collection must stop the main thread.
+GC_RACE = """\
+import _thread, gc, os, time
+stop = [False]
+running = [0]
+def storm():
+    running[0] += 1
+    while not stop[0]:
+        gc.collect()
+    running[0] -= 1
+for _ in range(3):
+    _thread.start_new_thread(storm, ())
+N = 100
+a = [[i, "v%d" % i] for i in range(N)]
+b = [None] * N
+rounds = lost = 0
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 3000:
+    rounds += 1
+    for i in range(N):
+        x = a[i]
+        a[i] = None
+        b[i] = x
+        x = None
+    for i in range(N):
+        x = b[i]
+        b[i] = None
+        a[i] = x
+        x = None
+    junk = [[j, j] for j in range(20)]
+    for i in range(N):
+        o = a[i]
+        if type(o) is not list or len(o) != 2 or o[0] != i or o[1] != "v%d" % i:
+            lost += 1
+            a[i] = [i, "v%d" % i]
+stop[0] = True
+while running[0]:
+    time.sleep_ms(1)
+print(rounds, lost, os.getenv("VBRAM stats"))
+"""
+
+
+def test_a_collection_stops_every_other_thread_as_the_esp32_gil_does(vboard):
+    out = vboard.exec(GC_RACE, timeout=60).split()
+    rounds, lost = int(out[0]), int(out[1])
+    stats = dict(field.split("=") for field in out[2:])
+    assert lost == 0, out
+    assert rounds > 10, out  # the main thread was not starved by threads that collect back to back
+    stops, stopped = int(stats["world_stops"]), int(stats["threads_stopped"])
+    assert stops > 100, stats
+    assert stopped >= stops, stats  # each collection stopped at least one other thread
+
+
 def test_ctrl_c_at_the_friendly_repl(vboard):
     with socket.create_connection(("127.0.0.1", vboard.tcp_port)) as sock:
         since = vboard.log_offset()

@@ -65,7 +65,8 @@
  * Threads. The GC is used by two threads (the main one and the simulated BLE host task), and the unix
  * port has no GIL. An allocation is the real one plus a comparison with the limit, no lock; one past
  * the limit takes `placement` (recursive), as does gc_collect, so decisions on the limit are taken one
- * at a time. `model` guards the model's tables and is held only briefly, never while calling into
+ * at a time. A collection stops every other thread first, as on an ESP32 (gc_world.c); the GC's entry
+ * points below tell it where a thread must not be stopped. `model` guards the model's tables and is held only briefly, never while calling into
  * MicroPython, so a finaliser that frees a TLS session during a collection cannot deadlock against a
  * thread waiting for the GC. Thread cancellation (the unix port cancels threads at exit) is off while
  * either lock is held.
@@ -82,6 +83,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "gc_world.h"
 
 /* ---- facts about the board --------------------------------------------------------------------- */
 
@@ -215,6 +218,8 @@ static struct {
     void (*gc_init)(void *, void *);
     size_t (*gc_nbytes)(const void *);
     bool (*gc_is_locked)(void);
+    void (*begin_atomic)(void);
+    void (*end_atomic)(void);
     int (*ssl_setup)(void *, const void *);
     int (*ssl_handshake_step)(void *);
     void (*ssl_handshake_wrapup)(void *);
@@ -264,6 +269,8 @@ static void resolve_micropython(void *caller) {
         real.gc_init = must_find(library, "gc_init");
         real.gc_nbytes = must_find(library, "gc_nbytes");
         real.gc_is_locked = must_find(library, "gc_is_locked");
+        real.begin_atomic = must_find(library, "mp_thread_unix_begin_atomic_section");
+        real.end_atomic = must_find(library, "mp_thread_unix_end_atomic_section");
         real.ssl_setup = must_find(library, "mbedtls_ssl_setup");
         real.ssl_handshake_step = must_find(library, "mbedtls_ssl_handshake_step");
         real.ssl_handshake_wrapup = must_find(library, "mbedtls_ssl_handshake_wrapup");
@@ -286,15 +293,21 @@ static void resolve_micropython(void *caller) {
 static pthread_mutex_t placement_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static pthread_mutex_t model_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* A thread holding either lock is not stopped for a collection (gc_world.c: a finaliser's TLS session free
+ * takes the model's lock); one waiting for either holds nothing the collector needs, and may be. */
 static int lock(pthread_mutex_t *m) {
     int cancel;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
+    int crit = world_crit_suspend();
     pthread_mutex_lock(m);
+    world_crit_resume(crit);
+    world_crit_enter();
     return cancel;
 }
 
 static void unlock(pthread_mutex_t *m, int cancel) {
     pthread_mutex_unlock(m);
+    world_crit_leave();
     pthread_setcancelstate(cancel, NULL);
 }
 
@@ -950,20 +963,59 @@ void gc_init(void *start, void *end) {
  * board's full heap) takes the placement lock. */
 void *gc_alloc(size_t n_bytes, unsigned int alloc_flags) {
     NEED_MICROPYTHON();
+    world_crit_enter();  /* the GC's mutex, in each of these */
     void *p = real.gc_alloc(n_bytes, alloc_flags);
     if (p != NULL && beyond(p, n_bytes)) {
         int cancel = lock(&placement_lock);
         p = place_within(p, n_bytes, alloc_flags);
         unlock(&placement_lock, cancel);
     }
+    world_crit_leave();
     return p;
+}
+
+void gc_free(void *ptr) {
+    NEED_MICROPYTHON();
+    world_crit_enter();
+    real.gc_free(ptr);
+    world_crit_leave();
+}
+
+size_t gc_nbytes(const void *ptr) {
+    NEED_MICROPYTHON();
+    world_crit_enter();
+    size_t n = real.gc_nbytes(ptr);
+    world_crit_leave();
+    return n;
+}
+
+/* The unix port's atomic section guards its thread list, which the collector walks. */
+void mp_thread_unix_begin_atomic_section(void) {
+    NEED_MICROPYTHON();
+    real.begin_atomic();
+    world_crit_enter();
+}
+
+void mp_thread_unix_end_atomic_section(void) {
+    NEED_MICROPYTHON();
+    real.end_atomic();
+    world_crit_leave();
 }
 
 /* py/gc.c gc_realloc() grows a block in place when the blocks after it are free, which can cross the
  * firmware's limit: then the block is shrunk back and moved, as gc_realloc() moves it on a board
  * whose area ends there. */
+static void *moving_realloc(void *ptr, size_t n_bytes, bool allow_move);
+
 void *gc_realloc(void *ptr, size_t n_bytes, bool allow_move) {
     NEED_MICROPYTHON();
+    world_crit_enter();
+    void *p = moving_realloc(ptr, n_bytes, allow_move);
+    world_crit_leave();
+    return p;
+}
+
+static void *moving_realloc(void *ptr, size_t n_bytes, bool allow_move) {
     if (ptr == NULL || n_bytes == 0 || !beyond(ptr, n_bytes) || real.gc_is_locked()) {
         return real.gc_realloc(ptr, n_bytes, allow_move);  /* cannot end past the limit in place */
     }
@@ -987,23 +1039,29 @@ void *gc_realloc(void *ptr, size_t n_bytes, bool allow_move) {
     return p;
 }
 
+/* Every other thread is stopped for the collection, as on an ESP32 (gc_world.c); a thread that called it
+ * from inside an allocation holds nothing the collection needs (py/gc.c gc_alloc leaves the GC's mutex first). */
 void gc_collect(void) {
     NEED_MICROPYTHON();
-    if (!__atomic_load_n(&pool.armed, __ATOMIC_ACQUIRE)) {
-        real.gc_collect();
-        return;
-    }
+    int crit = world_crit_suspend();
     int cancel = lock(&placement_lock);
+    world_stop();
     real.gc_collect();
-    give_back_empty_areas();
+    if (__atomic_load_n(&pool.armed, __ATOMIC_ACQUIRE)) {
+        give_back_empty_areas();
+    }
+    world_start();
     unlock(&placement_lock, cancel);
+    world_crit_resume(crit);
 }
 
 /* gc.mem_free(), gc.mem_alloc(), micropython.mem_info(): the firmware's part of the pool. (On a board
  * gc.mem_free() adds the max new split; the unix port's gc module does not.) */
 void gc_info(void *out) {
     NEED_MICROPYTHON();
+    world_crit_enter();
     real.gc_info(out);
+    world_crit_leave();
     if (!__atomic_load_n(&pool.armed, __ATOMIC_ACQUIRE)) {
         return;
     }
@@ -1233,12 +1291,14 @@ int close(int fd) {
 static __thread char answer[1024];
 
 static void stats_line(void) {
+    unsigned long stops, parked;
+    world_counts(&stops, &parked);
     snprintf(answer, sizeof answer,
              "gc_total=%u gc_peak=%u gc_areas=%d growths=%u givebacks=%u refused=%u largest=%u largest_min=%u "
-             "free=%u free_min=%u heap64=%lu moved=%u",
+             "free=%u free_min=%u heap64=%lu moved=%u world_stops=%lu threads_stopped=%lu",
              gc_total(), stats.gc_peak, area_count, stats.growths, stats.givebacks, stats.refused, largest_free(),
              stats.largest_min, total_free(), stats.free_min,
-             (unsigned long)(pool.armed ? pool.limit - pool.base : 0), stats.moved);
+             (unsigned long)(pool.armed ? pool.limit - pool.base : 0), stats.moved, stops, parked);
 }
 
 static void info_line(void) {

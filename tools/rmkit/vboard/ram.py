@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 SHIM_SOURCE = Path(__file__).resolve().parent / "esp32_ram.c"
 #: compiled into the same preload library: C stack room for the unix port's own work in threads
 THREAD_STACKS_SOURCE = SHIM_SOURCE.with_name("thread_stacks.c")
-SOURCES = (SHIM_SOURCE, THREAD_STACKS_SOURCE)
+#: and: a garbage collection stops the board's other threads, as the ESP32 port's GIL does
+GC_WORLD_SOURCE = SHIM_SOURCE.with_name("gc_world.c")
+SOURCES = (SHIM_SOURCE, THREAD_STACKS_SOURCE, GC_WORLD_SOURCE)
+HEADERS = (SHIM_SOURCE.with_name("gc_world.h"),)
 #: 64-bit bytes of unix-port GC heap per 100 bytes of ESP32 GC heap for the same firmware: measured
 #: against a 32-bit build of the same MicroPython, 1.38-1.40 (the firmware's objects, 8-byte words and
 #: 32-byte GC blocks against 4-byte words and 16-byte blocks). An average: objects differ.
@@ -48,7 +51,7 @@ def c_compiler() -> str:
 def shim_library() -> Path:
     """The compiled model: built once per version of esp32_ram.c into the runtime dir and shared by
     every board, like the simulator's .mpy files."""
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in (*SOURCES, *HEADERS))).hexdigest()[:16]
     out = runtime.runtime_dir() / "shim-cache" / digest / "esp32_ram.so"
     if out.exists():
         return out
