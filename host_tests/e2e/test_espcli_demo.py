@@ -38,6 +38,14 @@ def processes_in(net_ns: str) -> list[tuple[int, str]]:
     return found
 
 
+def process_state(pid: int) -> str:
+    """The state letter /proc gives (R, S, D, T, Z...), or "gone"."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
 class DemoRun:
     """`make espcli-demo WORKDIR=...` in the background, its two streams collected line by line, and the network
     namespace it runs in, found by its init's command line."""
@@ -59,12 +67,15 @@ class DemoRun:
     def _find_namespace(self) -> None:
         """Note the namespace of the demo's inside half as soon as it runs (a thread: the test reads it later)."""
         marker = f"rmkit.espcli_demo --inside {self.workdir}"
+        ours = net_namespace(os.getpid())
 
         def found() -> bool:
             for entry in os.listdir("/proc"):
                 try:
                     if entry.isdigit() and marker in Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode():
-                        self.net_ns = net_namespace(int(entry))
+                        # `unshare` has the marker on its command line before it has entered the new namespace
+                        if net_namespace(int(entry)) != ours:
+                            self.net_ns = net_namespace(int(entry))
                 except OSError:
                     pass
             return self.net_ns is not None or self.proc.poll() is not None
@@ -86,7 +97,9 @@ class DemoRun:
 
     def assert_nothing_left(self) -> None:
         assert self.net_ns is not None, "never saw the demo's namespace"
-        wait_until(lambda: not processes_in(self.net_ns), timeout=10, what="the namespace's processes to end")
+        wait_until(lambda: not processes_in(self.net_ns), timeout=10, what="the namespace's processes to end",
+                   detail=lambda: "still there: " + "; ".join(f"{pid} {process_state(pid)} {cmd}"
+                                                              for pid, cmd in processes_in(self.net_ns)))
         leftovers = [cmd for pid, cmd in processes_in_host_mentioning(self.workdir)]
         assert leftovers == [], leftovers
 
