@@ -12,9 +12,10 @@ WIFI_RESET_BUTTON_TIMEOUT 3, FACTORY_RESET_BUTTON_TIMEOUT 10): the action is tak
 the button was held, and a log line says when each hold time is reached, so a person knows when to let go.
 The pin's IRQ handler only notes when an edge came: the ESP32 port runs it scheduled on the main task
 (ports/esp32/machine_pin.c), where changing asyncio's state is not safe. The task polls what it noted, waits
-until the level is stable (debounced) and acts.
+until the level is stable (debounced) and lets rmnode.button, loaded at the first press, time the hold and act.
 
-One module and one task for both, not two: every byte here is held in the online phase's tight heap.
+One task for both, not two, and only the feeding and the polling resident: every byte here is held in each
+phase's tight heap.
 """
 
 import asyncio
@@ -40,8 +41,6 @@ _FEED_MS = const(1000)
 # resets and runs the node again.
 _REPL_TIMEOUT_MS = const(3600000)
 _BUTTON = const(0)  # GPIO0, a DevKit's BOOT button; pressed pulls it low
-_WIFI_RESET_MS = const(3000)
-_FACTORY_RESET_MS = const(10000)
 # A level counts once it has not changed for this long: contacts bounce for a few ms (espressif/button, which
 # app_reset uses, needs 2 equal scans 5 ms apart: Kconfig BUTTON_DEBOUNCE_TICKS, BUTTON_PERIOD_TIME_MS); shorter
 # presses are noise
@@ -78,35 +77,18 @@ def start(node):
 async def _serve(node, wdt, pin, edges):
     fed = ticks_ms()
     wdt.feed()
-    told = 0  # the hold times already announced for this press
     while True:
         await asyncio.sleep_ms(_POLL_MS)
         now = ticks_ms()
         if ticks_diff(now, fed) >= _FEED_MS:
             fed = now
             wdt.feed()
-        if not edges[2] or ticks_diff(now, edges[0]) < _DEBOUNCE_MS:
-            continue
-        if not pin.value():  # held
-            held = ticks_diff(now, edges[1])
-            if held >= _FACTORY_RESET_MS and told < 2:
-                told = 2
-                log.info(_TAG, "button held %d s: release for a factory reset" % (held // 1000))
-            elif held >= _WIFI_RESET_MS and not told:
-                told = 1
-                log.info(_TAG, "button held %d s: release now for a Wi-Fi reset, keep holding for a factory reset"
-                         % (held // 1000))
-            continue
-        held = ticks_diff(edges[0], edges[1])  # released: the last edge was the release
-        edges[2] = told = 0
-        if held >= _FACTORY_RESET_MS:
-            log.info(_TAG, "button released after %d ms: factory reset" % held)
-            node.reset_button_pressed()
-        elif held >= _WIFI_RESET_MS:
-            log.info(_TAG, "button released after %d ms: Wi-Fi reset" % held)
-            await node.wifi_reset()
-        elif held >= _DEBOUNCE_MS:
-            log.info(_TAG, "button released after %d ms: no reset (hold 3 s for Wi-Fi, 10 s for factory)" % held)
+        if edges[2] and ticks_diff(now, edges[0]) >= _DEBOUNCE_MS:
+            # the hold timing is loaded at the first press: most boards are never pressed, and every byte
+            # resident here is missing from the phases' heap
+            from rmnode import button
+
+            await button.step(node, pin, edges, now)
 
 
 def watchdog_at_repl():
