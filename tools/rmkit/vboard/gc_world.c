@@ -3,9 +3,10 @@
  * collection stops every other thread of the board, as it does on an ESP32.
  *
  * Why. The ESP32 port runs MicroPython's threads under a global interpreter lock (MICROPY_PY_THREAD_GIL 1 in
- * ports/esp32/mpconfigport.h, v1.28.0), and a collection runs with it held: no other thread runs Python or
- * touches the heap until the collection is over (with a GIL py/gc.c does not even have a GC mutex: GC_ENTER is
- * empty). The unix port has no GIL (MICROPY_PY_THREAD_GIL = 0, ports/unix/mpconfigport.mk): its collector asks
+ * ports/esp32/mpconfigport.h, v1.24.0, v1.26.1 and v1.28.0 alike), and a collection runs with it held: no other
+ * thread runs Python or touches the heap until the collection is over (with a GIL py/gc.c does not even have a
+ * GC mutex: GC_ENTER is empty). The unix port has no GIL (MICROPY_PY_THREAD_GIL = 0, ports/unix/mpconfigport.mk,
+ * v1.26.1 and v1.28.0): its collector asks
  * each thread, by a signal, to scan its own stack (mp_thread_gc_others, ports/unix/mpthreadport.c), and the
  * other threads run on while it marks. A thread that, between the collector's scan of the root pointers and
  * the scan of its own stack, moves its only reference to an object into an object already scanned, has that
