@@ -52,9 +52,9 @@
 #define PARK_SIGNAL (SIGRTMIN + 8)  /* the unix port uses +5 (its collector) and +6 (thread exit, Android) */
 #define MAX_THREADS 256
 /* A thread that has not stopped after this long is reported (the board's log shows a FAULT, which fails a
- * test) and the collection goes ahead: it cannot happen unless a thread waits inside a critical part. Long,
- * because a paced board's process is stopped by the host (SIGSTOP) for a while at a time. */
-#define STOP_PATIENCE_S 30
+ * test) and the collection goes ahead: it cannot happen unless a thread waits inside a critical part. A paced
+ * board's process is stopped by the host (SIGSTOP) for a pause of about 0.1 s at a time; seconds are room. */
+#define STOP_PATIENCE_S 5
 
 static __thread volatile int crit __attribute__((tls_model("initial-exec")));
 static __thread volatile sig_atomic_t park_pending __attribute__((tls_model("initial-exec")));
@@ -307,9 +307,18 @@ static void wait_for_parked(int epoch) {
             return;
         }
         if (seconds() > deadline) {
-            char line[160];
+            char path[64], where[64] = "?";
+            snprintf(path, sizeof path, "/proc/self/task/%d/wchan", (int)late);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                ssize_t n = read(fd, where, sizeof where - 1);
+                where[n > 0 ? n : 0] = '\0';
+                close(fd);
+            }
+            char line[256];
             int len = snprintf(line, sizeof line, "vboard FAULT: thread %d did not stop for a garbage collection "
-                               "in %d s; collecting anyway (gc_world.c)\r\n", (int)late, STOP_PATIENCE_S);
+                               "in %d s (it waits in %s); collecting anyway (gc_world.c)\r\n", (int)late,
+                               STOP_PATIENCE_S, where);
             if (write(2, line, (size_t)len) < 0) {
                 /* nowhere to say it */
             }
