@@ -78,8 +78,9 @@ def test_the_benchmark_runs_at_the_calibrated_speed_on_a_board_and_far_faster_at
     assert paced_ms == pytest.approx(cpu_ms * factor, rel=0.15)  # the board's time is its CPU times the factor
     # The lower bound is the promise (never faster than an ESP32). The upper one only catches a factor
     # gone wild: a busy host slows the board's own CPU time too (caches, frequency), 2.9x was seen with
-    # the whole suite running beside it.
-    assert 0.75 * ESP32_PIDIGITS_MS <= paced_ms <= 4 * ESP32_PIDIGITS_MS
+    # the whole suite running beside it, and 4.1x once since each collection also stops the board's other
+    # threads (tools/rmkit/vboard/gc_world.c: a look at /proc/self/task, even when there are none).
+    assert 0.75 * ESP32_PIDIGITS_MS <= paced_ms <= 5 * ESP32_PIDIGITS_MS
     assert full_ms < ESP32_PIDIGITS_MS / 20
 
 
