@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <linux/futex.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -70,6 +71,8 @@ static struct {
     int acks;                   /* bumped by each thread that parks: the collector's futex word */
     int depth;                  /* world_stop() nested in the collector (a collection inside an allocation) */
     int inside;                 /* threads inside park() now: world_start() lets them out before it returns */
+    int others;                 /* threads started (pthread_create) and not yet returned: none, nothing to stop */
+    bool alone;                 /* this stop found no other thread */
     struct {
         int tid;                /* claimed by the thread itself (0: free); freed by the collector once it is gone */
         int acked;              /* the epoch it last parked in */
@@ -332,6 +335,11 @@ void world_stop(void) {
     if (world.depth++ > 0) {
         return;
     }
+    world.alone = __atomic_load_n(&world.others, __ATOMIC_ACQUIRE) == 0;
+    if (world.alone) {
+        world.stops++;  /* only this thread, which could start another: nothing to stop, no /proc to read */
+        return;
+    }
     world.count = 0;
     free_slots_of_gone_threads();
     int epoch = __atomic_add_fetch(&world.epoch, 1, __ATOMIC_ACQ_REL);  /* odd: stopped */
@@ -344,7 +352,7 @@ void world_stop(void) {
 }
 
 void world_start(void) {
-    if (--world.depth > 0) {
+    if (--world.depth > 0 || world.alone) {
         return;
     }
     __atomic_add_fetch(&world.epoch, 1, __ATOMIC_ACQ_REL);  /* even: running */
@@ -432,6 +440,42 @@ int sigaction(int signum, const struct sigaction *act, struct sigaction *old) {
     struct sigaction wrapped = *act;
     wrapped.sa_handler = on_sigint;
     return real_sigaction(signum, &wrapped, old);
+}
+
+/* Threads are counted from their start to the return of their function; one that ends otherwise
+ * (pthread_exit, cancellation) stays counted, and collections then look in /proc for nothing: never unsafe. */
+struct counted_start {
+    void *(*fn)(void *);
+    void *arg;
+};
+
+static void *run_counted(void *start) {
+    struct counted_start what = *(struct counted_start *)start;
+    __libc_free(start);
+    void *result = what.fn(what.arg);
+    __atomic_sub_fetch(&world.others, 1, __ATOMIC_ACQ_REL);
+    return result;
+}
+
+int pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
+    static int (*real_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+    if (real_create == NULL) {
+        real_create = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))dlsym(
+            RTLD_NEXT, "pthread_create");
+    }
+    struct counted_start *start = __libc_malloc(sizeof *start);
+    if (start == NULL) {
+        return EAGAIN;
+    }
+    start->fn = fn;
+    start->arg = arg;
+    __atomic_add_fetch(&world.others, 1, __ATOMIC_ACQ_REL);
+    int r = real_create(thread, attr, run_counted, start);
+    if (r != 0) {
+        __atomic_sub_fetch(&world.others, 1, __ATOMIC_ACQ_REL);
+        __libc_free(start);
+    }
+    return r;
 }
 
 int sem_wait(sem_t *sem) {
